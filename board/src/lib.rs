@@ -1,0 +1,1 @@
+//! Board support (issue 4).

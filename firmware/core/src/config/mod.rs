@@ -1,0 +1,307 @@
+//! Node configuration: the TOML file format, strict parsing, validation, and
+//! the validated [`NodeSpec`] every planner works from.
+//!
+//! Parsing ([`NodeConfig::from_str`]) is separate from reading a file
+//! ([`load`]) and from validation ([`NodeConfig::validate`]). Every error names
+//! the file, the line and the field that was wrong.
+
+mod dns;
+mod keys;
+mod validate;
+
+pub use dns::{DnsBlockMode, DnsListSection, DnsSection, DnsTierSection, DnsUpstreamSection};
+pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use validate::{default_blocked, NodeSpec, PeerSpec};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The node config file, as written by an operator (`configs/*.toml`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<UplinkSection>,
+    pub wireguard: WireguardSection,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerSection>,
+    #[serde(default)]
+    pub egress: EgressSection,
+    #[serde(default)]
+    pub management: ManagementSection,
+    #[serde(default)]
+    pub dns: DnsSection,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Short node name, shown in status and client configs.
+    pub name: String,
+    #[serde(default)]
+    pub region: String,
+    /// Public host name or address clients use as their endpoint (client configs only).
+    #[serde(default)]
+    pub public_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// Kernel interface name, e.g. `eth0`.
+    pub interface: String,
+    /// Static addresses with prefix length (`203.0.113.10/24`). Empty with `dhcp = true`.
+    #[serde(default)]
+    pub addresses: Vec<IpNet>,
+    #[serde(default)]
+    pub gateway_v4: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub gateway_v6: Option<std::net::Ipv6Addr>,
+    #[serde(default)]
+    pub dhcp: bool,
+    /// Lower is preferred when several uplinks are configured.
+    #[serde(default)]
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WgBackend {
+    /// Kernel WireGuard through netlink (the node image).
+    #[default]
+    Kernel,
+    /// A userspace implementation (wireguard-go) through its UAPI socket.
+    Userspace,
+}
+
+impl fmt::Display for WgBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WgBackend::Kernel => "kernel",
+            WgBackend::Userspace => "userspace",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardSection {
+    #[serde(default = "default_wg_interface")]
+    pub interface: String,
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    /// The node's own tunnel address; its prefix is the IPv4 tunnel prefix.
+    pub address_v4: IpNet,
+    /// The node's own tunnel address; its prefix is the IPv6 tunnel prefix.
+    pub address_v6: IpNet,
+    /// Private key file, relative to the state directory unless absolute.
+    /// Generated in process on first start (mode 0600) when absent.
+    #[serde(default = "default_key_file")]
+    pub private_key_file: PathBuf,
+    #[serde(default)]
+    pub backend: WgBackend,
+    /// A globally routed IPv6 prefix for clients: when set, IPv6 is routed, not NAT66'd.
+    #[serde(default)]
+    pub routed_prefix_v6: Option<IpNet>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+fn default_wg_interface() -> String {
+    "wg0".into()
+}
+fn default_listen_port() -> u16 {
+    51820
+}
+fn default_key_file() -> PathBuf {
+    PathBuf::from("wg0.key")
+}
+fn default_mtu() -> u32 {
+    1420
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Operator's label for the peer (never a person's identity; shown in `peers list`).
+    pub name: String,
+    pub public_key: String,
+    /// Exactly one IPv4 /32 and/or one IPv6 /128 inside the tunnel prefixes.
+    pub addresses: Vec<IpNet>,
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub preshared_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    pub cidr: IpNet,
+    /// Absent: every protocol.
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// Destination ports; empty: every port. Needs `protocol` tcp or udp.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSection {
+    /// Replaces the default blocked list when present (see [`default_blocked`]).
+    #[serde(default)]
+    pub blocked: Option<Vec<IpNet>>,
+    /// Added to the blocked list (default or given).
+    #[serde(default)]
+    pub extra_blocked: Vec<IpNet>,
+    /// Exceptions that win over `blocked`.
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementSection {
+    /// Source prefixes of the management mesh; only they may reach node services.
+    #[serde(default)]
+    pub mesh: Vec<IpNet>,
+    /// TCP ports of node services reachable from the mesh (SSH, metrics, API).
+    #[serde(default = "default_mgmt_ports")]
+    pub ports: Vec<u16>,
+}
+
+impl Default for ManagementSection {
+    fn default() -> Self {
+        ManagementSection { mesh: Vec::new(), ports: default_mgmt_ports() }
+    }
+}
+
+fn default_mgmt_ports() -> Vec<u16> {
+    vec![22, 9100]
+}
+
+/// Where an error was found: file, line (1-based, when known) and field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: String,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that cannot be used. Nothing is applied when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{at}: {message}")]
+    Syntax { at: Location, message: String },
+    #[error("{at}: {message}")]
+    Invalid { at: Location, message: String },
+    #[error("config has {} errors:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
+}
+
+impl NodeConfig {
+    /// Parse TOML text. `file` is used only to name the source in errors.
+    pub fn from_str(text: &str, file: &Path) -> Result<NodeConfig, ConfigError> {
+        toml::from_str::<NodeConfig>(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError::Syntax {
+                at: Location { file: file.to_path_buf(), line, field: String::new() },
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    /// Serialise back to TOML (used when the CLI persists peers).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("NodeConfig is always representable as TOML")
+    }
+}
+
+/// Read and parse a config file (no validation).
+pub fn read(path: &Path) -> Result<(NodeConfig, String), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let cfg = NodeConfig::from_str(&text, path)?;
+    Ok((cfg, text))
+}
+
+/// Read, parse and validate a node config plus the peers file the CLI
+/// maintains (`peers_file`, optional), into the desired state.
+pub fn load(path: &Path, peers_file: Option<&Path>) -> Result<NodeSpec, ConfigError> {
+    let (mut cfg, text) = read(path)?;
+    let mut sources = vec![(path.to_path_buf(), text, cfg.peers.len())];
+    if let Some(pf) = peers_file {
+        if pf.exists() {
+            let (peers, ptext) = read_peers_file(pf)?;
+            sources.push((pf.to_path_buf(), ptext, peers.len()));
+            cfg.peers.extend(peers);
+        }
+    }
+    cfg.validate_with_sources(&sources)
+}
+
+/// The peers file written by `palisade peers add`: `[[peer]]` tables only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PeersFile {
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerSection>,
+}
+
+pub fn read_peers_file(path: &Path) -> Result<(Vec<PeerSection>, String), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let pf: PeersFile = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        at: Location {
+            file: path.to_path_buf(),
+            line: e.span().map(|s| line_of(&text, s.start)),
+            field: String::new(),
+        },
+        message: e.message().to_string(),
+    })?;
+    Ok((pf.peers, text))
+}
+
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+use super::*;
+use std::path::Path;
+
+const GOOD: &str = include_str!("../../../../configs/node.toml");
+
+fn parse(text: &str) -> Result<NodeSpec, ConfigError> {
+    let p = Path::new("node.toml");
+    NodeConfig::from_str(text, p)?.validate(p, text)
+}
+
+fn err(text: &str) -> String {
+    parse(text).expect_err("config should be rejected").to_string()
+}
+
+#[test]
+fn every_example_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") && !path.to_string_lossy().contains("peers") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.contains("[wireguard]") {
+                continue; // other kinds of config (boards, fleet) are tested by their owners
+            }
+            let spec = NodeConfig::from_str(&text, &path)
+                .and_then(|c| c.validate(&path, &text))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(!spec.node.name.is_empty());
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no node configs found in {}", dir.display());
+}
+
+#[test]
+fn good_config_gives_spec() {
+    let s = parse(GOOD).unwrap();
+    assert_eq!(s.peers.len(), 2);
+    assert_eq!(s.wg.listen_port, 51820);
+    assert!(s.egress.blocked.contains(&"169.254.0.0/16".parse().unwrap()));
+    assert!(s.egress.blocked.contains(&"fc00::/7".parse().unwrap()));
+}
+
+#[test]
+fn unknown_field_is_rejected_with_line() {
+    let t = GOOD.replace("listen_port = 51820", "listen_port = 51820\nlisten_prot = 1");
+    let e = err(&t);
+    assert!(e.contains("node.toml:"), "{e}");
+    assert!(e.contains("listen_prot"), "{e}");
+}
+
+fn with_peer(extra: &str) -> String {
+    format!("{GOOD}\n[[peer]]\n{extra}\n")
+}
+
+#[test]
+fn peer_errors_name_file_line_and_field() {
+    let t = with_peer("name = \"x\"\npublic_key = \"AAAA\"\naddresses = [\"10.66.0.9/32\"]");
+    let e = err(&t);
+    assert!(e.contains("peer[2].public_key"), "{e}");
+    assert!(e.contains("bytes"), "{e}");
+    let line = t.lines().position(|l| l == "public_key = \"AAAA\"").unwrap() + 1;
+    assert!(e.contains(&format!("node.toml:{line}:")), "{e} (expected line {line})");
+}
+
+#[test]
+fn rejects_zero_and_low_order_keys() {
+    let zero = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    assert!(err(&with_peer(&format!("name=\"z\"\npublic_key=\"{zero}\"\naddresses=[\"10.66.0.9/32\"]"))).contains("all-zero"));
+    let one = "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    assert!(err(&with_peer(&format!("name=\"z\"\npublic_key=\"{one}\"\naddresses=[\"10.66.0.9/32\"]"))).contains("low-order"));
+}
+
+#[test]
+fn rejects_duplicate_keys_and_overlaps() {
+    let dup = with_peer("name=\"dup\"\npublic_key=\"+bKY+LXHtnI3GMLCN+BJECJs8mZH3bi2fcXIrLgIIB8=\"\naddresses=[\"10.66.0.9/32\"]");
+    assert!(err(&dup).contains("duplicate public key"));
+    let k = crate::config::PrivateKey::generate().public_key();
+    let ov = with_peer(&format!("name=\"ov\"\npublic_key=\"{k}\"\naddresses=[\"10.66.0.2/32\"]"));
+    let e = err(&ov);
+    assert!(e.contains("overlaps the AllowedIPs of peer[0]"), "{e}");
+}
+
+#[test]
+fn rejects_bad_addresses() {
+    let k = crate::config::PrivateKey::generate().public_key();
+    let cases = [
+        ("0.0.0.0/0", "route all traffic"),
+        ("::/0", "route all traffic"),
+        ("10.77.0.2/32", "outside the tunnel prefix"),
+        ("10.66.0.5/24", "not canonical"),
+        ("10.66.0.0/24", "exactly one /32"),
+        ("10.66.0.1/32", "node's own"),
+        ("fd67::2/128", "outside the tunnel prefix"),
+    ];
+    for (addr, want) in cases {
+        let e = err(&with_peer(&format!("name=\"p\"\npublic_key=\"{k}\"\naddresses=[\"{addr}\"]")));
+        assert!(e.contains(want), "{addr}: {e}");
+    }
+}
+
+#[test]
+fn rejects_non_canonical_egress_and_bad_allow_rule() {
+    let t = GOOD.replace("extra_blocked = []", "extra_blocked = [\"192.0.2.1/24\"]");
+    assert!(err(&t).contains("not canonical"));
+    let t = GOOD.replace("protocol = \"tcp\"\nports = [443]", "ports = [443]");
+    assert!(err(&t).contains("ports need protocol"));
+}
+
+#[test]
+fn rejects_unknown_tier_and_list() {
+    let t = GOOD.replace("tier = \"family\"", "tier = \"gold\"");
+    assert!(err(&t).contains("tier 'gold' is not defined"));
+    let t = GOOD.replace("lists = [\"ads\", \"allow\"]", "lists = [\"nope\"]");
+    assert!(err(&t).contains("list 'nope' is not defined"));
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let t = GOOD.replace("listen_port = 51820", "listen_port = 0").replace("name = \"edge-1\"", "name = \"bad name\"");
+    let e = err(&t);
+    assert!(e.contains("2 errors"), "{e}");
+}
+
+#[test]
+fn peers_file_merges_and_errors_point_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, GOOD).unwrap();
+    let peers = dir.path().join("peers.toml");
+    let k = crate::config::PrivateKey::generate().public_key();
+    std::fs::write(&peers, format!("[[peer]]\nname = \"p3\"\npublic_key = \"{k}\"\naddresses = [\"10.66.0.4/32\"]\n")).unwrap();
+    let spec = load(&cfg, Some(&peers)).unwrap();
+    assert_eq!(spec.peers.len(), 3);
+    std::fs::write(&peers, "[[peer]]\nname = \"p3\"\npublic_key = \"bad\"\naddresses = [\"10.66.0.4/32\"]\n").unwrap();
+    let e = load(&cfg, Some(&peers)).unwrap_err().to_string();
+    assert!(e.contains("peers.toml:3: peer[0].public_key"), "{e}");
+}

@@ -1,0 +1,432 @@
+//! Validation: turns a parsed [`NodeConfig`] into a [`NodeSpec`] or a list of
+//! errors, each naming file, line and field.
+
+use super::{
+    line_of, AllowRule, ConfigError, DnsSection, Location, ManagementSection, NodeConfig,
+    NodeSection, PeerSection, PresharedKey, Protocol, PublicKey, UplinkSection, WgBackend,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+/// The whole desired state of the node, validated. Plain data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub node: NodeSection,
+    pub uplinks: Vec<UplinkSection>,
+    pub wg: WgSpec,
+    /// Peers by public key (sorted, so every rendering is deterministic).
+    pub peers: BTreeMap<PublicKey, PeerSpec>,
+    pub egress: EgressSpec,
+    pub management: ManagementSection,
+    pub dns: DnsSection,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WgSpec {
+    pub interface: String,
+    pub listen_port: u16,
+    pub address_v4: Ipv4Net,
+    pub address_v6: Ipv6Net,
+    pub private_key_file: PathBuf,
+    pub backend: WgBackend,
+    pub routed_prefix_v6: Option<Ipv6Net>,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSpec {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+    pub tier: Option<String>,
+    pub preshared_key: Option<PresharedKey>,
+}
+
+impl PeerSpec {
+    /// The peer's AllowedIPs: exactly its /32 and /128.
+    pub fn allowed_ips(&self) -> Vec<IpNet> {
+        let mut v = Vec::with_capacity(2);
+        if let Some(a) = self.v4 {
+            v.push(IpNet::V4(Ipv4Net::new(a, 32).expect("32 is a valid prefix")));
+        }
+        if let Some(a) = self.v6 {
+            v.push(IpNet::V6(Ipv6Net::new(a, 128).expect("128 is a valid prefix")));
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressSpec {
+    pub blocked: Vec<IpNet>,
+    pub allow: Vec<AllowRule>,
+}
+
+/// Destinations clients may never reach unless an allow rule says otherwise:
+/// private, shared, link-local (cloud metadata), loopback, multicast,
+/// reserved and documentation ranges of both families.
+pub fn default_blocked() -> Vec<IpNet> {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("static CIDR"))
+    .collect()
+}
+
+/// Where each `[[peer]]` came from, for error locations.
+pub(super) type Source = (PathBuf, String, usize);
+
+struct Errors<'a> {
+    sources: &'a [Source],
+    out: Vec<ConfigError>,
+}
+
+impl<'a> Errors<'a> {
+    /// Locate `field` in section `section` (`wireguard`, `peer`, `egress.allow`...),
+    /// the `index`-th occurrence for arrays of tables.
+    fn at(&self, section: &str, index: Option<usize>, field: &str) -> Location {
+        // Peers can come from the peers file: index counts across sources.
+        if section == "peer" {
+            let mut i = index.unwrap_or(0);
+            for (file, text, n) in self.sources {
+                if i < *n {
+                    return Location {
+                        file: file.clone(),
+                        line: find_line(text, section, Some(i), field),
+                        field: format!("peer[{i}].{field}"),
+                    };
+                }
+                i -= n;
+            }
+        }
+        let (file, text, _) = &self.sources[0];
+        let name = match index {
+            Some(i) => format!("{section}[{i}].{field}"),
+            None if field.is_empty() => section.to_string(),
+            None => format!("{section}.{field}"),
+        };
+        Location { file: file.clone(), line: find_line(text, section, index, field), field: name }
+    }
+
+    fn push(&mut self, at: Location, message: impl Into<String>) {
+        self.out.push(ConfigError::Invalid { at, message: message.into() });
+    }
+}
+
+/// Line of `field = ...` inside the `index`-th `[section]`/`[[section]]` table.
+fn find_line(text: &str, section: &str, index: Option<usize>, field: &str) -> Option<usize> {
+    let header_single = format!("[{section}]");
+    let header_array = format!("[[{section}]]");
+    let mut seen = 0usize;
+    let mut start = None;
+    let mut offset = 0usize;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t == header_single || t == header_array {
+            if index.is_none_or(|i| i == seen) {
+                start = Some(offset);
+                break;
+            }
+            seen += 1;
+        }
+        offset += line.len();
+    }
+    let start = start?;
+    if field.is_empty() {
+        return Some(line_of(text, start));
+    }
+    let mut off = start;
+    for (n, line) in text[start..].split_inclusive('\n').enumerate() {
+        let t = line.trim_start();
+        if n > 0 && t.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = t.strip_prefix(field) {
+            if rest.trim_start().starts_with('=') {
+                return Some(line_of(text, off));
+            }
+        }
+        off += line.len();
+    }
+    Some(line_of(text, start))
+}
+
+fn is_canonical(net: &IpNet) -> bool {
+    net.trunc() == *net
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl NodeConfig {
+    /// Validate a config that came from a single text (`file`).
+    pub fn validate(&self, file: &Path, text: &str) -> Result<NodeSpec, ConfigError> {
+        self.validate_with_sources(&[(file.to_path_buf(), text.to_string(), self.peers.len())])
+    }
+
+    pub(super) fn validate_with_sources(&self, sources: &[Source]) -> Result<NodeSpec, ConfigError> {
+        let mut e = Errors { sources, out: Vec::new() };
+
+        let n = &self.node.name;
+        if n.is_empty() || n.len() > 63 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            let at = e.at("node", None, "name");
+            e.push(at, "must be 1-63 letters, digits or '-'");
+        }
+
+        if self.uplinks.is_empty() {
+            let at = e.at("uplink", None, "");
+            e.push(at, "at least one [[uplink]] is required");
+        }
+        for (i, u) in self.uplinks.iter().enumerate() {
+            if !valid_ifname(&u.interface) {
+                let at = e.at("uplink", Some(i), "interface");
+                e.push(at, format!("'{}' is not a valid interface name", u.interface));
+            }
+            if u.addresses.is_empty() && !u.dhcp {
+                let at = e.at("uplink", Some(i), "addresses");
+                e.push(at, "give static addresses or set dhcp = true");
+            }
+        }
+
+        let w = &self.wireguard;
+        if !valid_ifname(&w.interface) {
+            let at = e.at("wireguard", None, "interface");
+            e.push(at, format!("'{}' is not a valid interface name (1-15 characters)", w.interface));
+        }
+        if w.listen_port == 0 {
+            let at = e.at("wireguard", None, "listen_port");
+            e.push(at, "must not be 0");
+        }
+        let v4 = match w.address_v4 {
+            IpNet::V4(n) if n.prefix_len() < 31 => Some(n),
+            _ => {
+                let at = e.at("wireguard", None, "address_v4");
+                e.push(at, "must be an IPv4 address with the tunnel prefix, e.g. 10.66.0.1/16");
+                None
+            }
+        };
+        let v6 = match w.address_v6 {
+            IpNet::V6(n) if n.prefix_len() < 127 => Some(n),
+            _ => {
+                let at = e.at("wireguard", None, "address_v6");
+                e.push(at, "must be an IPv6 address with the tunnel prefix, e.g. fd66::1/64");
+                None
+            }
+        };
+        let routed = match w.routed_prefix_v6 {
+            None => None,
+            Some(IpNet::V6(n)) if is_canonical(&IpNet::V6(n)) => Some(n),
+            Some(other) => {
+                let at = e.at("wireguard", None, "routed_prefix_v6");
+                e.push(at, format!("{other} must be a canonical IPv6 prefix"));
+                None
+            }
+        };
+
+        // Peers.
+        let mut peers = BTreeMap::new();
+        let mut by_addr: HashMap<IpNet, usize> = HashMap::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let tiers_defined = !self.dns.tiers.is_empty();
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Some(prev) = names.insert(p.name.as_str(), i) {
+                let at = e.at("peer", Some(i), "name");
+                e.push(at, format!("duplicate peer name '{}' (also peer[{prev}])", p.name));
+            }
+            let key = match PublicKey::from_base64(&p.public_key) {
+                Ok(k) => Some(k),
+                Err(err) => {
+                    let at = e.at("peer", Some(i), "public_key");
+                    e.push(at, format!("invalid public key: {err}"));
+                    None
+                }
+            };
+            let psk = match &p.preshared_key {
+                None => None,
+                Some(s) => match PresharedKey::from_base64(s) {
+                    Ok(k) => Some(k),
+                    Err(err) => {
+                        let at = e.at("peer", Some(i), "preshared_key");
+                        e.push(at, format!("invalid preshared key: {err}"));
+                        None
+                    }
+                },
+            };
+            if let (Some(t), true) = (&p.tier, tiers_defined) {
+                if !self.dns.tiers.contains_key(t) {
+                    let at = e.at("peer", Some(i), "tier");
+                    e.push(at, format!("tier '{t}' is not defined under [dns.tier]"));
+                }
+            }
+            let (mut pv4, mut pv6) = (None, None);
+            if p.addresses.is_empty() {
+                let at = e.at("peer", Some(i), "addresses");
+                e.push(at, "a peer needs a /32 and/or a /128 tunnel address");
+            }
+            for a in &p.addresses {
+                let at = e.at("peer", Some(i), "addresses");
+                if a.prefix_len() == 0 {
+                    e.push(at, format!("{a} would route all traffic to this client; a client gets exactly its /32 and /128"));
+                    continue;
+                }
+                if !is_canonical(a) {
+                    e.push(at, format!("{a} is not canonical (host bits set); did you mean {}?", a.trunc()));
+                    continue;
+                }
+                if a.prefix_len() != a.max_prefix_len() {
+                    e.push(at, format!("{a}: a client gets exactly one /32 and one /128"));
+                    continue;
+                }
+                match a {
+                    IpNet::V4(n) => {
+                        if pv4.is_some() {
+                            e.push(at.clone(), "more than one IPv4 address");
+                        }
+                        if let Some(t) = v4 {
+                            if !t.trunc().contains(&n.addr()) {
+                                e.push(at.clone(), format!("{a} is outside the tunnel prefix {}", t.trunc()));
+                            } else if n.addr() == t.addr() || n.addr() == t.network() || n.addr() == t.broadcast() {
+                                e.push(at.clone(), format!("{a} is the node's own, the network or the broadcast address"));
+                            }
+                        }
+                        pv4 = Some(n.addr());
+                    }
+                    IpNet::V6(n) => {
+                        if pv6.is_some() {
+                            e.push(at.clone(), "more than one IPv6 address");
+                        }
+                        if let Some(t) = v6 {
+                            if !t.trunc().contains(&n.addr()) {
+                                e.push(at.clone(), format!("{a} is outside the tunnel prefix {}", t.trunc()));
+                            } else if n.addr() == t.addr() || n.addr() == t.network() {
+                                e.push(at.clone(), format!("{a} is the node's own or the subnet-router address"));
+                            }
+                        }
+                        pv6 = Some(n.addr());
+                    }
+                }
+                // Overlapping AllowedIPs silently move a prefix between peers
+                // in the kernel; refuse them here.
+                if let Some(prev) = by_addr.insert(*a, i) {
+                    e.push(at, format!("{a} overlaps the AllowedIPs of peer[{prev}] ('{}')", self.peers[prev].name));
+                }
+            }
+            if let Some(k) = key {
+                let spec = PeerSpec {
+                    name: p.name.clone(),
+                    public_key: k,
+                    v4: pv4,
+                    v6: pv6,
+                    tier: p.tier.clone(),
+                    preshared_key: psk,
+                };
+                if peers.insert(k, spec).is_some() {
+                    let at = e.at("peer", Some(i), "public_key");
+                    e.push(at, "duplicate public key (each client needs its own key)");
+                }
+            }
+        }
+
+        // Egress.
+        let blocked = self.egress.blocked.clone().unwrap_or_else(default_blocked);
+        for net in blocked.iter().chain(&self.egress.extra_blocked) {
+            if !is_canonical(net) {
+                let at = e.at("egress", None, if self.egress.blocked.as_ref().is_some_and(|b| b.contains(net)) { "blocked" } else { "extra_blocked" });
+                e.push(at, format!("{net} is not canonical; did you mean {}?", net.trunc()));
+            }
+        }
+        for (i, r) in self.egress.allow.iter().enumerate() {
+            if !is_canonical(&r.cidr) {
+                let at = e.at("egress.allow", Some(i), "cidr");
+                e.push(at, format!("{} is not canonical; did you mean {}?", r.cidr, r.cidr.trunc()));
+            }
+            if !r.ports.is_empty() && !matches!(r.protocol, Some(Protocol::Tcp) | Some(Protocol::Udp)) {
+                let at = e.at("egress.allow", Some(i), "ports");
+                e.push(at, "ports need protocol = \"tcp\" or \"udp\"");
+            }
+            if r.ports.contains(&0) {
+                let at = e.at("egress.allow", Some(i), "ports");
+                e.push(at, "port 0 is not a port");
+            }
+        }
+        for net in &self.management.mesh {
+            if !is_canonical(net) {
+                let at = e.at("management", None, "mesh");
+                e.push(at, format!("{net} is not canonical; did you mean {}?", net.trunc()));
+            }
+        }
+
+        // DNS references.
+        for (tname, tier) in &self.dns.tiers {
+            for l in &tier.lists {
+                if !self.dns.lists.contains_key(l) {
+                    let at = e.at(&format!("dns.tier.{tname}"), None, "lists");
+                    e.push(at, format!("list '{l}' is not defined under [dns.list]"));
+                }
+            }
+        }
+        for (i, u) in self.dns.upstreams.iter().enumerate() {
+            let ok = matches!(u.protocol.as_str(), "udp" | "tcp" | "tls" | "https");
+            if !ok {
+                let at = e.at("dns.upstream", Some(i), "protocol");
+                e.push(at, format!("'{}' is not one of udp, tcp, tls, https", u.protocol));
+            } else if matches!(u.protocol.as_str(), "tls" | "https") && u.tls_name.is_none() {
+                let at = e.at("dns.upstream", Some(i), "tls_name");
+                e.push(at, "tls and https upstreams need tls_name (the name verified in the certificate)");
+            }
+        }
+
+        if !e.out.is_empty() {
+            return Err(if e.out.len() == 1 { e.out.remove(0) } else { ConfigError::Many(e.out) });
+        }
+        let mut blocked_all = blocked;
+        blocked_all.extend(self.egress.extra_blocked.iter().copied());
+        Ok(NodeSpec {
+            node: self.node.clone(),
+            uplinks: self.uplinks.clone(),
+            wg: WgSpec {
+                interface: w.interface.clone(),
+                listen_port: w.listen_port,
+                address_v4: v4.expect("checked above"),
+                address_v6: v6.expect("checked above"),
+                private_key_file: w.private_key_file.clone(),
+                backend: w.backend,
+                routed_prefix_v6: routed,
+                mtu: w.mtu,
+            },
+            peers,
+            egress: EgressSpec { blocked: blocked_all, allow: self.egress.allow.clone() },
+            management: self.management.clone(),
+            dns: self.dns.clone(),
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! Palisade node logic. Pure planners and parsers carry most of the logic;
+//! the appliers in `wg::apply`, `firewall::apply` and `sysctl` are the only
+//! code that touches the kernel. See ARCHITECTURE.md.
+
+pub mod config;

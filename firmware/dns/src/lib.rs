@@ -1,0 +1,1 @@
+//! Filtering DNS resolver (issue 3). See ARCHITECTURE.md.

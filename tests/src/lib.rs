@@ -1,0 +1,1 @@
+//! Test bed library: namespaces, test hosts, WireGuard clients.
