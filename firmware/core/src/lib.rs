@@ -3,3 +3,4 @@
 //! code that touches the kernel. See ARCHITECTURE.md.
 
 pub mod config;
+pub mod wg;

@@ -3,7 +3,7 @@
 
 use super::{
     line_of, AllowRule, ConfigError, DnsSection, Location, ManagementSection, NodeConfig,
-    NodeSection, PeerSection, PresharedKey, Protocol, PublicKey, UplinkSection, WgBackend,
+    NodeSection, PresharedKey, Protocol, PublicKey, UplinkSection, WgBackend,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
