@@ -1,0 +1,142 @@
+//! The only code that runs `nft`: check (`nft -c`), apply (`nft -f`, one
+//! transaction) and read back (`nft -j list table`) to verify and detect drift.
+
+use super::TABLE;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("cannot run {cmd}: {source} (is nftables installed?)")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("nft rejected the ruleset ({stage}): {stderr}")]
+    Rejected { stage: &'static str, stderr: String },
+    #[error("the loaded table does not match what was applied: {0}")]
+    Verify(String),
+}
+
+/// Side effects on the firewall. [`NftCli`] is real; [`RecordingFirewall`]
+/// records scripts for unit tests of callers.
+pub trait Firewall: Send + Sync {
+    /// Dry-run, apply atomically, and return the fingerprint of the live table.
+    fn apply(&self, script: &str) -> Result<String, FirewallError>;
+    /// Fingerprint of the live table, `None` if it does not exist.
+    fn fingerprint(&self) -> Result<Option<String>, FirewallError>;
+}
+
+/// Runs the `nft` binary (found on PATH, or the given path).
+pub struct NftCli {
+    pub nft: String,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli { nft: std::env::var("PALISADE_NFT").unwrap_or_else(|_| "nft".into()) }
+    }
+}
+
+impl NftCli {
+    fn run(&self, args: &[&str], stdin: Option<&str>, stage: &'static str) -> Result<String, FirewallError> {
+        let cmd = format!("{} {}", self.nft, args.join(" "));
+        let mut child = Command::new(&self.nft)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
+        if let Some(text) = stdin {
+            let mut si = child.stdin.take().expect("piped");
+            si.write_all(text.as_bytes()).map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
+        }
+        let out = child.wait_with_output().map_err(|source| FirewallError::Spawn { cmd, source })?;
+        if !out.status.success() {
+            return Err(FirewallError::Rejected {
+                stage,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Normalise `nft -j list table` output: drop handles and the metainfo
+/// object (they change on every load), keep everything else in order.
+pub(crate) fn normalise(json: &str) -> Result<String, FirewallError> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| FirewallError::Verify(format!("unparsable nft -j output: {e}")))?;
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("handle");
+                m.remove("metainfo");
+                for (_, x) in m.iter_mut() {
+                    strip(x);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                a.retain(|x| !x.get("metainfo").is_some());
+                for x in a.iter_mut() {
+                    strip(x);
+                }
+            }
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    // Typed check through the nftables crate's schema: the table has our
+    // base chains with a drop policy. Catches a table that parses but is
+    // not ours (e.g. recreated empty by someone else).
+    let parsed: nftables::schema::Nftables =
+        serde_json::from_value(v.clone()).map_err(|e| FirewallError::Verify(format!("unexpected nft -j schema: {e}")))?;
+    let mut drops = 0;
+    for o in parsed.objects.iter() {
+        if let nftables::schema::NfObject::ListObject(nftables::schema::NfListObject::Chain(c)) = o {
+            if matches!(c.policy, Some(nftables::types::NfChainPolicy::Drop)) {
+                drops += 1;
+            }
+        }
+    }
+    if drops < 2 {
+        return Err(FirewallError::Verify(format!("expected the input and forward chains with policy drop, found {drops}")));
+    }
+    Ok(v.to_string())
+}
+
+impl Firewall for NftCli {
+    fn apply(&self, script: &str) -> Result<String, FirewallError> {
+        self.run(&["-c", "-f", "-"], Some(script), "check")?;
+        self.run(&["-f", "-"], Some(script), "apply")?;
+        match self.fingerprint()? {
+            Some(f) => Ok(f),
+            None => Err(FirewallError::Verify(format!("table inet {TABLE} missing right after apply"))),
+        }
+    }
+
+    fn fingerprint(&self) -> Result<Option<String>, FirewallError> {
+        match self.run(&["-j", "list", "table", "inet", TABLE], None, "list") {
+            Ok(json) => Ok(Some(normalise(&json)?)),
+            Err(FirewallError::Rejected { stderr, .. }) if stderr.contains("No such file") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Records applied scripts; the fingerprint is the last script.
+#[derive(Default)]
+pub struct RecordingFirewall {
+    pub applied: Mutex<Vec<String>>,
+    pub live: Mutex<Option<String>>,
+}
+
+impl Firewall for RecordingFirewall {
+    fn apply(&self, script: &str) -> Result<String, FirewallError> {
+        self.applied.lock().expect("poisoned").push(script.to_string());
+        *self.live.lock().expect("poisoned") = Some(script.to_string());
+        Ok(script.to_string())
+    }
+    fn fingerprint(&self) -> Result<Option<String>, FirewallError> {
+        Ok(self.live.lock().expect("poisoned").clone())
+    }
+}
