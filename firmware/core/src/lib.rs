@@ -5,3 +5,7 @@
 pub mod config;
 pub mod wg;
 pub mod firewall;
+pub mod control;
+pub mod link;
+pub mod reconcile;
+pub mod sysctl;

@@ -1,0 +1,109 @@
+//! The control socket protocol shared by palisaded and the `palisade` CLI:
+//! one JSON request line, one JSON response line, per connection.
+//!
+//! Responses carry aggregates and operator-given data only: never a client's
+//! endpoint address or anything about its traffic.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Requests are capped: nothing legitimate comes near this.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    PeersList,
+    PeersAdd {
+        name: String,
+        public_key: String,
+        #[serde(default)]
+        addresses: Vec<String>,
+        #[serde(default)]
+        tier: Option<String>,
+        #[serde(default)]
+        preshared_key: Option<String>,
+    },
+    PeersRemove {
+        peer: String,
+    },
+    Reload,
+    Plan,
+    ClientConfig {
+        peer: String,
+    },
+    DnsStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(data: serde_json::Value) -> Response {
+        Response { ok: true, error: None, data }
+    }
+    pub fn err(msg: impl Into<String>) -> Response {
+        Response { ok: false, error: Some(msg.into()), data: serde_json::Value::Null }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot connect to {path}: {source} (is palisaded running? are you root?)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("control socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad response from palisaded: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Send one request and wait for its response (the CLI side).
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<serde_json::Value, ControlError> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|source| ControlError::Connect { path: socket.display().to_string(), source })?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut buf = String::new();
+    BufReader::new(s.take(16 * 1024 * 1024)).read_line(&mut buf)?;
+    let resp: Response = serde_json::from_str(&buf)?;
+    if resp.ok {
+        Ok(resp.data)
+    } else {
+        Err(ControlError::Refused(resp.error.unwrap_or_else(|| "request failed".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        let r = Request::PeersAdd {
+            name: "a".into(),
+            public_key: "k".into(),
+            addresses: vec![],
+            tier: None,
+            preshared_key: None,
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(j, r#"{"cmd":"peers-add","name":"a","public_key":"k","addresses":[],"tier":null,"preshared_key":null}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+    }
+}

@@ -1,0 +1,467 @@
+//! The reconciler: desired state (config + peers file) -> planners ->
+//! appliers. Idempotent; runs on every change and on a timer, so drift (a
+//! flushed table, a deleted peer, a changed key) is repaired.
+//!
+//! A config that fails validation is refused and the last good spec keeps
+//! being enforced.
+
+use crate::config::{self, ConfigError, NodeSpec, PeerSection, PeersFile, PrivateKey, PublicKey};
+use crate::firewall::{self, Firewall};
+use crate::wg::{self, WgControl, WgPlan};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Every filesystem location the engine uses, passed in (tests use a temp dir).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    pub peers_file: PathBuf,
+    pub proc_sys: PathBuf,
+}
+
+impl Paths {
+    pub fn new(state_dir: &Path, config: Option<&Path>) -> Paths {
+        Paths {
+            state_dir: state_dir.to_path_buf(),
+            config: config.map(Path::to_path_buf).unwrap_or_else(|| state_dir.join("node.toml")),
+            peers_file: state_dir.join("peers.toml"),
+            proc_sys: PathBuf::from("/proc/sys"),
+        }
+    }
+
+    fn key_file(&self, spec: &NodeSpec) -> PathBuf {
+        self.state_dir.join(&spec.wg.private_key_file)
+    }
+}
+
+/// What one reconcile pass did. Counts only.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct Report {
+    pub wg_peer_changes: usize,
+    pub wg_interface_changed: bool,
+    pub link_changes: usize,
+    pub firewall_applied: bool,
+    /// The live table differed from the one we loaded (someone changed it).
+    pub firewall_drift: bool,
+    pub sysctl_changes: usize,
+    pub errors: Vec<String>,
+    pub duration_us: u64,
+}
+
+pub struct Engine {
+    pub paths: Paths,
+    wg: Box<dyn WgControl>,
+    fw: Box<dyn Firewall>,
+    /// Whether to touch interface addresses and sysctls (off in unit tests).
+    manage_host: bool,
+    spec: Option<NodeSpec>,
+    key: Option<PrivateKey>,
+    fw_script: Option<String>,
+    fw_fingerprint: Option<String>,
+    pub last: Option<(SystemTime, Report)>,
+    pub last_config_error: Option<String>,
+}
+
+impl Engine {
+    pub fn new(paths: Paths, wg: Box<dyn WgControl>, fw: Box<dyn Firewall>, manage_host: bool) -> Engine {
+        Engine {
+            paths,
+            wg,
+            fw,
+            manage_host,
+            spec: None,
+            key: None,
+            fw_script: None,
+            fw_fingerprint: None,
+            last: None,
+            last_config_error: None,
+        }
+    }
+
+    pub fn spec(&self) -> Option<&NodeSpec> {
+        self.spec.as_ref()
+    }
+
+    fn load(&self) -> Result<NodeSpec, ConfigError> {
+        config::load(&self.paths.config, Some(&self.paths.peers_file))
+    }
+
+    /// Re-read the config. On error nothing changes: the last good spec stays
+    /// in force and the error is returned (and kept for `status`).
+    pub fn reload(&mut self) -> Result<Report, String> {
+        match self.load() {
+            Ok(spec) => {
+                self.last_config_error = None;
+                self.install(spec)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.last_config_error = Some(msg.clone());
+                Err(if self.spec.is_some() {
+                    format!("{msg}\nconfig refused; the last good config keeps running")
+                } else {
+                    msg
+                })
+            }
+        }
+    }
+
+    fn install(&mut self, spec: NodeSpec) -> Result<Report, String> {
+        let key_path = self.paths.key_file(&spec);
+        let key = PrivateKey::load_or_generate(&key_path)
+            .map_err(|e| format!("private key {}: {e}", key_path.display()))?;
+        self.key = Some(key);
+        self.spec = Some(spec);
+        Ok(self.reconcile())
+    }
+
+    /// One idempotent pass over WireGuard, link, sysctls and firewall.
+    pub fn reconcile(&mut self) -> Report {
+        let started = Instant::now();
+        let mut r = Report::default();
+        let (Some(spec), Some(key)) = (self.spec.as_ref(), self.key.as_ref()) else {
+            r.errors.push("no valid config loaded yet".into());
+            return r;
+        };
+
+        // Firewall first: isolation must be in place before the tunnel passes traffic.
+        let script = firewall::render(spec);
+        let live = self.fw.fingerprint();
+        let needs = match (&live, &self.fw_fingerprint, &self.fw_script) {
+            (Ok(Some(l)), Some(f), Some(s)) => {
+                if l != f {
+                    r.firewall_drift = true;
+                    true
+                } else {
+                    *s != script
+                }
+            }
+            _ => true,
+        };
+        if let (Ok(None), Some(_)) = (&live, &self.fw_fingerprint) {
+            r.firewall_drift = true;
+        }
+        if needs {
+            match self.fw.apply(&script) {
+                Ok(fp) => {
+                    self.fw_fingerprint = Some(fp);
+                    self.fw_script = Some(script);
+                    r.firewall_applied = true;
+                }
+                Err(e) => r.errors.push(format!("firewall: {e}")),
+            }
+        }
+
+        if self.manage_host {
+            match crate::sysctl::apply(&self.paths.proc_sys, &firewall::sysctls(spec)) {
+                Ok(n) => r.sysctl_changes = n,
+                Err(e) => r.errors.push(e.to_string()),
+            }
+        }
+
+        match self.wg.observe(&spec.wg.interface) {
+            Ok(obs) => {
+                let plan = wg::plan(&obs, spec, &key.public_key());
+                r.wg_interface_changed = plan.create_interface || plan.set_private_key || plan.set_listen_port.is_some();
+                r.wg_peer_changes = plan.peers.len();
+                if !plan.is_empty() {
+                    if let Err(e) = self.wg.apply(&spec.wg.interface, &plan, key) {
+                        r.errors.push(format!("wireguard: {e}"));
+                    }
+                }
+            }
+            Err(e) => r.errors.push(format!("wireguard: {e}")),
+        }
+
+        if self.manage_host {
+            match crate::link::ensure_tunnel(spec) {
+                Ok(n) => r.link_changes = n,
+                Err(e) => r.errors.push(format!("link: {e}")),
+            }
+        }
+        r.duration_us = started.elapsed().as_micros() as u64;
+        self.last = Some((SystemTime::now(), r.clone()));
+        r
+    }
+
+    /// What a reload would change, from the pure planners, touching nothing.
+    pub fn plan(&self) -> Result<Vec<String>, String> {
+        let spec = self.load().map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let node_pub = match &self.key {
+            Some(k) => k.public_key(),
+            None => PrivateKey::load_or_generate(&self.paths.key_file(&spec)).map_err(|e| e.to_string())?.public_key(),
+        };
+        let obs = self.wg.observe(&spec.wg.interface).map_err(|e| e.to_string())?;
+        let p: WgPlan = wg::plan(&obs, &spec, &node_pub);
+        if p.create_interface {
+            out.push(format!("+ interface {}", spec.wg.interface));
+        }
+        if p.set_private_key && !p.create_interface {
+            out.push("~ interface private key".into());
+        }
+        if let Some(port) = p.set_listen_port {
+            out.push(format!("~ listen port {port}"));
+        }
+        out.extend(p.peers.iter().map(|c| c.to_string()));
+        let script = firewall::render(&spec);
+        let live_matches = matches!((self.fw.fingerprint(), &self.fw_fingerprint), (Ok(Some(l)), Some(f)) if l == *f);
+        if self.fw_script.as_deref() != Some(script.as_str()) || !live_matches {
+            out.push(format!("~ firewall table inet {} (reload)", firewall::TABLE));
+        }
+        Ok(out)
+    }
+
+    /// Add a peer to the peers file, validated together with the config.
+    /// Addresses are allocated from the tunnel prefixes when not given.
+    pub fn add_peer(&mut self, mut peer: PeerSection) -> Result<Report, String> {
+        let spec = self.load().map_err(|e| e.to_string())?;
+        if peer.addresses.is_empty() {
+            peer.addresses = allocate(&spec)?;
+        }
+        let mut file = read_peers(&self.paths.peers_file)?;
+        file.peers.push(peer);
+        self.write_peers_checked(&file)
+    }
+
+    /// Remove a peer (by name or public key) from the peers file.
+    pub fn remove_peer(&mut self, which: &str) -> Result<Report, String> {
+        let mut file = read_peers(&self.paths.peers_file)?;
+        let before = file.peers.len();
+        file.peers.retain(|p| p.name != which && p.public_key != which);
+        if file.peers.len() == before {
+            let in_config = self.spec.as_ref().is_some_and(|s| s.peers.values().any(|p| p.name == which || p.public_key.to_base64() == which));
+            return Err(if in_config {
+                format!("peer '{which}' is defined in {}; remove it there and run `palisade reload`", self.paths.config.display())
+            } else {
+                format!("no peer named '{which}'")
+            });
+        }
+        self.write_peers_checked(&file)
+    }
+
+    /// Validate config + candidate peers file, then atomically replace the
+    /// peers file and reconcile. A refused candidate leaves nothing behind.
+    fn write_peers_checked(&mut self, file: &PeersFile) -> Result<Report, String> {
+        let text = toml::to_string_pretty(file).map_err(|e| e.to_string())?;
+        let tmp = self.paths.peers_file.with_extension("toml.new");
+        write_synced(&tmp, text.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        match config::load(&self.paths.config, Some(&tmp)) {
+            Ok(spec) => {
+                std::fs::rename(&tmp, &self.paths.peers_file).map_err(|e| format!("{}: {e}", self.paths.peers_file.display()))?;
+                self.last_config_error = None;
+                self.install(spec)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e.to_string().replace("peers.toml.new", "peers.toml"))
+            }
+        }
+    }
+
+    /// Operator view of the node. Aggregates only: no endpoints, no per-peer activity.
+    pub fn status(&self) -> serde_json::Value {
+        let active = self.spec.as_ref().and_then(|s| self.wg.observe(&s.wg.interface).ok()).map(|o| {
+            let now = SystemTime::now();
+            let recent = o
+                .peers
+                .iter()
+                .filter(|p| p.last_handshake.is_some_and(|t| now.duration_since(t).unwrap_or_default() < Duration::from_secs(180)))
+                .count();
+            (o.exists, o.peers.len(), recent)
+        });
+        let fw_live = self.fw.fingerprint().ok().flatten();
+        serde_json::json!({
+            "node": self.spec.as_ref().map(|s| serde_json::json!({"name": s.node.name, "region": s.node.region})),
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_error": self.last_config_error,
+            "wireguard": self.spec.as_ref().map(|s| serde_json::json!({
+                "interface": s.wg.interface,
+                "backend": s.wg.backend.to_string(),
+                "listen_port": s.wg.listen_port,
+                "public_key": self.key.as_ref().map(|k| k.public_key().to_base64()),
+                "address_v4": s.wg.address_v4.to_string(),
+                "address_v6": s.wg.address_v6.to_string(),
+                "up": active.map(|a| a.0).unwrap_or(false),
+                "peers_configured": s.peers.len(),
+                "peers_on_interface": active.map(|a| a.1),
+                "peers_active_3min": active.map(|a| a.2),
+            })),
+            "firewall": {
+                "table": format!("inet {}", firewall::TABLE),
+                "loaded": fw_live.is_some(),
+                "verified": fw_live.is_some() && fw_live == self.fw_fingerprint,
+            },
+            "last_reconcile": self.last.as_ref().map(|(t, r)| serde_json::json!({
+                "unix_time": t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
+                "report": r,
+            })),
+        })
+    }
+
+    pub fn peers(&self) -> serde_json::Value {
+        let Some(spec) = &self.spec else { return serde_json::json!([]) };
+        let mut v: Vec<_> = spec
+            .peers
+            .values()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name,
+                    "public_key": p.public_key.to_base64(),
+                    "addresses": p.allowed_ips().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    "tier": p.tier,
+                    "preshared_key": p.preshared_key.is_some(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        serde_json::Value::Array(v)
+    }
+
+    /// What a client needs for its wg-quick config (its private key is not
+    /// known to the node; the CLI fills it in).
+    pub fn client_config(&self, which: &str) -> Result<serde_json::Value, String> {
+        let spec = self.spec.as_ref().ok_or("no valid config loaded")?;
+        let p = spec
+            .peers
+            .values()
+            .find(|p| p.name == which || p.public_key.to_base64() == which)
+            .ok_or_else(|| format!("no peer named '{which}'"))?;
+        let key = self.key.as_ref().ok_or("node key not loaded")?;
+        let endpoint = spec.node.public_endpoint.clone().unwrap_or_else(|| {
+            let addr = spec.uplinks.iter().flat_map(|u| u.addresses.iter()).find(|a| a.addr().is_ipv4());
+            match addr {
+                Some(a) => format!("{}:{}", a.addr(), spec.wg.listen_port),
+                None => format!("<node-address>:{}", spec.wg.listen_port),
+            }
+        });
+        Ok(serde_json::json!({
+            "name": p.name,
+            "addresses": p.allowed_ips().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "dns": [spec.wg.address_v4.addr().to_string(), spec.wg.address_v6.addr().to_string()],
+            "server_public_key": key.public_key().to_base64(),
+            "preshared_key": p.preshared_key.as_ref().map(|k| k.to_base64().to_string()),
+            "endpoint": endpoint,
+            "mtu": spec.wg.mtu,
+        }))
+    }
+}
+
+fn read_peers(path: &Path) -> Result<PeersFile, String> {
+    if !path.exists() {
+        return Ok(PeersFile::default());
+    }
+    config::read_peers_file(path).map(|(peers, _)| PeersFile { peers }).map_err(|e| e.to_string())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// The lowest free host address in each tunnel prefix (same host index in
+/// both families when possible).
+pub fn allocate(spec: &NodeSpec) -> Result<Vec<IpNet>, String> {
+    let used4: std::collections::HashSet<_> = spec.peers.values().filter_map(|p| p.v4).collect();
+    let used6: std::collections::HashSet<_> = spec.peers.values().filter_map(|p| p.v6).collect();
+    let net4 = spec.wg.address_v4.trunc();
+    let net6 = spec.wg.address_v6.trunc();
+    let base4 = u32::from(net4.network());
+    let base6 = u128::from(net6.network());
+    let size4 = 1u64 << (32 - net4.prefix_len());
+    for i in 2..size4.saturating_sub(1) {
+        let a4 = std::net::Ipv4Addr::from(base4 + i as u32);
+        let a6 = std::net::Ipv6Addr::from(base6 + i as u128);
+        if a4 == spec.wg.address_v4.addr() || used4.contains(&a4) || used6.contains(&a6) || a6 == spec.wg.address_v6.addr() {
+            continue;
+        }
+        return Ok(vec![
+            IpNet::V4(Ipv4Net::new(a4, 32).expect("valid")),
+            IpNet::V6(Ipv6Net::new(a6, 128).expect("valid")),
+        ]);
+    }
+    Err(format!("tunnel prefix {net4} is full"))
+}
+
+/// Public keys of a spec's peers (used by benches and tests).
+pub fn peer_keys(spec: &NodeSpec) -> Vec<PublicKey> {
+    spec.peers.keys().copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::RecordingFirewall;
+    use crate::wg::RecordingWg;
+
+    fn engine(dir: &Path) -> Engine {
+        std::fs::write(dir.join("node.toml"), include_str!("../../../configs/node.toml")).unwrap();
+        Engine::new(Paths::new(dir, None), Box::new(RecordingWg::default()), Box::new(RecordingFirewall::default()), false)
+    }
+
+    #[test]
+    fn reload_converges_and_second_pass_does_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = engine(d.path());
+        let r = e.reload().unwrap();
+        assert!(r.firewall_applied && r.wg_interface_changed);
+        assert_eq!(r.wg_peer_changes, 2);
+        let r2 = e.reconcile();
+        assert_eq!(r2, Report { duration_us: r2.duration_us, ..Default::default() });
+        assert!(e.plan().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_config_keeps_last_good_state() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = engine(d.path());
+        e.reload().unwrap();
+        let good = e.spec().unwrap().clone();
+        std::fs::write(d.path().join("node.toml"), "[node]\nname = 'x'\n").unwrap();
+        let err = e.reload().unwrap_err();
+        assert!(err.contains("node.toml") && err.contains("last good config keeps running"), "{err}");
+        assert_eq!(e.spec().unwrap(), &good);
+        assert!(e.status()["config_error"].is_string());
+    }
+
+    #[test]
+    fn peers_add_remove_persist_and_refuse_bad_input() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = engine(d.path());
+        e.reload().unwrap();
+        let k = PrivateKey::generate().public_key().to_base64();
+        let r = e
+            .add_peer(PeerSection { name: "new".into(), public_key: k.clone(), addresses: vec![], tier: None, preshared_key: None })
+            .unwrap();
+        assert_eq!(r.wg_peer_changes, 1, "only the new peer is touched");
+        let saved = std::fs::read_to_string(d.path().join("peers.toml")).unwrap();
+        assert!(saved.contains(&k) && saved.contains("10.66.0.4/32"), "{saved}");
+        // Duplicate key: refused, file unchanged, no temp file left.
+        let err = e
+            .add_peer(PeerSection { name: "dup".into(), public_key: k.clone(), addresses: vec![], tier: None, preshared_key: None })
+            .unwrap_err();
+        assert!(err.contains("duplicate public key") && err.contains("peers.toml"), "{err}");
+        assert_eq!(std::fs::read_to_string(d.path().join("peers.toml")).unwrap(), saved);
+        assert!(!d.path().join("peers.toml.new").exists());
+        let r = e.remove_peer("new").unwrap();
+        assert_eq!(r.wg_peer_changes, 1);
+        assert!(e.remove_peer("laptop-1").unwrap_err().contains("node.toml"));
+    }
+
+    #[test]
+    fn status_and_client_config_hold_no_endpoints() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = engine(d.path());
+        e.reload().unwrap();
+        let c = e.client_config("laptop-1").unwrap();
+        assert_eq!(c["addresses"][0], "10.66.0.2/32");
+        assert_eq!(c["endpoint"], "203.0.113.10:51820");
+        let s = e.status().to_string();
+        assert!(s.contains("\"peers_configured\":2"), "{s}");
+    }
+}
