@@ -1,0 +1,116 @@
+//! `pal-testhost`: the one tiny server every test host runs.
+//!
+//! `pal-testhost serve --log FILE SPEC...` where SPEC is `tcp:ADDR` or `udp:ADDR`
+//! (e.g. `tcp:[::]:80`, `udp:0.0.0.0:7`). It prints `ready` on stdout once every
+//! listener is bound.
+//!
+//! - TCP: reads an HTTP-ish request (up to the blank line, 1 s at most) and answers
+//!   `HTTP/1.0 200 OK` whose body is the peer's address as the host saw it.
+//! - UDP: answers each datagram with `<peer address> <payload>`.
+//!
+//! Every connection and datagram is appended to the log file
+//! (`tcp <local> <peer>` / `udp <local-port> <peer> <payload>`), so a test can
+//! prove that a packet did NOT arrive at the receiver, not merely that no answer
+//! came back. Test addresses only: this program never runs on a node.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+fn log_line(log: &Mutex<std::fs::File>, line: &str) {
+    let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = f.write_all(format!("{line}\n").as_bytes());
+}
+
+fn serve_tcp(l: TcpListener, log: Arc<Mutex<std::fs::File>>) {
+    for s in l.incoming() {
+        let Ok(s) = s else { continue };
+        let log = log.clone();
+        std::thread::spawn(move || handle_tcp(s, &log));
+    }
+}
+
+fn handle_tcp(mut s: TcpStream, log: &Mutex<std::fs::File>) {
+    let peer = s.peer_addr().map(|a| canonical(a.ip()).to_string()).unwrap_or_default();
+    let local = s.local_addr().map(|a| SocketAddr::new(canonical(a.ip()), a.port()).to_string()).unwrap_or_default();
+    log_line(log, &format!("tcp {local} {peer}"));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while buf.len() < 16 * 1024 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let resp = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        peer.len(),
+        peer
+    );
+    let _ = s.write_all(resp.as_bytes());
+}
+
+fn serve_udp(u: UdpSocket, log: Arc<Mutex<std::fs::File>>) {
+    let port = u.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut buf = [0u8; 2048];
+    loop {
+        let Ok((n, from)) = u.recv_from(&mut buf) else { continue };
+        let payload = String::from_utf8_lossy(&buf[..n]).replace(['\n', '\r'], " ");
+        let peer = canonical(from.ip());
+        log_line(&log, &format!("udp {port} {peer} {payload}"));
+        let _ = u.send_to(format!("{peer} {payload}").as_bytes(), from);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 3 || args[0] != "serve" || args[1] != "--log" {
+        eprintln!("usage: pal-testhost serve --log FILE tcp:ADDR|udp:ADDR...");
+        std::process::exit(2);
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&args[2]).unwrap_or_else(|e| {
+        eprintln!("pal-testhost: cannot open log {}: {e}", args[2]);
+        std::process::exit(1)
+    });
+    let log = Arc::new(Mutex::new(file));
+    let mut threads = Vec::new();
+    for spec in &args[3..] {
+        let (kind, addr) = spec.split_once(':').unwrap_or(("", ""));
+        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| {
+            eprintln!("pal-testhost: bad address in {spec}: {e}");
+            std::process::exit(2)
+        });
+        let log = log.clone();
+        match kind {
+            "tcp" => {
+                let l = TcpListener::bind(addr).unwrap_or_else(|e| {
+                    eprintln!("pal-testhost: bind tcp {addr}: {e}");
+                    std::process::exit(1)
+                });
+                threads.push(std::thread::spawn(move || serve_tcp(l, log)));
+            }
+            "udp" => {
+                let u = UdpSocket::bind(addr).unwrap_or_else(|e| {
+                    eprintln!("pal-testhost: bind udp {addr}: {e}");
+                    std::process::exit(1)
+                });
+                threads.push(std::thread::spawn(move || serve_udp(u, log)));
+            }
+            _ => {
+                eprintln!("pal-testhost: bad spec {spec} (tcp:ADDR or udp:ADDR)");
+                std::process::exit(2)
+            }
+        }
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        let _ = t.join();
+    }
+}

@@ -1,0 +1,228 @@
+//! Running the real palisaded (userspace backend) in the bed's node namespace,
+//! and its CLI against the node's control socket.
+
+use crate::bed::{addr, TestBed};
+use crate::ns::{run_cmd, wait_until};
+use anyhow::{anyhow, bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Paths of palisaded and palisade.
+///
+/// Order: `$PALISADED_BIN` / `$PALISADE_BIN` (tests/run.sh sets them), then
+/// `$CARGO_TARGET_DIR/debug`, then `<workspace>/target/debug`; if neither has
+/// them, `cargo build -p palisaded -p palisade-cli` is run once.
+#[derive(Debug, Clone)]
+pub struct PalisadeBins {
+    pub palisaded: PathBuf,
+    pub palisade: PathBuf,
+}
+
+impl PalisadeBins {
+    pub fn locate() -> Result<PalisadeBins> {
+        if let (Some(d), Some(c)) = (std::env::var_os("PALISADED_BIN"), std::env::var_os("PALISADE_BIN")) {
+            let b = PalisadeBins { palisaded: d.into(), palisade: c.into() };
+            if b.palisaded.is_file() && b.palisade.is_file() {
+                return Ok(b);
+            }
+            bail!("PALISADED_BIN/PALISADE_BIN do not name files: {b:?}");
+        }
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| ws.join("target"));
+        let found = |dir: &Path| {
+            let b = PalisadeBins { palisaded: dir.join("palisaded"), palisade: dir.join("palisade") };
+            (b.palisaded.is_file() && b.palisade.is_file()).then_some(b)
+        };
+        // Build (incremental: quick when up to date) so tests never run stale binaries.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-q", "-p", "palisaded", "-p", "palisade-cli"])
+            .current_dir(&ws)
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .context("run cargo build -p palisaded -p palisade-cli")?;
+        if !st.success() {
+            bail!("cargo build -p palisaded -p palisade-cli failed");
+        }
+        found(&target.join("debug")).ok_or_else(|| anyhow!("palisaded/palisade not found under {}", target.display()))
+    }
+}
+
+/// What goes into the node config besides the bed's fixed addressing.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Extra `[[egress.allow]]` tables, as TOML bodies (e.g. `cidr = "10.99.0.80/32"\nprotocol = "tcp"\nports = [8080]`).
+    pub allow: Vec<String>,
+    /// Clients (1-based) to put in node.toml; the rest can be added with the CLI.
+    /// `None`: all clients.
+    pub peers: Option<Vec<usize>>,
+    /// Appended verbatim (e.g. `[dns.list.*]` and `[dns.tier.*]` tables).
+    pub extra_toml: String,
+}
+
+/// The egress blocked list the bed uses: the product default minus the
+/// documentation ranges the bed itself uses as "the internet" (203.0.113.0/24,
+/// 2001:db8::/32). Everything else stays blocked.
+pub fn bed_blocked() -> Vec<String> {
+    palisade_core::config::default_blocked()
+        .into_iter()
+        .map(|n| n.to_string())
+        .filter(|n| n != "203.0.113.0/24" && n != "2001:db8::/32")
+        .collect()
+}
+
+/// Render node.toml for `bed` (userspace backend, the bed's interface names).
+pub fn render_node_toml(bed: &TestBed, opts: &NodeOptions) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "[node]\nname = \"{id}\"\nregion = \"test\"\npublic_endpoint = \"{ep}:{port}\"\n",
+        id = bed.id,
+        ep = addr::NODE_UP_V4,
+        port = addr::WG_PORT
+    );
+    let _ = writeln!(
+        s,
+        "[[uplink]]\ninterface = \"eth0\"\naddresses = [\"{}/24\", \"{}/64\"]\n",
+        addr::NODE_UP_V4,
+        addr::NODE_UP_V6
+    );
+    let _ = writeln!(
+        s,
+        "[wireguard]\ninterface = \"{}\"\nlisten_port = {}\naddress_v4 = \"{}/16\"\naddress_v6 = \"{}/64\"\nprivate_key_file = \"wg.key\"\nbackend = \"userspace\"\n",
+        bed.node_if,
+        addr::WG_PORT,
+        addr::NODE_TUN_V4,
+        addr::NODE_TUN_V6
+    );
+    for c in &bed.clients {
+        if opts.peers.as_ref().is_some_and(|p| !p.contains(&c.index)) {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "[[peer]]\nname = \"client-{}\"\npublic_key = \"{}\"\naddresses = [\"{}/32\", \"{}/128\"]\n",
+            c.index, c.keys.public_key, c.tun_v4, c.tun_v6
+        );
+    }
+    let blocked: Vec<String> = bed_blocked().iter().map(|b| format!("\"{b}\"")).collect();
+    let _ = writeln!(s, "[egress]\nblocked = [{}]\n", blocked.join(", "));
+    for a in &opts.allow {
+        let _ = writeln!(s, "[[egress.allow]]\n{a}\n");
+    }
+    let ports: Vec<String> = addr::MGMT_PORTS.iter().map(|p| p.to_string()).collect();
+    let _ = writeln!(s, "[management]\nmesh = [\"{}\"]\nports = [{}]\n", addr::MESH_CIDR, ports.join(", "));
+    let _ = writeln!(s, "[dns]\n\n[[dns.upstream]]\naddress = \"{}:53\"\nprotocol = \"udp\"\n", addr::DNS_V4);
+    s.push_str(&opts.extra_toml);
+    s
+}
+
+/// palisaded running in the bed's node namespace.
+#[derive(Debug, Clone)]
+pub struct Palisade {
+    pub bins: PalisadeBins,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub config: PathBuf,
+    /// The node's WireGuard public key (read from the interface).
+    pub public_key: String,
+}
+
+impl Palisade {
+    /// Write node.toml, start palisaded (reconcile every second), wait until the
+    /// interface, the firewall table and the control socket are up, and connect
+    /// every client.
+    pub fn start(bed: &mut TestBed, opts: &NodeOptions) -> Result<Palisade> {
+        let bins = PalisadeBins::locate()?;
+        let state_dir = bed.dir.path().join("state");
+        let run_dir = bed.dir.path().join("run");
+        std::fs::create_dir_all(&state_dir)?;
+        std::fs::create_dir_all(&run_dir)?;
+        let config = state_dir.join("node.toml");
+        std::fs::write(&config, render_node_toml(bed, opts))?;
+        let mut p = Palisade { bins, state_dir, run_dir, config, public_key: String::new() };
+        p.spawn(bed)?;
+        for c in &bed.clients {
+            c.connect(&p.public_key)?;
+        }
+        Ok(p)
+    }
+
+    /// Start (or restart) the daemon process and wait until it is serving.
+    pub fn spawn(&mut self, bed: &mut TestBed) -> Result<()> {
+        let d = self.bins.palisaded.to_string_lossy().into_owned();
+        let argv = [
+            d.as_str(),
+            "--config",
+            &self.config.to_string_lossy(),
+            "--state-dir",
+            &self.state_dir.to_string_lossy(),
+            "--run-dir",
+            &self.run_dir.to_string_lossy(),
+            "--reconcile-secs",
+            "1",
+        ];
+        let log = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
+        let proc = bed.node.spawn_env("palisaded", bed.log_dir(), &argv, &[("PALISADE_LOG", &log)])?;
+        bed.node_procs.palisaded = Some(proc);
+        let sock = self.socket();
+        let ifn = bed.node_if.clone();
+        let r = wait_until(Duration::from_secs(15), "palisaded: control socket, WireGuard interface and nft table", || {
+            if !sock.exists() {
+                return None;
+            }
+            let d = bed.node_dump().ok()?;
+            if d.listen_port != addr::WG_PORT {
+                return None;
+            }
+            bed.node.run(&["nft", "list", "table", "inet", "palisade"]).ok()?;
+            let a = bed.node.ip(&["addr", "show", "dev", &ifn]).ok()?;
+            a.contains(&addr::NODE_TUN_V4.to_string()).then_some(d.public_key)
+        });
+        match r {
+            Ok(k) => {
+                self.public_key = k;
+                Ok(())
+            }
+            Err(e) => {
+                let tail = bed.node_procs.palisaded.as_ref().map(|p| p.log_tail(40)).unwrap_or_default();
+                bail!("{e}\npalisaded log:\n{tail}")
+            }
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("palisaded.sock")
+    }
+
+    /// `palisade --socket <sock> ARGS` in the node namespace (its full output).
+    pub fn cli(&self, bed: &TestBed, args: &[&str]) -> Result<Output> {
+        let c = self.bins.palisade.to_string_lossy().into_owned();
+        let s = self.socket().to_string_lossy().into_owned();
+        let mut argv = vec![c.as_str(), "--socket", s.as_str()];
+        argv.extend_from_slice(args);
+        bed.node.output(&argv)
+    }
+
+    /// Like [`Palisade::cli`] but it must exit 0; returns stdout.
+    pub fn cli_ok(&self, bed: &TestBed, args: &[&str]) -> Result<String> {
+        let o = self.cli(bed, args)?;
+        if !o.status.success() {
+            bail!(
+                "palisade {args:?} failed ({}): {}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+}
+
+/// `wg genkey | wg pubkey` for a throwaway peer (the CLI add/remove tests).
+pub fn throwaway_public_key() -> Result<String> {
+    let k = run_cmd(&mut Command::new("wg").arg("genkey"))?;
+    crate::wg::pubkey_of(k.trim())
+}

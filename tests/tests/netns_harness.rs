@@ -1,0 +1,69 @@
+//! Self-test of the test bed, WITHOUT palisaded: a hand-configured wireguard-go
+//! server with forwarding and masquerade but no isolation. It proves that every
+//! probe the isolation tests expect to be dropped can succeed when nothing drops
+//! it, so those negative checks can fail (they are not vacuous).
+
+use palisade_tests::{addr, sa, Bins, Outcome, TestBed};
+use std::net::IpAddr;
+use std::time::Duration;
+
+fn bins() -> Bins {
+    Bins { testhost: env!("CARGO_BIN_EXE_pal-testhost").into() }
+}
+
+const T: Duration = Duration::from_millis(1500);
+
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn harness_without_isolation_reaches_everything() {
+    let mut bed = TestBed::new(2, bins()).expect("build test bed");
+    bed.start_plain_node().expect("plain wireguard-go node");
+    bed.wait_handshake(1, Duration::from_secs(10)).expect("client 1 handshake");
+    bed.wait_handshake(2, Duration::from_secs(10)).expect("client 2 handshake");
+
+    let c1 = &bed.clients[0];
+    let c2 = &bed.clients[1];
+    // Web host through the tunnel, both families; masquerade shows the uplink address.
+    let v4 = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(addr::WEB_V4, 80), T)).unwrap();
+    assert_eq!(v4, Outcome::Answered(addr::NODE_UP_V4.to_string()));
+    let v6 = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(addr::WEB_V6, 80), T)).unwrap();
+    assert_eq!(v6, Outcome::Answered(addr::NODE_UP_V6.to_string()));
+
+    // Without isolation, client 1 reaches client 2 by tunnel address (v4 and v6) ...
+    for dst in [IpAddr::from(c2.tun_v4), IpAddr::from(c2.tun_v6)] {
+        let o = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(dst, addr::CLIENT_TCP), T)).unwrap();
+        let IpAddr::V4(_) = dst else {
+            assert_eq!(o, Outcome::Answered(c1.tun_v6.to_string()), "client1 -> {dst}");
+            continue;
+        };
+        assert_eq!(o, Outcome::Answered(c1.tun_v4.to_string()), "client1 -> {dst}");
+    }
+    // ... and every private destination the isolation tests expect dropped.
+    for dst in [
+        IpAddr::from(addr::PRIV_ALLOWED_V4),
+        addr::PRIV_OTHER_V4.into(),
+        addr::CGNAT_V4.into(),
+        addr::METADATA_V4.into(),
+        addr::RFC1918_192.into(),
+        addr::RFC1918_172.into(),
+        addr::PRIV_ALLOWED_V6.into(),
+        addr::PRIV_OTHER_V6.into(),
+    ] {
+        let o = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(dst, 80), T)).unwrap();
+        assert!(o.reached(), "client1 -> {dst}:80 without isolation: {o:?}");
+    }
+    // The DNS test host answers from the test zone.
+    let a = bed
+        .inet
+        .enter(|| palisade_tests::probe::dns_udp(sa(addr::DNS_V4, 53), "allowed.example.test", 1, T))
+        .unwrap()
+        .expect("dnsmasq answers");
+    assert_eq!(a.addrs, vec![IpAddr::from(addr::WEB_V4)]);
+
+    // Cleanup: every namespace of this bed disappears on drop.
+    let id = bed.id.clone();
+    drop(bed);
+    let left = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains(&format!("{id}-")), "namespaces left behind:\n{left}");
+}
