@@ -1,1 +1,287 @@
-fn main() {}
+//! palisade: the operator CLI. Talks to palisaded over its control socket.
+//! Nothing it prints contains a client's endpoint address.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use palisade_core::config::PrivateKey;
+use palisade_core::control::{call, Request};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "Operate a Palisade node")]
+struct Cli {
+    /// palisaded's control socket.
+    #[arg(long, env = "PALISADE_SOCKET", default_value = "/run/palisade/palisaded.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Node, tunnel and firewall state (aggregates only).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage peers (persisted in the state partition).
+    Peers {
+        #[command(subcommand)]
+        cmd: PeersCmd,
+    },
+    /// Re-read the config and apply it; a bad config is refused and the running state kept.
+    Reload,
+    /// Show what a reload would change, without touching anything.
+    Plan,
+    /// Print a wg-quick config (and a QR code) for a peer.
+    ClientConfig {
+        peer: String,
+        /// The client's private key file; without it a placeholder is printed.
+        #[arg(long)]
+        private_key_file: Option<PathBuf>,
+        #[arg(long)]
+        no_qr: bool,
+    },
+    /// The DNS resolver.
+    Dns {
+        #[command(subcommand)]
+        cmd: DnsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeersCmd {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Add {
+        name: String,
+        /// The client's public key. Omit with --generate-key.
+        #[arg(long, required_unless_present = "generate_key")]
+        public_key: Option<String>,
+        /// Generate the client's key pair here and print its config once
+        /// (the private key is never stored on the node).
+        #[arg(long)]
+        generate_key: bool,
+        /// Tunnel addresses (/32 and /128); allocated when omitted.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        preshared_key: Option<String>,
+        #[arg(long)]
+        no_qr: bool,
+    },
+    Remove {
+        /// Peer name or public key.
+        peer: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("palisade: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn req(cli: &Cli, r: &Request) -> anyhow::Result<Value> {
+    Ok(call(&cli.socket, r, Duration::from_secs(120))?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.cmd {
+        Cmd::Status { json } => {
+            let v = req(&cli, &Request::Status)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+        }
+        Cmd::Peers { cmd: PeersCmd::List { json } } => {
+            let v = req(&cli, &Request::PeersList)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<20} {:<45} {:<32} {}", "NAME", "PUBLIC KEY", "ADDRESSES", "TIER");
+                for p in v.as_array().into_iter().flatten() {
+                    let addrs: Vec<&str> = p["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    println!(
+                        "{:<20} {:<45} {:<32} {}",
+                        p["name"].as_str().unwrap_or(""),
+                        p["public_key"].as_str().unwrap_or(""),
+                        addrs.join(","),
+                        p["tier"].as_str().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        Cmd::Peers { cmd: PeersCmd::Add { name, public_key, generate_key, addresses, tier, preshared_key, no_qr } } => {
+            let generated = generate_key.then(PrivateKey::generate);
+            let public_key = match (&generated, public_key) {
+                (Some(k), _) => k.public_key().to_base64(),
+                (None, Some(p)) => p.clone(),
+                (None, None) => bail!("give --public-key or --generate-key"),
+            };
+            let r = req(
+                &cli,
+                &Request::PeersAdd {
+                    name: name.clone(),
+                    public_key,
+                    addresses: addresses.clone(),
+                    tier: tier.clone(),
+                    preshared_key: preshared_key.clone(),
+                },
+            )?;
+            eprintln!("added peer '{name}' ({} change(s) applied)", r["wg_peer_changes"]);
+            if let Some(k) = generated {
+                let c = req(&cli, &Request::ClientConfig { peer: name.clone() })?;
+                let b64 = Zeroizing::new(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k.to_wg().0));
+                print_client_config(&c, Some(b64.as_str()), !*no_qr)?;
+            }
+        }
+        Cmd::Peers { cmd: PeersCmd::Remove { peer } } => {
+            let r = req(&cli, &Request::PeersRemove { peer: peer.clone() })?;
+            eprintln!("removed peer '{peer}' ({} change(s) applied)", r["wg_peer_changes"]);
+        }
+        Cmd::Reload => {
+            let r = req(&cli, &Request::Reload)?;
+            println!(
+                "reloaded: {} peer change(s), firewall {}",
+                r["wg_peer_changes"],
+                if r["firewall_applied"].as_bool() == Some(true) { "applied" } else { "unchanged" }
+            );
+            for e in r["errors"].as_array().into_iter().flatten() {
+                println!("error: {}", e.as_str().unwrap_or(""));
+            }
+        }
+        Cmd::Plan => {
+            let v = req(&cli, &Request::Plan)?;
+            let lines: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if lines.is_empty() {
+                println!("no changes");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        Cmd::ClientConfig { peer, private_key_file, no_qr } => {
+            let c = req(&cli, &Request::ClientConfig { peer: peer.clone() })?;
+            let key = match private_key_file {
+                Some(p) => Some(Zeroizing::new(
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?.trim().to_string(),
+                )),
+                None => None,
+            };
+            print_client_config(&c, key.as_deref().map(String::as_str), !*no_qr)?;
+        }
+        Cmd::Dns { cmd: DnsCmd::Stats { json } } => {
+            let v = req(&cli, &Request::DnsStats)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(m) = v.as_object() {
+                for (k, x) in m {
+                    println!("{k:<24} {x}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(v: &Value) {
+    let node = &v["node"];
+    println!("node        {} ({})", node["name"].as_str().unwrap_or("-"), node["region"].as_str().unwrap_or("-"));
+    println!("version     {}", v["version"].as_str().unwrap_or("-"));
+    if let Some(e) = v["config_error"].as_str() {
+        println!("config      REFUSED: {e}");
+    }
+    let w = &v["wireguard"];
+    println!(
+        "wireguard   {} ({}) {} port {} key {}",
+        w["interface"].as_str().unwrap_or("-"),
+        w["backend"].as_str().unwrap_or("-"),
+        if w["up"].as_bool() == Some(true) { "up" } else { "DOWN" },
+        w["listen_port"],
+        w["public_key"].as_str().unwrap_or("-")
+    );
+    println!(
+        "peers       {} configured, {} on interface, {} active (3 min)",
+        w["peers_configured"], w["peers_on_interface"], w["peers_active_3min"]
+    );
+    let f = &v["firewall"];
+    println!(
+        "firewall    {} {}",
+        f["table"].as_str().unwrap_or("-"),
+        match (f["loaded"].as_bool(), f["verified"].as_bool()) {
+            (Some(true), Some(true)) => "loaded, verified",
+            (Some(true), _) => "loaded, NOT verified",
+            _ => "NOT LOADED",
+        }
+    );
+    if let Some(r) = v["last_reconcile"].as_object() {
+        let errs = r["report"]["errors"].as_array().map(|a| a.len()).unwrap_or(0);
+        println!("reconcile   {} error(s), {} us", errs, r["report"]["duration_us"]);
+    }
+}
+
+/// wg-quick format. The client's private key is only known here when it was
+/// just generated or read from a file the operator gave.
+fn render_client_config(c: &Value, private_key: Option<&str>) -> String {
+    let list = |v: &Value| v.as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ");
+    let mut s = String::from("[Interface]\n");
+    s += &format!("PrivateKey = {}\n", private_key.unwrap_or("<client private key>"));
+    s += &format!("Address = {}\n", list(&c["addresses"]));
+    s += &format!("DNS = {}\n", list(&c["dns"]));
+    s += &format!("MTU = {}\n\n[Peer]\n", c["mtu"]);
+    s += &format!("PublicKey = {}\n", c["server_public_key"].as_str().unwrap_or(""));
+    if let Some(psk) = c["preshared_key"].as_str() {
+        s += &format!("PresharedKey = {psk}\n");
+    }
+    s += "AllowedIPs = 0.0.0.0/0, ::/0\n";
+    s += &format!("Endpoint = {}\n", c["endpoint"].as_str().unwrap_or(""));
+    s += "PersistentKeepalive = 25\n";
+    s
+}
+
+fn print_client_config(c: &Value, private_key: Option<&str>, qr: bool) -> anyhow::Result<()> {
+    let text = Zeroizing::new(render_client_config(c, private_key));
+    println!("{}", text.as_str());
+    if qr {
+        let code = qrcode::QrCode::new(text.as_bytes()).context("config too large for a QR code")?;
+        let img = code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build();
+        println!("{img}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_config_is_wg_quick_format() {
+        let c = serde_json::json!({
+            "addresses": ["10.66.0.2/32", "fd66::2/128"], "dns": ["10.66.0.1", "fd66::1"],
+            "server_public_key": "SRV=", "preshared_key": null, "endpoint": "203.0.113.10:51820", "mtu": 1420
+        });
+        let t = render_client_config(&c, Some("PRIV="));
+        assert!(t.starts_with("[Interface]\nPrivateKey = PRIV=\nAddress = 10.66.0.2/32, fd66::2/128\nDNS = 10.66.0.1, fd66::1\n"), "{t}");
+        assert!(t.contains("[Peer]\nPublicKey = SRV=\nAllowedIPs = 0.0.0.0/0, ::/0\nEndpoint = 203.0.113.10:51820\n"), "{t}");
+        assert!(!t.contains("PresharedKey"));
+    }
+}

@@ -1,1 +1,63 @@
-fn main() {}
+//! palisaded: the Palisade supervisor. PID 1 on the node (see `init`), an
+//! ordinary daemon in namespace tests. It owns the reconcile engine, the
+//! control socket, the reconcile timer and signal handling.
+
+mod supervisor;
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "palisaded", version, about = "Palisade supervisor")]
+pub struct Args {
+    /// Node config (default: <state-dir>/node.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Persistent state: node key, peers file.
+    #[arg(long, default_value = "/var/lib/palisade")]
+    pub state_dir: PathBuf,
+    /// Runtime directory (tmpfs): the control socket.
+    #[arg(long, default_value = "/run/palisade")]
+    pub run_dir: PathBuf,
+    /// Seconds between reconcile passes (drift repair).
+    #[arg(long, default_value_t = 2)]
+    pub reconcile_secs: u64,
+}
+
+/// Log filter: PALISADE_LOG (EnvFilter syntax, default info). hickory logs
+/// every request with the client address and name at INFO/DEBUG, so its
+/// targets are pinned to WARN whatever PALISADE_LOG says.
+pub fn log_filter() -> tracing_subscriber::EnvFilter {
+    let base = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
+    let mut f = tracing_subscriber::EnvFilter::try_new(&base).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for t in ["hickory_server=warn", "hickory_proto=warn", "hickory_resolver=warn", "wireguard_control=warn"] {
+        f = f.add_directive(t.parse().expect("static directive"));
+    }
+    f
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).with_target(false).init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(supervisor::run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hickory_is_pinned_to_warn_even_when_asked_for_trace() {
+        std::env::set_var("PALISADE_LOG", "trace");
+        let f = log_filter().to_string();
+        for t in ["hickory_server=warn", "hickory_proto=warn", "hickory_resolver=warn"] {
+            assert!(f.contains(t), "{f}");
+        }
+    }
+}

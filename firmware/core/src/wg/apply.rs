@@ -83,15 +83,28 @@ fn builder(change: &PeerChange) -> PeerConfigBuilder {
 impl WgControl for KernelWg {
     fn observe(&self, iface: &str) -> Result<ObservedDevice, WgError> {
         let name = ifname(iface)?;
-        let present = Device::list(self.backend)
-            .map_err(|source| WgError::Observe { iface: iface.into(), source })?
-            .iter()
-            .any(|n| *n == name);
-        if !present {
-            return Ok(ObservedDevice::default());
-        }
-        let dev = Device::get(&name, self.backend)
-            .map_err(|source| WgError::Observe { iface: iface.into(), source })?;
+        let dev = match self.backend {
+            // wireguard-control lists userspace interfaces by macOS-style
+            // `.name` files, which wireguard-go on Linux does not write: a
+            // UAPI socket that cannot be reached means "no interface".
+            Backend::Userspace => match Device::get(&name, self.backend) {
+                Ok(d) => d,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                    return Ok(ObservedDevice::default())
+                }
+                Err(source) => return Err(WgError::Observe { iface: iface.into(), source }),
+            },
+            _ => {
+                let present = Device::list(self.backend)
+                    .map_err(|source| WgError::Observe { iface: iface.into(), source })?
+                    .iter()
+                    .any(|n| *n == name);
+                if !present {
+                    return Ok(ObservedDevice::default());
+                }
+                Device::get(&name, self.backend).map_err(|source| WgError::Observe { iface: iface.into(), source })?
+            }
+        };
         let peers = dev
             .peers
             .into_iter()
