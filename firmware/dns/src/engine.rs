@@ -1,0 +1,377 @@
+//! The request path: source check, parse, rate limit, tier, filter, cache,
+//! upstream. Shared by the UDP and TCP front ends and by the fuzz target.
+//!
+//! Zero-log: nothing here logs a name or an address. The only record of a
+//! query is an increment of an aggregate counter.
+
+use crate::policy::{ClientTier, ListStore, Policy, PolicyError};
+use crate::upstream::{UpstreamError, Upstreams};
+use crate::wire::{self, Answer, Query, Reject};
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use palisade_core::config::{DnsBlockMode, DnsSection};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the resolver is told to do; built from the node spec by the daemon,
+/// or from a dns-only TOML file by `palisade-dns-serve`.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub dns: DnsSection,
+    /// Client tunnel addresses and the tier their peer names.
+    pub clients: Vec<(IpAddr, Option<String>)>,
+    /// Only these sources get answers (the tunnel prefixes). Anything else is
+    /// dropped silently: never an open resolver.
+    pub allowed_sources: Vec<IpNet>,
+    /// Per-attempt upstream timeout.
+    pub upstream_timeout: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(dns: DnsSection, allowed_sources: Vec<IpNet>) -> EngineConfig {
+        EngineConfig { dns, clients: Vec::new(), allowed_sources, upstream_timeout: crate::upstream::ATTEMPT_TIMEOUT }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Counters of one tier.
+#[derive(Default)]
+pub struct TierCounters {
+    pub queries: AtomicU64,
+    pub blocked: AtomicU64,
+}
+
+/// Aggregate counters. Never per client, never per name.
+#[derive(Default)]
+pub struct Counters {
+    pub queries: AtomicU64,
+    pub blocked: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    pub servfail: AtomicU64,
+    pub malformed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub foreign_source: AtomicU64,
+    pub refused: AtomicU64,
+    pub any: AtomicU64,
+}
+
+/// The live configuration, swapped atomically on reload.
+pub struct Live {
+    pub policy: Policy,
+    pub upstreams: Upstreams,
+    block_mode: DnsBlockMode,
+    rate_limit_qps: u32,
+    allowed_sources: Vec<IpNet>,
+    tier_counters: Vec<Arc<TierCounters>>,
+    list_stats: Vec<(String, crate::filter::ListStats)>,
+}
+
+struct Bucket {
+    tokens: f32,
+    last: Instant,
+}
+
+/// Per-client token buckets, in memory only, bounded in size.
+struct RateLimiter {
+    shards: Vec<Mutex<HashMap<IpAddr, Bucket>>>,
+}
+
+const LIMITER_SHARDS: usize = 16;
+const LIMITER_SHARD_MAX: usize = 4096;
+
+impl RateLimiter {
+    fn new() -> RateLimiter {
+        RateLimiter { shards: (0..LIMITER_SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+
+    fn allow(&self, ip: IpAddr, qps: u32, now: Instant) -> bool {
+        let shard = match ip {
+            IpAddr::V4(a) => a.octets()[3] as usize,
+            IpAddr::V6(a) => a.octets()[15] as usize,
+        } % LIMITER_SHARDS;
+        let mut m = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let burst = (qps as f32 * 2.0).max(10.0);
+        if m.len() >= LIMITER_SHARD_MAX && !m.contains_key(&ip) {
+            m.retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(2));
+            if m.len() >= LIMITER_SHARD_MAX {
+                m.clear();
+            }
+        }
+        let b = m.entry(ip).or_insert(Bucket { tokens: burst, last: now });
+        let dt = now.saturating_duration_since(b.last).as_secs_f32();
+        b.tokens = (b.tokens + dt * qps as f32).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AnswerWeight;
+
+impl quick_cache::Weighter<Box<[u8]>, Arc<Answer>> for AnswerWeight {
+    fn weight(&self, key: &Box<[u8]>, val: &Arc<Answer>) -> u64 {
+        // One unit per 256 bytes: `cache_entries` small answers, fewer big ones.
+        1 + ((key.len() + val.weight_bytes()) / 256) as u64
+    }
+}
+
+/// What to do with a packet.
+pub enum Outcome {
+    Reply(Vec<u8>),
+    Drop,
+    /// Needs an upstream: call [`Engine::resolve`] (async).
+    Resolve(Pending),
+}
+
+/// A query waiting for an upstream answer.
+pub struct Pending {
+    msg: Vec<u8>,
+    tier: Option<u16>,
+    live: Arc<Live>,
+    limit: usize,
+}
+
+/// The resolver core.
+pub struct Engine {
+    live: ArcSwap<Live>,
+    cache: quick_cache::sync::Cache<Box<[u8]>, Arc<Answer>, AnswerWeight>,
+    pub counters: Counters,
+    limiter: RateLimiter,
+    tiers: Mutex<BTreeMap<String, Arc<TierCounters>>>,
+    store: ListStore,
+    inflight: tokio::sync::Semaphore,
+    loads: AtomicU64,
+    last_load_ms: AtomicU64,
+}
+
+/// Concurrent upstream resolutions; beyond this, queries get SERVFAIL at once.
+const MAX_INFLIGHT: usize = 2048;
+
+impl Engine {
+    pub fn new(cfg: &EngineConfig) -> Result<Engine, EngineError> {
+        let entries = cfg.dns.cache_entries.max(16);
+        let e = Engine {
+            live: ArcSwap::from_pointee(Live {
+                policy: Policy::default(),
+                upstreams: Upstreams::new(&[])?,
+                block_mode: DnsBlockMode::default(),
+                rate_limit_qps: 0,
+                allowed_sources: Vec::new(),
+                tier_counters: Vec::new(),
+                list_stats: Vec::new(),
+            }),
+            cache: quick_cache::sync::Cache::with_weighter(entries, entries as u64, AnswerWeight),
+            counters: Counters::default(),
+            limiter: RateLimiter::new(),
+            tiers: Mutex::new(BTreeMap::new()),
+            store: ListStore::default(),
+            inflight: tokio::sync::Semaphore::new(MAX_INFLIGHT),
+            loads: AtomicU64::new(0),
+            last_load_ms: AtomicU64::new(0),
+        };
+        e.reload(cfg)?;
+        Ok(e)
+    }
+
+    /// Build the new policy and upstreams, then swap them in atomically.
+    /// On error nothing changes. Queries in flight finish on the old policy.
+    /// (The cache size is fixed at start.)
+    pub fn reload(&self, cfg: &EngineConfig) -> Result<(), EngineError> {
+        let t0 = Instant::now();
+        let clients = cfg.clients.iter().map(|(a, t)| ClientTier { addr: *a, tier: t.as_deref() });
+        let (policy, list_stats) = self.store.build(&cfg.dns, clients)?;
+        let upstreams = Upstreams::with_timeout(&cfg.dns.upstreams, cfg.upstream_timeout)?;
+        let tier_counters = {
+            let mut reg = self.tiers.lock().unwrap_or_else(|e| e.into_inner());
+            policy.tiers.iter().map(|t| reg.entry(t.name.clone()).or_default().clone()).collect()
+        };
+        let live = Live {
+            policy,
+            upstreams,
+            block_mode: cfg.dns.block_mode,
+            rate_limit_qps: cfg.dns.rate_limit_qps,
+            allowed_sources: cfg.allowed_sources.clone(),
+            tier_counters,
+            list_stats,
+        };
+        self.live.store(Arc::new(live));
+        self.loads.fetch_add(1, Relaxed);
+        self.last_load_ms.store(t0.elapsed().as_millis() as u64, Relaxed);
+        Ok(())
+    }
+
+    fn block_reply(&self, live: &Live, q: &Query<'_>, tier: u16, limit: usize) -> Vec<u8> {
+        self.counters.blocked.fetch_add(1, Relaxed);
+        if let Some(c) = live.tier_counters.get(tier as usize) {
+            c.blocked.fetch_add(1, Relaxed);
+        }
+        let ede = Some((wire::EDE_BLOCKED, "Blocked"));
+        match live.block_mode {
+            DnsBlockMode::Nxdomain => wire::empty(q, wire::RCODE_NXDOMAIN, ede, limit),
+            DnsBlockMode::Refused => wire::empty(q, wire::RCODE_REFUSED, ede, limit),
+            DnsBlockMode::Null => wire::null_block(q, limit),
+        }
+    }
+
+    /// Is any name of the CNAME chain blocked for this tier? (CNAME cloaking)
+    fn chain_blocked(live: &Live, tier: Option<u16>, a: &Answer) -> Option<u16> {
+        let t = tier?;
+        let policy_tier = live.policy.tiers.get(t as usize)?;
+        a.chain.iter().any(|n| policy_tier.blocks(n)).then_some(t)
+    }
+
+    /// Handle one packet from `src`. `tcp`: no UDP size limit.
+    pub fn handle(&self, msg: &[u8], src: IpAddr, tcp: bool) -> Outcome {
+        let live = self.live.load();
+        if !live.allowed_sources.iter().any(|n| n.contains(&src)) {
+            self.counters.foreign_source.fetch_add(1, Relaxed);
+            return Outcome::Drop;
+        }
+        let q = match wire::parse_query(msg) {
+            Ok(q) => q,
+            Err(Reject::Drop) => {
+                self.counters.dropped.fetch_add(1, Relaxed);
+                return Outcome::Drop;
+            }
+            Err(Reject::Reply(r)) => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                return Outcome::Reply(r);
+            }
+        };
+        if live.rate_limit_qps > 0 && !self.limiter.allow(src, live.rate_limit_qps, Instant::now()) {
+            self.counters.rate_limited.fetch_add(1, Relaxed);
+            return Outcome::Drop;
+        }
+        self.counters.queries.fetch_add(1, Relaxed);
+        let tier = live.policy.tier_index(src);
+        if let Some(c) = tier.and_then(|t| live.tier_counters.get(t as usize)) {
+            c.queries.fetch_add(1, Relaxed);
+        }
+        let limit = if tcp { 65535 } else { q.udp_limit() };
+        if q.qclass != wire::CLASS_IN || matches!(q.qtype, wire::TYPE_AXFR | wire::TYPE_IXFR) {
+            self.counters.refused.fetch_add(1, Relaxed);
+            return Outcome::Reply(wire::empty(&q, wire::RCODE_REFUSED, None, limit));
+        }
+        if let Some(t) = tier {
+            if live.policy.tiers[t as usize].blocks(q.name()) {
+                return Outcome::Reply(self.block_reply(&live, &q, t, limit));
+            }
+        }
+        if q.qtype == wire::TYPE_ANY {
+            self.counters.any.fetch_add(1, Relaxed);
+            return Outcome::Reply(wire::any_hinfo(&q, limit));
+        }
+        let mut key = [0u8; 257];
+        let name = q.name();
+        key[..name.len()].copy_from_slice(name);
+        key[name.len()..name.len() + 2].copy_from_slice(&q.qtype.to_be_bytes());
+        let key = &key[..name.len() + 2];
+        if let Some(a) = self.cache.get(key) {
+            let now = Instant::now();
+            if a.remaining(now).is_some() {
+                self.counters.cache_hits.fetch_add(1, Relaxed);
+                if let Some(t) = Engine::chain_blocked(&live, tier, &a) {
+                    return Outcome::Reply(self.block_reply(&live, &q, t, limit));
+                }
+                return Outcome::Reply(wire::from_answer(&q, &a, now, limit));
+            }
+        }
+        self.counters.cache_misses.fetch_add(1, Relaxed);
+        Outcome::Resolve(Pending { msg: msg.to_vec(), tier, live: arc_swap::Guard::into_inner(live), limit })
+    }
+
+    /// Resolve a cache miss upstream. Always returns an answer (SERVFAIL when
+    /// every upstream failed: fail closed).
+    pub async fn resolve(&self, p: Pending) -> Vec<u8> {
+        let Ok(q) = wire::parse_query(&p.msg) else {
+            unreachable!("pending queries were parsed before")
+        };
+        let servfail = |ede: &str| {
+            self.counters.servfail.fetch_add(1, Relaxed);
+            wire::empty(&q, wire::RCODE_SERVFAIL, Some((wire::EDE_NO_REACHABLE_AUTHORITY, ede)), p.limit)
+        };
+        let Ok(_permit) = self.inflight.try_acquire() else {
+            return servfail("");
+        };
+        match p.live.upstreams.resolve(q.name(), q.qtype).await {
+            Ok(a) => {
+                let a = Arc::new(a);
+                if a.ttl > 0 {
+                    let mut key = Vec::with_capacity(q.name().len() + 2);
+                    key.extend_from_slice(q.name());
+                    key.extend_from_slice(&q.qtype.to_be_bytes());
+                    self.cache.insert(key.into_boxed_slice(), a.clone());
+                }
+                if let Some(t) = Engine::chain_blocked(&p.live, p.tier, &a) {
+                    return self.block_reply(&p.live, &q, t, p.limit);
+                }
+                wire::from_answer(&q, &a, Instant::now(), p.limit)
+            }
+            Err(_) => {
+                self.counters.upstream_failures.fetch_add(1, Relaxed);
+                servfail("")
+            }
+        }
+    }
+
+    /// Aggregate counters as JSON (no names, no addresses).
+    pub fn stats(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let live = self.live.load();
+        let tiers: serde_json::Map<String, serde_json::Value> = self
+            .tiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, t)| {
+                (n.clone(), serde_json::json!({
+                    "queries": t.queries.load(Relaxed),
+                    "blocked": t.blocked.load(Relaxed),
+                }))
+            })
+            .collect();
+        let lists: serde_json::Map<String, serde_json::Value> = live
+            .list_stats
+            .iter()
+            .map(|(n, s)| (n.clone(), serde_json::to_value(s).unwrap_or_default()))
+            .collect();
+        serde_json::json!({
+            "queries": c.queries.load(Relaxed),
+            "blocked": c.blocked.load(Relaxed),
+            "cache_hits": c.cache_hits.load(Relaxed),
+            "cache_misses": c.cache_misses.load(Relaxed),
+            "cache_entries": self.cache.len(),
+            "upstream_failures": c.upstream_failures.load(Relaxed),
+            "upstream_attempt_errors": live.upstreams.errors(),
+            "servfail": c.servfail.load(Relaxed),
+            "malformed": c.malformed.load(Relaxed),
+            "dropped": c.dropped.load(Relaxed),
+            "rate_limited": c.rate_limited.load(Relaxed),
+            "foreign_source": c.foreign_source.load(Relaxed),
+            "refused": c.refused.load(Relaxed),
+            "any": c.any.load(Relaxed),
+            "tiers": tiers,
+            "lists": lists,
+            "policy_loads": self.loads.load(Relaxed),
+            "last_load_ms": self.last_load_ms.load(Relaxed),
+        })
+    }
+}

@@ -1,0 +1,249 @@
+//! Sockets: UDP and TCP on the given addresses only (IP_FREEBIND, so the
+//! tunnel address may appear later). UDP is served by one blocking thread per
+//! core on SO_REUSEPORT sockets (cache hits and blocks are answered on that
+//! thread, with no task or allocation beyond the reply); cache misses and TCP
+//! run on the tokio runtime.
+
+use crate::engine::{Engine, Outcome};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Idle time allowed between queries on a TCP connection.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Time allowed to deliver one query once its length arrived (slow clients).
+pub const TCP_BODY: Duration = Duration::from_secs(3);
+const TCP_MAX_CONNS: usize = 256;
+const TCP_MAX_QUERIES: usize = 1000;
+const POLL: Duration = Duration::from_millis(200);
+
+struct Listener {
+    addr: SocketAddr,
+    bound: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    tcp_stop: watch::Sender<bool>,
+    tcp: tokio::task::JoinHandle<()>,
+}
+
+/// The resolver's listeners. Create inside a tokio runtime.
+pub struct Server {
+    engine: Arc<Engine>,
+    rt: tokio::runtime::Handle,
+    listeners: Mutex<Vec<Listener>>,
+    udp_threads: usize,
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv4() {
+        s.set_freebind_v4(true)?;
+    } else {
+        s.set_only_v6(true)?;
+        s.set_freebind_v6(true)?;
+    }
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    s.set_read_timeout(Some(POLL))?;
+    Ok(s)
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        s.set_freebind_v4(true)?;
+    } else {
+        s.set_only_v6(true)?;
+        s.set_freebind_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+impl Server {
+    /// Listen on `addrs` (UDP and TCP each). Port 0 picks one port, the
+    /// same for UDP and TCP; see [`Server::local_addrs`].
+    pub fn start(engine: Arc<Engine>, addrs: &[SocketAddr]) -> io::Result<Server> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+        let s = Server {
+            engine,
+            rt: tokio::runtime::Handle::current(),
+            listeners: Mutex::new(Vec::new()),
+            udp_threads: threads,
+        };
+        s.set_listen(addrs)?;
+        Ok(s)
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The bound addresses (after port 0 was resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|l| l.bound).collect()
+    }
+
+    /// Follow a change of addresses: bind the new ones, close the old ones.
+    /// On error, listeners already open stay open.
+    pub fn set_listen(&self, addrs: &[SocketAddr]) -> io::Result<()> {
+        let mut ls = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keep = Vec::new();
+        for l in ls.drain(..) {
+            if addrs.contains(&l.addr) {
+                keep.push(l);
+            } else {
+                l.stop_now();
+            }
+        }
+        *ls = keep;
+        for a in addrs {
+            if ls.iter().any(|l| l.addr == *a) {
+                continue;
+            }
+            ls.push(self.listen(*a)?);
+        }
+        Ok(())
+    }
+
+    fn listen(&self, addr: SocketAddr) -> io::Result<Listener> {
+        let first = udp_socket(addr)?;
+        let bound = first.local_addr()?.as_socket().ok_or_else(|| io::Error::other("no socket address"))?;
+        let mut socks = vec![first];
+        for _ in 1..self.udp_threads {
+            socks.push(udp_socket(bound)?);
+        }
+        let tcp = tcp_listener(bound)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, s) in socks.into_iter().enumerate() {
+            let sock: Arc<UdpSocket> = Arc::new(s.into());
+            let engine = self.engine.clone();
+            let stop = stop.clone();
+            let rt = self.rt.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || udp_loop(sock, engine, rt, stop))?,
+            );
+        }
+        let (tcp_stop, rx) = watch::channel(false);
+        let _guard = self.rt.enter();
+        let listener = tokio::net::TcpListener::from_std(tcp)?;
+        let tcp = self.rt.spawn(tcp_accept(listener, self.engine.clone(), rx));
+        Ok(Listener { addr, bound, stop, threads, tcp_stop, tcp })
+    }
+
+    /// Close every listener and wait for the UDP threads.
+    pub async fn stop(self) {
+        let ls: Vec<Listener> = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let mut threads = Vec::new();
+        for mut l in ls {
+            threads.append(&mut l.threads);
+            l.stop_now();
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Listener {
+    fn stop_now(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.tcp_stop.send(true);
+        self.tcp.abort();
+        // Threads notice the flag within POLL; they are detached here.
+    }
+}
+
+fn udp_loop(sock: Arc<UdpSocket>, engine: Arc<Engine>, rt: tokio::runtime::Handle, stop: Arc<AtomicBool>) {
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let (n, src) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
+            Err(_) => {
+                // ICMP errors from earlier sends surface here; not fatal.
+                continue;
+            }
+        };
+        match engine.handle(&buf[..n], src.ip(), false) {
+            Outcome::Reply(r) => {
+                let _ = sock.send_to(&r, src);
+            }
+            Outcome::Drop => {}
+            Outcome::Resolve(p) => {
+                let sock = sock.clone();
+                let engine = engine.clone();
+                rt.spawn(async move {
+                    let r = engine.resolve(p).await;
+                    let _ = sock.send_to(&r, src);
+                });
+            }
+        }
+    }
+}
+
+async fn tcp_accept(listener: tokio::net::TcpListener, engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+    let conns = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNS));
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        // Over the limit: close at once (the client retries or uses UDP).
+        let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
+        let engine = engine.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = tcp_conn(stream, peer.ip(), engine) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+}
+
+async fn tcp_conn(mut s: tokio::net::TcpStream, src: std::net::IpAddr, engine: Arc<Engine>) {
+    let _ = s.set_nodelay(true);
+    for _ in 0..TCP_MAX_QUERIES {
+        let len = match tokio::time::timeout(TCP_IDLE, s.read_u16()).await {
+            Ok(Ok(l)) => l as usize,
+            _ => return,
+        };
+        if len < 12 {
+            return; // length garbage: nothing useful can follow
+        }
+        let mut buf = vec![0u8; len];
+        match tokio::time::timeout(TCP_BODY, s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let reply = match engine.handle(&buf, src, true) {
+            Outcome::Reply(r) => r,
+            Outcome::Drop => continue,
+            Outcome::Resolve(p) => engine.resolve(p).await,
+        };
+        let mut out = Vec::with_capacity(reply.len() + 2);
+        out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        out.extend_from_slice(&reply);
+        match tokio::time::timeout(TCP_BODY, s.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
