@@ -13,6 +13,7 @@ pub mod filter;
 pub mod logging;
 pub mod policy;
 pub mod server;
+pub mod testauth;
 pub mod upstream;
 pub mod wire;
 

@@ -1,0 +1,229 @@
+//! A small authoritative server for the zone `test.`, used by the integration
+//! tests and the benchmark as the resolver's real upstream on loopback (UDP,
+//! TCP and optionally DNS-over-TLS). Never used by the node.
+//!
+//! Names (all under `test.`):
+//! - `*.miss.test` A 192.0.2.1 (any label: the benchmark's cache misses)
+//! - `www.test` A 192.0.2.80, `ttl1.test` A (TTL 1), `v6.test` AAAA 2001:db8::80
+//! - `cloak.test` CNAME `tracker.cdn.test`, which has A 192.0.2.66
+//! - `poison.test` A 192.0.2.7 plus out-of-bailiwick `victim.test` A 6.6.6.6
+//!   in the answer and additional sections and a bogus NS
+//! - `spoof.test`: first a reply with a wrong ID carrying A 6.6.6.6, then the
+//!   real answer A 192.0.2.8
+//! - `big.test`: 40 TXT records (truncated over UDP, complete over TCP)
+//! - `slow.test`: never answered
+//! - `servfail.test`: SERVFAIL
+//! - `victim.test` A 192.0.2.9
+//! - anything else: NXDOMAIN with the zone SOA (minimum 30)
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// Queries received (all transports).
+#[derive(Default)]
+pub struct AuthStats {
+    pub queries: AtomicU64,
+}
+
+pub struct TestAuthority {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub stats: Arc<AuthStats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestAuthority {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn n(s: &str) -> Name {
+    Name::from_ascii(s).expect("static name")
+}
+
+/// What to send back for one query: zero, one or two messages.
+fn answer(query: &Message) -> Vec<Message> {
+    let mut r = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    r.metadata.authoritative = true;
+    r.metadata.recursion_desired = query.metadata.recursion_desired;
+    let Some(q) = query.queries.first() else {
+        r.metadata.response_code = ResponseCode::FormErr;
+        return vec![r];
+    };
+    r.add_query(q.clone());
+    let name = q.name().to_lowercase();
+    let text = name.to_ascii();
+    let text = text.trim_end_matches('.');
+    let qt = q.query_type();
+    let rec = |owner: &Name, ttl: u32, d: RData| Record::from_rdata(owner.clone(), ttl, d);
+    let soa = || {
+        rec(&n("test."), 300, RData::SOA(SOA::new(n("ns.test."), n("hostmaster.test."), 1, 3600, 600, 86400, 30)))
+    };
+    let a = |o: u8| RData::A(A::new(192, 0, 2, o));
+    match text {
+        "slow.test" => return vec![],
+        "servfail.test" => {
+            r.metadata.response_code = ResponseCode::ServFail;
+            return vec![r];
+        }
+        "www.test" if qt == RecordType::A => {
+            r.add_answer(rec(q.name(), 300, a(80)));
+        }
+        "ttl1.test" if qt == RecordType::A => {
+            r.add_answer(rec(q.name(), 1, a(81)));
+        }
+        "victim.test" if qt == RecordType::A => {
+            r.add_answer(rec(q.name(), 300, a(9)));
+        }
+        "v6.test" if qt == RecordType::AAAA => {
+            r.add_answer(rec(q.name(), 300, RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x80))));
+        }
+        "cloak.test" => {
+            r.add_answer(rec(q.name(), 300, RData::CNAME(CNAME(n("tracker.cdn.test.")))));
+            if qt == RecordType::A {
+                r.add_answer(rec(&n("tracker.cdn.test."), 300, a(66)));
+            }
+        }
+        "tracker.cdn.test" if qt == RecordType::A => {
+            r.add_answer(rec(q.name(), 300, a(66)));
+        }
+        "poison.test" if qt == RecordType::A => {
+            r.add_answer(rec(q.name(), 300, a(7)));
+            r.add_answer(rec(&n("victim.test."), 86400, RData::A(A::new(6, 6, 6, 6))));
+            r.add_authority(rec(&n("test."), 86400, RData::NS(NS(n("evil.example.")))));
+            r.add_additional(rec(&n("victim.test."), 86400, RData::A(A::new(6, 6, 6, 6))));
+        }
+        "spoof.test" if qt == RecordType::A => {
+            let mut fake = r.clone();
+            fake.metadata.id ^= 0x5a5a;
+            fake.add_answer(rec(q.name(), 86400, RData::A(A::new(6, 6, 6, 6))));
+            r.add_answer(rec(q.name(), 300, a(8)));
+            return vec![fake, r];
+        }
+        "big.test" if qt == RecordType::TXT => {
+            for i in 0..40 {
+                r.add_answer(rec(q.name(), 300, RData::TXT(TXT::new(vec![format!("{i:02}-{}", "x".repeat(40))]))));
+            }
+        }
+        t if t.ends_with(".miss.test") && qt == RecordType::A => {
+            r.add_answer(rec(q.name(), 3600, a(1)));
+        }
+        "www.test" | "ttl1.test" | "victim.test" | "v6.test" | "tracker.cdn.test" | "poison.test" | "spoof.test"
+        | "big.test" => {
+            r.add_authority(soa());
+        }
+        t if t.ends_with(".miss.test") => {
+            r.add_authority(soa());
+        }
+        _ => {
+            r.metadata.response_code = ResponseCode::NXDomain;
+            r.add_authority(soa());
+        }
+    }
+    vec![r]
+}
+
+fn respond(bytes: &[u8], udp: bool) -> Vec<Vec<u8>> {
+    let Ok(q) = Message::from_vec(bytes) else { return vec![] };
+    let limit = if udp { q.edns.as_ref().map(|e| e.max_payload().max(512)).unwrap_or(512) as usize } else { 65535 };
+    let mut msgs = answer(&q);
+    if !udp && msgs.len() > 1 {
+        // Spoofed datagrams are a UDP thing; a stream carries the real answer.
+        msgs.drain(..msgs.len() - 1);
+    }
+    msgs.into_iter()
+        .filter_map(|m| {
+            let v = m.to_vec().ok()?;
+            if v.len() > limit {
+                let mut t = Message::new(m.metadata.id, MessageType::Response, OpCode::Query);
+                t.metadata.truncation = true;
+                t.metadata.authoritative = true;
+                t.add_queries(m.queries.clone());
+                return t.to_vec().ok();
+            }
+            Some(v)
+        })
+        .collect()
+}
+
+impl TestAuthority {
+    /// Start on `bind` (port 0: any). With `tls`, also serve DoT on another
+    /// port with this rustls server config.
+    pub async fn start(bind: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<TestAuthority> {
+        let udp = Arc::new(UdpSocket::bind(bind).await?);
+        let udp_addr = udp.local_addr()?;
+        let tcp = TcpListener::bind(udp_addr).await?;
+        let tcp_addr = tcp.local_addr()?;
+        let stats = Arc::new(AuthStats::default());
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let (udp, stats) = (udp.clone(), stats.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok((len, src)) = udp.recv_from(&mut buf).await {
+                    stats.queries.fetch_add(1, Ordering::Relaxed);
+                    for r in respond(&buf[..len], true) {
+                        let _ = udp.send_to(&r, src).await;
+                    }
+                }
+            }));
+        }
+        let st = stats.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok((s, _)) = tcp.accept().await {
+                tokio::spawn(serve_stream(s, st.clone()));
+            }
+        }));
+        let mut tls_addr = None;
+        if let Some(cfg) = tls {
+            let l = TcpListener::bind(SocketAddr::new(bind.ip(), 0)).await?;
+            tls_addr = Some(l.local_addr()?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let st = stats.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    let acceptor = acceptor.clone();
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        if let Ok(s) = acceptor.accept(s).await {
+                            serve_stream(s, st).await;
+                        }
+                    });
+                }
+            }));
+        }
+        Ok(TestAuthority { udp: udp_addr, tcp: tcp_addr, tls: tls_addr, stats, tasks })
+    }
+
+    pub fn queries(&self) -> u64 {
+        self.stats.queries.load(Ordering::Relaxed)
+    }
+}
+
+async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, stats: Arc<AuthStats>) {
+    loop {
+        let Ok(len) = s.read_u16().await else { return };
+        let mut buf = vec![0u8; len as usize];
+        if s.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        stats.queries.fetch_add(1, Ordering::Relaxed);
+        for r in respond(&buf, false) {
+            let mut out = (r.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&r);
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
