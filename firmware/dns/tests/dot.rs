@@ -1,0 +1,72 @@
+//! DNS-over-TLS upstream: a local CA made with rcgen, the test authority
+//! serving DoT on loopback; the certificate and the name are verified.
+
+mod common;
+
+use common::*;
+use hickory_proto::rr::RecordType;
+use palisade_dns::testauth::TestAuthority;
+use palisade_dns::{Engine, Server};
+use std::sync::Arc;
+
+struct Pki {
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn pki(name: &str) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    Pki { ca_pem: ca.pem(), server: Arc::new(server) }
+}
+
+async fn resolver_via_tls(auth: &TestAuthority, dir: &std::path::Path, ca: &str, tls_name: &str) -> (Server, std::net::SocketAddr) {
+    let ca_file = dir.join(format!("ca-{tls_name}.pem"));
+    std::fs::write(&ca_file, ca).unwrap();
+    let mut cfg = config(dir, auth);
+    let mut u = upstream(auth.tls.unwrap(), "tls");
+    u.tls_name = Some(tls_name.into());
+    u.ca_file = Some(ca_file);
+    cfg.dns.upstreams = vec![u];
+    let engine = Arc::new(Engine::new(&cfg).unwrap());
+    let server = Server::start(engine, &["127.0.0.1:0".parse().unwrap()]).unwrap();
+    let addr = server.local_addrs()[0];
+    (server, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_upstream_verifies_certificate_and_name() {
+    let p = pki("dns.test");
+    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let (_s, addr) = resolver_via_tls(&auth, dir.path(), &p.ca_pem, "dns.test").await;
+    let m = ask(addr, BASIC, "www.test.", RecordType::A).await;
+    assert_eq!(addrs(&m), ["192.0.2.80"]);
+    // The pooled connection is reused for the next miss.
+    let m = ask(addr, BASIC, "a.miss.test.", RecordType::A).await;
+    assert_eq!(addrs(&m), ["192.0.2.1"]);
+
+    // Wrong name: the handshake fails, the client gets SERVFAIL (fail closed).
+    let (_s2, addr2) = resolver_via_tls(&auth, dir.path(), &p.ca_pem, "other.test").await;
+    assert_eq!(rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await), 2);
+
+    // Right name, untrusted CA: SERVFAIL too.
+    let other = pki("dns.test");
+    let (_s3, addr3) = resolver_via_tls(&auth, dir.path(), &other.ca_pem, "dns.test").await;
+    assert_eq!(rcode(&ask(addr3, BASIC, "www.test.", RecordType::A).await), 2);
+}
