@@ -36,8 +36,14 @@ fn serve_tcp(l: TcpListener, log: Arc<Mutex<std::fs::File>>) {
 }
 
 fn handle_tcp(mut s: TcpStream, log: &Mutex<std::fs::File>) {
-    let peer = s.peer_addr().map(|a| canonical(a.ip()).to_string()).unwrap_or_default();
-    let local = s.local_addr().map(|a| SocketAddr::new(canonical(a.ip()), a.port()).to_string()).unwrap_or_default();
+    let peer = s
+        .peer_addr()
+        .map(|a| canonical(a.ip()).to_string())
+        .unwrap_or_default();
+    let local = s
+        .local_addr()
+        .map(|a| SocketAddr::new(canonical(a.ip()), a.port()).to_string())
+        .unwrap_or_default();
     log_line(log, &format!("tcp {local} {peer}"));
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = Vec::new();
@@ -60,7 +66,9 @@ fn serve_udp(u: UdpSocket, log: Arc<Mutex<std::fs::File>>) {
     let port = u.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut buf = [0u8; 2048];
     loop {
-        let Ok((n, from)) = u.recv_from(&mut buf) else { continue };
+        let Ok((n, from)) = u.recv_from(&mut buf) else {
+            continue;
+        };
         let payload = String::from_utf8_lossy(&buf[..n]).replace(['\n', '\r'], " ");
         let peer = canonical(from.ip());
         log_line(&log, &format!("udp {port} {peer} {payload}"));
@@ -74,10 +82,14 @@ fn main() {
         eprintln!("usage: pal-testhost serve --log FILE tcp:ADDR|udp:ADDR...");
         std::process::exit(2);
     }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&args[2]).unwrap_or_else(|e| {
-        eprintln!("pal-testhost: cannot open log {}: {e}", args[2]);
-        std::process::exit(1)
-    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args[2])
+        .unwrap_or_else(|e| {
+            eprintln!("pal-testhost: cannot open log {}: {e}", args[2]);
+            std::process::exit(1)
+        });
     let log = Arc::new(Mutex::new(file));
     let mut threads = Vec::new();
     for spec in &args[3..] {

@@ -107,10 +107,20 @@ impl Client {
     pub fn connect(&self, node_public_key: &str) -> Result<()> {
         let ep = format!("{}:{}", addr::NODE_UP_V4, addr::WG_PORT);
         self.ns.run(&[
-            "wg", "set", &self.ifname, "peer", node_public_key, "endpoint", &ep, "allowed-ips", "0.0.0.0/0,::/0",
+            "wg",
+            "set",
+            &self.ifname,
+            "peer",
+            node_public_key,
+            "endpoint",
+            &ep,
+            "allowed-ips",
+            "0.0.0.0/0,::/0",
         ])?;
-        self.ns.ip(&["route", "replace", "default", "dev", &self.ifname])?;
-        self.ns.ip(&["-6", "route", "replace", "default", "dev", &self.ifname])?;
+        self.ns
+            .ip(&["route", "replace", "default", "dev", &self.ifname])?;
+        self.ns
+            .ip(&["-6", "route", "replace", "default", "dev", &self.ifname])?;
         Ok(())
     }
 
@@ -165,7 +175,9 @@ impl TestBed {
         let n = BED_COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("pal-{pid}-{n}");
         let tag = format!("pw{pid}{}", base36(n));
-        let dir = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()?;
         let inet = Netns::create(&format!("{id}-inet"))?;
         let node = Netns::create(&format!("{id}-node"))?;
         let inet_log = dir.path().join("inet-hosts.received");
@@ -225,17 +237,45 @@ impl TestBed {
         }
         // The internet knows where the tunnel prefixes are (for the unsolicited
         // uplink -> client probes); with masquerade, replies never need this.
-        ns.ip(&["route", "add", "10.66.0.0/16", "via", &addr::NODE_UP_V4.to_string()])?;
-        ns.ip(&["-6", "route", "add", "fd66::/64", "via", &addr::NODE_UP_V6.to_string()])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "10.66.0.0/16",
+            "via",
+            &addr::NODE_UP_V4.to_string(),
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd66::/64",
+            "via",
+            &addr::NODE_UP_V6.to_string(),
+        ])?;
 
         let log = self.inet_log.to_string_lossy().into_owned();
         let th = self.bins.testhost.to_string_lossy().into_owned();
+        // UDP is bound per address: a wildcard socket would answer from the
+        // bridge's primary address and the reply would not match the flow.
+        let mut argv: Vec<String> = vec![
+            th,
+            "serve".into(),
+            "--log".into(),
+            log,
+            "tcp:[::]:80".into(),
+            "tcp:[::]:8080".into(),
+        ];
+        for a in v4.iter().chain(v6.iter()) {
+            let ip: IpAddr = a.split('/').next().unwrap_or_default().parse()?;
+            for port in [addr::ECHO_UDP, addr::WEB_ALT] {
+                argv.push(format!("udp:{}", SocketAddr::new(ip, port)));
+            }
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let web = ns.spawn_ready(
             "inet-testhost",
             self.dir.path(),
-            &[
-                &th, "serve", "--log", &log, "tcp:[::]:80", "tcp:[::]:8080", "udp:[::]:7", "udp:[::]:8080",
-            ],
+            &argv,
             "ready",
             Duration::from_secs(5),
         )?;
@@ -254,8 +294,16 @@ impl TestBed {
                 &format!("--listen-address={}", addr::DNS_V4),
                 &format!("--listen-address={}", addr::DNS_V6),
                 "--local=/example.test/",
-                &format!("--host-record=allowed.example.test,{},{}", addr::WEB_V4, addr::WEB_V6),
-                &format!("--host-record=www.example.test,{},{}", addr::WEB_V4, addr::WEB_V6),
+                &format!(
+                    "--host-record=allowed.example.test,{},{}",
+                    addr::WEB_V4,
+                    addr::WEB_V6
+                ),
+                &format!(
+                    "--host-record=www.example.test,{},{}",
+                    addr::WEB_V4,
+                    addr::WEB_V6
+                ),
                 &format!("--host-record=ads.example.test,{}", addr::WEB_V4),
                 &format!("--host-record=tracker.ads.example.test,{}", addr::WEB_V4),
                 &format!("--host-record=adult.example.test,{}", addr::WEB_V4),
@@ -266,7 +314,15 @@ impl TestBed {
         let dns_addr = SocketAddr::new(addr::DNS_V4.into(), 53);
         wait_until(Duration::from_secs(5), "dnsmasq answering", || {
             self.inet
-                .enter(|| crate::probe::dns_udp(dns_addr, "allowed.example.test", 1, Duration::from_millis(200)).ok())
+                .enter(|| {
+                    crate::probe::dns_udp(
+                        dns_addr,
+                        "allowed.example.test",
+                        1,
+                        Duration::from_millis(200),
+                    )
+                    .ok()
+                })
                 .ok()
                 .flatten()
         })?;
@@ -276,11 +332,31 @@ impl TestBed {
     fn build_node_uplink(&mut self) -> Result<()> {
         veth(&self.node, "eth0", &self.inet, "n0")?;
         let ns = &self.node;
-        ns.ip(&["addr", "add", &format!("{}/24", addr::NODE_UP_V4), "dev", "eth0"])?;
-        ns.ip(&["-6", "addr", "add", &format!("{}/64", addr::NODE_UP_V6), "dev", "eth0", "nodad"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", addr::NODE_UP_V4),
+            "dev",
+            "eth0",
+        ])?;
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addr::NODE_UP_V6),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         // Private destinations are on-link behind the uplink: without the node's
         // firewall, a client could reach every one of them.
-        for r in ["10.99.0.0/24", "100.64.0.0/10", "169.254.0.0/16", "192.168.77.0/24", "172.16.0.0/16"] {
+        for r in [
+            "10.99.0.0/24",
+            "100.64.0.0/10",
+            "169.254.0.0/16",
+            "192.168.77.0/24",
+            "172.16.0.0/16",
+        ] {
             ns.ip(&["route", "add", r, "dev", "eth0"])?;
         }
         ns.ip(&["-6", "route", "add", "fd99::/64", "dev", "eth0"])?;
@@ -292,29 +368,84 @@ impl TestBed {
         veth(&ns, "eth0", &self.inet, &format!("c{i}"))?;
         let (up_v4, up_v6) = (addr::client_up_v4(i), addr::client_up_v6(i));
         ns.ip(&["addr", "add", &format!("{up_v4}/32"), "dev", "eth0"])?;
-        ns.ip(&["-6", "addr", "add", &format!("{up_v6}/128"), "dev", "eth0", "nodad"])?;
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{up_v6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         // Only the node endpoint is reached directly; everything else will go
         // through the tunnel once connected.
-        ns.ip(&["route", "add", &format!("{}/32", addr::NODE_UP_V4), "dev", "eth0"])?;
-        ns.ip(&["-6", "route", "add", &format!("{}/128", addr::NODE_UP_V6), "dev", "eth0"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("{}/32", addr::NODE_UP_V4),
+            "dev",
+            "eth0",
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{}/128", addr::NODE_UP_V6),
+            "dev",
+            "eth0",
+        ])?;
         let ifname = format!("{tag}c{i}");
         let keys = gen_keypair(self.dir.path(), &format!("client{i}"))?;
-        let wg_proc = start_wireguard_go(&ns, &ifname, self.dir.path(), &format!("c{i}-wireguard-go"))?;
-        ns.run(&["wg", "set", &ifname, "private-key", &keys.private_key_file.to_string_lossy()])?;
+        let wg_proc =
+            start_wireguard_go(&ns, &ifname, self.dir.path(), &format!("c{i}-wireguard-go"))?;
+        ns.run(&[
+            "wg",
+            "set",
+            &ifname,
+            "private-key",
+            &keys.private_key_file.to_string_lossy(),
+        ])?;
         let (tun_v4, tun_v6) = (addr::client_tun_v4(i), addr::client_tun_v6(i));
         ns.ip(&["addr", "add", &format!("{tun_v4}/32"), "dev", &ifname])?;
-        ns.ip(&["-6", "addr", "add", &format!("{tun_v6}/128"), "dev", &ifname, "nodad"])?;
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{tun_v6}/128"),
+            "dev",
+            &ifname,
+            "nodad",
+        ])?;
         ns.ip(&["link", "set", &ifname, "mtu", "1420", "up"])?;
         let log = self.dir.path().join(format!("c{i}-host.received"));
         let th = self.bins.testhost.to_string_lossy().into_owned();
         let host = ns.spawn_ready(
             &format!("c{i}-testhost"),
             self.dir.path(),
-            &[&th, "serve", "--log", &log.to_string_lossy(), "tcp:[::]:7777", "udp:[::]:7"],
+            &[
+                &th,
+                "serve",
+                "--log",
+                &log.to_string_lossy(),
+                "tcp:[::]:7777",
+                &format!("udp:{tun_v4}:7"),
+                &format!("udp:[{tun_v6}]:7"),
+            ],
             "ready",
             Duration::from_secs(5),
         )?;
-        Ok(Client { index: i, wg_proc, host, ifname, keys, tun_v4, tun_v6, up_v4, up_v6, ns })
+        Ok(Client {
+            index: i,
+            wg_proc,
+            host,
+            ifname,
+            keys,
+            tun_v4,
+            tun_v6,
+            up_v4,
+            up_v6,
+            ns,
+        })
     }
 
     /// Path of what client `i`'s listener received.
@@ -326,19 +457,51 @@ impl TestBed {
     /// forwarding and a masquerade table, NO isolation. Returns the node public key.
     pub fn start_plain_node(&mut self) -> Result<String> {
         let keys = gen_keypair(self.dir.path(), "plain-node")?;
-        let p = start_wireguard_go(&self.node, &self.node_if, self.dir.path(), "node-wireguard-go")?;
+        let p = start_wireguard_go(
+            &self.node,
+            &self.node_if,
+            self.dir.path(),
+            "node-wireguard-go",
+        )?;
         self.node_procs.plain_wg = Some(p);
         let ifn = self.node_if.clone();
         let port = addr::WG_PORT.to_string();
-        self.node.run(&["wg", "set", &ifn, "listen-port", &port, "private-key", &keys.private_key_file.to_string_lossy()])?;
+        self.node.run(&[
+            "wg",
+            "set",
+            &ifn,
+            "listen-port",
+            &port,
+            "private-key",
+            &keys.private_key_file.to_string_lossy(),
+        ])?;
         for c in &self.clients {
             self.node.run(&[
-                "wg", "set", &ifn, "peer", &c.keys.public_key, "allowed-ips",
+                "wg",
+                "set",
+                &ifn,
+                "peer",
+                &c.keys.public_key,
+                "allowed-ips",
                 &format!("{}/32,{}/128", c.tun_v4, c.tun_v6),
             ])?;
         }
-        self.node.ip(&["addr", "add", &format!("{}/16", addr::NODE_TUN_V4), "dev", &ifn])?;
-        self.node.ip(&["-6", "addr", "add", &format!("{}/64", addr::NODE_TUN_V6), "dev", &ifn, "nodad"])?;
+        self.node.ip(&[
+            "addr",
+            "add",
+            &format!("{}/16", addr::NODE_TUN_V4),
+            "dev",
+            &ifn,
+        ])?;
+        self.node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addr::NODE_TUN_V6),
+            "dev",
+            &ifn,
+            "nodad",
+        ])?;
         self.node.ip(&["link", "set", &ifn, "mtu", "1420", "up"])?;
         self.node.sysctl("net.ipv4.ip_forward", "1")?;
         self.node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -354,8 +517,15 @@ impl TestBed {
 
     /// Load an nft script into the node (`which` = "node") or internet namespace.
     pub fn nft(&self, which: &str, script: &str) -> Result<()> {
-        let ns = if which == "node" { &self.node } else { &self.inet };
-        let path = self.dir.path().join(format!("nft-{}.nft", std::process::id()));
+        let ns = if which == "node" {
+            &self.node
+        } else {
+            &self.inet
+        };
+        let path = self
+            .dir
+            .path()
+            .join(format!("nft-{}.nft", std::process::id()));
         std::fs::write(&path, script)?;
         ns.run(&["nft", "-f", &path.to_string_lossy()]).map(|_| ())
     }
@@ -369,7 +539,13 @@ impl TestBed {
         let l = log.to_string_lossy().into_owned();
         argv.push(&l);
         argv.extend_from_slice(specs);
-        let p = self.node.spawn_ready("node-testhost", self.dir.path(), &argv, "ready", Duration::from_secs(5))?;
+        let p = self.node.spawn_ready(
+            "node-testhost",
+            self.dir.path(),
+            &argv,
+            "ready",
+            Duration::from_secs(5),
+        )?;
         self.node_procs.host = Some(p);
         Ok(log)
     }
@@ -385,7 +561,12 @@ impl TestBed {
         let c = &self.clients[i - 1];
         wait_until(within, &format!("client {i} handshake"), || {
             let _ = c.ns.enter(|| {
-                crate::probe::udp_exchange(None, SocketAddr::new(addr::WEB_V4.into(), addr::ECHO_UDP), b"hs", Duration::from_millis(100))
+                crate::probe::udp_exchange(
+                    None,
+                    SocketAddr::new(addr::WEB_V4.into(), addr::ECHO_UDP),
+                    b"hs",
+                    Duration::from_millis(100),
+                )
             });
             let d = c.dump().ok()?;
             let hs = d.peers.first()?.latest_handshake;
@@ -396,7 +577,11 @@ impl TestBed {
     /// Dump the logs of every process (used when a test panics).
     pub fn dump_logs(&self) -> String {
         let mut s = String::new();
-        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten().collect();
+        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -404,7 +589,12 @@ impl TestBed {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(40)..];
-                let _ = writeln!(s, "--- {name} (last {} lines)\n{}", tail.len(), tail.join("\n"));
+                let _ = writeln!(
+                    s,
+                    "--- {name} (last {} lines)\n{}",
+                    tail.len(),
+                    tail.join("\n")
+                );
             }
         }
         s
@@ -414,7 +604,11 @@ impl TestBed {
 impl Drop for TestBed {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("=== test bed {} failed; process logs:\n{}", self.id, self.dump_logs());
+            eprintln!(
+                "=== test bed {} failed; process logs:\n{}",
+                self.id,
+                self.dump_logs()
+            );
         }
         // Processes first (palisaded before the wireguard-go it may have started).
         if let Some(mut p) = self.node_procs.palisaded.take() {
@@ -433,9 +627,14 @@ impl Drop for TestBed {
         }
         // Kill node-side leftovers now so their UAPI sockets can be removed below.
         for pid in self.node.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
-        let _ = wait_until(Duration::from_secs(2), "node namespace empty", || self.node.pids().is_empty().then_some(()));
+        let _ = wait_until(Duration::from_secs(2), "node namespace empty", || {
+            self.node.pids().is_empty().then_some(())
+        });
         for i in ifs {
             let sock = format!("/var/run/wireguard/{i}.sock");
             if Path::new(&sock).exists() {
@@ -448,7 +647,19 @@ impl Drop for TestBed {
 /// A veth pair with one end in each namespace (`b_end` joins br0 in `b`).
 fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) -> Result<()> {
     run_cmd(Command::new("ip").args([
-        "link", "add", "name", a_end, "netns", a.name(), "type", "veth", "peer", "name", b_end, "netns", b.name(),
+        "link",
+        "add",
+        "name",
+        a_end,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_end,
+        "netns",
+        b.name(),
     ]))
     .with_context(|| format!("veth {}:{a_end} <-> {}:{b_end}", a.name(), b.name()))?;
     b.ip(&["link", "set", b_end, "master", "br0", "up"])?;
@@ -462,8 +673,15 @@ pub fn start_wireguard_go(ns: &Netns, ifname: &str, log_dir: &Path, label: &str)
         bail!("interface name {ifname} longer than 15 characters");
     }
     let sock = format!("/var/run/wireguard/{ifname}.sock");
-    let mut p = ns.spawn_env(label, log_dir, &["wireguard-go", "-f", ifname], &[("LOG_LEVEL", "error")])?;
-    let r = wait_until(Duration::from_secs(5), &format!("{sock}"), || Path::new(&sock).exists().then_some(()));
+    let mut p = ns.spawn_env(
+        label,
+        log_dir,
+        &["wireguard-go", "-f", ifname],
+        &[("LOG_LEVEL", "error")],
+    )?;
+    let r = wait_until(Duration::from_secs(5), &format!("{sock}"), || {
+        Path::new(&sock).exists().then_some(())
+    });
     if let Err(e) = r {
         let tail = p.log_tail(20);
         p.kill();

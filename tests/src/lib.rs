@@ -7,11 +7,13 @@
 //! every process it started (by pid) and deletes its namespaces, on panic too.
 
 pub mod bed;
+pub mod matrix;
 pub mod ns;
 pub mod palisade;
 pub mod probe;
 pub mod wg;
 
 pub use bed::{addr, sa, Bins, Client, TestBed};
+pub use matrix::{Case, Expect, Kind};
 pub use ns::{wait_until, Netns, Proc};
 pub use probe::Outcome;

@@ -29,9 +29,14 @@ impl Netns {
     pub fn create(name: &str) -> Result<Netns> {
         run_cmd(Command::new("ip").args(["netns", "add", name]))
             .with_context(|| format!("create netns {name}"))?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
-        for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+        for key in [
+            "net.ipv6.conf.all.accept_dad",
+            "net.ipv6.conf.default.accept_dad",
+        ] {
             ns.sysctl(key, "0")?;
         }
         Ok(ns)
@@ -49,7 +54,8 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.run(&["sysctl", "-q", "-w", &format!("{key}={value}")]).map(|_| ())
+        self.run(&["sysctl", "-q", "-w", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// A command that runs `prog args` inside the namespace.
@@ -73,7 +79,8 @@ impl Netns {
         let (prog, args) = argv.split_first().ok_or_else(|| anyhow!("empty argv"))?;
         let mut c = self.command(prog);
         c.args(args).stdin(Stdio::null());
-        c.output().with_context(|| format!("spawn {argv:?} in netns {}", self.name))
+        c.output()
+            .with_context(|| format!("spawn {argv:?} in netns {}", self.name))
     }
 
     /// Run a shell snippet inside the namespace (`sh -c`); must exit 0.
@@ -87,7 +94,13 @@ impl Netns {
         self.spawn_env(label, log_dir, argv, &[])
     }
 
-    pub fn spawn_env(&self, label: &str, log_dir: &Path, argv: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
+    pub fn spawn_env(
+        &self,
+        label: &str,
+        log_dir: &Path,
+        argv: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
         let (prog, args) = argv.split_first().ok_or_else(|| anyhow!("empty argv"))?;
         let log = log_dir.join(format!("{label}.log"));
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
@@ -97,19 +110,37 @@ impl Netns {
         for (k, v) in env {
             c.env(k, v);
         }
-        let child = c.spawn().with_context(|| format!("spawn {argv:?} in netns {}", self.name))?;
-        Ok(Proc { label: label.to_string(), child: Some(child), log })
+        let child = c
+            .spawn()
+            .with_context(|| format!("spawn {argv:?} in netns {}", self.name))?;
+        Ok(Proc {
+            label: label.to_string(),
+            child: Some(child),
+            log,
+        })
     }
 
     /// Like [`Netns::spawn`] but waits (bounded) until the process prints a line
     /// containing `ready_marker` on stdout; stderr goes to the log file.
-    pub fn spawn_ready(&self, label: &str, log_dir: &Path, argv: &[&str], ready_marker: &str, within: Duration) -> Result<Proc> {
+    pub fn spawn_ready(
+        &self,
+        label: &str,
+        log_dir: &Path,
+        argv: &[&str],
+        ready_marker: &str,
+        within: Duration,
+    ) -> Result<Proc> {
         let (prog, args) = argv.split_first().ok_or_else(|| anyhow!("empty argv"))?;
         let log = log_dir.join(format!("{label}.log"));
         let err = File::create(&log)?;
         let mut c = self.command(prog);
-        c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
-        let mut child = c.spawn().with_context(|| format!("spawn {argv:?} in netns {}", self.name))?;
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err);
+        let mut child = c
+            .spawn()
+            .with_context(|| format!("spawn {argv:?} in netns {}", self.name))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         let marker = ready_marker.to_string();
@@ -123,13 +154,20 @@ impl Netns {
                 }
             }
         });
-        let mut p = Proc { label: label.to_string(), child: Some(child), log };
+        let mut p = Proc {
+            label: label.to_string(),
+            child: Some(child),
+            log,
+        };
         match rx.recv_timeout(within) {
             Ok(()) => Ok(p),
             Err(_) => {
                 let tail = p.log_tail(20);
                 p.kill();
-                bail!("{label} in netns {} not ready within {within:?}; log:\n{tail}", self.name)
+                bail!(
+                    "{label} in netns {} not ready within {within:?}; log:\n{tail}",
+                    self.name
+                )
             }
         }
     }
@@ -155,7 +193,12 @@ impl Netns {
         Command::new("ip")
             .args(["netns", "pids", &self.name])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -175,7 +218,10 @@ impl Drop for Netns {
         for p in self.pids() {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -221,13 +267,19 @@ impl Proc {
 
     /// Send a signal to the process (by pid).
     pub fn signal(&self, sig: Signal) -> Result<()> {
-        let pid = self.pid().ok_or_else(|| anyhow!("{} already reaped", self.label))?;
-        kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("signal {sig} to {}", self.label))
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("{} already reaped", self.label))?;
+        kill(Pid::from_raw(pid as i32), sig)
+            .with_context(|| format!("signal {sig} to {}", self.label))
     }
 
     /// SIGTERM and wait up to `grace`; SIGKILL after that. Returns the exit status.
     pub fn stop(&mut self, grace: Duration) -> Result<ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("{} already stopped", self.label))?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} already stopped", self.label))?;
         if let Ok(Some(st)) = child.try_wait() {
             return Ok(st);
         }
@@ -264,7 +316,10 @@ impl Drop for Proc {
 
 /// Run a command to completion; error (with its stderr) unless it exits 0.
 pub fn run_cmd(c: &mut Command) -> Result<String> {
-    let out = c.stdin(Stdio::null()).output().with_context(|| format!("spawn {c:?}"))?;
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {c:?}"))?;
     if !out.status.success() {
         bail!(
             "{:?} failed ({}): {}{}",

@@ -22,17 +22,31 @@ pub struct PalisadeBins {
 
 impl PalisadeBins {
     pub fn locate() -> Result<PalisadeBins> {
-        if let (Some(d), Some(c)) = (std::env::var_os("PALISADED_BIN"), std::env::var_os("PALISADE_BIN")) {
-            let b = PalisadeBins { palisaded: d.into(), palisade: c.into() };
+        if let (Some(d), Some(c)) = (
+            std::env::var_os("PALISADED_BIN"),
+            std::env::var_os("PALISADE_BIN"),
+        ) {
+            let b = PalisadeBins {
+                palisaded: d.into(),
+                palisade: c.into(),
+            };
             if b.palisaded.is_file() && b.palisade.is_file() {
                 return Ok(b);
             }
             bail!("PALISADED_BIN/PALISADE_BIN do not name files: {b:?}");
         }
-        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf();
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| ws.join("target"));
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ has a parent")
+            .to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| ws.join("target"));
         let found = |dir: &Path| {
-            let b = PalisadeBins { palisaded: dir.join("palisaded"), palisade: dir.join("palisade") };
+            let b = PalisadeBins {
+                palisaded: dir.join("palisaded"),
+                palisade: dir.join("palisade"),
+            };
             (b.palisaded.is_file() && b.palisade.is_file()).then_some(b)
         };
         // Build (incremental: quick when up to date) so tests never run stale binaries.
@@ -46,7 +60,8 @@ impl PalisadeBins {
         if !st.success() {
             bail!("cargo build -p palisaded -p palisade-cli failed");
         }
-        found(&target.join("debug")).ok_or_else(|| anyhow!("palisaded/palisade not found under {}", target.display()))
+        found(&target.join("debug"))
+            .ok_or_else(|| anyhow!("palisaded/palisade not found under {}", target.display()))
     }
 }
 
@@ -113,8 +128,17 @@ pub fn render_node_toml(bed: &TestBed, opts: &NodeOptions) -> String {
         let _ = writeln!(s, "[[egress.allow]]\n{a}\n");
     }
     let ports: Vec<String> = addr::MGMT_PORTS.iter().map(|p| p.to_string()).collect();
-    let _ = writeln!(s, "[management]\nmesh = [\"{}\"]\nports = [{}]\n", addr::MESH_CIDR, ports.join(", "));
-    let _ = writeln!(s, "[dns]\n\n[[dns.upstream]]\naddress = \"{}:53\"\nprotocol = \"udp\"\n", addr::DNS_V4);
+    let _ = writeln!(
+        s,
+        "[management]\nmesh = [\"{}\"]\nports = [{}]\n",
+        addr::MESH_CIDR,
+        ports.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "[dns]\n\n[[dns.upstream]]\naddress = \"{}:53\"\nprotocol = \"udp\"\n",
+        addr::DNS_V4
+    );
     s.push_str(&opts.extra_toml);
     s
 }
@@ -142,7 +166,13 @@ impl Palisade {
         std::fs::create_dir_all(&run_dir)?;
         let config = state_dir.join("node.toml");
         std::fs::write(&config, render_node_toml(bed, opts))?;
-        let mut p = Palisade { bins, state_dir, run_dir, config, public_key: String::new() };
+        let mut p = Palisade {
+            bins,
+            state_dir,
+            run_dir,
+            config,
+            public_key: String::new(),
+        };
         p.spawn(bed)?;
         for c in &bed.clients {
             c.connect(&p.public_key)?;
@@ -165,29 +195,43 @@ impl Palisade {
             "1",
         ];
         let log = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
-        let proc = bed.node.spawn_env("palisaded", bed.log_dir(), &argv, &[("PALISADE_LOG", &log)])?;
+        let proc =
+            bed.node
+                .spawn_env("palisaded", bed.log_dir(), &argv, &[("PALISADE_LOG", &log)])?;
         bed.node_procs.palisaded = Some(proc);
         let sock = self.socket();
         let ifn = bed.node_if.clone();
-        let r = wait_until(Duration::from_secs(15), "palisaded: control socket, WireGuard interface and nft table", || {
-            if !sock.exists() {
-                return None;
-            }
-            let d = bed.node_dump().ok()?;
-            if d.listen_port != addr::WG_PORT {
-                return None;
-            }
-            bed.node.run(&["nft", "list", "table", "inet", "palisade"]).ok()?;
-            let a = bed.node.ip(&["addr", "show", "dev", &ifn]).ok()?;
-            a.contains(&addr::NODE_TUN_V4.to_string()).then_some(d.public_key)
-        });
+        let r = wait_until(
+            Duration::from_secs(15),
+            "palisaded: control socket, WireGuard interface and nft table",
+            || {
+                if !sock.exists() {
+                    return None;
+                }
+                let d = bed.node_dump().ok()?;
+                if d.listen_port != addr::WG_PORT {
+                    return None;
+                }
+                bed.node
+                    .run(&["nft", "list", "table", "inet", "palisade"])
+                    .ok()?;
+                let a = bed.node.ip(&["addr", "show", "dev", &ifn]).ok()?;
+                a.contains(&addr::NODE_TUN_V4.to_string())
+                    .then_some(d.public_key)
+            },
+        );
         match r {
             Ok(k) => {
                 self.public_key = k;
                 Ok(())
             }
             Err(e) => {
-                let tail = bed.node_procs.palisaded.as_ref().map(|p| p.log_tail(40)).unwrap_or_default();
+                let tail = bed
+                    .node_procs
+                    .palisaded
+                    .as_ref()
+                    .map(|p| p.log_tail(40))
+                    .unwrap_or_default();
                 bail!("{e}\npalisaded log:\n{tail}")
             }
         }

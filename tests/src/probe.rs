@@ -46,10 +46,13 @@ fn tcp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(SockProto::TCP))?;
     if let Some(ip) = src {
         // Freebind: a spoofing probe may use a source the host does not own.
+        // Transparent: the route lookup accepts a non-local source (root only).
         if ip.is_ipv4() {
             s.set_freebind_v4(true).ok();
+            s.set_ip_transparent_v4(true).ok();
         } else {
             s.set_freebind_v6(true).ok();
+            s.set_ip_transparent_v6(true).ok();
         }
         s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
     }
@@ -104,10 +107,13 @@ fn udp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<UdpSocket
     let s = Socket::new(Domain::for_address(dst), Type::DGRAM, Some(SockProto::UDP))?;
     if let Some(ip) = src {
         // Freebind: a spoofing probe may use a source the host does not own.
+        // Transparent: the route lookup accepts a non-local source (root only).
         if ip.is_ipv4() {
             s.set_freebind_v4(true).ok();
+            s.set_ip_transparent_v4(true).ok();
         } else {
             s.set_freebind_v6(true).ok();
+            s.set_ip_transparent_v6(true).ok();
         }
         s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
     }
@@ -115,7 +121,12 @@ fn udp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<UdpSocket
 }
 
 /// Send one datagram (optionally from `src`) and wait for one answer.
-pub fn udp_exchange(src: Option<IpAddr>, dst: SocketAddr, payload: &[u8], timeout: Duration) -> Outcome {
+pub fn udp_exchange(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Outcome {
     let u = match udp_socket(src, dst) {
         Ok(u) => u,
         Err(e) => return Outcome::Error(e.to_string()),
@@ -137,7 +148,9 @@ pub fn udp_exchange(src: Option<IpAddr>, dst: SocketAddr, payload: &[u8], timeou
 /// Fire one datagram and do not wait (for spoofing tests: the receiver's log tells).
 pub fn udp_send(src: Option<IpAddr>, dst: SocketAddr, payload: &[u8]) -> Result<(), String> {
     let u = udp_socket(src, dst).map_err(|e| e.to_string())?;
-    u.send_to(payload, dst).map(|_| ()).map_err(|e| e.to_string())
+    u.send_to(payload, dst)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A minimal DNS query (A or AAAA, RD set) for `name`, with transaction id `id`.
@@ -207,12 +220,19 @@ pub fn parse_dns(msg: &[u8]) -> Option<DnsAnswer> {
 }
 
 /// One DNS query over UDP; `Ok(answer)` or the probe outcome when none came back.
-pub fn dns_udp(server: SocketAddr, name: &str, qtype: u16, timeout: Duration) -> Result<DnsAnswer, Outcome> {
+pub fn dns_udp(
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+    timeout: Duration,
+) -> Result<DnsAnswer, Outcome> {
     let id = (std::process::id() as u16) ^ 0x5a5a;
     let u = udp_socket(None, server).map_err(|e| Outcome::Error(e.to_string()))?;
     let _ = u.set_read_timeout(Some(timeout));
-    u.connect(server).map_err(|e| Outcome::Error(e.to_string()))?;
-    u.send(&dns_query(name, qtype, id)).map_err(|e| classify(&e))?;
+    u.connect(server)
+        .map_err(|e| Outcome::Error(e.to_string()))?;
+    u.send(&dns_query(name, qtype, id))
+        .map_err(|e| classify(&e))?;
     let mut buf = [0u8; 4096];
     let n = u.recv(&mut buf).map_err(|e| classify(&e))?;
     match parse_dns(&buf[..n]) {
@@ -230,7 +250,7 @@ mod tests {
         let q = dns_query("allowed.example.test", 1, 7);
         assert_eq!(&q[..2], &[0, 7]);
         assert_eq!(q[12], 7); // "allowed"
-        // A query is not a response: the parser must refuse it.
+                              // A query is not a response: the parser must refuse it.
         assert!(parse_dns(&q).is_none());
     }
 

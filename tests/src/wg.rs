@@ -16,16 +16,26 @@ pub struct KeyPair {
 
 /// Generate a key pair with `wg genkey` / `wg pubkey` (client side of the tests only).
 pub fn gen_keypair(dir: &Path, label: &str) -> Result<KeyPair> {
-    let private = run_cmd(&mut Command::new("wg").arg("genkey"))?.trim().to_string();
+    let private = run_cmd(&mut Command::new("wg").arg("genkey"))?
+        .trim()
+        .to_string();
     let public = pubkey_of(&private)?;
     let path = dir.join(format!("{label}.key"));
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)?;
         f.write_all(private.as_bytes())?;
         f.write_all(b"\n")?;
     }
-    Ok(KeyPair { private_key_file: path, public_key: public })
+    Ok(KeyPair {
+        private_key_file: path,
+        public_key: public,
+    })
 }
 
 /// `wg pubkey` of a base64 private key.
@@ -37,7 +47,11 @@ pub fn pubkey_of(private: &str) -> Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .context("spawn wg pubkey")?;
-    child.stdin.take().expect("piped").write_all(format!("{private}\n").as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(format!("{private}\n").as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("wg pubkey failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -76,9 +90,16 @@ pub fn parse_dump(text: &str) -> Result<WgDump> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let head: Vec<&str> = lines.next().context("empty wg dump")?.split('\t').collect();
     if head.len() < 4 {
-        bail!("unexpected interface line in wg dump ({} fields)", head.len());
+        bail!(
+            "unexpected interface line in wg dump ({} fields)",
+            head.len()
+        );
     }
-    let mut d = WgDump { public_key: head[1].to_string(), listen_port: head[2].parse().unwrap_or(0), peers: vec![] };
+    let mut d = WgDump {
+        public_key: head[1].to_string(),
+        listen_port: head[2].parse().unwrap_or(0),
+        peers: vec![],
+    };
     for l in lines {
         let f: Vec<&str> = l.split('\t').collect();
         if f.len() < 8 {
@@ -87,7 +108,11 @@ pub fn parse_dump(text: &str) -> Result<WgDump> {
         d.peers.push(PeerDump {
             public_key: f[0].to_string(),
             endpoint: (f[2] != "(none)").then(|| f[2].to_string()),
-            allowed_ips: if f[3] == "(none)" { vec![] } else { f[3].split(',').map(str::to_string).collect() },
+            allowed_ips: if f[3] == "(none)" {
+                vec![]
+            } else {
+                f[3].split(',').map(str::to_string).collect()
+            },
             latest_handshake: f[4].parse().context("latest-handshake")?,
             rx: f[5].parse().context("transfer-rx")?,
             tx: f[6].parse().context("transfer-tx")?,
@@ -114,7 +139,10 @@ mod tests {
         assert_eq!(d.peers.len(), 2);
         let p = d.peer("PEER1").unwrap();
         assert_eq!(p.allowed_ips, vec!["10.66.0.2/32", "fd66::2/128"]);
-        assert_eq!((p.latest_handshake, p.rx, p.tx), (1_700_000_000, 1234, 5678));
+        assert_eq!(
+            (p.latest_handshake, p.rx, p.tx),
+            (1_700_000_000, 1234, 5678)
+        );
         assert_eq!(d.peer("PEER2").unwrap().endpoint, None);
         assert!(parse_dump("PRIV\tPUB\n").is_err());
     }

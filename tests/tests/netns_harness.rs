@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 fn bins() -> Bins {
-    Bins { testhost: env!("CARGO_BIN_EXE_pal-testhost").into() }
+    Bins {
+        testhost: env!("CARGO_BIN_EXE_pal-testhost").into(),
+    }
 }
 
 const T: Duration = Duration::from_millis(1500);
@@ -18,25 +20,44 @@ const T: Duration = Duration::from_millis(1500);
 fn harness_without_isolation_reaches_everything() {
     let mut bed = TestBed::new(2, bins()).expect("build test bed");
     bed.start_plain_node().expect("plain wireguard-go node");
-    bed.wait_handshake(1, Duration::from_secs(10)).expect("client 1 handshake");
-    bed.wait_handshake(2, Duration::from_secs(10)).expect("client 2 handshake");
+    bed.wait_handshake(1, Duration::from_secs(10))
+        .expect("client 1 handshake");
+    bed.wait_handshake(2, Duration::from_secs(10))
+        .expect("client 2 handshake");
 
     let c1 = &bed.clients[0];
     let c2 = &bed.clients[1];
     // Web host through the tunnel, both families; masquerade shows the uplink address.
-    let v4 = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(addr::WEB_V4, 80), T)).unwrap();
+    let v4 = c1
+        .ns
+        .enter(|| palisade_tests::probe::http_get(None, sa(addr::WEB_V4, 80), T))
+        .unwrap();
     assert_eq!(v4, Outcome::Answered(addr::NODE_UP_V4.to_string()));
-    let v6 = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(addr::WEB_V6, 80), T)).unwrap();
+    let v6 = c1
+        .ns
+        .enter(|| palisade_tests::probe::http_get(None, sa(addr::WEB_V6, 80), T))
+        .unwrap();
     assert_eq!(v6, Outcome::Answered(addr::NODE_UP_V6.to_string()));
 
     // Without isolation, client 1 reaches client 2 by tunnel address (v4 and v6) ...
     for dst in [IpAddr::from(c2.tun_v4), IpAddr::from(c2.tun_v6)] {
-        let o = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(dst, addr::CLIENT_TCP), T)).unwrap();
+        let o = c1
+            .ns
+            .enter(|| palisade_tests::probe::http_get(None, sa(dst, addr::CLIENT_TCP), T))
+            .unwrap();
         let IpAddr::V4(_) = dst else {
-            assert_eq!(o, Outcome::Answered(c1.tun_v6.to_string()), "client1 -> {dst}");
+            assert_eq!(
+                o,
+                Outcome::Answered(c1.tun_v6.to_string()),
+                "client1 -> {dst}"
+            );
             continue;
         };
-        assert_eq!(o, Outcome::Answered(c1.tun_v4.to_string()), "client1 -> {dst}");
+        assert_eq!(
+            o,
+            Outcome::Answered(c1.tun_v4.to_string()),
+            "client1 -> {dst}"
+        );
     }
     // ... and every private destination the isolation tests expect dropped.
     for dst in [
@@ -49,13 +70,73 @@ fn harness_without_isolation_reaches_everything() {
         addr::PRIV_ALLOWED_V6.into(),
         addr::PRIV_OTHER_V6.into(),
     ] {
-        let o = c1.ns.enter(|| palisade_tests::probe::http_get(None, sa(dst, 80), T)).unwrap();
+        let o = c1
+            .ns
+            .enter(|| palisade_tests::probe::http_get(None, sa(dst, 80), T))
+            .unwrap();
         assert!(o.reached(), "client1 -> {dst}:80 without isolation: {o:?}");
     }
+    // Unsolicited inbound from the internet reaches a client when nothing stops it.
+    let o = bed
+        .inet
+        .enter(|| palisade_tests::probe::http_get(None, sa(c1.tun_v4, addr::CLIENT_TCP), T))
+        .unwrap();
+    assert_eq!(
+        o,
+        Outcome::Answered(addr::INET_V4.to_string()),
+        "internet -> client 1 tunnel address"
+    );
+
+    // The spoofing probe really sends through the tunnel: once the node accepts
+    // those sources for client 1, the web host receives them.
+    let spoof_v4 = "10.66.0.99".parse::<IpAddr>().unwrap();
+    let spoof_v6 = "fd66::99".parse::<IpAddr>().unwrap();
+    bed.node
+        .run(&[
+            "wg",
+            "set",
+            &bed.node_if,
+            "peer",
+            &c1.keys.public_key,
+            "allowed-ips",
+            &format!(
+                "{}/32,{}/128,{spoof_v4}/32,{spoof_v6}/128",
+                c1.tun_v4, c1.tun_v6
+            ),
+        ])
+        .unwrap();
+    for (src, dst, label) in [
+        (
+            spoof_v4,
+            sa(addr::WEB_V4, addr::ECHO_UDP),
+            "harness-spoof-v4",
+        ),
+        (
+            spoof_v6,
+            sa(addr::WEB_V6, addr::ECHO_UDP),
+            "harness-spoof-v6",
+        ),
+    ] {
+        // (No echo comes back: the client does not own the spoofed address.)
+        c1.ns
+            .enter(|| palisade_tests::probe::udp_send(Some(src), dst, label.as_bytes()))
+            .unwrap()
+            .unwrap();
+        palisade_tests::wait_until(T, label, || {
+            std::fs::read_to_string(&bed.inet_log)
+                .unwrap_or_default()
+                .contains(label)
+                .then_some(())
+        })
+        .expect("spoofed datagram received by the web host when the node allows its source");
+    }
+
     // The DNS test host answers from the test zone.
     let a = bed
         .inet
-        .enter(|| palisade_tests::probe::dns_udp(sa(addr::DNS_V4, 53), "allowed.example.test", 1, T))
+        .enter(|| {
+            palisade_tests::probe::dns_udp(sa(addr::DNS_V4, 53), "allowed.example.test", 1, T)
+        })
         .unwrap()
         .expect("dnsmasq answers");
     assert_eq!(a.addrs, vec![IpAddr::from(addr::WEB_V4)]);
@@ -63,7 +144,13 @@ fn harness_without_isolation_reaches_everything() {
     // Cleanup: every namespace of this bed disappears on drop.
     let id = bed.id.clone();
     drop(bed);
-    let left = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
-    assert!(!left.contains(&format!("{id}-")), "namespaces left behind:\n{left}");
+    assert!(
+        !left.contains(&format!("{id}-")),
+        "namespaces left behind:\n{left}"
+    );
 }

@@ -1,0 +1,939 @@
+//! Peer isolation of a running palisaded (userspace backend, wireguard-go), proven
+//! with real packets, IPv4 and IPv6, in network namespaces (see tests/src/bed.rs
+//! for the map and docs/testing.md for how to run these).
+//!
+//! Every "dropped" expectation here is one that `netns_harness` shows reachable
+//! when the node has no isolation, so none of these checks is vacuous.
+//! Section names in quotes refer to docs/security.md.
+
+use palisade_tests::matrix::{assert_all, Case, Expect, Kind};
+use palisade_tests::palisade::{throwaway_public_key, NodeOptions, Palisade};
+use palisade_tests::{addr, probe, sa, wait_until, Bins, Outcome, TestBed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Per-probe timeout: a "dropped" probe waits this long for nothing.
+const T: Duration = Duration::from_millis(1500);
+
+fn bins() -> Bins {
+    Bins {
+        testhost: env!("CARGO_BIN_EXE_pal-testhost").into(),
+    }
+}
+
+/// A bed with `clients` clients and palisaded running, every client handshaken.
+fn setup(clients: usize, opts: &NodeOptions) -> (TestBed, Palisade) {
+    let mut bed = TestBed::new(clients, bins()).expect("build test bed");
+    let p = Palisade::start(&mut bed, opts).expect("start palisaded");
+    let configured: Vec<usize> = opts
+        .peers
+        .clone()
+        .unwrap_or_else(|| (1..=clients).collect());
+    for i in configured {
+        bed.wait_handshake(i, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("client {i}: {e:#}"));
+    }
+    (bed, p)
+}
+
+fn http<'a>(
+    from: &'a palisade_tests::Netns,
+    label: &str,
+    dst: SocketAddr,
+    expect: Expect,
+) -> Case<'a> {
+    Case::new(label, from, Kind::Http, dst, expect)
+}
+
+fn seen(ip: impl Into<IpAddr>) -> Expect {
+    Expect::Answer(ip.into().to_string())
+}
+
+/// What a receiver's log holds (one line per connection / datagram).
+fn received(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Client 1 to the web host and to client 2: the minimal isolation check reused
+/// after every disturbance (foreign table, stopped daemon, drift, bad config).
+fn core_matrix(bed: &TestBed) -> Vec<Case<'_>> {
+    let c1 = &bed.clients[0];
+    let c2 = &bed.clients[1];
+    vec![
+        http(
+            &c1.ns,
+            "c1 -> web v4",
+            sa(addr::WEB_V4, addr::WEB_HTTP),
+            seen(addr::NODE_UP_V4),
+        ),
+        http(
+            &c1.ns,
+            "c1 -> web v6",
+            sa(addr::WEB_V6, addr::WEB_HTTP),
+            seen(addr::NODE_UP_V6),
+        ),
+        Case::new(
+            "c1 -> c2 tunnel v4 tcp",
+            &c1.ns,
+            Kind::Tcp,
+            sa(c2.tun_v4, addr::CLIENT_TCP),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> c2 tunnel v6 tcp",
+            &c1.ns,
+            Kind::Tcp,
+            sa(c2.tun_v6, addr::CLIENT_TCP),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> metadata 169.254.169.254",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::METADATA_V4, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> fd99::81",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::PRIV_OTHER_V6, 80),
+            Expect::Dropped,
+        ),
+    ]
+}
+
+/// "Forward: tunnel to uplink" — a client reaches the internet through the exit,
+/// and the far end sees the node's uplink address (masquerade, NAT66).
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn client_reaches_web_host_as_node_uplink_address() {
+    let (bed, _p) = setup(2, &NodeOptions::default());
+    let mut cases = Vec::new();
+    for c in &bed.clients {
+        cases.push(http(
+            &c.ns,
+            &format!("c{} -> web v4", c.index),
+            sa(addr::WEB_V4, 80),
+            seen(addr::NODE_UP_V4),
+        ));
+        cases.push(http(
+            &c.ns,
+            &format!("c{} -> web v6", c.index),
+            sa(addr::WEB_V6, 80),
+            seen(addr::NODE_UP_V6),
+        ));
+        cases.push(Case::new(
+            format!("c{} -> web udp echo v4", c.index),
+            &c.ns,
+            Kind::Udp,
+            sa(addr::WEB_V4, addr::ECHO_UDP),
+            seen(addr::NODE_UP_V4),
+        ));
+    }
+    assert_all(&cases, T);
+    // The web host never saw a tunnel address: only the uplink address left the node.
+    let log = received(&bed.inet_log);
+    for c in &bed.clients {
+        assert!(
+            !log.contains(&format!(" {} ", c.tun_v4)) && !log.contains(&c.tun_v6.to_string()),
+            "{log}"
+        );
+    }
+}
+
+/// "Forward: tunnel to tunnel" — client <-> client is dropped, by tunnel address
+/// (v4, v6, TCP and UDP, both directions) and by the tunnel broadcast address;
+/// the receiving client's listener proves nothing arrived.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn client_to_client_is_dropped() {
+    let (bed, _p) = setup(2, &NodeOptions::default());
+    let (c1, c2) = (&bed.clients[0], &bed.clients[1]);
+    let mut cases = Vec::new();
+    for (a, b) in [(c1, c2), (c2, c1)] {
+        for dst in [IpAddr::from(b.tun_v4), IpAddr::from(b.tun_v6)] {
+            let l = format!("c{}->c{} {dst}", a.index, b.index);
+            cases.push(Case::new(
+                format!("{l} tcp"),
+                &a.ns,
+                Kind::Tcp,
+                sa(dst, addr::CLIENT_TCP),
+                Expect::Dropped,
+            ));
+            cases.push(Case::new(
+                format!("{l} udp token-{}", cases.len()),
+                &a.ns,
+                Kind::Udp,
+                sa(dst, addr::ECHO_UDP),
+                Expect::Dropped,
+            ));
+        }
+    }
+    cases.push(Case::new(
+        "c1 -> 10.66.255.255 udp",
+        &c1.ns,
+        Kind::Udp,
+        sa(Ipv4Addr::new(10, 66, 255, 255), 7),
+        Expect::Dropped,
+    ));
+    // The node's tunnel address does not relay to a client's port either.
+    cases.push(Case::new(
+        "c1 -> node tun :7777",
+        &c1.ns,
+        Kind::Tcp,
+        sa(addr::NODE_TUN_V4, addr::CLIENT_TCP),
+        Expect::Dropped,
+    ));
+    assert_all(&cases, T);
+    for i in [1, 2] {
+        let log = received(&bed.client_log(i));
+        assert!(
+            log.is_empty(),
+            "client {i}'s listener received traffic:\n{log}"
+        );
+    }
+}
+
+/// "Forward: blocked destinations" and "Input from the tunnel" — private,
+/// shared and link-local destinations and the node's management ports are
+/// dropped; the node's DNS port on its tunnel addresses is open.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn blocked_destinations_and_management_dropped_dns_allowed() {
+    let (mut bed, _p) = setup(1, &NodeOptions::default());
+    // Management listeners on every node address (ports 22 and 9100).
+    let mgmt: Vec<String> = addr::MGMT_PORTS
+        .iter()
+        .map(|p| format!("tcp:[::]:{p}"))
+        .collect();
+    let mut specs: Vec<&str> = mgmt.iter().map(String::as_str).collect();
+
+    // DNS: the real resolver when palisaded runs one; otherwise a stand-in listener
+    // on the tunnel addresses proves the firewall opens port 53 there.
+    let real_dns = bed
+        .node
+        .enter(|| std::net::UdpSocket::bind(sa(addr::NODE_TUN_V4, 53)).is_err())
+        .expect("probe port 53");
+    let standin = [
+        format!("udp:{}:53", addr::NODE_TUN_V4),
+        format!("tcp:{}:53", addr::NODE_TUN_V4),
+        format!("udp:[{}]:53", addr::NODE_TUN_V6),
+        format!("tcp:[{}]:53", addr::NODE_TUN_V6),
+    ];
+    if !real_dns {
+        eprintln!(
+            "note: no resolver on {}:53; using a stand-in listener",
+            addr::NODE_TUN_V4
+        );
+        specs.extend(standin.iter().map(String::as_str));
+    }
+    bed.start_node_listener(&specs).expect("node listeners");
+
+    let c1 = &bed.clients[0];
+    let mut cases = vec![
+        http(
+            &c1.ns,
+            "c1 -> web (control)",
+            sa(addr::WEB_V4, 80),
+            seen(addr::NODE_UP_V4),
+        ),
+        Case::new(
+            "c1 -> 10.99.0.81 (RFC1918 10/8)",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::PRIV_OTHER_V4, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> 192.168.77.1 (RFC1918)",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::RFC1918_192, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> 172.16.77.1 (RFC1918)",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::RFC1918_172, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> 100.64.0.1 (CGNAT)",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::CGNAT_V4, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> 169.254.169.254 tcp",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::METADATA_V4, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> 169.254.169.254 udp",
+            &c1.ns,
+            Kind::Udp,
+            sa(addr::METADATA_V4, addr::ECHO_UDP),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> fd99::81 (ULA)",
+            &c1.ns,
+            Kind::Tcp,
+            sa(addr::PRIV_OTHER_V6, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "c1 -> fd99::80 udp (ULA)",
+            &c1.ns,
+            Kind::Udp,
+            sa(addr::PRIV_ALLOWED_V6, addr::ECHO_UDP),
+            Expect::Dropped,
+        ),
+    ];
+    for port in addr::MGMT_PORTS {
+        for dst in [
+            IpAddr::from(addr::NODE_TUN_V4),
+            addr::NODE_TUN_V6.into(),
+            addr::NODE_UP_V4.into(),
+            addr::NODE_UP_V6.into(),
+        ] {
+            cases.push(Case::new(
+                format!("c1 -> node mgmt {dst}:{port}"),
+                &c1.ns,
+                Kind::Tcp,
+                sa(dst, port),
+                Expect::Dropped,
+            ));
+        }
+        // From the uplink: only the mesh may reach management (control: the
+        // listener is there and reachable).
+        cases.push(
+            Case::new(
+                format!("mesh 100.100.0.5 -> uplink :{port}"),
+                &bed.inet,
+                Kind::Tcp,
+                sa(addr::NODE_UP_V4, port),
+                Expect::Reached,
+            )
+            .src(addr::MESH_SRC_V4),
+        );
+        cases.push(Case::new(
+            format!("internet -> uplink :{port}"),
+            &bed.inet,
+            Kind::Tcp,
+            sa(addr::NODE_UP_V4, port),
+            Expect::Dropped,
+        ));
+    }
+    if !real_dns {
+        for dst in [IpAddr::from(addr::NODE_TUN_V4), addr::NODE_TUN_V6.into()] {
+            cases.push(Case::new(
+                format!("c1 -> node dns {dst} udp"),
+                &c1.ns,
+                Kind::Udp,
+                sa(dst, 53),
+                Expect::Reached,
+            ));
+            cases.push(Case::new(
+                format!("c1 -> node dns {dst} tcp"),
+                &c1.ns,
+                Kind::Tcp,
+                sa(dst, 53),
+                Expect::Reached,
+            ));
+        }
+        // The stand-in listens on the tunnel addresses only; the uplink address's
+        // port 53 must stay closed from the internet.
+    }
+    assert_all(&cases, T);
+    if real_dns {
+        for server in [sa(addr::NODE_TUN_V4, 53), sa(addr::NODE_TUN_V6, 53)] {
+            let a = c1
+                .ns
+                .enter(|| probe::dns_udp(server, "allowed.example.test", 1, Duration::from_secs(3)))
+                .unwrap()
+                .unwrap_or_else(|o| panic!("DNS on {server} from client 1: {o:?}"));
+            assert_eq!(
+                a.addrs,
+                vec![IpAddr::from(addr::WEB_V4)],
+                "answer from {server}"
+            );
+        }
+        let o = c1
+            .ns
+            .enter(|| probe::tcp_connect(None, sa(addr::NODE_TUN_V4, 53), T))
+            .unwrap();
+        assert_eq!(o, Outcome::Connected, "TCP 53 on the tunnel address");
+    }
+    // The uplink never serves DNS to the internet (no open resolver).
+    let o = bed
+        .inet
+        .enter(|| probe::dns_udp(sa(addr::NODE_UP_V4, 53), "allowed.example.test", 1, T))
+        .unwrap();
+    assert_eq!(
+        o.err(),
+        Some(Outcome::Timeout),
+        "DNS on the uplink address from the internet"
+    );
+}
+
+/// "Egress exceptions" — an allow rule opens exactly its CIDR, protocol and
+/// port: 10.99.0.80/32 tcp 8080 (and fd99::80/128 tcp 8080) and nothing else.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn allowed_egress_rule_opens_exactly_its_cidr_and_port() {
+    let opts = NodeOptions {
+        allow: vec![
+            format!(
+                "cidr = \"{}/32\"\nprotocol = \"tcp\"\nports = [8080]",
+                addr::PRIV_ALLOWED_V4
+            ),
+            format!(
+                "cidr = \"{}/128\"\nprotocol = \"tcp\"\nports = [8080]",
+                addr::PRIV_ALLOWED_V6
+            ),
+        ],
+        ..Default::default()
+    };
+    let (bed, _p) = setup(1, &opts);
+    let c1 = &bed.clients[0].ns;
+    let cases = vec![
+        http(
+            c1,
+            "allowed 10.99.0.80:8080",
+            sa(addr::PRIV_ALLOWED_V4, 8080),
+            seen(addr::NODE_UP_V4),
+        ),
+        http(
+            c1,
+            "allowed [fd99::80]:8080",
+            sa(addr::PRIV_ALLOWED_V6, 8080),
+            seen(addr::NODE_UP_V6),
+        ),
+        Case::new(
+            "same host, other port 80",
+            c1,
+            Kind::Tcp,
+            sa(addr::PRIV_ALLOWED_V4, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "same host v6, other port 80",
+            c1,
+            Kind::Tcp,
+            sa(addr::PRIV_ALLOWED_V6, 80),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "same host+port, udp",
+            c1,
+            Kind::Udp,
+            sa(addr::PRIV_ALLOWED_V4, 8080),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "same host+port v6, udp",
+            c1,
+            Kind::Udp,
+            sa(addr::PRIV_ALLOWED_V6, 8080),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "neighbour 10.99.0.81:8080",
+            c1,
+            Kind::Tcp,
+            sa(addr::PRIV_OTHER_V4, 8080),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "neighbour [fd99::81]:8080",
+            c1,
+            Kind::Tcp,
+            sa(addr::PRIV_OTHER_V6, 8080),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "metadata :8080",
+            c1,
+            Kind::Tcp,
+            sa(addr::METADATA_V4, 8080),
+            Expect::Dropped,
+        ),
+    ];
+    assert_all(&cases, T);
+}
+
+/// "Forward: uplink to tunnel" and "Source addresses" — nothing unsolicited
+/// reaches a client from the uplink, and a client cannot send from an address
+/// outside its AllowedIPs (another client's, an unassigned tunnel address, or
+/// one outside the tunnel prefix). The receivers' logs prove nothing arrived.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn unsolicited_inbound_and_spoofed_sources_dropped() {
+    let (bed, _p) = setup(2, &NodeOptions::default());
+    let (c1, c2) = (&bed.clients[0], &bed.clients[1]);
+    let mut cases = vec![
+        Case::new(
+            "internet -> c1 tun v4 tcp",
+            &bed.inet,
+            Kind::Tcp,
+            sa(c1.tun_v4, addr::CLIENT_TCP),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "internet -> c1 tun v6 tcp",
+            &bed.inet,
+            Kind::Tcp,
+            sa(c1.tun_v6, addr::CLIENT_TCP),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "internet -> c1 tun v4 udp unsolicited-4",
+            &bed.inet,
+            Kind::Udp,
+            sa(c1.tun_v4, 7),
+            Expect::Dropped,
+        ),
+        Case::new(
+            "internet -> c1 tun v6 udp unsolicited-6",
+            &bed.inet,
+            Kind::Udp,
+            sa(c1.tun_v6, 7),
+            Expect::Dropped,
+        ),
+    ];
+    let web4 = sa(addr::WEB_V4, addr::ECHO_UDP);
+    let web6 = sa(addr::WEB_V6, addr::ECHO_UDP);
+    // Control: the same datagram from the client's own address arrives.
+    cases.push(
+        Case::new(
+            "spoof-control-own-v4",
+            &c1.ns,
+            Kind::Udp,
+            web4,
+            seen(addr::NODE_UP_V4),
+        )
+        .src(c1.tun_v4),
+    );
+    cases.push(
+        Case::new(
+            "spoof-control-own-v6",
+            &c1.ns,
+            Kind::Udp,
+            web6,
+            seen(addr::NODE_UP_V6),
+        )
+        .src(c1.tun_v6),
+    );
+    let spoofs: [(&str, IpAddr, SocketAddr); 6] = [
+        ("spoof-other-client-v4", c2.tun_v4.into(), web4),
+        ("spoof-other-client-v6", c2.tun_v6.into(), web6),
+        (
+            "spoof-unassigned-v4",
+            Ipv4Addr::new(10, 66, 0, 99).into(),
+            web4,
+        ),
+        (
+            "spoof-unassigned-v6",
+            Ipv6Addr::new(0xfd66, 0, 0, 0, 0, 0, 0, 0x99).into(),
+            web6,
+        ),
+        (
+            "spoof-outside-prefix-v4",
+            Ipv4Addr::new(10, 77, 0, 1).into(),
+            web4,
+        ),
+        ("spoof-node-uplink-v4", addr::NODE_UP_V4.into(), web4),
+    ];
+    for (label, src, dst) in spoofs {
+        cases.push(Case::new(label, &c1.ns, Kind::Udp, dst, Expect::Dropped).src(src));
+    }
+    assert_all(&cases, T);
+    let web_log = received(&bed.inet_log);
+    assert!(
+        web_log.contains("spoof-control-own-v4") && web_log.contains("spoof-control-own-v6"),
+        "{web_log}"
+    );
+    for (label, _, _) in spoofs {
+        assert!(
+            !web_log.contains(label),
+            "spoofed datagram {label} reached the web host:\n{web_log}"
+        );
+    }
+    let c1_log = received(&bed.client_log(1));
+    assert!(
+        c1_log.is_empty(),
+        "client 1 received unsolicited traffic:\n{c1_log}"
+    );
+}
+
+/// "Other firewall tables" and "While palisaded is stopped" — an accept-all
+/// table on the same hooks at every priority does not open isolation, and
+/// stopping palisaded leaves the table (and its drop policies) in place.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn isolation_holds_with_foreign_accept_table_and_while_stopped() {
+    let (mut bed, _p) = setup(2, &NodeOptions::default());
+    let mut foreign = String::from("table inet pal_foreign {\n");
+    for (i, prio) in ["-300", "-10", "0", "10", "300"].iter().enumerate() {
+        for hook in ["prerouting", "input", "forward", "output", "postrouting"] {
+            foreign.push_str(&format!(
+                " chain {hook}{i} {{ type filter hook {hook} priority {prio}; policy accept; accept; }}\n"
+            ));
+        }
+    }
+    foreign.push_str("}\n");
+    bed.nft("node", &foreign)
+        .expect("load foreign accept table");
+    assert_all(&core_matrix(&bed), T);
+    // palisaded's reconcile must not touch the foreign table either.
+    std::thread::sleep(Duration::from_millis(1500));
+    bed.node
+        .run(&["nft", "list", "table", "inet", "pal_foreign"])
+        .expect("foreign table left alone");
+
+    // Stop palisaded (SIGTERM): it exits cleanly and leaves its table.
+    let st = bed
+        .node_procs
+        .palisaded
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5))
+        .unwrap();
+    assert!(st.success(), "palisaded exit status on SIGTERM: {st}");
+    let table = bed
+        .node
+        .run(&["nft", "list", "table", "inet", "palisade"])
+        .expect("table stays after stop");
+    assert!(table.contains("policy drop"), "{table}");
+    let wg_alive = bed.node_dump().is_ok();
+    eprintln!(
+        "after stop: WireGuard interface {}",
+        if wg_alive { "still up" } else { "gone" }
+    );
+    if wg_alive {
+        assert_all(&core_matrix(&bed), T);
+    } else {
+        // Without the interface nothing flows at all; isolation trivially holds,
+        // but the tunnel path is still checked as dropped, not erroring.
+        let c1 = &bed.clients[0];
+        assert_all(
+            &[Case::new(
+                "c1 -> metadata",
+                &c1.ns,
+                Kind::Tcp,
+                sa(addr::METADATA_V4, 80),
+                Expect::Dropped,
+            )],
+            T,
+        );
+    }
+    // Also with the foreign table removed and palisaded still stopped.
+    bed.node
+        .run(&["nft", "delete", "table", "inet", "pal_foreign"])
+        .unwrap();
+    if wg_alive {
+        assert_all(&core_matrix(&bed), T);
+    }
+}
+
+/// "Reconcile" — adding and removing other peers (CLI, persisted) leaves an
+/// existing client's session untouched: same handshake time on both sides,
+/// transfer counters never reset, traffic flowing throughout.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn peer_add_remove_leaves_other_sessions_untouched() {
+    let opts = NodeOptions {
+        peers: Some(vec![1]),
+        ..Default::default()
+    };
+    let (bed, p) = setup(2, &opts);
+    let (c1, c2) = (&bed.clients[0], &bed.clients[1]);
+    let web = sa(addr::WEB_V4, 80);
+    let get = |c: &palisade_tests::Client| c.ns.enter(|| probe::http_get(None, web, T)).unwrap();
+    assert_eq!(get(c1), Outcome::Answered(addr::NODE_UP_V4.to_string()));
+    let hs_client = c1.dump().unwrap().peers[0].latest_handshake;
+    let before = bed.node_dump().unwrap();
+    let n1 = before
+        .peer(&c1.keys.public_key)
+        .expect("client 1 on the node")
+        .clone();
+    assert!(n1.latest_handshake > 0);
+    assert!(
+        before.peer(&c2.keys.public_key).is_none(),
+        "client 2 not configured yet"
+    );
+
+    // Add client 2 through the CLI: it works, and client 1 is untouched.
+    let c2_v4 = format!("{}/32", c2.tun_v4);
+    let c2_v6 = format!("{}/128", c2.tun_v6);
+    p.cli_ok(
+        &bed,
+        &[
+            "peers",
+            "add",
+            "client-2",
+            "--public-key",
+            &c2.keys.public_key,
+            "--address",
+            &c2_v4,
+            "--address",
+            &c2_v6,
+        ],
+    )
+    .expect("peers add client-2");
+    let peers_file = std::fs::read_to_string(p.state_dir.join("peers.toml")).unwrap_or_default();
+    assert!(
+        peers_file.contains(&c2.keys.public_key),
+        "peers add is persisted in peers.toml:\n{peers_file}"
+    );
+    bed.wait_handshake(2, Duration::from_secs(10))
+        .expect("client 2 handshake after peers add");
+    assert_eq!(get(c2), Outcome::Answered(addr::NODE_UP_V4.to_string()));
+    assert_eq!(get(c1), Outcome::Answered(addr::NODE_UP_V4.to_string()));
+
+    // Add and remove a throwaway peer; reload with no change; remove client 2.
+    let k = throwaway_public_key().unwrap();
+    p.cli_ok(
+        &bed,
+        &[
+            "peers",
+            "add",
+            "throwaway",
+            "--public-key",
+            &k,
+            "--address",
+            "10.66.0.200/32",
+        ],
+    )
+    .expect("add throwaway");
+    wait_until(
+        Duration::from_secs(5),
+        "throwaway peer on the interface",
+        || bed.node_dump().ok()?.peer(&k).map(|_| ()),
+    )
+    .unwrap();
+    p.cli_ok(&bed, &["peers", "remove", "throwaway"])
+        .expect("remove throwaway");
+    p.cli_ok(&bed, &["reload"]).expect("no-change reload");
+    p.cli_ok(&bed, &["peers", "remove", &c2.keys.public_key])
+        .expect("remove client 2 by key");
+    wait_until(
+        Duration::from_secs(5),
+        "client 2 and throwaway gone from the interface",
+        || {
+            let d = bed.node_dump().ok()?;
+            (d.peer(&k).is_none() && d.peer(&c2.keys.public_key).is_none()).then_some(())
+        },
+    )
+    .unwrap();
+    let peers_file = std::fs::read_to_string(p.state_dir.join("peers.toml")).unwrap_or_default();
+    assert!(
+        !peers_file.contains(&c2.keys.public_key) && !peers_file.contains(&k),
+        "{peers_file}"
+    );
+
+    // Client 1 kept its session: traffic flows, same handshake, counters only grew.
+    assert_eq!(get(c1), Outcome::Answered(addr::NODE_UP_V4.to_string()));
+    let after = bed.node_dump().unwrap();
+    let n1b = after
+        .peer(&c1.keys.public_key)
+        .expect("client 1 still on the node");
+    assert_eq!(
+        n1b.latest_handshake, n1.latest_handshake,
+        "node-side handshake of client 1 changed: session reset"
+    );
+    assert_eq!(
+        c1.dump().unwrap().peers[0].latest_handshake,
+        hs_client,
+        "client-side handshake changed"
+    );
+    assert!(
+        n1b.rx > n1.rx && n1b.tx > n1.tx,
+        "client 1 counters reset or stalled: {n1:?} -> {n1b:?}"
+    );
+    assert_eq!(n1b.allowed_ips, n1.allowed_ips);
+}
+
+/// "Reconcile" — drift is repaired within 5 s: a flushed table, a deleted
+/// table, a removed peer and a changed interface key.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn drift_is_repaired_within_5s() {
+    let (bed, p) = setup(2, &NodeOptions::default());
+    let list = || {
+        bed.node
+            .run(&["nft", "list", "table", "inet", "palisade"])
+            .ok()
+    };
+    let good = list().expect("table loaded");
+    let within = Duration::from_secs(5);
+
+    for (what, cmd) in [
+        ("flushed table", "nft flush table inet palisade"),
+        ("deleted table", "nft delete table inet palisade"),
+    ] {
+        bed.node.sh(cmd).unwrap();
+        let t0 = Instant::now();
+        wait_until(within, &format!("{what} restored"), || {
+            (list().as_deref() == Some(good.as_str())).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}; now:\n{}", list().unwrap_or_default()));
+        println!("{what}: restored in {:?}", t0.elapsed());
+        assert_all(&core_matrix(&bed), T);
+    }
+
+    // A peer removed behind palisaded's back comes back with the same AllowedIPs.
+    let c1 = &bed.clients[0];
+    let orig = bed
+        .node_dump()
+        .unwrap()
+        .peer(&c1.keys.public_key)
+        .unwrap()
+        .clone();
+    bed.node
+        .run(&[
+            "wg",
+            "set",
+            &bed.node_if,
+            "peer",
+            &c1.keys.public_key,
+            "remove",
+        ])
+        .unwrap();
+    assert!(bed.node_dump().unwrap().peer(&c1.keys.public_key).is_none());
+    let t0 = Instant::now();
+    let back = wait_until(within, "deleted peer restored", || {
+        bed.node_dump().ok()?.peer(&c1.keys.public_key).cloned()
+    })
+    .unwrap();
+    println!("deleted peer: restored in {:?}", t0.elapsed());
+    let mut a = back.allowed_ips.clone();
+    let mut b = orig.allowed_ips.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    // The client re-handshakes on its own (WireGuard timers: up to ~15 s).
+    wait_until(
+        Duration::from_secs(30),
+        "client 1 traffic after the peer came back",
+        || {
+            c1.ns
+                .enter(|| probe::http_get(None, sa(addr::WEB_V4, 80), Duration::from_millis(500)))
+                .ok()?
+                .reached()
+                .then_some(())
+        },
+    )
+    .unwrap();
+
+    // A changed interface key is put back.
+    let other = palisade_tests::wg::gen_keypair(bed.log_dir(), "drift-key").unwrap();
+    bed.node
+        .run(&[
+            "wg",
+            "set",
+            &bed.node_if,
+            "private-key",
+            &other.private_key_file.to_string_lossy(),
+        ])
+        .unwrap();
+    assert_eq!(bed.node_dump().unwrap().public_key, other.public_key);
+    let t0 = Instant::now();
+    wait_until(within, "interface key restored", || {
+        (bed.node_dump().ok()?.public_key == p.public_key).then_some(())
+    })
+    .unwrap();
+    println!("changed key: restored in {:?}", t0.elapsed());
+}
+
+/// "Configuration changes" — a broken node.toml is rejected by `palisade reload`
+/// (and by SIGHUP) with the file, line and field named; nothing is applied and
+/// the running state keeps serving.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn bad_config_is_rejected_and_running_state_keeps_serving() {
+    let (mut bed, p) = setup(2, &NodeOptions::default());
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    let table = bed
+        .node
+        .run(&["nft", "list", "table", "inet", "palisade"])
+        .unwrap();
+    let peers = bed.node_dump().unwrap();
+    let c1 = &bed.clients[0];
+
+    let cases: [(&str, String, &[&str]); 3] = [
+        (
+            "syntax error",
+            good.replace("[wireguard]", "[wireguard"),
+            &["node.toml", ":"],
+        ),
+        (
+            "unknown field",
+            good.replace("[wireguard]\n", "[wireguard]\nlisten_prot = 1\n"),
+            &["node.toml", "listen_prot"],
+        ),
+        (
+            "client with 0.0.0.0/0",
+            good.replacen(&format!("\"{}/32\"", c1.tun_v4), "\"0.0.0.0/0\"", 1),
+            &["node.toml", "peer"],
+        ),
+    ];
+    for (what, text, must_name) in cases {
+        assert_ne!(text, good, "{what}: the broken config differs");
+        std::fs::write(&p.config, &text).unwrap();
+        let o = p.cli(&bed, &["reload"]).unwrap();
+        let msg = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        println!("{what}: palisade reload -> {} : {}", o.status, msg.trim());
+        assert!(
+            !o.status.success(),
+            "{what}: reload accepted a broken config: {msg}"
+        );
+        for m in must_name {
+            assert!(msg.contains(m), "{what}: error does not name {m:?}: {msg}");
+        }
+        // SIGHUP with the same file: the daemon survives and changes nothing.
+        bed.node_procs
+            .palisaded
+            .as_ref()
+            .unwrap()
+            .signal(nix::sys::signal::Signal::SIGHUP)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_all(&core_matrix(&bed), T);
+        assert_eq!(
+            bed.node
+                .run(&["nft", "list", "table", "inet", "palisade"])
+                .unwrap(),
+            table,
+            "{what}: table changed"
+        );
+        let now = bed.node_dump().unwrap();
+        for peer in &peers.peers {
+            let n = now
+                .peer(&peer.public_key)
+                .unwrap_or_else(|| panic!("{what}: a peer was removed"));
+            assert_eq!(
+                n.latest_handshake, peer.latest_handshake,
+                "{what}: a session was reset"
+            );
+        }
+    }
+    // Restoring the good file is accepted again.
+    std::fs::write(&p.config, &good).unwrap();
+    p.cli_ok(&bed, &["reload"])
+        .expect("reload of the good config");
+    assert!(
+        bed.node_procs.palisaded.as_mut().unwrap().running(),
+        "palisaded still running"
+    );
+}
