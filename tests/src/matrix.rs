@@ -15,6 +15,8 @@ pub enum Kind {
     Tcp,
     /// One UDP datagram to an echo port, waiting for the echo.
     Udp,
+    /// One ICMP echo request (the port of `dst` is ignored).
+    Ping,
 }
 
 /// What must happen.
@@ -90,6 +92,7 @@ pub fn run(cases: &[Case<'_>], timeout: Duration) -> Vec<Row> {
                             Kind::Udp => {
                                 probe::udp_exchange(c.src, c.dst, c.label.as_bytes(), timeout)
                             }
+                            Kind::Ping => probe::ping(c.dst.ip(), timeout),
                         })
                         .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")));
                     let ok = match &c.expect {

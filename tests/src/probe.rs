@@ -153,6 +153,24 @@ pub fn udp_send(src: Option<IpAddr>, dst: SocketAddr, payload: &[u8]) -> Result<
         .map_err(|e| e.to_string())
 }
 
+/// One ICMP echo (busybox ping, run in the caller's namespace: call it inside
+/// [`crate::Netns::enter`]). `Answered("echo")` on a reply, `Timeout` otherwise.
+pub fn ping(dst: IpAddr, timeout: Duration) -> Outcome {
+    let secs = timeout.as_secs().max(1).to_string();
+    let fam = if dst.is_ipv4() { "-4" } else { "-6" };
+    match std::process::Command::new("busybox")
+        .args(["ping", fam, "-c", "1", "-W", &secs, &dst.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(st) if st.success() => Outcome::Answered("echo".into()),
+        Ok(_) => Outcome::Timeout,
+        Err(e) => Outcome::Error(format!("busybox ping: {e}")),
+    }
+}
+
 /// A minimal DNS query (A or AAAA, RD set) for `name`, with transaction id `id`.
 pub fn dns_query(name: &str, qtype: u16, id: u16) -> Vec<u8> {
     let mut q = Vec::with_capacity(32 + name.len());

@@ -131,6 +131,17 @@ fn harness_without_isolation_reaches_everything() {
         .expect("spoofed datagram received by the web host when the node allows its source");
     }
 
+    // ICMP to the other client and to a blocked range works without isolation.
+    for dst in [
+        IpAddr::from(c2.tun_v4),
+        c2.tun_v6.into(),
+        addr::METADATA_V4.into(),
+        addr::PRIV_OTHER_V6.into(),
+    ] {
+        let o = c1.ns.enter(|| palisade_tests::probe::ping(dst, T)).unwrap();
+        assert!(o.reached(), "client1 ping {dst} without isolation: {o:?}");
+    }
+
     // The DNS test host answers from the test zone.
     let a = bed
         .inet

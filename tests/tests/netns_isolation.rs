@@ -170,6 +170,12 @@ fn client_to_client_is_dropped() {
             ));
         }
     }
+    for (a, b) in [(c1, c2), (c2, c1)] {
+        for dst in [IpAddr::from(b.tun_v4), IpAddr::from(b.tun_v6)] {
+            let l = format!("c{}->c{} {dst} ping", a.index, b.index);
+            cases.push(Case::new(l, &a.ns, Kind::Ping, sa(dst, 0), Expect::Dropped));
+        }
+    }
     cases.push(Case::new(
         "c1 -> 10.66.255.255 udp",
         &c1.ns,
@@ -295,6 +301,34 @@ fn blocked_destinations_and_management_dropped_dns_allowed() {
             Expect::Dropped,
         ),
     ];
+    // ICMP echo to the node's tunnel addresses is allowed; to blocked ranges it is not.
+    let pings = [
+        (
+            "c1 ping node tun v4",
+            IpAddr::from(addr::NODE_TUN_V4),
+            Expect::Reached,
+        ),
+        (
+            "c1 ping node tun v6",
+            addr::NODE_TUN_V6.into(),
+            Expect::Reached,
+        ),
+        ("c1 ping web v4", addr::WEB_V4.into(), Expect::Reached),
+        ("c1 ping web v6", addr::WEB_V6.into(), Expect::Reached),
+        (
+            "c1 ping metadata",
+            addr::METADATA_V4.into(),
+            Expect::Dropped,
+        ),
+        (
+            "c1 ping fd99::81",
+            addr::PRIV_OTHER_V6.into(),
+            Expect::Dropped,
+        ),
+    ];
+    for (l, dst, e) in pings {
+        cases.push(Case::new(l, &c1.ns, Kind::Ping, sa(dst, 0), e));
+    }
     for port in addr::MGMT_PORTS {
         for dst in [
             IpAddr::from(addr::NODE_TUN_V4),
