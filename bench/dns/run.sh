@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# DNS benchmark: palisade-dns side by side with unbound and dnsmasq, on
+# loopback only, in one run.
+#
+#   bench/dns/run.sh [--seconds N] [--names N] [--only "palisade unbound dnsmasq"]
+#
+# For each resolver: start it with the same 1M-name blocklist (unbound:
+# local-zone always_nxdomain; dnsmasq: address=/name/; palisade: plain list),
+# measure the list load time (process start -> first answer for a listed name),
+# then with dnsperf (-l N each): cache hits (1000 names, warmed first),
+# blocked names (200k queries over the list), cache misses (unique names,
+# forwarded to the local test authority palisade-dns-testauth on
+# 127.0.0.1:5399), and resident memory (VmRSS after load, VmHWM at the end).
+# Every process is started and stopped by this script (by PID).
+# Needs: dnsperf unbound dnsmasq-base python3 (tests/packages.txt).
+set -euo pipefail
+
+SECONDS_PER_RUN=10
+NAMES=1000000
+ONLY="palisade unbound dnsmasq"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) SECONDS_PER_RUN=$2; shift 2 ;;
+        --names) NAMES=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        *) echo "usage: $0 [--seconds N] [--names N] [--only LIST]" >&2; exit 2 ;;
+    esac
+done
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK=$(mktemp -d /tmp/palisade-dnsbench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do
+        [ -n "$p" ] && kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]:-}"; do
+        [ -n "$p" ] && wait "$p" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for tool in dnsperf unbound dnsmasq python3; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (see tests/packages.txt)" >&2; exit 1; }
+done
+
+echo "== building palisade-dns (release)"
+(cd "$ROOT" && cargo build --release -q -p palisade-dns --bins)
+SERVE=$TARGET/release/palisade-dns-serve
+AUTH=$TARGET/release/palisade-dns-testauth
+
+echo "== generating $NAMES names (deterministic)"
+python3 "$ROOT/bench/dns/gen_blocklist.py" "$WORK" --names "$NAMES"
+PROBE=$(sed -n 2p "$WORK/blocklist.txt")
+
+AUTH_PORT=5399
+"$AUTH" --listen 127.0.0.1:$AUTH_PORT 2>"$WORK/auth.log" &
+PIDS+=($!)
+
+# probe PORT NAME TIMEOUT_S: wait for an answer; print seconds waited.
+probe() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import socket, struct, sys, time
+port, name, limit = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.05)
+t0 = time.monotonic()
+while time.monotonic() - t0 < limit:
+    try:
+        s.sendto(q, ("127.0.0.1", port))
+        d, _ = s.recvfrom(4096)
+        if d[:2] == b"\x42\x42":
+            print("%.2f" % (time.monotonic() - t0))
+            sys.exit(0)
+    except OSError:
+        time.sleep(0.01)
+print("timeout")
+sys.exit(1)
+EOF
+}
+
+probe $AUTH_PORT h0.miss.test 10 >/dev/null || { echo "test authority did not start" >&2; cat "$WORK/auth.log" >&2; exit 1; }
+
+rss_kb() { awk '/^VmRSS/ {print $2}' /proc/"$1"/status; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' /proc/"$1"/status; }
+
+# perf PORT FILE -> "qps lost%"
+perf() {
+    local out
+    out=$(dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$SECONDS_PER_RUN" -c 32 -q 500 -T 1 -t 2 2>&1) || true
+    local qps lost
+    qps=$(echo "$out" | awk '/Queries per second:/ {printf "%d", $4}')
+    lost=$(echo "$out" | awk '/Queries lost:/ {gsub(/[()%]/,"",$4); print $4}')
+    echo "${qps:-0} ${lost:-?}"
+}
+
+declare -A R
+run_one() {
+    local name=$1 port=$2 pid=$3
+    local load
+    load=$(probe "$port" "$PROBE" 120) || { echo "$name did not answer" >&2; return 1; }
+    local rss
+    rss=$(rss_kb "$pid")
+    # Warm the cache with the hit set (twice, so every name is cached).
+    dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/q-hits.txt" -n 2 -c 4 -q 100 >/dev/null 2>&1 || true
+    local hits blocked misses
+    hits=$(perf "$port" "$WORK/q-hits.txt")
+    blocked=$(perf "$port" "$WORK/q-blocked.txt")
+    misses=$(perf "$port" "$WORK/q-misses.txt")
+    local hwm
+    hwm=$(hwm_kb "$pid")
+    R[$name]="$load $((rss / 1024)) $((hwm / 1024)) $hits $blocked $misses"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+for r in $ONLY; do
+    echo "== $r"
+    case $r in
+        palisade)
+            cat >"$WORK/palisade.toml" <<EOF
+block_mode = "nxdomain"
+cache_entries = 65536
+rate_limit_qps = 0
+[[upstream]]
+address = "127.0.0.1:$AUTH_PORT"
+protocol = "udp"
+[list.bench]
+path = "$WORK/blocklist.txt"
+[tier.default]
+lists = ["bench"]
+EOF
+            "$SERVE" --config "$WORK/palisade.toml" --listen 127.0.0.1:5300 2>"$WORK/palisade.log" &
+            pid=$!; PIDS+=($pid)
+            run_one palisade 5300 $pid
+            grep -o "lists loaded in [0-9]* ms" "$WORK/palisade.log" | sed 's/^/   palisade: /' || true
+            ;;
+        unbound)
+            cat >"$WORK/unbound.conf" <<EOF
+server:
+    interface: 127.0.0.1
+    port: 5301
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "$WORK"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    num-threads: 2
+    so-reuseport: yes
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "iterator"
+    qname-minimisation: no
+    local-zone: "test." nodefault
+    include: "$WORK/unbound-blocklist.conf"
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@$AUTH_PORT
+EOF
+            unbound -c "$WORK/unbound.conf" 2>"$WORK/unbound.log" &
+            pid=$!; PIDS+=($pid)
+            run_one unbound 5301 $pid
+            ;;
+        dnsmasq)
+            dnsmasq --keep-in-foreground --no-daemon --user=root --port=5302 --listen-address=127.0.0.1 \
+                --bind-interfaces --no-resolv --no-hosts --server=127.0.0.1#$AUTH_PORT --cache-size=10000 \
+                --dns-forward-max=1000 --log-facility=/dev/null --pid-file= \
+                --conf-file="$WORK/dnsmasq-blocklist.conf" 2>"$WORK/dnsmasq.log" &
+            pid=$!; PIDS+=($pid)
+            run_one dnsmasq 5302 $pid
+            ;;
+    esac
+done
+
+echo
+echo "DNS benchmark: $NAMES blocked names, dnsperf -l $SECONDS_PER_RUN -c 32 -q 500 -T 1, loopback, $(nproc) cores"
+printf "%-10s %8s %9s %9s %12s %12s %12s\n" resolver "load s" "RSS MB" "peak MB" "hits QPS" "blocked QPS" "misses QPS"
+for r in $ONLY; do
+    # shellcheck disable=SC2086
+    set -- ${R[$r]:-- - - - - - - - - -}
+    printf "%-10s %8s %9s %9s %7s (%s%%) %7s (%s%%) %7s (%s%%)\n" "$r" "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" "$9"
+done
+echo "(percentages: queries lost; RSS after load; peak = VmHWM after all runs)"
