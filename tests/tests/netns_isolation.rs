@@ -208,7 +208,7 @@ fn client_to_client_is_dropped() {
 #[test]
 #[ignore = "root: run by tests/run.sh"]
 fn blocked_destinations_and_management_dropped_dns_allowed() {
-    let (mut bed, _p) = setup(1, &NodeOptions::default());
+    let (mut bed, p) = setup(1, &NodeOptions::default());
     // Management listeners on every node address (ports 22 and 9100).
     let mgmt: Vec<String> = addr::MGMT_PORTS
         .iter()
@@ -218,10 +218,11 @@ fn blocked_destinations_and_management_dropped_dns_allowed() {
 
     // DNS: the real resolver when palisaded runs one; otherwise a stand-in listener
     // on the tunnel addresses proves the firewall opens port 53 there.
-    let real_dns = bed
-        .node
-        .enter(|| std::net::UdpSocket::bind(sa(addr::NODE_TUN_V4, 53)).is_err())
-        .expect("probe port 53");
+    // (`palisade dns stats` succeeds exactly when palisaded runs its resolver.)
+    let real_dns = p
+        .cli(&bed, &["dns", "stats"])
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     let standin = [
         format!("udp:{}:53", addr::NODE_TUN_V4),
         format!("tcp:{}:53", addr::NODE_TUN_V4),
@@ -387,6 +388,20 @@ fn blocked_destinations_and_management_dropped_dns_allowed() {
     }
     assert_all(&cases, T);
     if real_dns {
+        // The resolver may come up a moment after the interface.
+        wait_until(
+            Duration::from_secs(10),
+            "resolver answering in the tunnel",
+            || {
+                c1.ns
+                    .enter(|| {
+                        probe::dns_udp(sa(addr::NODE_TUN_V4, 53), "allowed.example.test", 1, T)
+                    })
+                    .ok()?
+                    .ok()
+            },
+        )
+        .unwrap();
         for server in [sa(addr::NODE_TUN_V4, 53), sa(addr::NODE_TUN_V6, 53)] {
             let a = c1
                 .ns
