@@ -170,6 +170,29 @@ impl TestBed {
     /// hosts and the upstream DNS. No node WireGuard yet: call
     /// [`TestBed::start_plain_node`] or [`crate::palisade::Palisade::start`].
     pub fn new(clients: usize, bins: Bins) -> Result<TestBed> {
+        TestBed::build(clients, bins, true)
+    }
+
+    /// The same bed for a QEMU guest node: no node namespace uplink (the node
+    /// namespace stays empty); attach the guest with [`TestBed::add_tap`] and give
+    /// it 203.0.113.10/24, 2001:db8:113::10/64 and gateway 203.0.113.1 (the
+    /// private destinations are local to the internet namespace, so the guest
+    /// reaches them through that gateway unless its firewall drops them).
+    pub fn new_for_guest(clients: usize, bins: Bins) -> Result<TestBed> {
+        TestBed::build(clients, bins, false)
+    }
+
+    /// Create tap `name` in the internet namespace, on br0. QEMU must run in that
+    /// namespace (`bed.inet.command("qemu-system-x86_64")`) to open it.
+    pub fn add_tap(&self, name: &str) -> Result<()> {
+        self.inet
+            .ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+        self.inet
+            .ip(&["link", "set", name, "master", "br0", "up"])?;
+        Ok(())
+    }
+
+    fn build(clients: usize, bins: Bins, node_uplink: bool) -> Result<TestBed> {
         preflight()?;
         let pid = std::process::id();
         let n = BED_COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -194,7 +217,9 @@ impl TestBed {
             inet_log,
         };
         bed.build_inet()?;
-        bed.build_node_uplink()?;
+        if node_uplink {
+            bed.build_node_uplink()?;
+        }
         for i in 1..=clients {
             let c = bed.build_client(i, &tag)?;
             bed.clients.push(c);
@@ -679,7 +704,7 @@ pub fn start_wireguard_go(ns: &Netns, ifname: &str, log_dir: &Path, label: &str)
         &["wireguard-go", "-f", ifname],
         &[("LOG_LEVEL", "error")],
     )?;
-    let r = wait_until(Duration::from_secs(5), &format!("{sock}"), || {
+    let r = wait_until(Duration::from_secs(5), &sock, || {
         Path::new(&sock).exists().then_some(())
     });
     if let Err(e) = r {

@@ -267,6 +267,6 @@ impl Palisade {
 
 /// `wg genkey | wg pubkey` for a throwaway peer (the CLI add/remove tests).
 pub fn throwaway_public_key() -> Result<String> {
-    let k = run_cmd(&mut Command::new("wg").arg("genkey"))?;
+    let k = run_cmd(Command::new("wg").arg("genkey"))?;
     crate::wg::pubkey_of(k.trim())
 }

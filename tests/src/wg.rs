@@ -16,7 +16,7 @@ pub struct KeyPair {
 
 /// Generate a key pair with `wg genkey` / `wg pubkey` (client side of the tests only).
 pub fn gen_keypair(dir: &Path, label: &str) -> Result<KeyPair> {
-    let private = run_cmd(&mut Command::new("wg").arg("genkey"))?
+    let private = run_cmd(Command::new("wg").arg("genkey"))?
         .trim()
         .to_string();
     let public = pubkey_of(&private)?;
