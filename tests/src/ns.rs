@@ -102,8 +102,13 @@ impl Netns {
         env: &[(&str, &str)],
     ) -> Result<Proc> {
         let (prog, args) = argv.split_first().ok_or_else(|| anyhow!("empty argv"))?;
+        // Append: a restarted process (same label) keeps its earlier log for scans.
         let log = log_dir.join(format!("{label}.log"));
-        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
         let mut c = self.command(prog);
         c.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
