@@ -1,0 +1,320 @@
+//! A Palisade image booted under QEMU (TCG) as the bed's node: its uplink is a
+//! tap on the internet bridge, clients are the bed's wireguard-go namespaces.
+//!
+//! The test works on its own copy of the image (sparse copy), seeds the node's
+//! WireGuard key and a DNS list onto the copy's `state` partition (debugfs, no
+//! mounts) so the clients know the node's public key before it boots, passes
+//! node.toml on a config drive (qemu/mkconfigdrive.sh) and boots it with
+//! qemu/boot.sh. After a clean power-off the whole disk copy and the console
+//! log can be scanned.
+
+use crate::bed::{addr, TestBed};
+use crate::ns::{run_cmd, wait_until, Proc};
+use crate::wg::{gen_keypair, KeyPair};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The workspace root (qemu/ scripts live there).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The image under test: `$PALISADE_IMAGE` (tests/run.sh sets it after building).
+pub fn image_path() -> Result<PathBuf> {
+    match std::env::var_os("PALISADE_IMAGE") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                bail!("PALISADE_IMAGE={} is not a file", p.display());
+            }
+            Ok(p)
+        }
+        None => bail!(
+            "PALISADE_IMAGE is not set: build the image (see docs/testing.md) and pass the raw disk image path"
+        ),
+    }
+}
+
+/// Byte offset and size of the GPT partition named `name` (sfdisk -J).
+pub fn partition(disk: &Path, name: &str) -> Result<(u64, u64)> {
+    let out = run_cmd(Command::new("sfdisk").arg("-J").arg(disk))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("sfdisk -J output")?;
+    let sector = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    for p in v["partitiontable"]["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if p["name"].as_str() == Some(name) {
+            let start = p["start"].as_u64().context("start")?;
+            let size = p["size"].as_u64().context("size")?;
+            return Ok((start * sector, size * sector));
+        }
+    }
+    bail!("no partition named {name} in {}", disk.display())
+}
+
+/// Write `src` as `/dst_name` into the ext4 filesystem at `offset` in `disk`.
+pub fn debugfs_write(disk: &Path, offset: u64, src: &Path, dst_name: &str) -> Result<()> {
+    let target = format!("{}?offset={offset}", disk.display());
+    let out = Command::new("debugfs")
+        .args([
+            "-w",
+            "-R",
+            &format!("write {} {dst_name}", src.display()),
+            &target,
+        ])
+        .output()
+        .context("run debugfs (e2fsprogs)")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || err.contains("rror") {
+        bail!("debugfs write {dst_name}: {err}");
+    }
+    Ok(())
+}
+
+/// What the guest node runs with.
+#[derive(Debug, Clone, Default)]
+pub struct GuestOptions {
+    /// Lines of the DNS block list seeded onto the state partition (list "ads",
+    /// tier "default"); empty: no list.
+    pub blocklist: Vec<String>,
+}
+
+/// Node config for the guest: kernel WireGuard `wg0`, uplink `eth0` 203.0.113.10
+/// with gateway 203.0.113.1, every bed client as a peer.
+pub fn guest_node_toml(bed: &TestBed, opts: &GuestOptions) -> String {
+    let mut s = format!(
+        "[node]\nname = \"{id}\"\nregion = \"test\"\npublic_endpoint = \"{ep}:{port}\"\n\n\
+         [[uplink]]\ninterface = \"eth0\"\naddresses = [\"{ep}/24\", \"{ep6}/64\"]\ngateway_v4 = \"{gw}\"\n\n\
+         [wireguard]\ninterface = \"wg0\"\nlisten_port = {port}\naddress_v4 = \"{t4}/16\"\naddress_v6 = \"{t6}/64\"\n\
+         private_key_file = \"wg0.key\"\nbackend = \"kernel\"\n\n",
+        id = bed.id,
+        ep = addr::NODE_UP_V4,
+        ep6 = addr::NODE_UP_V6,
+        gw = addr::INET_V4,
+        port = addr::WG_PORT,
+        t4 = addr::NODE_TUN_V4,
+        t6 = addr::NODE_TUN_V6,
+    );
+    for c in &bed.clients {
+        s.push_str(&format!(
+            "[[peer]]\nname = \"client-{}\"\npublic_key = \"{}\"\naddresses = [\"{}/32\", \"{}/128\"]\n\n",
+            c.index, c.keys.public_key, c.tun_v4, c.tun_v6
+        ));
+    }
+    let blocked: Vec<String> = crate::palisade::bed_blocked()
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect();
+    s.push_str(&format!("[egress]\nblocked = [{}]\n\n", blocked.join(", ")));
+    s.push_str(&format!(
+        "[management]\nmesh = [\"{}\"]\n\n",
+        addr::MESH_CIDR
+    ));
+    s.push_str(&format!(
+        "[dns]\n\n[[dns.upstream]]\naddress = \"{}:53\"\nprotocol = \"udp\"\n\n",
+        addr::DNS_V4
+    ));
+    if !opts.blocklist.is_empty() {
+        s.push_str("[dns.list.ads]\npath = \"/var/lib/palisade/ads.txt\"\n\n[dns.tier.default]\nlists = [\"ads\"]\n");
+    }
+    s
+}
+
+/// A booted guest. Dropping it kills QEMU (by pid) if it is still running.
+#[derive(Debug)]
+pub struct Guest {
+    pub qemu: Proc,
+    pub disk: PathBuf,
+    pub console: PathBuf,
+    pub monitor: PathBuf,
+    pub node_key: KeyPair,
+    pub started: Instant,
+}
+
+impl Guest {
+    /// Copy the image, seed key and list, make the config drive, boot, connect
+    /// the bed's clients to the guest.
+    pub fn boot(bed: &TestBed, image: &Path, opts: &GuestOptions) -> Result<Guest> {
+        let dir = bed.log_dir();
+        let disk = dir.join("disk.raw");
+        run_cmd(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(image)
+                .arg(&disk),
+        )
+        .context("copy the image")?;
+        let (state_off, _) = partition(&disk, "state")?;
+        let node_key = gen_keypair(dir, "guest-node")?;
+        debugfs_write(&disk, state_off, &node_key.private_key_file, "wg0.key")?;
+        if !opts.blocklist.is_empty() {
+            let list = dir.join("ads.txt");
+            std::fs::write(&list, opts.blocklist.join("\n") + "\n")?;
+            debugfs_write(&disk, state_off, &list, "ads.txt")?;
+        }
+        let toml = dir.join("guest-node.toml");
+        std::fs::write(&toml, guest_node_toml(bed, opts))?;
+        let cfg = dir.join("config-drive.img");
+        let ws = workspace();
+        run_cmd(
+            Command::new(ws.join("qemu/mkconfigdrive.sh"))
+                .arg(&toml)
+                .arg(&cfg),
+        )?;
+
+        let tap = format!(
+            "pt{}{}",
+            std::process::id(),
+            bed.id.rsplit('-').next().unwrap_or("0")
+        );
+        bed.add_tap(&tap)?;
+        let console = dir.join("console.log");
+        let monitor = dir.join("monitor.sock");
+        let pidfile = dir.join("qemu.pid");
+        let boot = ws.join("qemu/boot.sh");
+        let argv: Vec<String> = vec![
+            boot.display().to_string(),
+            disk.display().to_string(),
+            "--tap".into(),
+            tap,
+            "--serial".into(),
+            console.display().to_string(),
+            "--pidfile".into(),
+            pidfile.display().to_string(),
+            "--monitor".into(),
+            monitor.display().to_string(),
+            "--config-drive".into(),
+            cfg.display().to_string(),
+            "--no-reboot".into(),
+        ];
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        // boot.sh execs QEMU: the Proc's pid is QEMU's. It runs inside the
+        // internet namespace, where the tap is.
+        let qemu = bed.inet.spawn("qemu", dir, &argv)?;
+        for c in &bed.clients {
+            c.connect(&node_key.public_key)?;
+        }
+        Ok(Guest {
+            qemu,
+            disk,
+            console,
+            monitor,
+            node_key,
+            started,
+        })
+    }
+
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Wait (bounded) for `needle` on the serial console.
+    pub fn wait_console(&self, needle: &str, within: Duration) -> Result<()> {
+        wait_until(within, &format!("console: {needle:?}"), || {
+            self.console_text().contains(needle).then_some(())
+        })
+        .with_context(|| format!("console so far:\n{}", tail(&self.console_text(), 40)))
+    }
+
+    /// Send a QEMU monitor command (Unix socket).
+    pub fn monitor(&self, cmd: &str) -> Result<()> {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)
+            .with_context(|| format!("connect {}", self.monitor.display()))?;
+        s.write_all(format!("{cmd}\n").as_bytes())?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Clean shutdown: ctrl-alt-delete makes palisaded (PID 1) stop and reboot,
+    /// and `--no-reboot` makes QEMU exit then. Falls back to SIGTERM/SIGKILL.
+    pub fn power_off(&mut self, within: Duration) -> Result<bool> {
+        self.monitor("sendkey ctrl-alt-delete")?;
+        let clean = wait_until(within, "QEMU exit after ctrl-alt-delete", || {
+            (!self.qemu.running()).then_some(())
+        })
+        .is_ok();
+        if !clean {
+            let _ = self.qemu.stop(Duration::from_secs(5));
+        }
+        Ok(clean)
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
+
+/// Count occurrences of each needle in a file, streaming (the disk image can be
+/// large); needles may straddle chunk boundaries.
+pub fn scan_file(path: &Path, needles: &[&[u8]]) -> Result<Vec<usize>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let keep = needles
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
+    let mut counts = vec![0usize; needles.len()];
+    let mut buf = vec![0u8; 8 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let mut window = std::mem::take(&mut carry);
+        let carried = window.len();
+        window.extend_from_slice(&buf[..n]);
+        for (i, nd) in needles.iter().enumerate() {
+            if nd.is_empty() {
+                continue;
+            }
+            // A match lying wholly in the carried bytes was counted last round.
+            let mut start = 0;
+            while let Some(pos) = find(&window[start..], nd) {
+                let at = start + pos;
+                if at + nd.len() > carried {
+                    counts[i] += 1;
+                }
+                start = at + 1;
+            }
+        }
+        let k = keep.min(window.len());
+        carry = window[window.len() - k..].to_vec();
+    }
+    Ok(counts)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_counts_across_chunk_boundaries_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut data = vec![0u8; (8 << 20) - 3 - 20];
+        data.extend_from_slice(b"203.0.113.101");
+        data.extend_from_slice(&vec![0u8; 100]);
+        data.extend_from_slice(b"203.0.113.101 and allowed.example.test");
+        data.splice(0..0, b"allowed.example.test".iter().copied());
+        std::fs::write(&p, &data).unwrap();
+        let c = scan_file(&p, &[b"203.0.113.101", b"allowed.example.test", b"absent"]).unwrap();
+        assert_eq!(c, vec![2, 2, 0]);
+    }
+}
