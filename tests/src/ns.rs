@@ -42,6 +42,14 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Take ownership of an existing namespace this process created (e.g. for
+    /// cleanup from a signal handler thread): dropping it cleans it up.
+    pub fn adopt(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
