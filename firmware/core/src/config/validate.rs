@@ -102,15 +102,29 @@ pub fn default_blocked() -> Vec<IpNet> {
 /// Where each `[[peer]]` came from, for error locations.
 pub(super) type Source = (PathBuf, String, usize);
 
+#[derive(Clone)]
+struct Site {
+    section: String,
+    index: Option<usize>,
+    field: &'static str,
+}
+
 struct Errors<'a> {
     sources: &'a [Source],
     out: Vec<ConfigError>,
 }
 
 impl<'a> Errors<'a> {
+    /// Name a place cheaply; it is located in the text only if an error is
+    /// pushed (locating scans the text, so doing it eagerly for 10k peers
+    /// would be quadratic).
+    fn at(&self, section: &str, index: Option<usize>, field: &'static str) -> Site {
+        Site { section: section.to_string(), index, field }
+    }
+
     /// Locate `field` in section `section` (`wireguard`, `peer`, `egress.allow`...),
     /// the `index`-th occurrence for arrays of tables.
-    fn at(&self, section: &str, index: Option<usize>, field: &str) -> Location {
+    fn locate(&self, section: &str, index: Option<usize>, field: &str) -> Location {
         // Peers can come from the peers file: index counts across sources.
         if section == "peer" {
             let mut i = index.unwrap_or(0);
@@ -134,7 +148,8 @@ impl<'a> Errors<'a> {
         Location { file: file.clone(), line: find_line(text, section, index, field), field: name }
     }
 
-    fn push(&mut self, at: Location, message: impl Into<String>) {
+    fn push(&mut self, at: Site, message: impl Into<String>) {
+        let at = self.locate(&at.section, at.index, at.field);
         self.out.push(ConfigError::Invalid { at, message: message.into() });
     }
 }

@@ -52,7 +52,9 @@ fn ifname(iface: &str) -> Result<InterfaceName, WgError> {
 fn builder(change: &PeerChange) -> PeerConfigBuilder {
     match change {
         PeerChange::Add(p) => {
-            let mut b = PeerConfigBuilder::new(&p.public_key.to_wg()).replace_allowed_ips();
+            // No replace-allowed-ips flag: the peer is new, and on wireguard-go
+            // that flag walks the whole allowed-ips trie (quadratic at 10k peers).
+            let mut b = PeerConfigBuilder::new(&p.public_key.to_wg());
             for ip in p.allowed_ips() {
                 b = b.add_allowed_ip(ip.addr(), ip.prefix_len());
             }
