@@ -2,6 +2,8 @@
 //! ordinary daemon in namespace tests. It owns the reconcile engine, the
 //! control socket, the reconcile timer and signal handling.
 
+mod dns;
+mod init;
 mod supervisor;
 
 use anyhow::Context;
@@ -38,6 +40,15 @@ pub fn log_filter() -> tracing_subscriber::EnvFilter {
 }
 
 fn main() -> anyhow::Result<()> {
+    if init::is_pid1() {
+        // PID 1: bring the node up, then stay a small reaper that runs the
+        // supervisor as its child (never returns; see init/mod.rs). Boot errors
+        // are reported on the console and the supervisor still starts.
+        if let Err(e) = init::boot() {
+            eprintln!("palisade-init: boot: {e:#}");
+        }
+        init::spawn_reaper();
+    }
     let args = Args::parse();
     tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).with_target(false).init();
     let rt = tokio::runtime::Builder::new_multi_thread()

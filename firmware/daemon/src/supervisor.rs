@@ -2,6 +2,7 @@
 //! socket, SIGHUP and a timer. Engine calls block (netlink, nft), so they
 //! run on the blocking pool.
 
+use crate::dns::DnsService;
 use crate::Args;
 use anyhow::Context;
 use palisade_core::config::PeerSection;
@@ -17,6 +18,32 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 type Shared = Arc<Mutex<Engine>>;
+type Dns = Arc<Mutex<Option<DnsService>>>;
+
+/// Bring the resolver in line with the engine's current spec: start it if
+/// it is not running, otherwise swap its policy. Errors leave it as it was.
+async fn sync_dns(engine: &Shared, dns: &Dns) -> Result<(), String> {
+    let Some(spec) = engine.lock().expect("engine poisoned").spec().cloned() else {
+        return Ok(());
+    };
+    let running = {
+        let g = dns.lock().expect("dns poisoned");
+        match g.as_ref() {
+            Some(d) => Some(d.reload(&spec).map_err(|e| format!("{e:#}"))),
+            None => None,
+        }
+    };
+    match running {
+        Some(r) => r,
+        None => match DnsService::start(&spec).await {
+            Ok(d) => {
+                *dns.lock().expect("dns poisoned") = Some(d);
+                Ok(())
+            }
+            Err(e) => Err(format!("{e:#}")),
+        },
+    }
+}
 
 async fn blocking<T: Send + 'static>(engine: &Shared, f: impl FnOnce(&mut Engine) -> T + Send + 'static) -> T {
     let e = engine.clone();
@@ -60,9 +87,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         true,
     )));
 
+    let dns: Dns = Arc::new(Mutex::new(None));
     match blocking(&engine, |e| e.reload()).await {
         Ok(r) => log_report("start", &r),
         Err(e) => tracing::error!("start: {e}"),
+    }
+    if let Err(e) = sync_dns(&engine, &dns).await {
+        tracing::error!("start: {e}");
     }
 
     let sock_path = args.run_dir.join("palisaded.sock");
@@ -85,15 +116,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 match blocking(&engine, |e| e.reload()).await {
-                    Ok(r) => log_report("reload (SIGHUP)", &r),
+                    Ok(r) => {
+                        log_report("reload (SIGHUP)", &r);
+                        if let Err(e) = sync_dns(&engine, &dns).await {
+                            tracing::error!("reload (SIGHUP): {e}");
+                        }
+                    }
                     Err(e) => tracing::error!("reload (SIGHUP): {e}"),
                 }
             }
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     let engine = engine.clone();
+                    let dns = dns.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, engine).await {
+                        if let Err(e) = serve(stream, engine, dns).await {
                             tracing::warn!("control connection: {e}");
                         }
                     });
@@ -107,10 +144,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // isolated while palisaded is down.
     tracing::info!("stopping; firewall table left in place");
     let _ = std::fs::remove_file(&sock_path);
+    let running = dns.lock().expect("dns poisoned").take();
+    if let Some(d) = running {
+        d.stop().await;
+    }
     Ok(())
 }
 
-async fn serve(stream: UnixStream, engine: Shared) -> anyhow::Result<()> {
+async fn serve(stream: UnixStream, engine: Shared, dns: Dns) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let n = tokio::time::timeout(Duration::from_secs(5), BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line))
@@ -120,7 +161,7 @@ async fn serve(stream: UnixStream, engine: Shared) -> anyhow::Result<()> {
         return Ok(());
     }
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(req, &engine).await,
+        Ok(req) => handle(req, &engine, &dns).await,
         Err(e) => Response::err(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp)?;
@@ -133,15 +174,27 @@ fn report_json(r: &Report) -> serde_json::Value {
     serde_json::to_value(r).unwrap_or_default()
 }
 
-async fn handle(req: Request, engine: &Shared) -> Response {
+/// A change was applied to WireGuard and the firewall; bring DNS along and
+/// report its failure (the rest of the change stays applied).
+async fn after_change(what: &str, r: Report, engine: &Shared, dns: &Dns) -> Response {
+    log_report(what, &r);
+    match sync_dns(engine, dns).await {
+        Ok(()) => Response::ok(report_json(&r)),
+        Err(e) => {
+            tracing::error!("{what}: {e}");
+            let mut r = r;
+            r.errors.push(e);
+            Response::ok(report_json(&r))
+        }
+    }
+}
+
+async fn handle(req: Request, engine: &Shared, dns: &Dns) -> Response {
     match req {
         Request::Status => Response::ok(blocking(engine, |e| e.status()).await),
         Request::PeersList => Response::ok(blocking(engine, |e| e.peers()).await),
         Request::Reload => match blocking(engine, |e| e.reload()).await {
-            Ok(r) => {
-                log_report("reload", &r);
-                Response::ok(report_json(&r))
-            }
+            Ok(r) => after_change("reload", r, engine, dns).await,
             Err(e) => Response::err(e),
         },
         Request::Plan => match blocking(engine, |e| e.plan()).await {
@@ -158,24 +211,21 @@ async fn handle(req: Request, engine: &Shared) -> Response {
             }
             let peer = PeerSection { name, public_key, addresses: addrs, tier, preshared_key };
             match blocking(engine, move |e| e.add_peer(peer)).await {
-                Ok(r) => {
-                    log_report("peers add", &r);
-                    Response::ok(report_json(&r))
-                }
+                Ok(r) => after_change("peers add", r, engine, dns).await,
                 Err(e) => Response::err(e),
             }
         }
         Request::PeersRemove { peer } => match blocking(engine, move |e| e.remove_peer(&peer)).await {
-            Ok(r) => {
-                log_report("peers remove", &r);
-                Response::ok(report_json(&r))
-            }
+            Ok(r) => after_change("peers remove", r, engine, dns).await,
             Err(e) => Response::err(e),
         },
         Request::ClientConfig { peer } => match blocking(engine, move |e| e.client_config(&peer)).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e),
         },
-        Request::DnsStats => Response::err("the DNS resolver is not running in this build"),
+        Request::DnsStats => match dns.lock().expect("dns poisoned").as_ref() {
+            Some(d) => Response::ok(d.stats()),
+            None => Response::err("the DNS resolver is not running (see palisaded's log)"),
+        },
     }
 }
