@@ -115,6 +115,7 @@ impl NameSet {
         }
     }
 
+    #[cfg(test)]
     fn grow(&mut self) {
         let mut table = vec![0u32; self.table.len() * 2];
         let mask = table.len() - 1;
@@ -134,6 +135,7 @@ impl NameSet {
 
     /// Insert a wire-form lowercase name (no root label) with `flags`;
     /// duplicates merge their flags.
+    #[cfg(test)]
     fn insert_wire(&mut self, wire: &[u8], flags: u8) {
         debug_assert!(!wire.is_empty() && wire.len() <= 255);
         let (slot, found) = self.find_slot(wire);
@@ -158,6 +160,30 @@ impl NameSet {
     /// Release spare arena capacity after loading.
     pub fn shrink(&mut self) {
         self.arena.shrink_to_fit();
+    }
+
+    /// Build a set from an arena of `[flags][len][name]` entries (duplicates
+    /// allowed: their flags are merged into the first copy). The table is
+    /// sized once from the entry count: load factor <= 0.5, no regrowth.
+    fn from_arena(mut arena: Vec<u8>, entries: usize) -> NameSet {
+        arena.shrink_to_fit();
+        let slots = (entries.max(4) * 2).next_power_of_two();
+        let mut set = NameSet { arena, table: vec![0; slots], len: 0 };
+        let mut off = 0usize;
+        while off < set.arena.len() {
+            let flags = set.arena[off];
+            let len = set.arena[off + 1] as usize;
+            let (slot, found) = set.find_slot(&set.arena[off + 2..off + 2 + len]);
+            if found {
+                let first = (set.table[slot] - 1) as usize;
+                set.arena[first] |= flags;
+            } else if let Ok(v) = u32::try_from(off + 1) {
+                set.table[slot] = v;
+                set.len += 1;
+            }
+            off += 2 + len;
+        }
+        set
     }
 
     /// Does the set cover `wire` (lowercase wire form, no root label)?
@@ -263,8 +289,11 @@ pub struct CompiledList {
 pub struct ListBuilder {
     all_allow: bool,
     min_wildcard_depth: usize,
-    block: NameSet,
-    allow: NameSet,
+    /// `[flags][len][name]` entries, indexed only in `finish`.
+    block: Vec<u8>,
+    allow: Vec<u8>,
+    block_entries: usize,
+    allow_entries: usize,
     rejected: usize,
     scratch: Vec<u8>,
 }
@@ -273,18 +302,20 @@ impl ListBuilder {
     /// `all_allow`: every entry is an exception (an allowlist).
     /// `expected_bytes`: size of the source, used to size the arena once.
     pub fn new(all_allow: bool, min_wildcard_depth: usize, expected_bytes: usize) -> ListBuilder {
-        // Typical list lines are 15-30 bytes; the arena needs less than the text.
-        let names = expected_bytes / 16;
+        // The arena (wire form + 2 bytes) is about the size of the text, so
+        // reserving the file size once avoids regrowth copies while loading.
         let (b, a) = if all_allow {
-            (NameSet::default(), NameSet::with_capacity(names, expected_bytes))
+            (Vec::new(), Vec::with_capacity(expected_bytes + 64))
         } else {
-            (NameSet::with_capacity(names, expected_bytes), NameSet::default())
+            (Vec::with_capacity(expected_bytes + 64), Vec::new())
         };
         ListBuilder {
             all_allow,
             min_wildcard_depth,
             block: b,
             allow: a,
+            block_entries: 0,
+            allow_entries: 0,
             rejected: 0,
             scratch: Vec::with_capacity(256),
         }
@@ -302,8 +333,15 @@ impl ListBuilder {
             return LineKind::Rejected;
         }
         let allow = allow || self.all_allow;
-        let set = if allow { &mut self.allow } else { &mut self.block };
-        set.insert_wire(&self.scratch, flags);
+        let (arena, n) = if allow {
+            (&mut self.allow, &mut self.allow_entries)
+        } else {
+            (&mut self.block, &mut self.block_entries)
+        };
+        arena.push(flags);
+        arena.push(self.scratch.len() as u8);
+        arena.extend_from_slice(&self.scratch);
+        *n += 1;
         LineKind::Added
     }
 
@@ -383,15 +421,15 @@ impl ListBuilder {
         kind
     }
 
-    pub fn finish(mut self) -> CompiledList {
-        self.block.shrink();
-        self.allow.shrink();
+    pub fn finish(self) -> CompiledList {
+        let block = NameSet::from_arena(self.block, self.block_entries);
+        let allow = NameSet::from_arena(self.allow, self.allow_entries);
         let stats = ListStats {
-            block_names: self.block.len(),
-            allow_names: self.allow.len(),
+            block_names: block.len(),
+            allow_names: allow.len(),
             rejected_lines: self.rejected,
         };
-        CompiledList { block: self.block, allow: self.allow, stats }
+        CompiledList { block, allow, stats }
     }
 }
 

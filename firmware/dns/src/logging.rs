@@ -13,8 +13,7 @@ pub fn is_hickory(target: &str) -> bool {
 }
 
 /// A per-layer filter that lets hickory events through only at WARN or above.
-pub fn hickory_pin<S>() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
-    let _ = std::marker::PhantomData::<S>;
+pub fn hickory_pin() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
     FilterFn::new(|m: &Metadata<'_>| !is_hickory(m.target()) || *m.level() <= tracing::Level::WARN)
 }
 
@@ -25,5 +24,5 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     let env = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
-    env.and(hickory_pin::<S>())
+    env.and(hickory_pin())
 }
