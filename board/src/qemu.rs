@@ -4,7 +4,8 @@
 //!   `/run/palisade/status-led`, `on`/`off`) so tests and operators can read it.
 //! - Reset button: pressed while a file exists (default `/run/palisade/reset-button`);
 //!   nothing presses it unless a test creates that file.
-//! - Watchdog: the real Linux watchdog device (`/dev/watchdog`, QEMU `-device i6300esb`).
+//! - Watchdog: the Linux watchdog device `/dev/watchdog` (softdog on this board: the
+//!   cloud kernel has no emulated-hardware watchdog driver).
 //! - Console: `/dev/console` (the serial line given by `console=` on the kernel command line),
 //!   falling back to stderr when it cannot be opened.
 

@@ -69,6 +69,8 @@ fn console(msg: &str) {
 /// degraded but isolated state: the supervisor's firewall still loads.
 pub fn boot() -> anyhow::Result<BootEnv> {
     let t0 = Instant::now();
+    // The kernel starts init without PATH; children (nft, ip) are found through it.
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin");
     mounts::early().context("mounting /proc, /sys, /dev, /run, /tmp, /var")?;
     core_dumps_off();
     let cmd = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());

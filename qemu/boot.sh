@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Boot a Palisade disk image under QEMU (UEFI: OVMF + systemd-boot, TCG, virtio).
+#
+#   qemu/boot.sh IMAGE [options]
+#     --netns NS          run QEMU inside network namespace NS (the tap lives there)
+#     --tap TAP           guest uplink on tap TAP (must exist, see qemu/testbed.sh);
+#                         without --tap the guest has no network at all
+#     --mac MAC           uplink MAC (default 52:54:00:50:41:01)
+#     --serial LOG        serial console to LOG (default: stdio)
+#     --pidfile FILE      QEMU writes its pid here (kill it by that pid)
+#     --monitor SOCK      QEMU monitor on a Unix socket (e.g. `sendkey ctrl-alt-delete`)
+#     --config-drive IMG  attach IMG read-only as a config drive (qemu/mkconfigdrive.sh)
+#     --vars FILE         OVMF variable store to use (default: a fresh copy next to the
+#                         pidfile or in $TMPDIR; boot counting itself lives on the ESP)
+#     --mem MB            guest memory (default 512)
+#     --smp N             guest CPUs (default 2)
+#     --snapshot          do not write to IMAGE (writes go to a temporary overlay)
+#     --no-reboot         exit QEMU when the guest reboots (clean shutdown for tests:
+#                         monitor `sendkey ctrl-alt-delete` makes palisaded stop and reboot)
+#
+# The script execs QEMU, so its pid is QEMU's pid. No user networking is used.
+set -euo pipefail
+
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || usage
+image=$1; shift
+netns= tap= mac=52:54:00:50:41:01 serial= pidfile= monitor= cfgdrive= vars= mem=512 smp=2 snapshot= noreboot=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --netns) netns=$2; shift 2 ;;
+        --tap) tap=$2; shift 2 ;;
+        --mac) mac=$2; shift 2 ;;
+        --serial) serial=$2; shift 2 ;;
+        --pidfile) pidfile=$2; shift 2 ;;
+        --monitor) monitor=$2; shift 2 ;;
+        --config-drive) cfgdrive=$2; shift 2 ;;
+        --vars) vars=$2; shift 2 ;;
+        --mem) mem=$2; shift 2 ;;
+        --smp) smp=$2; shift 2 ;;
+        --snapshot) snapshot=1; shift ;;
+        --no-reboot) noreboot=1; shift ;;
+        -h|--help) usage ;;
+        *) echo "boot.sh: unknown option $1" >&2; usage ;;
+    esac
+done
+[ -f "$image" ] || { echo "boot.sh: no image $image" >&2; exit 1; }
+
+ovmf_dir=/usr/share/OVMF
+code=$ovmf_dir/OVMF_CODE_4M.fd
+[ -f "$code" ] || { echo "boot.sh: $code missing (apt-get install ovmf)" >&2; exit 1; }
+if [ -z "$vars" ]; then
+    base=${pidfile:+$(dirname "$pidfile")}
+    base=${base:-${TMPDIR:-/tmp}}
+    vars=$(mktemp -p "$base" palisade-ovmf-vars.XXXXXX)
+    cp "$ovmf_dir/OVMF_VARS_4M.fd" "$vars"
+fi
+
+fmt=raw
+case "$image" in *.qcow2) fmt=qcow2 ;; esac
+
+args=(
+    -name palisade
+    -machine q35,accel=tcg
+    -cpu max
+    -m "$mem" -smp "$smp"
+    -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
+    -drive "if=pflash,format=raw,unit=1,file=$vars"
+    -drive "if=virtio,format=$fmt,file=$image,cache=unsafe${snapshot:+,snapshot=on}"
+    -device virtio-rng-pci
+    -display none
+    -vga none
+)
+if [ -n "$tap" ]; then
+    args+=(-netdev "tap,id=up0,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=up0,mac=$mac")
+else
+    args+=(-nic none)
+fi
+if [ -n "$serial" ]; then args+=(-serial "file:$serial"); else args+=(-serial stdio); fi
+[ -n "$pidfile" ] && args+=(-pidfile "$pidfile")
+[ -n "$monitor" ] && args+=(-monitor "unix:$monitor,server,nowait")
+[ -n "$cfgdrive" ] && args+=(-drive "if=virtio,format=raw,readonly=on,file=$cfgdrive")
+[ -n "$noreboot" ] && args+=(-no-reboot)
+
+if [ -n "$netns" ]; then
+    exec ip netns exec "$netns" qemu-system-x86_64 "${args[@]}"
+fi
+exec qemu-system-x86_64 "${args[@]}"
