@@ -600,17 +600,10 @@ fn build(a: &BuildArgs) -> Result<()> {
 
     // 7. state
     p.step("making the state partition (ext4)");
-    let state_dir = work.join("state");
-    fs::create_dir_all(&state_dir)?;
-    overlay::install_bytes(
-        &state_dir,
-        Path::new(".format"),
-        b"palisade-state 1\n",
-        0o600,
-    )?;
+    // Empty: palisaded seeds it on first boot. (A file copied in with `mkfs -d` would
+    // carry its build-time ctime, which breaks reproducibility.)
     let state_img = work.join("state.ext4");
     let state_uuid = layout::derived_guid(&seed_digest, "state-fs").to_lowercase();
-    set_mtimes(&state_dir, epoch)?;
     let state_size = layout.part("state").context("state")?.size;
     fs::File::create(&state_img)?.set_len(state_size)?;
     run(Command::new("mkfs.ext4")
@@ -630,8 +623,6 @@ fn build(a: &BuildArgs) -> Result<()> {
         .arg(format!(
             "hash_seed={state_uuid},root_owner=0:0,lazy_itable_init=0,nodiscard"
         ))
-        .arg("-d")
-        .arg(&state_dir)
         .arg(&state_img)
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string()))?;
 
@@ -855,10 +846,10 @@ fn set_mtimes(dir: &Path, epoch: u64) -> Result<()> {
             set_mtimes(&p, epoch)?;
         }
         if !md.file_type().is_symlink() {
-            fs::File::open(&p)?.set_modified(t)?;
+            fs::File::open(&p)?.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))?;
         }
     }
-    fs::File::open(dir)?.set_modified(t)?;
+    fs::File::open(dir)?.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))?;
     Ok(())
 }
 
