@@ -1,0 +1,165 @@
+//! The image boots: build (or take `$PALISADE_IMAGE`), boot it under QEMU/TCG with
+//! its uplink on a tap in a fresh "internet" namespace, and check on the serial
+//! console and on the disk afterwards that palisaded ran as PID 1:
+//! - the banner names the node, slot A, the seed config and a persistent state;
+//! - the health gate printed `ready` (WireGuard up, firewall verified);
+//! - the boot entry was blessed (`palisade-a+2-1.conf` -> `palisade-a.conf` on the ESP,
+//!   slot B's entry untouched) and the first boot seeded node.toml onto the state
+//!   partition;
+//! - ctrl-alt-del makes it shut down cleanly (QEMU exits with -no-reboot).
+//! Root only: run by tests/run.sh.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+fn ws() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn sh(cmd: &mut Command) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !o.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn image() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PALISADE_IMAGE") {
+        return Ok(PathBuf::from(p));
+    }
+    let out = ws().join("target/image-boot-test");
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+        .args(["run", "-q", "-p", "palisade-image", "--", "build", "--no-qcow2", "--out"])
+        .arg(&out)
+        .current_dir(ws())
+        .status()?;
+    if !st.success() {
+        bail!("image build failed");
+    }
+    Ok(out.join("palisade-qemu-x86_64.raw"))
+}
+
+/// Kills QEMU and removes the namespace even when the test fails.
+struct Guard {
+    id: String,
+    qemu: Option<Child>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.kill();
+            let _ = q.wait();
+        }
+        let _ = Command::new(ws().join("qemu/testbed.sh")).args(["down", &self.id]).status();
+    }
+}
+
+fn partition(disk: &Path, name: &str) -> Result<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(&sh(Command::new("sfdisk").arg("-J").arg(disk))?)?;
+    for p in v["partitiontable"]["partitions"].as_array().context("partitions")? {
+        if p["name"] == name {
+            return Ok((p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512));
+        }
+    }
+    bail!("no partition {name}")
+}
+
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
+    let img = image()?;
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("disk.raw");
+    sh(Command::new("cp").arg("--sparse=always").arg(&img).arg(&disk))?;
+    let id = format!("ib{}", std::process::id());
+    let mut g = Guard { id: id.clone(), qemu: None };
+    sh(Command::new(ws().join("qemu/testbed.sh")).args(["up", &id]))?;
+    let serial = dir.path().join("serial.log");
+    let monitor = dir.path().join("mon.sock");
+    let started = Instant::now();
+    g.qemu = Some(
+        Command::new(ws().join("qemu/boot.sh"))
+            .arg(&disk)
+            .args(["--netns", &format!("pal-inet-{id}"), "--tap", &format!("ptap{id}"), "--no-reboot"])
+            .arg("--serial")
+            .arg(&serial)
+            .arg("--monitor")
+            .arg(&monitor)
+            .arg("--pidfile")
+            .arg(dir.path().join("qemu.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let console = || std::fs::read_to_string(&serial).unwrap_or_default();
+    let wait_for = |needle: &str, within: Duration| -> Result<Duration> {
+        loop {
+            if console().contains(needle) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                bail!("`{needle}` not on the console within {within:?}; console:\n{}", console());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let t_ready = wait_for("palisade-init: ready:", Duration::from_secs(180))?;
+    wait_for("boot entry blessed: palisade-a+2-1.conf -> palisade-a.conf", Duration::from_secs(200))?;
+    eprintln!("QEMU start -> ready: {:.1} s", t_ready.as_secs_f64());
+    let text = console();
+    let banner = text.lines().find(|l| l.contains("palisade-init: Palisade ")).context("no banner")?;
+    assert!(banner.contains("| slot a |"), "{banner}");
+    assert!(banner.contains("config from image seed (first boot)"), "{banner}");
+    assert!(banner.contains("state persistent"), "{banner}");
+    assert!(banner.contains("| node edge-1 |"), "{banner}");
+
+    // Clean shutdown: ctrl-alt-del -> SIGINT to PID 1 -> stop, unmount, reboot -> QEMU exits.
+    {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&monitor)?;
+        s.write_all(b"sendkey ctrl-alt-delete\n")?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let q = g.qemu.as_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if q.try_wait()?.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("QEMU still running 90 s after ctrl-alt-del; console:\n{}", console());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    g.qemu = None;
+    assert!(console().contains("palisade-init: shutting down"));
+
+    // The ESP: slot A blessed, slot B still counting.
+    let (esp_off, _) = partition(&disk, "esp")?;
+    let entries = sh(Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{esp_off}", disk.display()))
+        .arg("::/loader/entries"))?;
+    assert!(entries.contains("palisade-a.conf"), "{entries}");
+    assert!(entries.contains("palisade-b+3.conf"), "{entries}");
+    assert!(!entries.contains("palisade-a+"), "{entries}");
+
+    // The state partition: the seed was copied, the WireGuard key generated 0600.
+    let (st_off, st_size) = partition(&disk, "state")?;
+    let state = dir.path().join("state.ext4");
+    sh(Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", state.display()))
+        .args(["bs=1M", &format!("skip={}", st_off >> 20), &format!("count={}", st_size >> 20), "status=none"]))?;
+    let ls = sh(Command::new("debugfs").arg("-R").arg("ls -l /").arg(&state))?;
+    assert!(ls.contains("node.toml"), "{ls}");
+    let key = sh(Command::new("debugfs").arg("-R").arg("stat /wg0.key").arg(&state))?;
+    assert!(key.contains("Mode:  0600") || key.contains("Mode: 0600"), "{key}");
+    Ok(())
+}
