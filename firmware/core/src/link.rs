@@ -49,7 +49,7 @@ pub fn ensure_tunnel(spec: &NodeSpec) -> Result<usize, LinkError> {
     }
     let v6 = spec.wg.address_v6.to_string();
     if !have.contains(&v6) {
-        ip(&["-6", "addr", "add", &v6, "dev", dev, "nodad"])?;
+        ip(&["-6", "addr", "add", &v6, "dev", dev])?; // no "nodad": busybox ip lacks it; NOARP links skip DAD
         changed += 1;
     }
     let link = ip(&["-o", "link", "show", "dev", dev])?;
