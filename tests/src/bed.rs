@@ -634,6 +634,21 @@ impl Drop for TestBed {
                 self.id,
                 self.dump_logs()
             );
+            // Keep the full logs (not the disk copies) for a post-mortem.
+            let keep = std::env::temp_dir().join(format!("{}-logs", self.id));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for e in std::fs::read_dir(self.dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if n.ends_with(".log") || n.ends_with(".received") || n.ends_with(".toml") {
+                        let _ = std::fs::copy(e.path(), keep.join(&n));
+                    }
+                }
+                eprintln!("=== full logs kept in {}", keep.display());
+            }
         }
         // Processes first (palisaded before the wireguard-go it may have started).
         if let Some(mut p) = self.node_procs.palisaded.take() {
