@@ -297,7 +297,7 @@ pub fn scan_file(path: &Path, needles: &[&[u8]]) -> Result<Vec<usize>> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]
