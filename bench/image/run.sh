@@ -50,10 +50,14 @@ if [ ! -f "$deb" ] || [ -z "${KEEP:-}" ]; then
     echo "== building the stock Debian image (mmdebstrap minbase + systemd + wireguard-tools + nftables + unbound)"
     root=$dir/debian-root
     rm -rf "$root" "$dir/debian-esp"
-    mmdebstrap --quiet --variant=minbase --mode=root \
+    mmdebstrap --variant=minbase --mode=root \
         --include="systemd,systemd-sysv,udev,initramfs-tools,$kernel_pkg=$kernel_ver,wireguard-tools,nftables,unbound,iproute2" \
         --customize-hook='chroot "$1" systemctl enable systemd-networkd nftables unbound' \
-        bookworm "$root" http://deb.debian.org/debian
+        bookworm "$root" \
+        "deb http://deb.debian.org/debian bookworm main" \
+        "deb http://deb.debian.org/debian bookworm-updates main" \
+        "deb http://deb.debian.org/debian-security bookworm-security main" \
+        > "$dir/mmdebstrap.log" 2>&1 || { tail -30 "$dir/mmdebstrap.log" >&2; exit 1; }
     # Same job as the Palisade node: uplink address, WireGuard wg0, a firewall, a resolver.
     cat > "$root/etc/systemd/network/10-uplink.network" <<'NET'
 [Match]

@@ -42,8 +42,7 @@ impl Archive {
     /// Serialises to newc with the given mtime.
     pub fn to_newc(&self, mtime: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut ino = 1u32;
-        for (path, m) in &self.members {
+        for (ino, (path, m)) in (1u32..).zip(&self.members) {
             let (mode, data): (u32, &[u8]) = match m {
                 Member::Dir => (0o040755, &[]),
                 Member::File { data, exec } => (if *exec { 0o100755 } else { 0o100644 }, data),
@@ -53,7 +52,6 @@ impl Archive {
             header(&mut out, ino, mode, nlink, mtime, data.len(), path);
             out.extend_from_slice(data);
             pad4(&mut out);
-            ino += 1;
         }
         header(&mut out, 0, 0, 1, 0, 0, "TRAILER!!!");
         // Pad the archive to 512 bytes like cpio(1) does.
@@ -64,6 +62,7 @@ impl Archive {
     }
 }
 
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.85
 fn pad4(out: &mut Vec<u8>) {
     while out.len() % 4 != 0 {
         out.push(0);

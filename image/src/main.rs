@@ -269,7 +269,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     fs::create_dir_all(&cache)?;
     let cache = cache.canonicalize()?;
 
-    let p = Progress::new(13);
+    let p = Progress::new(14);
 
     // 1. packages
     p.step("downloading pinned Debian packages");
