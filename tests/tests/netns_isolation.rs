@@ -1058,3 +1058,159 @@ fn kernel_settings_are_set_and_repaired() {
         T,
     );
 }
+
+/// S7 "Every change replaces the table in one nft transaction: there is no
+/// moment without rules" — while the firewall is re-applied 20 times (an allow
+/// rule toggled in node.toml, `palisade reload` each time), client 1 keeps
+/// sending to client 2 and to the metadata address; not one packet arrives.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn isolation_has_no_gap_during_reloads() {
+    let (bed, p) = setup(2, &NodeOptions::default());
+    let good = std::fs::read_to_string(&p.config).unwrap();
+    let toggled = format!(
+        "{good}\n[[egress.allow]]\ncidr = \"198.51.100.7/32\"\nprotocol = \"tcp\"\nports = [443]\n"
+    );
+    let (c1, c2) = (&bed.clients[0], &bed.clients[1]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            c1.ns
+                .enter(|| {
+                    let mut n = 0u32;
+                    // Bounded: at most 4000 datagrams, every 5 ms.
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 4000 {
+                        for dst in [
+                            sa(c2.tun_v4, addr::ECHO_UDP),
+                            sa(c2.tun_v6, addr::ECHO_UDP),
+                            sa(addr::METADATA_V4, addr::ECHO_UDP),
+                        ] {
+                            let _ = probe::udp_send(None, dst, format!("gap-probe-{n}").as_bytes());
+                        }
+                        n += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    n
+                })
+                .unwrap()
+        });
+        let mut applied = 0;
+        for i in 0..20 {
+            std::fs::write(&p.config, if i % 2 == 0 { &toggled } else { &good }).unwrap();
+            let out = p.cli_ok(&bed, &["reload"]).expect("reload");
+            if out.contains("firewall applied") {
+                applied += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        println!("20 reloads, {applied} reported a firewall change");
+        assert_eq!(applied, 20, "every toggle re-applied the firewall");
+        sender.join().unwrap()
+    });
+    println!("sent {sent} rounds of 3 datagrams during the reloads");
+    assert!(sent > 20, "the sender ran during the reloads");
+    // The rule did toggle: the live table holds the allow rule after an odd count.
+    std::fs::write(&p.config, &toggled).unwrap();
+    p.cli_ok(&bed, &["reload"]).unwrap();
+    let t = bed
+        .node
+        .run(&["nft", "list", "table", "inet", "palisade"])
+        .unwrap();
+    assert!(
+        t.contains("198.51.100.7"),
+        "the toggled allow rule is applied:\n{t}"
+    );
+    let c2_log = received(&bed.client_log(2));
+    assert!(
+        !c2_log.contains("gap-probe"),
+        "client 2 received datagrams during reloads:\n{c2_log}"
+    );
+    let web_log = received(&bed.inet_log);
+    assert!(
+        !web_log.contains("gap-probe"),
+        "metadata host received datagrams during reloads"
+    );
+    assert_all(&core_matrix(&bed), T);
+}
+
+/// Issue 2 item 2 (validation) through the running daemon: `palisade peers add`
+/// refuses an all-zero or low-order key, a duplicate key and an address that
+/// overlaps another client's; nothing changes on the interface.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn cli_refuses_bad_peers_and_changes_nothing() {
+    let (bed, p) = setup(1, &NodeOptions::default());
+    let before = bed.node_dump().unwrap();
+    let c1 = &bed.clients[0];
+    let fresh = throwaway_public_key().unwrap();
+    let zero = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    // A low-order point (order 8) on Curve25519, little-endian base64.
+    let low_order = "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=";
+    let c1_v4 = format!("{}/32", c1.tun_v4);
+    let cases: [(&str, [&str; 6]); 5] = [
+        (
+            "all-zero key",
+            ["peers", "add", "z", "--public-key", zero, "--address"],
+        ),
+        (
+            "low-order key",
+            ["peers", "add", "lo", "--public-key", low_order, "--address"],
+        ),
+        (
+            "duplicate key",
+            [
+                "peers",
+                "add",
+                "dup",
+                "--public-key",
+                &c1.keys.public_key,
+                "--address",
+            ],
+        ),
+        (
+            "overlapping address",
+            ["peers", "add", "ovl", "--public-key", &fresh, "--address"],
+        ),
+        (
+            "address outside the tunnel prefix",
+            ["peers", "add", "out", "--public-key", &fresh, "--address"],
+        ),
+    ];
+    let addrs = [
+        "10.66.0.50/32",
+        "10.66.0.51/32",
+        "10.66.0.52/32",
+        c1_v4.as_str(),
+        "10.77.0.5/32",
+    ];
+    for ((what, args), a) in cases.iter().zip(addrs) {
+        let mut argv: Vec<&str> = args.to_vec();
+        argv.push(a);
+        let o = p.cli(&bed, &argv).unwrap();
+        let msg = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        println!("{what}: {} : {}", o.status, msg.trim());
+        assert!(!o.status.success(), "{what} accepted: {msg}");
+        assert!(!msg.trim().is_empty(), "{what}: no error message");
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let after = bed.node_dump().unwrap();
+    assert_eq!(
+        after.peers.len(),
+        before.peers.len(),
+        "a refused peer reached the interface"
+    );
+    assert_eq!(after.peers[0].public_key, before.peers[0].public_key);
+    assert_eq!(
+        after.peers[0].latest_handshake,
+        before.peers[0].latest_handshake
+    );
+    let peers_file = std::fs::read_to_string(p.state_dir.join("peers.toml")).unwrap_or_default();
+    assert!(
+        !peers_file.contains(&fresh),
+        "a refused peer was persisted:\n{peers_file}"
+    );
+}
