@@ -24,20 +24,45 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The image under test: `$PALISADE_IMAGE` (tests/run.sh sets it after building).
+/// The image under test: `$PALISADE_IMAGE` (tests/run.sh sets it after building);
+/// otherwise the image is built with `palisade-image build --board qemu-x86_64
+/// --out <workspace>/out` and `out/palisade-qemu-x86_64.raw` is used.
 pub fn image_path() -> Result<PathBuf> {
-    match std::env::var_os("PALISADE_IMAGE") {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            if !p.is_file() {
-                bail!("PALISADE_IMAGE={} is not a file", p.display());
-            }
-            Ok(p)
+    if let Some(p) = std::env::var_os("PALISADE_IMAGE") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("PALISADE_IMAGE={} is not a file", p.display());
         }
-        None => bail!(
-            "PALISADE_IMAGE is not set: build the image (see docs/testing.md) and pass the raw disk image path"
-        ),
+        return Ok(p);
     }
+    let ws = workspace();
+    let out = ws.join("out");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "palisade-image",
+            "--",
+            "build",
+            "--board",
+            "qemu-x86_64",
+            "--no-qcow2",
+            "--out",
+        ])
+        .arg(&out)
+        .current_dir(&ws)
+        .status()
+        .context("run palisade-image build")?;
+    if !st.success() {
+        bail!("palisade-image build failed (set PALISADE_IMAGE to test a prebuilt image)");
+    }
+    let img = out.join("palisade-qemu-x86_64.raw");
+    if !img.is_file() {
+        bail!("{} missing after the build", img.display());
+    }
+    Ok(img)
 }
 
 /// Byte offset and size of the GPT partition named `name` (sfdisk -J).
