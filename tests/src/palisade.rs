@@ -155,7 +155,7 @@ pub struct Palisade {
 }
 
 impl Palisade {
-    /// Write node.toml, start palisaded (reconcile every second), wait until the
+    /// Write node.toml, start palisaded (reconcile every 2 s, the default), wait until the
     /// interface, the firewall table and the control socket are up, and connect
     /// every client.
     pub fn start(bed: &mut TestBed, opts: &NodeOptions) -> Result<Palisade> {
@@ -191,8 +191,9 @@ impl Palisade {
             &self.state_dir.to_string_lossy(),
             "--run-dir",
             &self.run_dir.to_string_lossy(),
+            // The product default (2 s): drift repair is tested as shipped.
             "--reconcile-secs",
-            "1",
+            "2",
         ];
         let log = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
         let proc =
