@@ -117,7 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<20} {:<45} {:<32} {}", "NAME", "PUBLIC KEY", "ADDRESSES", "TIER");
+                println!("{:<20} {:<45} {:<32} TIER", "NAME", "PUBLIC KEY", "ADDRESSES");
                 for p in v.as_array().into_iter().flatten() {
                     let addrs: Vec<&str> = p["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                     println!(

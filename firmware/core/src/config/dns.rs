@@ -22,6 +22,9 @@ pub struct DnsSection {
     /// `*.name` wildcards need at least this many labels in `name` (guards against `*.com`).
     #[serde(default = "default_min_wildcard_depth")]
     pub min_wildcard_depth: usize,
+    /// Time one upstream gets for one query before the next is tried.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub upstream_timeout_ms: u64,
     /// Per-client queries per second (token bucket, memory only). 0 disables.
     #[serde(default = "default_rate_limit")]
     pub rate_limit_qps: u32,
@@ -42,6 +45,7 @@ impl Default for DnsSection {
             block_mode: DnsBlockMode::default(),
             cache_entries: default_cache_entries(),
             min_wildcard_depth: default_min_wildcard_depth(),
+            upstream_timeout_ms: default_upstream_timeout_ms(),
             rate_limit_qps: default_rate_limit(),
             lists: BTreeMap::new(),
             tiers: BTreeMap::new(),
@@ -57,6 +61,9 @@ fn default_cache_entries() -> usize {
 }
 fn default_min_wildcard_depth() -> usize {
     2
+}
+fn default_upstream_timeout_ms() -> u64 {
+    1500
 }
 fn default_rate_limit() -> u32 {
     200
@@ -85,6 +92,9 @@ pub struct DnsUpstreamSection {
     /// Extra PEM CA file trusted for this upstream (tests use a local CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// DoH only: the URL path of the DNS endpoint (default `/dns-query`).
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 fn default_protocol() -> String {

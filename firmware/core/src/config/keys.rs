@@ -64,7 +64,7 @@ const LOW_ORDER: [[u8; 32]; 7] = {
 fn is_low_order(bytes: &[u8; 32]) -> bool {
     let mut k = *bytes;
     k[31] &= 0x7f;
-    LOW_ORDER.iter().any(|l| *l == k)
+    LOW_ORDER.contains(&k)
 }
 
 /// Slow reference: a clamped scalar is a multiple of the cofactor 8, so it

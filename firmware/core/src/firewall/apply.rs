@@ -76,7 +76,7 @@ pub(crate) fn normalise(json: &str) -> Result<String, FirewallError> {
                 }
             }
             serde_json::Value::Array(a) => {
-                a.retain(|x| !x.get("metainfo").is_some());
+                a.retain(|x| x.get("metainfo").is_none());
                 for x in a.iter_mut() {
                     strip(x);
                 }

@@ -99,8 +99,7 @@ impl WgControl for KernelWg {
             _ => {
                 let present = Device::list(self.backend)
                     .map_err(|source| WgError::Observe { iface: iface.into(), source })?
-                    .iter()
-                    .any(|n| *n == name);
+                    .contains(&name);
                 if !present {
                     return Ok(ObservedDevice::default());
                 }
