@@ -124,6 +124,73 @@ impl Client {
         Ok(())
     }
 
+    /// Reconfigure this client from a wg-quick config (as `palisade client-config`
+    /// or `peers add --generate-key` print it): key, addresses, the one peer,
+    /// routes through the tunnel except the endpoint.
+    pub fn apply_wg_quick(&self, text: &str, key_dir: &Path) -> Result<wg::QuickConfig> {
+        let q = wg::parse_quick(text)?;
+        let key = key_dir.join(format!("c{}-quick.key", self.index));
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&key)?;
+            f.write_all(format!("{}\n", q.private_key).as_bytes())?;
+        }
+        self.ns.run(&[
+            "wg",
+            "set",
+            &self.ifname,
+            "private-key",
+            &key.to_string_lossy(),
+        ])?;
+        for p in self.dump()?.peers {
+            self.ns
+                .run(&["wg", "set", &self.ifname, "peer", &p.public_key, "remove"])?;
+        }
+        self.ns.ip(&["addr", "flush", "dev", &self.ifname])?;
+        for a in &q.addresses {
+            let fam = if a.contains(':') { "-6" } else { "-4" };
+            self.ns.ip(&[fam, "addr", "add", a, "dev", &self.ifname])?;
+        }
+        let mut args = vec![
+            "wg".to_string(),
+            "set".into(),
+            self.ifname.clone(),
+            "peer".into(),
+            q.peer_public_key.clone(),
+            "endpoint".into(),
+            q.endpoint.clone(),
+            "allowed-ips".into(),
+            q.allowed_ips.join(","),
+        ];
+        if let Some(k) = q.persistent_keepalive {
+            args.push("persistent-keepalive".into());
+            args.push(k.to_string());
+        }
+        if let Some(psk) = &q.preshared_key {
+            let f = key_dir.join(format!("c{}-quick.psk", self.index));
+            std::fs::write(&f, format!("{psk}\n"))?;
+            args.push("preshared-key".into());
+            args.push(f.to_string_lossy().into_owned());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ns.run(&argv)?;
+        if let Some(m) = q.mtu {
+            self.ns
+                .ip(&["link", "set", &self.ifname, "mtu", &m.to_string()])?;
+        }
+        self.ns
+            .ip(&["route", "replace", "default", "dev", &self.ifname])?;
+        self.ns
+            .ip(&["-6", "route", "replace", "default", "dev", &self.ifname])?;
+        Ok(q)
+    }
+
     /// The client's own view of its WireGuard interface.
     pub fn dump(&self) -> Result<wg::WgDump> {
         wg::dump(&self.ns, &self.ifname)

@@ -147,3 +147,68 @@ mod tests {
         assert!(parse_dump("PRIV\tPUB\n").is_err());
     }
 }
+
+/// The parts of a wg-quick client config the tests use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuickConfig {
+    pub private_key: String,
+    pub addresses: Vec<String>,
+    pub dns: Vec<String>,
+    pub mtu: Option<u32>,
+    pub peer_public_key: String,
+    pub preshared_key: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub endpoint: String,
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Parse a wg-quick config (one [Interface], one [Peer]); unknown keys are an error
+/// so a format change is noticed.
+pub fn parse_quick(text: &str) -> Result<QuickConfig> {
+    let mut q = QuickConfig::default();
+    let mut section = "";
+    let list = |v: &str| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+    };
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if line.starts_with('[') {
+            section = if line == "[Interface]" {
+                "i"
+            } else if line == "[Peer]" {
+                "p"
+            } else {
+                bail!("unknown section {line}")
+            };
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .with_context(|| format!("not key = value: {line}"))?;
+        let (k, v) = (k.trim(), v.trim());
+        match (section, k) {
+            ("i", "PrivateKey") => q.private_key = v.to_string(),
+            ("i", "Address") => q.addresses = list(v),
+            ("i", "DNS") => q.dns = list(v),
+            ("i", "MTU") => q.mtu = Some(v.parse().context("MTU")?),
+            ("p", "PublicKey") => q.peer_public_key = v.to_string(),
+            ("p", "PresharedKey") => q.preshared_key = Some(v.to_string()),
+            ("p", "AllowedIPs") => q.allowed_ips = list(v),
+            ("p", "Endpoint") => q.endpoint = v.to_string(),
+            ("p", "PersistentKeepalive") => {
+                q.persistent_keepalive = Some(v.parse().context("PersistentKeepalive")?)
+            }
+            _ => bail!("unexpected key {k} in the wg-quick config"),
+        }
+    }
+    if q.private_key.is_empty() || q.peer_public_key.is_empty() || q.endpoint.is_empty() {
+        bail!("incomplete wg-quick config (PrivateKey, PublicKey and Endpoint are required)");
+    }
+    Ok(q)
+}
