@@ -26,13 +26,14 @@ pub struct EngineConfig {
     /// Only these sources get answers (the tunnel prefixes). Anything else is
     /// dropped silently: never an open resolver.
     pub allowed_sources: Vec<IpNet>,
-    /// Per-attempt upstream timeout.
+    /// Per-attempt upstream timeout (from `upstream_timeout_ms`).
     pub upstream_timeout: Duration,
 }
 
 impl EngineConfig {
     pub fn new(dns: DnsSection, allowed_sources: Vec<IpNet>) -> EngineConfig {
-        EngineConfig { dns, clients: Vec::new(), allowed_sources, upstream_timeout: crate::upstream::ATTEMPT_TIMEOUT }
+        let upstream_timeout = Duration::from_millis(dns.upstream_timeout_ms.clamp(50, 30_000));
+        EngineConfig { dns, clients: Vec::new(), allowed_sources, upstream_timeout }
     }
 }
 

@@ -90,6 +90,7 @@ impl NameSet {
         self.arena.capacity() + self.table.capacity() * 4
     }
 
+    #[cfg(test)]
     fn entry(&self, off: usize) -> (&[u8], u8) {
         let flags = self.arena[off];
         let len = self.arena[off + 1] as usize;

@@ -35,6 +35,8 @@ pub struct TestAuthority {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub tls: Option<SocketAddr>,
+    /// DNS-over-HTTPS (HTTP/1.1, POST /dns-query), with the same TLS config.
+    pub doh: Option<SocketAddr>,
     pub stats: Arc<AuthStats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -185,6 +187,24 @@ impl TestAuthority {
             }
         }));
         let mut tls_addr = None;
+        let mut doh_addr = None;
+        if let Some(cfg) = tls.clone() {
+            let l = TcpListener::bind(SocketAddr::new(bind.ip(), 0)).await?;
+            doh_addr = Some(l.local_addr()?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let st = stats.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    let acceptor = acceptor.clone();
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        if let Ok(s) = acceptor.accept(s).await {
+                            serve_doh(s, st).await;
+                        }
+                    });
+                }
+            }));
+        }
         if let Some(cfg) = tls {
             let l = TcpListener::bind(SocketAddr::new(bind.ip(), 0)).await?;
             tls_addr = Some(l.local_addr()?);
@@ -202,7 +222,7 @@ impl TestAuthority {
                 }
             }));
         }
-        Ok(TestAuthority { udp: udp_addr, tcp: tcp_addr, tls: tls_addr, stats, tasks })
+        Ok(TestAuthority { udp: udp_addr, tcp: tcp_addr, tls: tls_addr, doh: doh_addr, stats, tasks })
     }
 
     pub fn queries(&self) -> u64 {
@@ -224,6 +244,64 @@ async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(m
             if s.write_all(&out).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// HTTP/1.1 DoH: `POST /dns-query` with a Content-Length body; anything else 404.
+async fn serve_doh<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, stats: Arc<AuthStats>) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if buf.len() > 16384 {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length:").or_else(|| l.strip_prefix("content-length:")))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = buf.split_off(head_end);
+        buf.clear();
+        while body.len() < len {
+            let mut chunk = [0u8; 1024];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf = body.split_off(len);
+        let ok = head.starts_with("POST /dns-query HTTP/1.1\r\n");
+        let reply = if ok {
+            stats.queries.fetch_add(1, Ordering::Relaxed);
+            respond(&body, false).pop()
+        } else {
+            None
+        };
+        let out = match reply {
+            Some(r) => {
+                let mut o = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\nContent-Length: {}\r\n\r\n",
+                    r.len()
+                )
+                .into_bytes();
+                o.extend_from_slice(&r);
+                o
+            }
+            None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        };
+        if s.write_all(&out).await.is_err() {
+            return;
         }
     }
 }

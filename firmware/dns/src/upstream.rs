@@ -1,5 +1,6 @@
-//! Upstream resolvers: plain UDP (TCP on truncation), TCP and DNS-over-TLS
-//! (rustls, certificate and name verified), tried in order with failover,
+//! Upstream resolvers: plain UDP (TCP on truncation), TCP, DNS-over-TLS and
+//! DNS-over-HTTPS (HTTP/1.1 POST, RFC 8484; rustls, certificate and name
+//! verified; connections kept alive and pooled), tried in order with failover,
 //! fail-closed (every upstream down: the caller answers SERVFAIL; no query
 //! ever leaves by another path).
 //!
@@ -36,9 +37,9 @@ const POOL: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream {addr}: protocol '{proto}' is not supported (use udp, tcp or tls)")]
+    #[error("upstream {addr}: protocol '{proto}' is not supported (use udp, tcp, tls or https)")]
     Protocol { addr: SocketAddr, proto: String },
-    #[error("upstream {addr}: protocol tls needs tls_name")]
+    #[error("upstream {addr}: protocols tls and https need tls_name")]
     NoTlsName { addr: SocketAddr },
     #[error("upstream {addr}: bad tls_name: {name}")]
     BadTlsName { addr: SocketAddr, name: String },
@@ -80,6 +81,7 @@ enum Transport {
     Udp,
     Tcp,
     Tls { connector: TlsConnector, name: rustls::pki_types::ServerName<'static> },
+    Https { connector: TlsConnector, name: rustls::pki_types::ServerName<'static>, host: String, path: String },
 }
 
 enum Conn {
@@ -103,7 +105,7 @@ pub struct Upstreams {
     errors: AtomicU64,
 }
 
-fn tls_config(u: &DnsUpstreamSection) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
+fn tls_config(u: &DnsUpstreamSection, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &u.ca_file {
@@ -127,7 +129,7 @@ fn tls_config(u: &DnsUpstreamSection) -> Result<Arc<rustls::ClientConfig>, Upstr
         .map_err(|source| UpstreamError::Tls { addr: u.address, source })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"dot".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -142,11 +144,20 @@ impl Upstreams {
             let transport = match u.protocol.as_str() {
                 "udp" => Transport::Udp,
                 "tcp" => Transport::Tcp,
-                "tls" => {
-                    let name = u.tls_name.clone().ok_or(UpstreamError::NoTlsName { addr: u.address })?;
-                    let name = rustls::pki_types::ServerName::try_from(name.clone())
-                        .map_err(|_| UpstreamError::BadTlsName { addr: u.address, name })?;
-                    Transport::Tls { connector: TlsConnector::from(tls_config(u)?), name }
+                "tls" | "https" => {
+                    let host = u.tls_name.clone().ok_or(UpstreamError::NoTlsName { addr: u.address })?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|_| UpstreamError::BadTlsName { addr: u.address, name: host.clone() })?;
+                    if u.protocol == "tls" {
+                        Transport::Tls { connector: TlsConnector::from(tls_config(u, b"dot")?), name }
+                    } else {
+                        let path = u.path.clone().unwrap_or_else(|| "/dns-query".into());
+                        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                            return Err(UpstreamError::BadTlsName { addr: u.address, name: path });
+                        }
+                        let connector = TlsConnector::from(tls_config(u, b"http/1.1")?);
+                        Transport::Https { connector, name, host, path }
+                    }
                 }
                 other => {
                     return Err(UpstreamError::Protocol { addr: u.address, proto: other.to_string() })
@@ -242,15 +253,18 @@ impl Upstreams {
                 Some(c) => c,
                 None => tokio::time::timeout_at(deadline, connect(u)).await.map_err(|_| AttemptError::Timeout)??,
             };
-            let r = match &mut conn {
-                Conn::Tcp(s) => framed_exchange(s, query, deadline).await,
-                Conn::Tls(s) => framed_exchange(s.as_mut(), query, deadline).await,
+            let r = match (&mut conn, &u.transport) {
+                (Conn::Tls(s), Transport::Https { host, path, .. }) => {
+                    doh_exchange(s.as_mut(), host, path, query, deadline).await
+                }
+                (Conn::Tcp(s), _) => framed_exchange(s, query, deadline).await.map(|b| (b, true)),
+                (Conn::Tls(s), _) => framed_exchange(s.as_mut(), query, deadline).await.map(|b| (b, true)),
             };
             match r {
-                Ok(bytes) => {
+                Ok((bytes, reusable)) => {
                     let m = check_response(&bytes, id, qname, qtype)?;
                     let mut idle = u.idle.lock().unwrap_or_else(|e| e.into_inner());
-                    if idle.len() < POOL {
+                    if reusable && idle.len() < POOL {
                         idle.push(conn);
                     }
                     return Ok(m);
@@ -267,12 +281,85 @@ async fn connect(u: &Upstream) -> Result<Conn, AttemptError> {
     let tcp = TcpStream::connect(u.addr).await?;
     tcp.set_nodelay(true)?;
     match &u.transport {
-        Transport::Tls { connector, name } => {
+        Transport::Tls { connector, name } | Transport::Https { connector, name, .. } => {
             let s = connector.connect(name.clone(), tcp).await?;
             Ok(Conn::Tls(Box::new(s)))
         }
         _ => Ok(Conn::Tcp(tcp)),
     }
+}
+
+/// Largest HTTP response head we read from a DoH server.
+const MAX_HTTP_HEAD: usize = 8192;
+
+/// One RFC 8484 POST over HTTP/1.1 (keep-alive). Returns the DNS message and
+/// whether the connection may be reused.
+async fn doh_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+    query: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<(Vec<u8>, bool), AttemptError> {
+    let fut = async {
+        let mut out = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/dns-message\r\n\
+             Accept: application/dns-message\r\nContent-Length: {}\r\n\r\n",
+            query.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(query);
+        s.write_all(&out).await?;
+        s.flush().await?;
+        let mut buf = Vec::with_capacity(1024);
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > MAX_HTTP_HEAD {
+                return Err(AttemptError::Bad);
+            }
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(AttemptError::Io);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| AttemptError::Bad)?;
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default();
+        let mut parts = status.split(' ');
+        let (version, code) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        if !version.starts_with("HTTP/1.") || code != "200" {
+            return Err(AttemptError::Rcode);
+        }
+        let mut len = None;
+        let mut reusable = version == "HTTP/1.1";
+        for l in lines {
+            let Some((k, v)) = l.split_once(':') else { continue };
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(AttemptError::Bad); // chunked DNS answers: not supported
+            } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
+                reusable = false;
+            } else if k.eq_ignore_ascii_case("content-type") && !v.starts_with("application/dns-message") {
+                return Err(AttemptError::Bad);
+            }
+        }
+        let len = len.filter(|l| (12..=65535).contains(l)).ok_or(AttemptError::Bad)?;
+        let mut body = buf.split_off(head_end);
+        if body.len() > len {
+            return Err(AttemptError::Bad); // pipelined junk after the answer
+        }
+        let have = body.len();
+        body.resize(len, 0);
+        s.read_exact(&mut body[have..]).await?;
+        Ok((body, reusable))
+    };
+    tokio::time::timeout_at(deadline, fut).await.map_err(|_| AttemptError::Timeout)?
 }
 
 async fn framed_exchange<S: AsyncRead + AsyncWrite + Unpin>(

@@ -35,10 +35,15 @@ fn pki(name: &str) -> Pki {
 }
 
 async fn resolver_via_tls(auth: &TestAuthority, dir: &std::path::Path, ca: &str, tls_name: &str) -> (Server, std::net::SocketAddr) {
-    let ca_file = dir.join(format!("ca-{tls_name}.pem"));
+    resolver_via(auth, dir, ca, tls_name, "tls").await
+}
+
+async fn resolver_via(auth: &TestAuthority, dir: &std::path::Path, ca: &str, tls_name: &str, proto: &str) -> (Server, std::net::SocketAddr) {
+    let ca_file = dir.join(format!("ca-{tls_name}-{}.pem", ca.len() ^ proto.len()));
     std::fs::write(&ca_file, ca).unwrap();
     let mut cfg = config(dir, auth);
-    let mut u = upstream(auth.tls.unwrap(), "tls");
+    let addr = if proto == "tls" { auth.tls.unwrap() } else { auth.doh.unwrap() };
+    let mut u = upstream(addr, proto);
     u.tls_name = Some(tls_name.into());
     u.ca_file = Some(ca_file);
     cfg.dns.upstreams = vec![u];
@@ -69,4 +74,21 @@ async fn dot_upstream_verifies_certificate_and_name() {
     let other = pki("dns.test");
     let (_s3, addr3) = resolver_via_tls(&auth, dir.path(), &other.ca_pem, "dns.test").await;
     assert_eq!(rcode(&ask(addr3, BASIC, "www.test.", RecordType::A).await), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doh_upstream_over_http1() {
+    let p = pki("doh.test");
+    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr) = resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", "https").await;
+    assert_eq!(addrs(&ask(addr, BASIC, "www.test.", RecordType::A).await), ["192.0.2.80"]);
+    assert_eq!(rcode(&ask(addr, BASIC, "nothing-here.test.", RecordType::A).await), 3);
+    // Keep-alive: several misses in a row on the pooled connection.
+    for i in 0..5 {
+        let m = ask(addr, BASIC, &format!("k{i}.miss.test."), RecordType::A).await;
+        assert_eq!(addrs(&m), ["192.0.2.1"]);
+    }
+    let (_s2, addr2) = resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", "https").await;
+    assert_eq!(rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await), 2);
 }

@@ -27,7 +27,7 @@ pub struct Bed {
 }
 
 pub fn upstream(addr: SocketAddr, proto: &str) -> DnsUpstreamSection {
-    DnsUpstreamSection { address: addr, protocol: proto.into(), tls_name: None, ca_file: None }
+    DnsUpstreamSection { address: addr, protocol: proto.into(), tls_name: None, ca_file: None, path: None }
 }
 
 pub fn config(dir: &std::path::Path, auth: &TestAuthority) -> EngineConfig {
