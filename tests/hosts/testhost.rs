@@ -54,12 +54,18 @@ fn handle_tcp(mut s: TcpStream, log: &Mutex<std::fs::File>) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    let resp = format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        peer.len(),
-        peer
+    // `GET /big`: the peer address, a newline, then 1 MiB (bulk transfer / MTU tests).
+    let mut body = peer.clone().into_bytes();
+    if buf.starts_with(b"GET /big ") {
+        body.push(b'\n');
+        body.extend(std::iter::repeat_n(b'x', 1 << 20));
+    }
+    let head = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     );
-    let _ = s.write_all(resp.as_bytes());
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(&body);
 }
 
 fn serve_udp(u: UdpSocket, log: Arc<Mutex<std::fs::File>>) {

@@ -607,6 +607,21 @@ impl TestBed {
         Ok(keys.public_key)
     }
 
+    /// Make the internet a PMTU black hole (ICMP "fragmentation needed" and
+    /// "packet too big" dropped on arrival) and make the node forward wire-size
+    /// segments (no TSO/GSO at the web host, no GRO on the node's uplink), as a
+    /// kernel WireGuard node sees them. Needs ethtool.
+    pub fn pmtu_black_hole(&self) -> Result<()> {
+        self.nft(
+            "inet",
+            "table inet pmtu_black_hole {\n chain in {\n  type filter hook input priority 0; policy accept;\n  icmp type destination-unreachable drop\n  icmpv6 type packet-too-big drop\n }\n}\n",
+        )?;
+        self.inet
+            .run(&["ethtool", "-K", "br0", "tso", "off", "gso", "off"])?;
+        self.node.run(&["ethtool", "-K", "eth0", "gro", "off"])?;
+        Ok(())
+    }
+
     /// Load an nft script into the node (`which` = "node") or internet namespace.
     pub fn nft(&self, which: &str, script: &str) -> Result<()> {
         let ns = if which == "node" {

@@ -73,6 +73,17 @@ pub fn tcp_connect(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> O
 
 /// HTTP/1.0 GET / to `dst`; `Answered(body)` when a response came back.
 pub fn http_get(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> Outcome {
+    http_get_path(src, dst, "/", timeout)
+}
+
+/// HTTP/1.0 GET `path` (pal-testhost serves `/big`: 1 MiB after the address line).
+/// `timeout` bounds the connect and each read.
+pub fn http_get_path(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Outcome {
     let s = match tcp_socket(src, dst) {
         Ok(s) => s,
         Err(e) => return Outcome::Error(e.to_string()),
@@ -87,7 +98,7 @@ pub fn http_get(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> Outc
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
     };
-    if let Err(e) = s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()) {
+    if let Err(e) = s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()) {
         return classify(&e);
     }
     let mut resp = Vec::new();

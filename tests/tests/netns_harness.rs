@@ -142,6 +142,29 @@ fn harness_without_isolation_reaches_everything() {
         assert!(o.reached(), "client1 ping {dst} without isolation: {o:?}");
     }
 
+    // Control for `bulk_download_survives_a_pmtu_black_hole`: with no MSS clamp
+    // on the node, a client whose tunnel MTU is 1500 stalls on a bulk download
+    // once the internet drops "fragmentation needed"; with MTU 1420 it works.
+    bed.pmtu_black_hole().unwrap();
+    c2.ns
+        .ip(&["link", "set", &c2.ifname, "mtu", "1500"])
+        .unwrap();
+    let full = addr::NODE_UP_V4.to_string().len() + 1 + (1 << 20);
+    let big = |c: &palisade_tests::Client| match c
+        .ns
+        .enter(|| palisade_tests::probe::http_get_path(None, sa(addr::WEB_V4, 80), "/big", T))
+        .unwrap()
+    {
+        Outcome::Answered(b) => b.len(),
+        _ => 0,
+    };
+    assert_eq!(big(c1), full, "MTU 1420 client, no clamp needed");
+    let stalled = big(c2);
+    assert!(
+        stalled < full,
+        "MTU 1500 client without a clamp should stall in a PMTU black hole, got {stalled} bytes"
+    );
+
     // The DNS test host answers from the test zone.
     let a = bed
         .inet

@@ -1214,3 +1214,49 @@ fn cli_refuses_bad_peers_and_changes_nothing() {
         "a refused peer was persisted:\n{peers_file}"
     );
 }
+
+/// S2 step 2 (MSS clamp) — a bulk download through the exit works over IPv4 and
+/// IPv6 even when the internet drops ICMP "fragmentation needed" / "packet too
+/// big" (a PMTU black hole, common in the wild): client 1 uses the usual
+/// tunnel MTU 1420, client 2 a misconfigured 1500, so only the node's MSS clamp
+/// keeps the server's segments small enough for the tunnel.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn bulk_download_survives_a_pmtu_black_hole() {
+    let (bed, _p) = setup(2, &NodeOptions::default());
+    bed.pmtu_black_hole().unwrap();
+    let c2 = &bed.clients[1];
+    c2.ns
+        .ip(&["link", "set", &c2.ifname, "mtu", "1500"])
+        .unwrap();
+    let want = addr::NODE_UP_V4.to_string().len() + 1 + (1 << 20);
+    let want6 = addr::NODE_UP_V6.to_string().len() + 1 + (1 << 20);
+    for c in &bed.clients {
+        for (dst, n) in [
+            (IpAddr::from(addr::WEB_V4), want),
+            (addr::WEB_V6.into(), want6),
+        ] {
+            let t0 = Instant::now();
+            let o = c
+                .ns
+                .enter(|| probe::http_get_path(None, sa(dst, 80), "/big", Duration::from_secs(5)))
+                .unwrap();
+            let got = match &o {
+                Outcome::Answered(b) => b.len(),
+                _ => 0,
+            };
+            println!(
+                "c{} GET /big from {dst}: {got} of {n} bytes in {:?}",
+                c.index,
+                t0.elapsed()
+            );
+            assert_eq!(
+                got,
+                n,
+                "client {} (wg mtu {}) bulk download from {dst}: {o:.80?}",
+                c.index,
+                if c.index == 1 { 1420 } else { 1500 }
+            );
+        }
+    }
+}
