@@ -122,6 +122,36 @@ fn image_serves_isolated_clients_and_keeps_no_client_data() {
         "client 2 received traffic from client 1:\n{c2_log}"
     );
 
+    // Bulk downloads through the kernel WireGuard exit in a PMTU black hole,
+    // client 2 with a misconfigured tunnel MTU of 1500 (the node's MSS clamp).
+    bed.pmtu_black_hole().unwrap();
+    c2.ns
+        .ip(&["link", "set", &c2.ifname, "mtu", "1500"])
+        .unwrap();
+    for c in [c1, c2] {
+        for dst in [IpAddr::from(addr::WEB_V4), addr::WEB_V6.into()] {
+            let t0 = Instant::now();
+            let o = c
+                .ns
+                .enter(|| probe::http_get_path(None, sa(dst, 80), "/big", Duration::from_secs(10)))
+                .unwrap();
+            let got = match &o {
+                palisade_tests::Outcome::Answered(b) => b.len(),
+                _ => 0,
+            };
+            println!(
+                "c{} GET /big from {dst}: {got} bytes in {:?}",
+                c.index,
+                t0.elapsed()
+            );
+            assert!(
+                got > 1 << 20,
+                "client {} bulk download from {dst} through the guest: {o:.60?}",
+                c.index
+            );
+        }
+    }
+
     // Clean power-off, then scan everything the node could have written.
     let t0 = Instant::now();
     let clean = guest.power_off(Duration::from_secs(90)).expect("power off");
