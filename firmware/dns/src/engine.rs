@@ -72,7 +72,10 @@ pub struct Counters {
 /// The live configuration, swapped atomically on reload.
 pub struct Live {
     pub policy: Policy,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
+    /// What `upstreams` was built from (reused while unchanged: pooled
+    /// DoT/DoH connections and hold-downs survive the periodic reconcile).
+    upstream_cfg: (Vec<palisade_core::config::DnsUpstreamSection>, Duration),
     block_mode: DnsBlockMode,
     rate_limit_qps: u32,
     allowed_sources: Vec<IpNet>,
@@ -172,7 +175,8 @@ impl Engine {
         let e = Engine {
             live: ArcSwap::from_pointee(Live {
                 policy: Policy::default(),
-                upstreams: Upstreams::new(&[])?,
+                upstreams: Arc::new(Upstreams::new(&[])?),
+                upstream_cfg: (Vec::new(), Duration::ZERO),
                 block_mode: DnsBlockMode::default(),
                 rate_limit_qps: 0,
                 allowed_sources: Vec::new(),
@@ -199,7 +203,14 @@ impl Engine {
         let t0 = Instant::now();
         let clients = cfg.clients.iter().map(|(a, t)| ClientTier { addr: *a, tier: t.as_deref() });
         let (policy, list_stats) = self.store.build(&cfg.dns, clients)?;
-        let upstreams = Upstreams::with_timeout(&cfg.dns.upstreams, cfg.upstream_timeout)?;
+        let upstream_cfg = (cfg.dns.upstreams.clone(), cfg.upstream_timeout);
+        let old = self.live.load();
+        let upstreams = if old.upstream_cfg == upstream_cfg {
+            old.upstreams.clone()
+        } else {
+            Arc::new(Upstreams::with_timeout(&cfg.dns.upstreams, cfg.upstream_timeout)?)
+        };
+        drop(old);
         let tier_counters = {
             let mut reg = self.tiers.lock().unwrap_or_else(|e| e.into_inner());
             policy.tiers.iter().map(|t| reg.entry(t.name.clone()).or_default().clone()).collect()
@@ -207,6 +218,7 @@ impl Engine {
         let live = Live {
             policy,
             upstreams,
+            upstream_cfg,
             block_mode: cfg.dns.block_mode,
             rate_limit_qps: cfg.dns.rate_limit_qps,
             allowed_sources: cfg.allowed_sources.clone(),
