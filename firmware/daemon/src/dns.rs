@@ -97,6 +97,7 @@ impl DnsService {
     }
 
     /// True once the resolver is running (for the health gate).
+    #[allow(dead_code)]
     pub fn is_running(&self) -> bool {
         self.server.is_some()
     }
