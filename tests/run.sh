@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
 # The whole test suite: `sudo ./tests/run.sh` (CI: .ci/run calls exactly this).
-# Tiers: unit tests (no root), namespace tests (root, real nft + wireguard-go),
-# QEMU end-to-end tests (root, the real image).
+# Tiers (docs/testing.md): unit tests (no root); namespace tests (root, real
+# nftables, wireguard-go peers, real packets); the image under QEMU (root).
+# Nothing here sends a packet outside this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tests/deps.sh
 [ "$(id -u)" -eq 0 ] || { echo "run.sh: the namespace and QEMU tiers need root (sudo ./tests/run.sh)" >&2; exit 1; }
+export CARGO_TERM_COLOR=never
+target=${CARGO_TARGET_DIR:-$PWD/target}
+started=$SECONDS
+stage() { echo; echo "== [$((SECONDS - started))s] $*"; }
 
-echo "== tier 1: unit tests (cargo test --workspace)"
+stage "tier 1: unit tests (cargo test --workspace)"
 cargo test --workspace --locked
 
-echo "== tier 2: namespace tests (real nftables, wireguard-go peers)"
-cargo test -p palisade-tests --locked -- --ignored --test-threads=1
+stage "tier 2a: nft loads the rendered ruleset (private network namespace)"
+unshare -n cargo test --locked -p palisade-core -- --ignored
+
+stage "tier 2b: namespace tests (palisaded + wireguard-go clients, real nftables)"
+cargo build --locked -p palisaded -p palisade-cli
+PALISADED_BIN=$target/debug/palisaded PALISADE_BIN=$target/debug/palisade \
+    cargo test -p palisade-tests --locked --test 'netns_*' --test 'dns_*' -- --ignored --test-threads=1
+
+stage "tier 3: the image under QEMU (build, boot, end to end, zero-log scan)"
+cargo run --locked -q -p palisade-image -- build --board qemu-x86_64 --out out --cache out/debs
+PALISADE_IMAGE=$PWD/out/palisade-qemu-x86_64.raw \
+    cargo test -p palisade-tests --locked --test 'e2e_*' --test 'image_*' -- --ignored --test-threads=1 --nocapture
+
+stage "all tiers passed"
