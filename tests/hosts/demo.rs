@@ -42,6 +42,16 @@ fn main() -> anyhow::Result<()> {
                     drop(palisade_tests::Netns::adopt(name));
                 }
             }
+            // The bed's directory (logs, disk copy) is ours too.
+            for e in std::fs::read_dir(std::env::temp_dir())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().starts_with(&prefix) && e.path().is_dir() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
             std::process::exit(130);
         }
     });
