@@ -2,12 +2,12 @@
 # DNS benchmark: palisade-dns side by side with unbound and dnsmasq, on
 # loopback only, in one run.
 #
-#   bench/dns/run.sh [--seconds N] [--names N] [--only "palisade unbound dnsmasq"]
+#   bench/dns/run.sh [--seconds N] [--rounds N] [--names N] [--only "palisade unbound dnsmasq"]
 #
 # For each resolver: start it with the same 1M-name blocklist (unbound:
 # local-zone always_nxdomain; dnsmasq: address=/name/; palisade: plain list),
 # measure the list load time (process start -> first answer for a listed name),
-# then with dnsperf (-l N each): cache hits (1000 names, warmed first),
+# then with dnsperf (-l N each; interleaved rounds, best round kept): cache hits (1000 names, warmed first),
 # blocked names (200k queries over the list), cache misses (unique names,
 # forwarded to the local test authority palisade-dns-testauth on
 # 127.0.0.1:5399), and resident memory (VmRSS after load, VmHWM at the end).
@@ -16,14 +16,16 @@
 set -euo pipefail
 
 SECONDS_PER_RUN=10
+ROUNDS=2
 NAMES=1000000
 ONLY="palisade unbound dnsmasq"
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_PER_RUN=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         --names) NAMES=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
-        *) echo "usage: $0 [--seconds N] [--names N] [--only LIST]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--seconds N] [--rounds N] [--names N] [--only LIST]" >&2; exit 2 ;;
     esac
 done
 
@@ -88,38 +90,41 @@ probe $AUTH_PORT h0.miss.test 10 >/dev/null || { echo "test authority did not st
 rss_kb() { awk '/^VmRSS/ {print $2}' /proc/"$1"/status; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' /proc/"$1"/status; }
 
-# perf PORT FILE -> "qps lost%"
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
+TCK=$(getconf CLK_TCK)
+DNSPERF_ARGS=(-c 32 -q 500 -T "${DNSPERF_THREADS:-1}" -t 2)
+
+# perf PORT FILE PID -> "qps cpu%" (cpu: the resolver's CPU use during the run,
+# 100% = one core; a resolver far below its cores is not the bottleneck)
 perf() {
-    local out
-    out=$(dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$SECONDS_PER_RUN" -c 32 -q 500 -T 1 -t 2 2>&1) || true
-    local qps lost
+    local out t0 t1
+    t0=$(cpu_ticks "$3")
+    out=$(dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$SECONDS_PER_RUN" "${DNSPERF_ARGS[@]}" 2>&1) || true
+    t1=$(cpu_ticks "$3")
+    local qps cpu
     qps=$(echo "$out" | awk '/Queries per second:/ {printf "%d", $4}')
-    lost=$(echo "$out" | awk '/Queries lost:/ {gsub(/[()%]/,"",$4); print $4}')
-    echo "${qps:-0} ${lost:-?}"
+    cpu=$(( (t1 - t0) * 100 / (TCK * SECONDS_PER_RUN) ))
+    echo "${qps:-0} ${cpu}"
 }
 
-declare -A R
-run_one() {
+declare -A LOAD RSS HWML PID PORT BEST
+
+# start_one NAME PORT PID: wait for the first answer (load time), record memory,
+# warm the cache with the hit set (twice, so every name is cached).
+start_one() {
     local name=$1 port=$2 pid=$3
     local load
-    load=$(probe "$port" "$PROBE" 120) || { echo "$name did not answer" >&2; return 1; }
-    local rss
-    rss=$(rss_kb "$pid")
-    # Warm the cache with the hit set (twice, so every name is cached).
+    load=$(probe "$port" "$PROBE" 180) || { echo "$name did not answer" >&2; return 1; }
+    LOAD[$name]=$load
+    RSS[$name]=$(( $(rss_kb "$pid") / 1024 ))
+    HWML[$name]=$(( $(hwm_kb "$pid") / 1024 ))
+    PID[$name]=$pid
+    PORT[$name]=$port
     dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/q-hits.txt" -n 2 -c 4 -q 100 >/dev/null 2>&1 || true
-    local hits blocked misses
-    hits=$(perf "$port" "$WORK/q-hits.txt")
-    blocked=$(perf "$port" "$WORK/q-blocked.txt")
-    misses=$(perf "$port" "$WORK/q-misses.txt")
-    local hwm
-    hwm=$(hwm_kb "$pid")
-    R[$name]="$load $((rss / 1024)) $((hwm / 1024)) $hits $blocked $misses"
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
 }
 
 for r in $ONLY; do
-    echo "== $r"
+    echo "== starting $r"
     case $r in
         palisade)
             cat >"$WORK/palisade.toml" <<EOF
@@ -136,7 +141,7 @@ lists = ["bench"]
 EOF
             "$SERVE" --config "$WORK/palisade.toml" --listen 127.0.0.1:5300 2>"$WORK/palisade.log" &
             pid=$!; PIDS+=($pid)
-            run_one palisade 5300 $pid
+            start_one palisade 5300 $pid
             grep -o "lists loaded in [0-9]* ms" "$WORK/palisade.log" | sed 's/^/   palisade: /' || true
             ;;
         unbound)
@@ -166,7 +171,7 @@ forward-zone:
 EOF
             unbound -c "$WORK/unbound.conf" 2>"$WORK/unbound.log" &
             pid=$!; PIDS+=($pid)
-            run_one unbound 5301 $pid
+            start_one unbound 5301 $pid
             ;;
         dnsmasq)
             dnsmasq --keep-in-foreground --no-daemon --user=root --port=5302 --listen-address=127.0.0.1 \
@@ -174,17 +179,39 @@ EOF
                 --dns-forward-max=1000 --log-facility=/dev/null --pid-file= \
                 --conf-file="$WORK/dnsmasq-blocklist.conf" 2>"$WORK/dnsmasq.log" &
             pid=$!; PIDS+=($pid)
-            run_one dnsmasq 5302 $pid
+            start_one dnsmasq 5302 $pid
             ;;
     esac
 done
 
-echo
-echo "DNS benchmark: $NAMES blocked names, dnsperf -l $SECONDS_PER_RUN -c 32 -q 500 -T 1, loopback, $(nproc) cores"
-printf "%-10s %8s %9s %9s %12s %12s %12s\n" resolver "load s" "RSS MB" "peak MB" "hits QPS" "blocked QPS" "misses QPS"
-for r in $ONLY; do
-    # shellcheck disable=SC2086
-    set -- ${R[$r]:-- - - - - - - - - -}
-    printf "%-10s %8s %9s %9s %7s (%s%%) %7s (%s%%) %7s (%s%%)\n" "$r" "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" "$9"
+# Interleaved rounds: each scenario runs against every resolver in turn, and
+# each cell keeps its best round, so background load on a shared machine does
+# not favour whoever ran at a quiet moment.
+for round in $(seq 1 "$ROUNDS"); do
+    sed "s/^/r$round-/" "$WORK/q-misses.txt" >"$WORK/q-misses-$round.txt"
+    for scen in hits blocked misses; do
+        file=$WORK/q-$scen.txt
+        [ "$scen" = misses ] && file=$WORK/q-misses-$round.txt
+        for r in $ONLY; do
+            [ -n "${PID[$r]:-}" ] || continue
+            # shellcheck disable=SC2046
+            set -- $(perf "${PORT[$r]}" "$file" "${PID[$r]}")
+            echo "   round $round $scen $r: $1 QPS, cpu $2%"
+            prev=${BEST[$r.$scen]:-0 0}
+            if [ "$1" -gt "${prev%% *}" ]; then BEST[$r.$scen]="$1 $2"; fi
+        done
+    done
 done
-echo "(percentages: queries lost; RSS after load; peak = VmHWM after all runs)"
+
+echo
+echo "DNS benchmark: $NAMES blocked names, dnsperf -l $SECONDS_PER_RUN ${DNSPERF_ARGS[*]}, best of $ROUNDS interleaved rounds, loopback, $(nproc) cores"
+printf "%-10s %7s %7s %9s %8s %16s %16s %16s\n" resolver "load s" "RSS MB" "load peak" "peak MB" "hits QPS (cpu)" "blocked QPS" "misses QPS"
+for r in $ONLY; do
+    [ -n "${PID[$r]:-}" ] || { echo "$r: did not start"; continue; }
+    hwm=$(( $(hwm_kb "${PID[$r]}") / 1024 ))
+    # shellcheck disable=SC2086
+    set -- ${BEST[$r.hits]:-0 0} ${BEST[$r.blocked]:-0 0} ${BEST[$r.misses]:-0 0}
+    printf "%-10s %7s %7s %9s %8s %9s (%3s%%) %9s (%3s%%) %9s (%3s%%)\n" "$r" "${LOAD[$r]}" "${RSS[$r]}" "${HWML[$r]}" "$hwm" "$1" "$2" "$3" "$4" "$5" "$6"
+done
+echo "(load s: start to first answer for a listed name; RSS after load; load peak: VmHWM"
+echo " after load; peak MB: VmHWM at the end, cache full; cpu: resolver CPU, 100% = 1 core)"
