@@ -22,39 +22,8 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("usage: pal-demo IMAGE"))?;
     // Ctrl-C / SIGTERM: remove this run's namespaces (and every process in them,
-    // QEMU included) before exiting. Blocked here, so every thread inherits it.
-    let mut sigs = nix::sys::signal::SigSet::empty();
-    sigs.add(nix::sys::signal::Signal::SIGINT);
-    sigs.add(nix::sys::signal::Signal::SIGTERM);
-    sigs.thread_block()?;
-    let prefix = format!("pal-{}-", std::process::id());
-    std::thread::spawn(move || {
-        if sigs.wait().is_ok() {
-            eprintln!("\ninterrupted: cleaning up");
-            let list = Command::new("ip")
-                .args(["netns", "list"])
-                .output()
-                .map(|o| o.stdout)
-                .unwrap_or_default();
-            for line in String::from_utf8_lossy(&list).lines() {
-                let name = line.split_whitespace().next().unwrap_or_default();
-                if name.starts_with(&prefix) {
-                    drop(palisade_tests::Netns::adopt(name));
-                }
-            }
-            // The bed's directory (logs, disk copy) is ours too.
-            for e in std::fs::read_dir(std::env::temp_dir())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name().to_string_lossy().starts_with(&prefix) && e.path().is_dir() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-            std::process::exit(130);
-        }
-    });
+    // QEMU included) and its directories before exiting.
+    palisade_tests::ns::cleanup_on_signal();
     let me = std::env::current_exe()?;
     let testhost = me.with_file_name("pal-testhost");
     let bed = TestBed::new_for_guest(1, Bins { testhost })?;

@@ -261,6 +261,7 @@ impl TestBed {
 
     fn build(clients: usize, bins: Bins, node_uplink: bool) -> Result<TestBed> {
         preflight()?;
+        crate::ns::cleanup_on_signal();
         let pid = std::process::id();
         let n = BED_COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("pal-{pid}-{n}");

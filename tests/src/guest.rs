@@ -335,7 +335,7 @@ mod tests {
         let p = dir.path().join("f");
         let mut data = vec![0u8; (8 << 20) - 3 - 20];
         data.extend_from_slice(b"203.0.113.101");
-        data.extend_from_slice(&vec![0u8; 100]);
+        data.extend_from_slice(&[0u8; 100]);
         data.extend_from_slice(b"203.0.113.101 and allowed.example.test");
         data.splice(0..0, b"allowed.example.test".iter().copied());
         std::fs::write(&p, &data).unwrap();

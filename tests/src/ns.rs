@@ -358,3 +358,97 @@ pub fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Remove everything this process created under the `pal-<pid>-` prefix: every
+/// namespace (and, by pid, every process inside it) and every temp directory.
+pub fn cleanup_all_of_this_process() {
+    let prefix = format!("pal-{}-", std::process::id());
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    for line in String::from_utf8_lossy(&list).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if name.starts_with(&prefix) {
+            drop(Netns::adopt(name));
+        }
+    }
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&prefix) && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    // UAPI sockets a killed wireguard-go left behind: `pw<pid><bed><n|cN>.sock`.
+    for e in std::fs::read_dir("/var/run/wireguard")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_our_socket(&name, std::process::id()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// `pw<pid><one base36 char>(n|c<digits>).sock` for this pid exactly.
+fn is_our_socket(name: &str, pid: u32) -> bool {
+    let Some(rest) = name
+        .strip_prefix(&format!("pw{pid}"))
+        .and_then(|r| r.strip_suffix(".sock"))
+    else {
+        return false;
+    };
+    let mut chars = rest.chars();
+    if !chars
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    {
+        return false;
+    }
+    let role: String = chars.collect();
+    role == "n"
+        || role
+            .strip_prefix('c')
+            .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// On SIGINT/SIGTERM (Ctrl-C during `cargo test` or the demo), clean up
+/// everything of this process, then exit 130. Installed once per process.
+pub fn cleanup_on_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            Ok(mut signals) => {
+                std::thread::spawn(move || {
+                    if signals.forever().next().is_some() {
+                        eprintln!("\ninterrupted: removing this run's namespaces and processes");
+                        cleanup_all_of_this_process();
+                        std::process::exit(130);
+                    }
+                });
+            }
+            Err(e) => eprintln!("warning: no cleanup on Ctrl-C ({e})"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn socket_names_match_only_this_pid() {
+        use super::is_our_socket;
+        assert!(is_our_socket("pw279230n.sock", 27923));
+        assert!(is_our_socket("pw27923ac12.sock", 27923));
+        assert!(!is_our_socket("pw279230n.sock", 2792));
+        assert!(!is_our_socket("pw279230n.sock", 279230));
+        assert!(!is_our_socket("wg0.sock", 27923));
+        assert!(!is_our_socket("pw27923xx.sock", 27923));
+    }
+}
