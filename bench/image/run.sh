@@ -37,11 +37,11 @@ sdboot_ver=$(awk '/name = "systemd-boot-efi"/{getline; gsub(/"/,"",$3); print $3
 
 # --- Palisade image
 if [ -n "${PALISADE_IMAGE:-}" ]; then
-    pal=$PALISADE_IMAGE
+    pal=$(readlink -f "$PALISADE_IMAGE")
 else
     echo "== building the Palisade image"
     cargo run -q --locked -p palisade-image -- build --out "$dir/palisade" --no-qcow2
-    pal=$dir/palisade/palisade-qemu-x86_64.raw
+    pal=$(readlink -f "$dir/palisade/palisade-qemu-x86_64.raw")
 fi
 
 # --- stock Debian image
@@ -81,8 +81,12 @@ table inet filter {
     chain forward { type filter hook forward priority 0; policy drop;
         iifname "wg0" oifname "eth0" accept; ct state established,related accept; }
 }
-table inet nat { chain post { type nat hook postrouting priority 100; oifname "eth0" masquerade; } }
+table inet nat {
+    chain post { type nat hook postrouting priority 100; oifname "eth0" masquerade; }
+}
 NFT
+    # No network at build or boot time to fetch the DNSSEC root anchor: run without it.
+    rm -f "$root/etc/unbound/unbound.conf.d/root-auto-trust-anchor-file.conf"
     printf 'server:\n  interface: 10.66.0.1\n  ip-freebind: yes\n  access-control: 10.66.0.0/16 allow\n' > "$root/etc/unbound/unbound.conf.d/bench.conf"
     cat > "$root/etc/systemd/system/bench-ready.service" <<'UNIT'
 [Unit]
@@ -107,7 +111,7 @@ UNIT
     cp "$root/boot/vmlinuz-$kernel_rel" "$esp/debian/vmlinuz"
     cp "$root/boot/initrd.img-$kernel_rel" "$esp/debian/initrd.img"
     printf 'timeout 0\ndefault debian*\nconsole-mode keep\n' > "$esp/loader/loader.conf"
-    printf 'title Debian\nlinux /debian/vmlinuz\ninitrd /debian/initrd.img\noptions root=PARTLABEL=debian-root rw console=ttyS0,115200 quiet loglevel=4 panic=10\n' > "$esp/loader/entries/debian.conf"
+    printf 'title Debian\nlinux /debian/vmlinuz\ninitrd /debian/initrd.img\noptions root=PARTLABEL=debian-root rw console=ttyS0,115200 net.ifnames=0 quiet loglevel=4 panic=10\n' > "$esp/loader/entries/debian.conf"
     esp_mib=48
     root_mib=$(( $(du -sm "$root" | cut -f1) * 115 / 100 + 64 ))
     truncate -s 0 "$dir/esp.img"; truncate -s ${esp_mib}M "$dir/esp.img"

@@ -42,9 +42,12 @@ pub fn entry_file_name(slot: Slot) -> String {
     format!("palisade-{}+{BOOT_TRIES}.conf", slot.letter())
 }
 
-/// ESP directory holding a slot's kernel and initramfs.
-pub fn slot_dir(slot: Slot) -> String {
-    format!("palisade/{}", slot.letter())
+/// ESP directory of a kernel + initramfs pair, named by their content
+/// (`palisade/<release>-<sha256 prefix>`). Slots whose kernels are identical (both
+/// slots of a fresh image) share one copy; an update writes a new directory and
+/// removes the old one when no entry references it any more.
+pub fn kernel_dir(release: &str, digest_hex: &str) -> String {
+    format!("palisade/{release}-{}", &digest_hex[..digest_hex.len().min(12)])
 }
 
 /// The entry text.
@@ -52,10 +55,10 @@ pub fn render_entry(
     slot: Slot,
     version: &str,
     generation: u32,
+    kdir: &str,
     console: &str,
     extra_cmdline: &str,
 ) -> String {
-    let dir = slot_dir(slot);
     let mut opts = format!(
         "console={console} palisade.root={} palisade.slot={}",
         slot.partlabel(),
@@ -66,7 +69,7 @@ pub fn render_entry(
         opts.push_str(extra_cmdline.trim());
     }
     format!(
-        "title Palisade {version} (slot {})\nversion {generation}\nsort-key palisade\nlinux /{dir}/vmlinuz\ninitrd /{dir}/initrd.img\noptions {opts}\n",
+        "title Palisade {version} (slot {})\nversion {generation}\nsort-key palisade\nlinux /{kdir}/vmlinuz\ninitrd /{kdir}/initrd.img\noptions {opts}\n",
         slot.letter().to_uppercase()
     )
 }
@@ -81,9 +84,11 @@ mod tests {
             Slot::A,
             "0.1.0",
             2,
+            &kernel_dir("6.1.0-56-cloud-amd64", "0123456789abcdef0123"),
             "ttyS0,115200",
             "quiet panic=10"
         ));
+        assert_eq!(kernel_dir("k", "0123456789abcdef"), "palisade/k-0123456789ab");
     }
 
     #[test]

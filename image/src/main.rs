@@ -571,14 +571,19 @@ fn build(a: &BuildArgs) -> Result<()> {
         entries::loader_conf().as_bytes(),
         0o644,
     )?;
+    // One content-addressed kernel directory, shared by both slots of a fresh image.
+    let mut kh = Sha256::new();
+    kh.update(fs::read(&vmlinuz)?);
+    kh.update(fs::read(&initrd)?);
+    let kdir = entries::kernel_dir(kver, &hex(&kh.finalize()));
+    overlay::install_file(&esp_dir, &Path::new(&kdir).join("vmlinuz"), &vmlinuz, 0o644)?;
+    overlay::install_file(&esp_dir, &Path::new(&kdir).join("initrd.img"), &initrd, 0o644)?;
     for slot in [Slot::A, Slot::B] {
-        let dir = PathBuf::from(entries::slot_dir(slot));
-        overlay::install_file(&esp_dir, &dir.join("vmlinuz"), &vmlinuz, 0o644)?;
-        overlay::install_file(&esp_dir, &dir.join("initrd.img"), &initrd, 0o644)?;
         let e = entries::render_entry(
             slot,
             &version,
             slot.fresh_generation(),
+            &kdir,
             &board.console,
             &board.cmdline,
         );
