@@ -47,7 +47,10 @@ pub fn entry_file_name(slot: Slot) -> String {
 /// slots of a fresh image) share one copy; an update writes a new directory and
 /// removes the old one when no entry references it any more.
 pub fn kernel_dir(release: &str, digest_hex: &str) -> String {
-    format!("palisade/{release}-{}", &digest_hex[..digest_hex.len().min(12)])
+    format!(
+        "palisade/{release}-{}",
+        &digest_hex[..digest_hex.len().min(12)]
+    )
 }
 
 /// The entry text.
@@ -88,7 +91,10 @@ mod tests {
             "ttyS0,115200",
             "quiet panic=10"
         ));
-        assert_eq!(kernel_dir("k", "0123456789abcdef"), "palisade/k-0123456789ab");
+        assert_eq!(
+            kernel_dir("k", "0123456789abcdef"),
+            "palisade/k-0123456789ab"
+        );
     }
 
     #[test]

@@ -386,7 +386,11 @@ fn build(a: &BuildArgs) -> Result<()> {
     // iproute2 `ip` in /usr/sbin (first on PATH); busybox's ip stays in /usr/bin.
     let ip = pkgs.join("iproute2/bin/ip");
     overlay::install_file(&root, Path::new("usr/sbin/ip"), &ip, 0o755)?;
-    binaries.push(("/usr/sbin/ip".into(), sha256_file(&ip)?, fs::metadata(&ip)?.len()));
+    binaries.push((
+        "/usr/sbin/ip".into(),
+        sha256_file(&ip)?,
+        fs::metadata(&ip)?.len(),
+    ));
     let mut libs = install_libs(&pkgs, &root, &nft)?;
     libs.extend(install_libs(&pkgs, &root, &ip)?);
     libs.sort();
@@ -577,7 +581,12 @@ fn build(a: &BuildArgs) -> Result<()> {
     kh.update(fs::read(&initrd)?);
     let kdir = entries::kernel_dir(kver, &hex(&kh.finalize()));
     overlay::install_file(&esp_dir, &Path::new(&kdir).join("vmlinuz"), &vmlinuz, 0o644)?;
-    overlay::install_file(&esp_dir, &Path::new(&kdir).join("initrd.img"), &initrd, 0o644)?;
+    overlay::install_file(
+        &esp_dir,
+        &Path::new(&kdir).join("initrd.img"),
+        &initrd,
+        0o644,
+    )?;
     for slot in [Slot::A, Slot::B] {
         let e = entries::render_entry(
             slot,

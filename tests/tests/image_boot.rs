@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 fn ws() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn sh(cmd: &mut Command) -> Result<String> {
@@ -33,7 +36,16 @@ fn image() -> Result<PathBuf> {
     }
     let out = ws().join("target/image-boot-test");
     let st = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
-        .args(["run", "-q", "-p", "palisade-image", "--", "build", "--no-qcow2", "--out"])
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "palisade-image",
+            "--",
+            "build",
+            "--no-qcow2",
+            "--out",
+        ])
         .arg(&out)
         .current_dir(ws())
         .status()?;
@@ -55,15 +67,24 @@ impl Drop for Guard {
             let _ = q.kill();
             let _ = q.wait();
         }
-        let _ = Command::new(ws().join("qemu/testbed.sh")).args(["down", &self.id]).status();
+        let _ = Command::new(ws().join("qemu/testbed.sh"))
+            .args(["down", &self.id])
+            .status();
     }
 }
 
 fn partition(disk: &Path, name: &str) -> Result<(u64, u64)> {
-    let v: serde_json::Value = serde_json::from_str(&sh(Command::new("sfdisk").arg("-J").arg(disk))?)?;
-    for p in v["partitiontable"]["partitions"].as_array().context("partitions")? {
+    let v: serde_json::Value =
+        serde_json::from_str(&sh(Command::new("sfdisk").arg("-J").arg(disk))?)?;
+    for p in v["partitiontable"]["partitions"]
+        .as_array()
+        .context("partitions")?
+    {
         if p["name"] == name {
-            return Ok((p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512));
+            return Ok((
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            ));
         }
     }
     bail!("no partition {name}")
@@ -75,9 +96,15 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
     let img = image()?;
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.raw");
-    sh(Command::new("cp").arg("--sparse=always").arg(&img).arg(&disk))?;
+    sh(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&img)
+        .arg(&disk))?;
     let id = format!("ib{}", std::process::id());
-    let mut g = Guard { id: id.clone(), qemu: None };
+    let mut g = Guard {
+        id: id.clone(),
+        qemu: None,
+    };
     sh(Command::new(ws().join("qemu/testbed.sh")).args(["up", &id]))?;
     let serial = dir.path().join("serial.log");
     let monitor = dir.path().join("mon.sock");
@@ -85,7 +112,13 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
     g.qemu = Some(
         Command::new(ws().join("qemu/boot.sh"))
             .arg(&disk)
-            .args(["--netns", &format!("pal-inet-{id}"), "--tap", &format!("ptap{id}"), "--no-reboot"])
+            .args([
+                "--netns",
+                &format!("pal-inet-{id}"),
+                "--tap",
+                &format!("ptap{id}"),
+                "--no-reboot",
+            ])
             .arg("--serial")
             .arg(&serial)
             .arg("--monitor")
@@ -103,18 +136,30 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > within {
-                bail!("`{needle}` not on the console within {within:?}; console:\n{}", console());
+                bail!(
+                    "`{needle}` not on the console within {within:?}; console:\n{}",
+                    console()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
     };
     let t_ready = wait_for("palisade-init: ready:", Duration::from_secs(180))?;
-    wait_for("boot entry blessed: palisade-a+2-1.conf -> palisade-a.conf", Duration::from_secs(200))?;
+    wait_for(
+        "boot entry blessed: palisade-a+2-1.conf -> palisade-a.conf",
+        Duration::from_secs(200),
+    )?;
     eprintln!("QEMU start -> ready: {:.1} s", t_ready.as_secs_f64());
     let text = console();
-    let banner = text.lines().find(|l| l.contains("palisade-init: Palisade ")).context("no banner")?;
+    let banner = text
+        .lines()
+        .find(|l| l.contains("palisade-init: Palisade "))
+        .context("no banner")?;
     assert!(banner.contains("| slot a |"), "{banner}");
-    assert!(banner.contains("config from image seed (first boot)"), "{banner}");
+    assert!(
+        banner.contains("config from image seed (first boot)"),
+        "{banner}"
+    );
     assert!(banner.contains("state persistent"), "{banner}");
     assert!(banner.contains("| node edge-1 |"), "{banner}");
 
@@ -132,7 +177,10 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("QEMU still running 90 s after ctrl-alt-del; console:\n{}", console());
+            bail!(
+                "QEMU still running 90 s after ctrl-alt-del; console:\n{}",
+                console()
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -156,10 +204,21 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
     sh(Command::new("dd")
         .arg(format!("if={}", disk.display()))
         .arg(format!("of={}", state.display()))
-        .args(["bs=1M", &format!("skip={}", st_off >> 20), &format!("count={}", st_size >> 20), "status=none"]))?;
+        .args([
+            "bs=1M",
+            &format!("skip={}", st_off >> 20),
+            &format!("count={}", st_size >> 20),
+            "status=none",
+        ]))?;
     let ls = sh(Command::new("debugfs").arg("-R").arg("ls -l /").arg(&state))?;
     assert!(ls.contains("node.toml"), "{ls}");
-    let key = sh(Command::new("debugfs").arg("-R").arg("stat /wg0.key").arg(&state))?;
-    assert!(key.contains("Mode:  0600") || key.contains("Mode: 0600"), "{key}");
+    let key = sh(Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /wg0.key")
+        .arg(&state))?;
+    assert!(
+        key.contains("Mode:  0600") || key.contains("Mode: 0600"),
+        "{key}"
+    );
     Ok(())
 }
