@@ -303,6 +303,24 @@ fn blocked_destinations_and_management_dropped_dns_allowed() {
             Expect::Dropped,
         ),
     ];
+    // DNS only on the tunnel addresses: the node's uplink addresses are not a
+    // resolver for clients either (dropped, not even an ICMP port unreachable).
+    for dst in [IpAddr::from(addr::NODE_UP_V4), addr::NODE_UP_V6.into()] {
+        cases.push(Case::new(
+            format!("c1 -> uplink {dst}:53 udp"),
+            &c1.ns,
+            Kind::Udp,
+            sa(dst, 53),
+            Expect::Dropped,
+        ));
+        cases.push(Case::new(
+            format!("c1 -> uplink {dst}:53 tcp"),
+            &c1.ns,
+            Kind::Tcp,
+            sa(dst, 53),
+            Expect::Dropped,
+        ));
+    }
     // ICMP echo to the node's tunnel addresses is allowed; to blocked ranges it is not.
     let pings = [
         (
