@@ -33,7 +33,16 @@ pub struct Args {
 pub fn log_filter() -> tracing_subscriber::EnvFilter {
     let base = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
     let mut f = tracing_subscriber::EnvFilter::try_new(&base).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for t in ["hickory_server=warn", "hickory_proto=warn", "hickory_resolver=warn", "wireguard_control=warn"] {
+    // netlink-packet-route warns on every dump of a newer kernel's stats
+    // attributes; that noise would flood the console.
+    for t in [
+        "hickory_server=warn",
+        "hickory_proto=warn",
+        "hickory_resolver=warn",
+        "wireguard_control=warn",
+        "netlink_packet_route=error",
+        "netlink_packet_core=error",
+    ] {
         f = f.add_directive(t.parse().expect("static directive"));
     }
     f

@@ -92,6 +92,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Ok(r) => log_report("start", &r),
         Err(e) => tracing::error!("start: {e}"),
     }
+    // The node's public key is not secret; operators (and the demo) need it
+    // to build client configs without the control socket.
+    if let Some(k) = blocking(&engine, |e| e.status()["wireguard"]["public_key"].as_str().map(str::to_string)).await {
+        tracing::info!("wireguard public key {k}");
+    }
     if let Err(e) = sync_dns(&engine, &dns).await {
         tracing::error!("start: {e}");
     }

@@ -79,7 +79,7 @@ fn rejects_duplicate_keys_and_overlaps() {
     let k = crate::config::PrivateKey::generate().public_key();
     let ov = with_peer(&format!("name=\"ov\"\npublic_key=\"{k}\"\naddresses=[\"10.66.0.2/32\"]"));
     let e = err(&ov);
-    assert!(e.contains("overlaps the AllowedIPs of peer[0]"), "{e}");
+    assert!(e.contains("overlaps the AllowedIPs of peer 'laptop-1'"), "{e}");
 }
 
 #[test]

@@ -275,7 +275,7 @@ impl NodeConfig {
         for (i, p) in self.peers.iter().enumerate() {
             if let Some(prev) = names.insert(p.name.as_str(), i) {
                 let at = e.at("peer", Some(i), "name");
-                e.push(at, format!("duplicate peer name '{}' (also peer[{prev}])", p.name));
+                e.push(at, format!("duplicate peer name '{}'", self.peers[prev].name));
             }
             let key = match PublicKey::from_base64(&p.public_key) {
                 Ok(k) => Some(k),
@@ -352,7 +352,7 @@ impl NodeConfig {
                 // Overlapping AllowedIPs silently move a prefix between peers
                 // in the kernel; refuse them here.
                 if let Some(prev) = by_addr.insert(*a, i) {
-                    e.push(at, format!("{a} overlaps the AllowedIPs of peer[{prev}] ('{}')", self.peers[prev].name));
+                    e.push(at, format!("{a} overlaps the AllowedIPs of peer '{}'", self.peers[prev].name));
                 }
             }
             if let Some(k) = key {
