@@ -61,11 +61,13 @@ AUTH_PORT=5399
 "$AUTH" --listen 127.0.0.1:$AUTH_PORT 2>"$WORK/auth.log" &
 PIDS+=($!)
 
-# probe PORT NAME TIMEOUT_S: wait for an answer; print seconds waited.
+# probe PORT NAME TIMEOUT_S [START_EPOCH]: wait for an answer; print the
+# seconds since START_EPOCH (default: now), i.e. since the resolver was started.
 probe() {
-    python3 - "$1" "$2" "$3" <<'EOF'
+    python3 - "$1" "$2" "$3" "${4:-}" <<'EOF'
 import socket, struct, sys, time
 port, name, limit = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+start = float(sys.argv[4]) if sys.argv[4] else time.time()
 q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
 q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -76,7 +78,7 @@ while time.monotonic() - t0 < limit:
         s.sendto(q, ("127.0.0.1", port))
         d, _ = s.recvfrom(4096)
         if d[:2] == b"\x42\x42":
-            print("%.2f" % (time.monotonic() - t0))
+            print("%.2f" % (time.time() - start))
             sys.exit(0)
     except OSError:
         time.sleep(0.01)
@@ -114,7 +116,7 @@ declare -A LOAD RSS HWML PID PORT BEST
 start_one() {
     local name=$1 port=$2 pid=$3
     local load
-    load=$(probe "$port" "$PROBE" 180) || { echo "$name did not answer" >&2; return 1; }
+    load=$(probe "$port" "$PROBE" 180 "$T0") || { echo "$name did not answer" >&2; return 1; }
     LOAD[$name]=$load
     RSS[$name]=$(( $(rss_kb "$pid") / 1024 ))
     HWML[$name]=$(( $(hwm_kb "$pid") / 1024 ))
@@ -139,6 +141,7 @@ path = "$WORK/blocklist.txt"
 [tier.default]
 lists = ["bench"]
 EOF
+            T0=$(date +%s.%N)
             "$SERVE" --config "$WORK/palisade.toml" --listen 127.0.0.1:5300 2>"$WORK/palisade.log" &
             pid=$!; PIDS+=($pid)
             start_one palisade 5300 $pid
@@ -169,11 +172,13 @@ forward-zone:
     name: "."
     forward-addr: 127.0.0.1@$AUTH_PORT
 EOF
+            T0=$(date +%s.%N)
             unbound -c "$WORK/unbound.conf" 2>"$WORK/unbound.log" &
             pid=$!; PIDS+=($pid)
             start_one unbound 5301 $pid
             ;;
         dnsmasq)
+            T0=$(date +%s.%N)
             dnsmasq --keep-in-foreground --no-daemon --user=root --port=5302 --listen-address=127.0.0.1 \
                 --bind-interfaces --no-resolv --no-hosts --server=127.0.0.1#$AUTH_PORT --cache-size=10000 \
                 --dns-forward-max=1000 --log-facility=/dev/null --pid-file= \

@@ -251,6 +251,11 @@ impl Engine {
         a.chain.iter().any(|n| policy_tier.blocks(n)).then_some(t)
     }
 
+    /// Is `src` inside the allowed source prefixes (the tunnel)?
+    pub fn source_allowed(&self, src: IpAddr) -> bool {
+        self.live.load().allowed_sources.iter().any(|n| n.contains(&src))
+    }
+
     /// Handle one packet from `src`. `tcp`: no UDP size limit.
     pub fn handle(&self, msg: &[u8], src: IpAddr, tcp: bool) -> Outcome {
         let live = self.live.load();

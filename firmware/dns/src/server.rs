@@ -253,6 +253,11 @@ async fn tcp_accept(listener: tokio::net::TcpListener, engine: Arc<Engine>, stop
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // Not from the tunnel: close at once, before reading anything.
+        if !engine.source_allowed(peer.ip()) {
+            engine.counters.foreign_source.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
         // Over the limit: close at once (the client retries or uses UDP).
         let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
         let engine = engine.clone();
@@ -284,7 +289,8 @@ async fn tcp_conn(mut s: tokio::net::TcpStream, src: std::net::IpAddr, engine: A
         }
         let reply = match engine.handle(&buf, src, true) {
             Outcome::Reply(r) => r,
-            Outcome::Drop => continue,
+            // Dropped (a response, rate limited): end the connection.
+            Outcome::Drop => return,
             Outcome::Resolve(p) => engine.resolve(p).await,
         };
         let mut out = Vec::with_capacity(reply.len() + 2);

@@ -511,7 +511,7 @@ fn sanitize(m: &Message, qname: &Name, qtype: u16) -> Result<Answer, AttemptErro
         an: an as u16,
         ns: ns as u16,
         body: bytes[base..].into(),
-        ttl_at: ttl_at.into_iter().map(|(p, t)| ((p - base) as u16, t)).collect(),
+        ttl_at: ttl_at.into_iter().map(|(p, _)| (p - base) as u16).collect(),
         ttl,
         chain: chain.iter().map(|n| lower_wire(n).into_boxed_slice()).collect(),
         stored: Instant::now(),

@@ -319,7 +319,8 @@ pub struct Answer {
     pub an: u16,
     pub ns: u16,
     pub body: Box<[u8]>,
-    pub ttl_at: Box<[(u16, u32)]>,
+    /// Offsets in `body` of each record's TTL (the original TTL is there).
+    pub ttl_at: Box<[u16]>,
     /// Seconds this answer may be served from the cache (0: never cached).
     pub ttl: u32,
     /// CNAME targets in the chain (lowercase wire, no root label): checked
@@ -337,7 +338,7 @@ impl Answer {
 
     /// Approximate heap bytes, for the cache's weight.
     pub fn weight_bytes(&self) -> usize {
-        self.body.len() + self.ttl_at.len() * 8 + self.chain.iter().map(|c| c.len() + 16).sum::<usize>() + 96
+        self.body.len() + self.ttl_at.len() * 2 + self.chain.iter().map(|c| c.len() + 16).sum::<usize>() + 96
     }
 }
 
@@ -347,8 +348,9 @@ pub fn from_answer(q: &Query<'_>, a: &Answer, now: Instant, limit: usize) -> Vec
     let mut b = begin(q, a.rcode, 12 + q.question.len() + a.body.len() + 40);
     let base = b.len();
     b.extend_from_slice(&a.body);
-    for &(at, ttl) in a.ttl_at.iter() {
+    for &at in a.ttl_at.iter() {
         let i = base + at as usize;
+        let ttl = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         b[i..i + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
     }
     finish(q, b, a.an, a.ns, None, limit)

@@ -282,6 +282,18 @@ async fn rate_limit_and_foreign_sources() {
     let q = query("www.test.", RecordType::A, false);
     assert!(raw(b.addr, "127.0.0.9", &q, Duration::from_millis(300)).await.is_none());
     assert_eq!(b.engine.stats()["foreign_source"].as_u64(), Some(1));
+    // Over TCP too: the connection is closed without an answer.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+    let mut s9 = sock.connect(b.addr).await.unwrap();
+    let q = query("www.test.", RecordType::A, false);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    let _ = s9.write_all(&framed).await;
+    let mut buf9 = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(2), s9.read(&mut buf9)).await.expect("closed promptly");
+    assert!(matches!(r, Ok(0) | Err(_)), "no TCP answer to a foreign source");
+    assert_eq!(b.engine.stats()["foreign_source"].as_u64(), Some(2));
     // A burst beyond the bucket: some are dropped; another client is unaffected.
     let s = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
     for _ in 0..60 {
