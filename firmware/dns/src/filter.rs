@@ -306,9 +306,9 @@ impl ListBuilder {
         // The arena (wire form + 2 bytes) is about the size of the text, so
         // reserving the file size once avoids regrowth copies while loading.
         let (b, a) = if all_allow {
-            (Vec::new(), Vec::with_capacity(expected_bytes + 64))
+            (Vec::new(), Vec::with_capacity(expected_bytes + expected_bytes / 8 + 64))
         } else {
-            (Vec::with_capacity(expected_bytes + 64), Vec::new())
+            (Vec::with_capacity(expected_bytes + expected_bytes / 8 + 64), Vec::new())
         };
         ListBuilder {
             all_allow,
@@ -363,21 +363,22 @@ impl ListBuilder {
             self.rejected += 1;
             return LineKind::Rejected;
         }
-        if line.windows(2).any(|w| w == b"##" || w == b"#@" || w == b"#?") {
-            // Cosmetic filters have no meaning for DNS.
-            return LineKind::Ignored;
-        }
-        // Strip an inline comment.
+        // Comments and cosmetic filters: only lines with a '#' need a look.
         let line = match line.iter().position(|b| *b == b'#') {
-            Some(i) => line[..i].trim_ascii_end(),
+            Some(i) => {
+                if line[i..].starts_with(b"##") || line[i..].starts_with(b"#@") || line[i..].starts_with(b"#?") {
+                    // Cosmetic filters have no meaning for DNS.
+                    return LineKind::Ignored;
+                }
+                line[..i].trim_ascii_end()
+            }
             None => line,
         };
         let mut tokens = line.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
         let Some(first) = tokens.next() else { return LineKind::Ignored };
-        let first_is_ip = std::str::from_utf8(first)
-            .ok()
-            .and_then(|s| s.parse::<std::net::IpAddr>().ok())
-            .is_some();
+        // Addresses start with a digit or ':'; skip the parse for the rest.
+        let first_is_ip = (first[0].is_ascii_digit() || first[0] == b':')
+            && std::str::from_utf8(first).ok().and_then(|s| s.parse::<std::net::IpAddr>().ok()).is_some();
         let mut kind = LineKind::Ignored;
         if first_is_ip {
             // hosts format: address then one or more names.
