@@ -222,3 +222,91 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
     );
     Ok(())
 }
+
+/// A/B fallback: slot A's root is destroyed; the initramfs cannot mount it and
+/// reboots; systemd-boot counts A's tries down to zero and boots slot B, which comes
+/// up healthy and blesses its own entry.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn broken_slot_a_falls_back_to_b() -> Result<()> {
+    let img = image()?;
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("disk.raw");
+    sh(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&img)
+        .arg(&disk))?;
+    let (a_off, _) = partition(&disk, "palisade-a")?;
+    sh(Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", disk.display()))
+        .args([
+            "bs=1M",
+            "count=1",
+            &format!("seek={}", a_off >> 20),
+            "conv=notrunc",
+            "status=none",
+        ]))?;
+    let id = format!("fb{}", std::process::id());
+    let mut g = Guard {
+        id: id.clone(),
+        qemu: None,
+    };
+    sh(Command::new(ws().join("qemu/testbed.sh")).args(["up", &id]))?;
+    let serial = dir.path().join("serial.log");
+    let started = Instant::now();
+    g.qemu = Some(
+        Command::new(ws().join("qemu/boot.sh"))
+            .arg(&disk)
+            .args([
+                "--netns",
+                &format!("pal-inet-{id}"),
+                "--tap",
+                &format!("ptap{id}"),
+            ])
+            .arg("--serial")
+            .arg(&serial)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let console = || std::fs::read_to_string(&serial).unwrap_or_default();
+    loop {
+        let c = console();
+        if c.contains("boot entry blessed: palisade-b+") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(420) {
+            bail!("slot B was not booted and blessed within 420 s; console:\n{c}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "QEMU start -> slot B blessed: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let c = console();
+    assert!(
+        c.matches("initramfs: cannot mount").count() >= 3,
+        "A should have been tried 3 times:\n{c}"
+    );
+    let banner = c
+        .lines()
+        .find(|l| l.contains("palisade-init: Palisade "))
+        .context("no banner")?;
+    assert!(banner.contains("| slot b |"), "{banner}");
+    // Power cut (the ESP was synced and unmounted after blessing).
+    if let Some(mut q) = g.qemu.take() {
+        q.kill()?;
+        q.wait()?;
+    }
+    let (esp_off, _) = partition(&disk, "esp")?;
+    let entries = sh(Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{esp_off}", disk.display()))
+        .arg("::/loader/entries"))?;
+    assert!(entries.contains("palisade-b.conf"), "{entries}");
+    assert!(entries.contains("palisade-a+0-3.conf"), "{entries}");
+    Ok(())
+}

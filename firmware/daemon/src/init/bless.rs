@@ -98,6 +98,30 @@ pub fn bless_boot_entry() -> anyhow::Result<BlessAction> {
     Ok(action)
 }
 
+/// Whether the booted slot still runs from a boot-counted (not yet blessed) entry.
+pub fn booted_entry_is_counted() -> anyhow::Result<bool> {
+    let cmd = super::Cmdline::parse(&std::fs::read_to_string("/proc/cmdline")?);
+    let slot = cmd
+        .slot()
+        .context("no palisade.slot= on the kernel command line")?
+        .to_string();
+    let mnt = PathBuf::from("/efi");
+    super::mounts::mount_esp(&mnt)?;
+    let dir = mnt.join("loader/entries");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = super::mounts::unmount(&mnt);
+    Ok(matches!(
+        plan(&files, &slot),
+        Ok(BlessAction::Rename { .. })
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,6 +246,9 @@ pub fn healthy(status: &serde_json::Value) -> bool {
 /// their exit status).
 fn health_watch(sock: &Path) {
     let t0 = Instant::now();
+    let cmd = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let limit = health_timeout(&cmd);
+    let mut timed_out = false;
     loop {
         let st = palisade_core::control::call(
             sock,
@@ -254,6 +257,24 @@ fn health_watch(sock: &Path) {
         );
         if st.as_ref().is_ok_and(healthy) {
             break;
+        }
+        if !timed_out && t0.elapsed() > limit {
+            timed_out = true;
+            // A/B safety net: on a boot-counted (untested) entry, an unhealthy node
+            // reboots so systemd-boot spends a try and eventually boots the other slot.
+            // On a blessed entry there is nothing to fall back to: stay up, keep polling.
+            if bless::booted_entry_is_counted().unwrap_or(false) {
+                console(&format!(
+                    "not healthy {} s after start on an untested boot entry; rebooting so the boot loader can fall back",
+                    limit.as_secs()
+                ));
+                let _ = kill(Pid::from_raw(1), Signal::SIGUSR1);
+                return;
+            }
+            console(&format!(
+                "not healthy {} s after start; still trying",
+                limit.as_secs()
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -268,6 +289,17 @@ fn health_watch(sock: &Path) {
         Ok(bless::BlessAction::AlreadyBlessed) => console("boot entry already blessed"),
         Err(e) => console(&format!("cannot bless the boot entry: {e:#}")),
     }
+}
+
+/// How long a boot may take to become healthy: `palisade.health_timeout=SECS`
+/// on the kernel command line, default 300 s.
+fn health_timeout(cmd: &Cmdline) -> Duration {
+    Duration::from_secs(
+        cmd.get("palisade.health_timeout")
+            .and_then(|v| v.parse().ok())
+            .filter(|s| *s >= 10)
+            .unwrap_or(300),
+    )
 }
 
 fn uptime_ms() -> Option<u64> {
@@ -420,6 +452,26 @@ mod tests {
             assert!(!healthy(&bad), "{k1}.{k2}");
         }
         assert!(!healthy(&serde_json::json!({"wireguard": null})));
+    }
+
+    #[test]
+    fn health_timeout_from_cmdline() {
+        assert_eq!(
+            health_timeout(&Cmdline::parse("quiet")),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            health_timeout(&Cmdline::parse("palisade.health_timeout=60")),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            health_timeout(&Cmdline::parse("palisade.health_timeout=1")),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            health_timeout(&Cmdline::parse("palisade.health_timeout=x")),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
