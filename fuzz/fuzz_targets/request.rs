@@ -29,15 +29,25 @@ fn ctx() -> &'static Ctx {
         let dir = std::env::temp_dir().join(format!("palisade-dns-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let list = dir.join("list.txt");
-        std::fs::write(&list, "||ads.test^\n*.wild.test\n0.0.0.0 a.b\n@@||ok.ads.test^\n").unwrap();
+        std::fs::write(
+            &list,
+            "||ads.test^\n*.wild.test\n0.0.0.0 a.b\n@@||ok.ads.test^\n",
+        )
+        .unwrap();
         let toml = format!(
             "rate_limit_qps = 1000\n[list.l]\npath = {:?}\n[tier.default]\nlists = [\"l\"]\n",
             list.display().to_string()
         );
         let dns: palisade_core::config::DnsSection = toml_from(&toml);
-        let cfg = EngineConfig::new(dns, vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+        let cfg = EngineConfig::new(
+            dns,
+            vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        );
         let engine = Engine::new(&cfg).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         Ctx { engine, rt }
     })
 }
@@ -48,12 +58,17 @@ fn toml_from(s: &str) -> palisade_core::config::DnsSection {
         "[node]\nname = \"f\"\n[wireguard]\naddress_v4 = \"10.0.0.1/24\"\naddress_v6 = \"fd00::1/64\"\n[dns]\n{}",
         s.replace("[list.", "[dns.list.").replace("[tier.", "[dns.tier.")
     );
-    palisade_core::config::NodeConfig::from_str(&full, std::path::Path::new("fuzz.toml")).unwrap().dns
+    palisade_core::config::NodeConfig::from_str(&full, std::path::Path::new("fuzz.toml"))
+        .unwrap()
+        .dns
 }
 
 fn check_reply(input: &[u8], reply: &[u8], limit: Option<usize>) {
     let m = hickory_proto::op::Message::from_vec(reply).expect("reply parses");
-    assert_eq!(m.metadata.message_type, hickory_proto::op::MessageType::Response);
+    assert_eq!(
+        m.metadata.message_type,
+        hickory_proto::op::MessageType::Response
+    );
     assert_eq!(&reply[..2], &input[..2], "ID echoed");
     if let Some(l) = limit {
         assert!(reply.len() <= l, "UDP reply {} > limit {}", reply.len(), l);

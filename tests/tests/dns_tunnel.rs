@@ -17,7 +17,9 @@ use std::time::Duration;
 const T: Duration = Duration::from_millis(1500);
 
 fn bins() -> Bins {
-    Bins { testhost: env!("CARGO_BIN_EXE_pal-testhost").into() }
+    Bins {
+        testhost: env!("CARGO_BIN_EXE_pal-testhost").into(),
+    }
 }
 
 #[test]
@@ -36,28 +38,44 @@ fn dns_through_the_tunnel_and_never_on_the_uplink() {
     // The most verbose operator setting: the hickory pin must still hold.
     std::env::set_var("PALISADE_LOG", "trace");
     let p = Palisade::start(&mut bed, &opts).expect("start palisaded");
-    bed.wait_handshake(1, Duration::from_secs(10)).expect("handshake");
+    bed.wait_handshake(1, Duration::from_secs(10))
+        .expect("handshake");
     let c = &bed.clients[0];
 
     let v4 = SocketAddr::new(addr::NODE_TUN_V4.into(), 53);
     let v6 = SocketAddr::new(addr::NODE_TUN_V6.into(), 53);
     let ask = |server: SocketAddr, name: &str, qtype: u16| {
-        c.ns.enter(|| probe::dns_udp(server, name, qtype, T)).expect("enter client netns")
+        c.ns.enter(|| probe::dns_udp(server, name, qtype, T))
+            .expect("enter client netns")
     };
     // The resolver may come up a moment after the interface.
-    palisade_tests::wait_until(Duration::from_secs(10), "resolver answering in the tunnel", || {
-        ask(v4, "www.example.test", 1).ok()
-    })
+    palisade_tests::wait_until(
+        Duration::from_secs(10),
+        "resolver answering in the tunnel",
+        || ask(v4, "www.example.test", 1).ok(),
+    )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", bed.dump_logs()));
 
     for server in [v4, v6] {
         let a = ask(server, "www.example.test", 1).expect("answer for www");
-        assert_eq!((a.rcode, a.addrs.clone()), (0, vec![IpAddr::from(addr::WEB_V4)]), "via {server}");
+        assert_eq!(
+            (a.rcode, a.addrs.clone()),
+            (0, vec![IpAddr::from(addr::WEB_V4)]),
+            "via {server}"
+        );
         let a = ask(server, "www.example.test", 28).expect("AAAA answer");
         assert_eq!(a.addrs, vec![IpAddr::from(addr::WEB_V6)]);
-        for blocked in ["ads.example.test", "tracker.ads.example.test", "adult.example.test"] {
+        for blocked in [
+            "ads.example.test",
+            "tracker.ads.example.test",
+            "adult.example.test",
+        ] {
             let a = ask(server, blocked, 1).expect("answer for a blocked name");
-            assert_eq!((a.rcode, a.addrs.len()), (3, 0), "{blocked} blocked via {server}");
+            assert_eq!(
+                (a.rcode, a.addrs.len()),
+                (3, 0),
+                "{blocked} blocked via {server}"
+            );
         }
         let a = ask(server, "allowed.example.test", 1).expect("answer");
         assert_eq!(a.addrs, vec![IpAddr::from(addr::WEB_V4)]);
@@ -72,23 +90,40 @@ fn dns_through_the_tunnel_and_never_on_the_uplink() {
         v4,
         v6,
     ] {
-        let r = bed.inet.enter(|| probe::dns_udp(server, "www.example.test", 1, T)).unwrap();
-        assert!(r.is_err(), "the uplink side got a DNS answer from {server}: {r:?}");
+        let r = bed
+            .inet
+            .enter(|| probe::dns_udp(server, "www.example.test", 1, T))
+            .unwrap();
+        assert!(
+            r.is_err(),
+            "the uplink side got a DNS answer from {server}: {r:?}"
+        );
     }
 
     // `palisade dns stats`: aggregates only (when the CLI has the command).
     if let Ok(o) = p.cli(&bed, &["dns", "stats", "--json"]) {
         let out = String::from_utf8_lossy(&o.stdout).to_string();
         if o.status.success() {
-            assert!(!out.contains("example.test") && !out.contains(&c.tun_v4.to_string()), "{out}");
+            assert!(
+                !out.contains("example.test") && !out.contains(&c.tun_v4.to_string()),
+                "{out}"
+            );
             let v: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
             assert!(v.to_string().contains("blocked"), "{out}");
         }
     }
 
     // Zero-log: the daemon's whole log after this traffic.
-    let log = bed.node_procs.palisaded.as_ref().map(|p| p.log_text()).unwrap_or_default();
-    assert!(!log.is_empty(), "palisaded logged nothing at trace: capture broken?");
+    let log = bed
+        .node_procs
+        .palisaded
+        .as_ref()
+        .map(|p| p.log_text())
+        .unwrap_or_default();
+    assert!(
+        !log.is_empty(),
+        "palisaded logged nothing at trace: capture broken?"
+    );
     for needle in [
         "example.test".to_string(),
         c.tun_v4.to_string(),

@@ -26,7 +26,10 @@ pub struct DnsService {
 pub fn engine_config(spec: &NodeSpec) -> EngineConfig {
     let mut clients = Vec::new();
     for p in spec.peers.values() {
-        for a in [p.v4.map(IpAddr::V4), p.v6.map(IpAddr::V6)].into_iter().flatten() {
+        for a in [p.v4.map(IpAddr::V4), p.v6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+        {
             clients.push((a, p.tier.clone()));
         }
     }
@@ -53,19 +56,28 @@ impl DnsService {
     pub async fn start(spec: &NodeSpec) -> anyhow::Result<DnsService> {
         if !spec.dns.enabled {
             tracing::info!("dns: disabled in the node config");
-            return Ok(DnsService { engine: None, server: None });
+            return Ok(DnsService {
+                engine: None,
+                server: None,
+            });
         }
         let t0 = std::time::Instant::now();
-        let engine = Arc::new(Engine::new(&engine_config(spec)).context("dns: cannot load the [dns] policy")?);
+        let engine = Arc::new(
+            Engine::new(&engine_config(spec)).context("dns: cannot load the [dns] policy")?,
+        );
         let addrs = listen_addrs(spec);
-        let server = Server::start(engine.clone(), &addrs).context("dns: cannot bind the tunnel addresses")?;
+        let server = Server::start(engine.clone(), &addrs)
+            .context("dns: cannot bind the tunnel addresses")?;
         tracing::info!(
             tiers = spec.dns.tiers.len(),
             upstreams = spec.dns.upstreams.len(),
             load_ms = t0.elapsed().as_millis() as u64,
             "dns: resolver listening on the tunnel addresses"
         );
-        Ok(DnsService { engine: Some(engine), server: Some(server) })
+        Ok(DnsService {
+            engine: Some(engine),
+            server: Some(server),
+        })
     }
 
     /// Apply a new spec: lists (recompiling only changed files), tiers,
@@ -75,11 +87,18 @@ impl DnsService {
     /// of the service (stop + start).
     pub fn reload(&self, spec: &NodeSpec) -> anyhow::Result<()> {
         let (Some(engine), Some(server)) = (&self.engine, &self.server) else {
-            anyhow::ensure!(!spec.dns.enabled, "dns: enabling the resolver needs a restart of the DNS service");
+            anyhow::ensure!(
+                !spec.dns.enabled,
+                "dns: enabling the resolver needs a restart of the DNS service"
+            );
             return Ok(());
         };
-        engine.reload(&engine_config(spec)).context("dns: reload rejected, keeping the running policy")?;
-        server.set_listen(&listen_addrs(spec)).context("dns: cannot bind the new tunnel addresses")?;
+        engine
+            .reload(&engine_config(spec))
+            .context("dns: reload rejected, keeping the running policy")?;
+        server
+            .set_listen(&listen_addrs(spec))
+            .context("dns: cannot bind the new tunnel addresses")?;
         Ok(())
     }
 
@@ -116,13 +135,25 @@ mod dns_tests {
     #[test]
     fn config_from_example_spec() {
         let text = include_str!("../../../configs/node.toml");
-        let cfg = palisade_core::config::NodeConfig::from_str(text, std::path::Path::new("node.toml")).unwrap();
-        let spec = cfg.validate(std::path::Path::new("node.toml"), text).unwrap();
+        let cfg =
+            palisade_core::config::NodeConfig::from_str(text, std::path::Path::new("node.toml"))
+                .unwrap();
+        let spec = cfg
+            .validate(std::path::Path::new("node.toml"), text)
+            .unwrap();
         let ec = engine_config(&spec);
         assert_eq!(ec.allowed_sources.len(), 2);
-        assert!(ec.allowed_sources.iter().any(|n| n.contains(&"10.66.0.2".parse::<IpAddr>().unwrap())));
-        assert!(!ec.allowed_sources.iter().any(|n| n.contains(&"203.0.113.10".parse::<IpAddr>().unwrap())));
-        assert!(ec.clients.contains(&("fd66::3".parse().unwrap(), Some("family".into()))));
+        assert!(ec
+            .allowed_sources
+            .iter()
+            .any(|n| n.contains(&"10.66.0.2".parse::<IpAddr>().unwrap())));
+        assert!(!ec
+            .allowed_sources
+            .iter()
+            .any(|n| n.contains(&"203.0.113.10".parse::<IpAddr>().unwrap())));
+        assert!(ec
+            .clients
+            .contains(&("fd66::3".parse().unwrap(), Some("family".into()))));
         assert_eq!(listen_addrs(&spec)[0], "10.66.0.1:53".parse().unwrap());
     }
 }

@@ -33,7 +33,12 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub fn new(dns: DnsSection, allowed_sources: Vec<IpNet>) -> EngineConfig {
         let upstream_timeout = Duration::from_millis(dns.upstream_timeout_ms.clamp(50, 30_000));
-        EngineConfig { dns, clients: Vec::new(), allowed_sources, upstream_timeout }
+        EngineConfig {
+            dns,
+            clients: Vec::new(),
+            allowed_sources,
+            upstream_timeout,
+        }
     }
 }
 
@@ -98,7 +103,11 @@ const LIMITER_SHARD_MAX: usize = 4096;
 
 impl RateLimiter {
     fn new() -> RateLimiter {
-        RateLimiter { shards: (0..LIMITER_SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        RateLimiter {
+            shards: (0..LIMITER_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
     }
 
     fn allow(&self, ip: IpAddr, qps: u32, now: Instant) -> bool {
@@ -114,7 +123,10 @@ impl RateLimiter {
                 m.clear();
             }
         }
-        let b = m.entry(ip).or_insert(Bucket { tokens: burst, last: now });
+        let b = m.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
         let dt = now.saturating_duration_since(b.last).as_secs_f32();
         b.tokens = (b.tokens + dt * qps as f32).min(burst);
         b.last = now;
@@ -201,19 +213,29 @@ impl Engine {
     /// (The cache size is fixed at start.)
     pub fn reload(&self, cfg: &EngineConfig) -> Result<(), EngineError> {
         let t0 = Instant::now();
-        let clients = cfg.clients.iter().map(|(a, t)| ClientTier { addr: *a, tier: t.as_deref() });
+        let clients = cfg.clients.iter().map(|(a, t)| ClientTier {
+            addr: *a,
+            tier: t.as_deref(),
+        });
         let (policy, list_stats) = self.store.build(&cfg.dns, clients)?;
         let upstream_cfg = (cfg.dns.upstreams.clone(), cfg.upstream_timeout);
         let old = self.live.load();
         let upstreams = if old.upstream_cfg == upstream_cfg {
             old.upstreams.clone()
         } else {
-            Arc::new(Upstreams::with_timeout(&cfg.dns.upstreams, cfg.upstream_timeout)?)
+            Arc::new(Upstreams::with_timeout(
+                &cfg.dns.upstreams,
+                cfg.upstream_timeout,
+            )?)
         };
         drop(old);
         let tier_counters = {
             let mut reg = self.tiers.lock().unwrap_or_else(|e| e.into_inner());
-            policy.tiers.iter().map(|t| reg.entry(t.name.clone()).or_default().clone()).collect()
+            policy
+                .tiers
+                .iter()
+                .map(|t| reg.entry(t.name.clone()).or_default().clone())
+                .collect()
         };
         let live = Live {
             policy,
@@ -227,7 +249,8 @@ impl Engine {
         };
         self.live.store(Arc::new(live));
         self.loads.fetch_add(1, Relaxed);
-        self.last_load_ms.store(t0.elapsed().as_millis() as u64, Relaxed);
+        self.last_load_ms
+            .store(t0.elapsed().as_millis() as u64, Relaxed);
         Ok(())
     }
 
@@ -253,7 +276,11 @@ impl Engine {
 
     /// Is `src` inside the allowed source prefixes (the tunnel)?
     pub fn source_allowed(&self, src: IpAddr) -> bool {
-        self.live.load().allowed_sources.iter().any(|n| n.contains(&src))
+        self.live
+            .load()
+            .allowed_sources
+            .iter()
+            .any(|n| n.contains(&src))
     }
 
     /// Handle one packet from `src`. `tcp`: no UDP size limit.
@@ -274,7 +301,8 @@ impl Engine {
                 return Outcome::Reply(r);
             }
         };
-        if live.rate_limit_qps > 0 && !self.limiter.allow(src, live.rate_limit_qps, Instant::now()) {
+        if live.rate_limit_qps > 0 && !self.limiter.allow(src, live.rate_limit_qps, Instant::now())
+        {
             self.counters.rate_limited.fetch_add(1, Relaxed);
             return Outcome::Drop;
         }
@@ -313,7 +341,12 @@ impl Engine {
             }
         }
         self.counters.cache_misses.fetch_add(1, Relaxed);
-        Outcome::Resolve(Pending { msg: msg.to_vec(), tier, live: arc_swap::Guard::into_inner(live), limit })
+        Outcome::Resolve(Pending {
+            msg: msg.to_vec(),
+            tier,
+            live: arc_swap::Guard::into_inner(live),
+            limit,
+        })
     }
 
     /// Resolve a cache miss upstream. Always returns an answer (SERVFAIL when
@@ -324,7 +357,12 @@ impl Engine {
         };
         let servfail = |ede: &str| {
             self.counters.servfail.fetch_add(1, Relaxed);
-            wire::empty(&q, wire::RCODE_SERVFAIL, Some((wire::EDE_NO_REACHABLE_AUTHORITY, ede)), p.limit)
+            wire::empty(
+                &q,
+                wire::RCODE_SERVFAIL,
+                Some((wire::EDE_NO_REACHABLE_AUTHORITY, ede)),
+                p.limit,
+            )
         };
         let Ok(_permit) = self.inflight.try_acquire() else {
             return servfail("");
@@ -360,10 +398,13 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(n, t)| {
-                (n.clone(), serde_json::json!({
-                    "queries": t.queries.load(Relaxed),
-                    "blocked": t.blocked.load(Relaxed),
-                }))
+                (
+                    n.clone(),
+                    serde_json::json!({
+                        "queries": t.queries.load(Relaxed),
+                        "blocked": t.blocked.load(Relaxed),
+                    }),
+                )
             })
             .collect();
         let lists: serde_json::Map<String, serde_json::Value> = live

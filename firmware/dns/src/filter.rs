@@ -73,7 +73,11 @@ impl NameSet {
     /// `names`: expected number of names; `bytes`: expected arena bytes.
     pub fn with_capacity(names: usize, bytes: usize) -> NameSet {
         let slots = (names.max(8) * 2).next_power_of_two();
-        NameSet { arena: Vec::with_capacity(bytes), table: vec![0; slots], len: 0 }
+        NameSet {
+            arena: Vec::with_capacity(bytes),
+            table: vec![0; slots],
+            len: 0,
+        }
     }
 
     /// Number of distinct names.
@@ -147,7 +151,9 @@ impl NameSet {
         }
         let off = self.arena.len();
         // The arena is indexed by u32; 4 GB of names is far beyond any list.
-        let Ok(stored) = u32::try_from(off + 1) else { return };
+        let Ok(stored) = u32::try_from(off + 1) else {
+            return;
+        };
         self.arena.push(flags);
         self.arena.push(wire.len() as u8);
         self.arena.extend_from_slice(wire);
@@ -169,7 +175,11 @@ impl NameSet {
     fn from_arena(mut arena: Vec<u8>, entries: usize) -> NameSet {
         arena.shrink_to_fit();
         let slots = (entries.max(4) * 2).next_power_of_two();
-        let mut set = NameSet { arena, table: vec![0; slots], len: 0 };
+        let mut set = NameSet {
+            arena,
+            table: vec![0; slots],
+            len: 0,
+        };
         let mut off = 0usize;
         while off < set.arena.len() {
             let flags = set.arena[off];
@@ -306,9 +316,15 @@ impl ListBuilder {
         // The arena (wire form + 2 bytes) is about the size of the text, so
         // reserving the file size once avoids regrowth copies while loading.
         let (b, a) = if all_allow {
-            (Vec::new(), Vec::with_capacity(expected_bytes + expected_bytes / 8 + 64))
+            (
+                Vec::new(),
+                Vec::with_capacity(expected_bytes + expected_bytes / 8 + 64),
+            )
         } else {
-            (Vec::with_capacity(expected_bytes + expected_bytes / 8 + 64), Vec::new())
+            (
+                Vec::with_capacity(expected_bytes + expected_bytes / 8 + 64),
+                Vec::new(),
+            )
         };
         ListBuilder {
             all_allow,
@@ -366,7 +382,10 @@ impl ListBuilder {
         // Comments and cosmetic filters: only lines with a '#' need a look.
         let line = match line.iter().position(|b| *b == b'#') {
             Some(i) => {
-                if line[i..].starts_with(b"##") || line[i..].starts_with(b"#@") || line[i..].starts_with(b"#?") {
+                if line[i..].starts_with(b"##")
+                    || line[i..].starts_with(b"#@")
+                    || line[i..].starts_with(b"#?")
+                {
                     // Cosmetic filters have no meaning for DNS.
                     return LineKind::Ignored;
                 }
@@ -374,16 +393,26 @@ impl ListBuilder {
             }
             None => line,
         };
-        let mut tokens = line.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
-        let Some(first) = tokens.next() else { return LineKind::Ignored };
+        let mut tokens = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|t| !t.is_empty());
+        let Some(first) = tokens.next() else {
+            return LineKind::Ignored;
+        };
         // Addresses start with a digit or ':'; skip the parse for the rest.
         let first_is_ip = (first[0].is_ascii_digit() || first[0] == b':')
-            && std::str::from_utf8(first).ok().and_then(|s| s.parse::<std::net::IpAddr>().ok()).is_some();
+            && std::str::from_utf8(first)
+                .ok()
+                .and_then(|s| s.parse::<std::net::IpAddr>().ok())
+                .is_some();
         let mut kind = LineKind::Ignored;
         if first_is_ip {
             // hosts format: address then one or more names.
             for name in tokens {
-                if HOSTS_BOILERPLATE.iter().any(|b| name.eq_ignore_ascii_case(b.as_bytes())) {
+                if HOSTS_BOILERPLATE
+                    .iter()
+                    .any(|b| name.eq_ignore_ascii_case(b.as_bytes()))
+                {
                     continue;
                 }
                 match self.add(name, false) {
@@ -431,7 +460,11 @@ impl ListBuilder {
             allow_names: allow.len(),
             rejected_lines: self.rejected,
         };
-        CompiledList { block, allow, stats }
+        CompiledList {
+            block,
+            allow,
+            stats,
+        }
     }
 }
 
@@ -439,7 +472,10 @@ impl ListBuilder {
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     #[error("cannot read list {path}: {source}")]
-    Read { path: std::path::PathBuf, source: std::io::Error },
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Compile a list file, streaming it line by line (the text is never held
@@ -449,7 +485,10 @@ pub fn compile_file(
     all_allow: bool,
     min_wildcard_depth: usize,
 ) -> Result<CompiledList, ListError> {
-    let err = |source| ListError::Read { path: path.to_path_buf(), source };
+    let err = |source| ListError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(err)?;
     let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
     let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
@@ -530,12 +569,21 @@ mod tests {
         assert!(b("a.multi.test") && b("b.multi.test"));
         assert!(b("plain.example.org") && b("deep.er.plain.example.org"));
         assert!(b("adblock.example.net") && b("pipe.example.net"));
-        assert!(!b("mod.example.net"), "rules with modifiers are not applied");
+        assert!(
+            !b("mod.example.net"),
+            "rules with modifiers are not applied"
+        );
         assert!(a("ok.adblock.example.net") && a("x.ok.adblock.example.net"));
         assert!(!a("adblock.example.net"));
-        assert!(!b("wild.example"), "a wildcard does not cover its base name");
+        assert!(
+            !b("wild.example"),
+            "a wildcard does not cover its base name"
+        );
         assert!(b("x.wild.example") && b("y.x.wild.example"));
-        assert!(!b("anything.com"), "*.com is below the minimum wildcard depth");
+        assert!(
+            !b("anything.com"),
+            "*.com is below the minimum wildcard depth"
+        );
         assert_eq!(l.stats.block_names, 7);
         assert_eq!(l.stats.allow_names, 1);
         // mod.example.net, *.com, *, /regex/, bad..name

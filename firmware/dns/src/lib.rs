@@ -17,7 +17,7 @@ pub mod testauth;
 pub mod upstream;
 pub mod wire;
 
+pub use engine::{Engine, EngineConfig, EngineError, Outcome};
 /// Re-exported so the daemon hook needs no direct dependency.
 pub use ipnet;
-pub use engine::{Engine, EngineConfig, EngineError, Outcome};
 pub use server::Server;

@@ -107,30 +107,48 @@ impl ListStore {
                     continue;
                 }
                 let Some(spec) = dns.lists.get(lname) else {
-                    return Err(PolicyError::UnknownList { tier: tname.clone(), list: lname.clone() });
+                    return Err(PolicyError::UnknownList {
+                        tier: tname.clone(),
+                        list: lname.clone(),
+                    });
                 };
                 let key = ListKey {
                     path: spec.path.clone(),
                     allow: spec.allow,
                     min_depth: dns.min_wildcard_depth,
                 };
-                let meta = std::fs::metadata(&spec.path)
-                    .map_err(|source| ListError::Read { path: spec.path.clone(), source })?;
-                let fp = Fingerprint { len: meta.len(), modified: meta.modified().ok() };
+                let meta = std::fs::metadata(&spec.path).map_err(|source| ListError::Read {
+                    path: spec.path.clone(),
+                    source,
+                })?;
+                let fp = Fingerprint {
+                    len: meta.len(),
+                    modified: meta.modified().ok(),
+                };
                 let compiled = match (next.get(&key), old.remove(&key)) {
                     (Some((_, l)), _) => l.clone(),
                     (None, Some((ofp, l))) if ofp == fp => l,
-                    _ => Arc::new(compile_file(&spec.path, spec.allow, dns.min_wildcard_depth)?),
+                    _ => Arc::new(compile_file(
+                        &spec.path,
+                        spec.allow,
+                        dns.min_wildcard_depth,
+                    )?),
                 };
                 next.insert(key, (fp, compiled.clone()));
                 stats.push((lname.clone(), compiled.stats));
                 by_name.insert(lname.as_str(), compiled.clone());
                 lists.push(compiled);
             }
-            tiers.push(Tier { name: tname.clone(), lists });
+            tiers.push(Tier {
+                name: tname.clone(),
+                lists,
+            });
         }
-        let index: HashMap<&str, u16> =
-            tiers.iter().enumerate().map(|(i, t)| (t.name.as_str(), i as u16)).collect();
+        let index: HashMap<&str, u16> = tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i as u16))
+            .collect();
         let default_tier = index.get("default").copied();
         let mut by_addr = HashMap::new();
         for c in clients {
@@ -140,7 +158,14 @@ impl ListStore {
         }
         drop(old);
         *self.lists.lock().unwrap_or_else(|e| e.into_inner()) = next;
-        Ok((Policy { tiers, by_addr, default_tier }, stats))
+        Ok((
+            Policy {
+                tiers,
+                by_addr,
+                default_tier,
+            },
+            stats,
+        ))
     }
 }
 
@@ -156,19 +181,35 @@ mod tests {
     }
 
     fn section(dir: &std::path::Path) -> DnsSection {
-        std::fs::write(dir.join("ads.txt"), "||ads.test^\n0.0.0.0 tracker.test\n@@||ok.ads.test^\n")
-            .unwrap();
+        std::fs::write(
+            dir.join("ads.txt"),
+            "||ads.test^\n0.0.0.0 tracker.test\n@@||ok.ads.test^\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("family.txt"), "adult.test\n").unwrap();
         std::fs::write(dir.join("allow.txt"), "tracker.test\n").unwrap();
         let mut d = DnsSection::default();
         for (n, allow) in [("ads", false), ("family", false), ("allow", true)] {
             d.lists.insert(
                 n.into(),
-                DnsListSection { path: dir.join(format!("{n}.txt")), allow },
+                DnsListSection {
+                    path: dir.join(format!("{n}.txt")),
+                    allow,
+                },
             );
         }
-        d.tiers.insert("basic".into(), DnsTierSection { lists: vec!["ads".into(), "allow".into()] });
-        d.tiers.insert("family".into(), DnsTierSection { lists: vec!["ads".into(), "family".into()] });
+        d.tiers.insert(
+            "basic".into(),
+            DnsTierSection {
+                lists: vec!["ads".into(), "allow".into()],
+            },
+        );
+        d.tiers.insert(
+            "family".into(),
+            DnsTierSection {
+                lists: vec!["ads".into(), "family".into()],
+            },
+        );
         d
     }
 
@@ -181,7 +222,19 @@ mod tests {
         let b: IpAddr = "fd66::3".parse().unwrap();
         let c: IpAddr = "10.66.0.9".parse().unwrap();
         let (p, stats) = store
-            .build(&d, [ClientTier { addr: a, tier: Some("basic") }, ClientTier { addr: b, tier: Some("family") }])
+            .build(
+                &d,
+                [
+                    ClientTier {
+                        addr: a,
+                        tier: Some("basic"),
+                    },
+                    ClientTier {
+                        addr: b,
+                        tier: Some("family"),
+                    },
+                ],
+            )
             .unwrap();
         assert_eq!(stats.len(), 3);
         let basic = p.tier_for(a).unwrap();
@@ -200,7 +253,12 @@ mod tests {
     fn default_tier_and_reuse_on_reload() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = section(dir.path());
-        d.tiers.insert("default".into(), DnsTierSection { lists: vec!["family".into()] });
+        d.tiers.insert(
+            "default".into(),
+            DnsTierSection {
+                lists: vec!["family".into()],
+            },
+        );
         let store = ListStore::default();
         let (p1, _) = store.build(&d, []).unwrap();
         let any: IpAddr = "10.66.0.77".parse().unwrap();

@@ -5,11 +5,13 @@
 //! the reply); cache misses and TCP run on the tokio runtime.
 
 use crate::engine::{Engine, Outcome};
-use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::AsRawFd;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,7 +77,10 @@ impl Server {
     /// Listen on `addrs` (UDP and TCP each). Port 0 picks one port, the
     /// same for UDP and TCP; see [`Server::local_addrs`].
     pub fn start(engine: Arc<Engine>, addrs: &[SocketAddr]) -> io::Result<Server> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
         let s = Server {
             engine,
             rt: tokio::runtime::Handle::current(),
@@ -92,7 +97,12 @@ impl Server {
 
     /// The bound addresses (after port 0 was resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|l| l.bound).collect()
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|l| l.bound)
+            .collect()
     }
 
     /// Follow a change of addresses: bind the new ones, close the old ones.
@@ -119,7 +129,10 @@ impl Server {
 
     fn listen(&self, addr: SocketAddr) -> io::Result<Listener> {
         let first = udp_socket(addr)?;
-        let bound = first.local_addr()?.as_socket().ok_or_else(|| io::Error::other("no socket address"))?;
+        let bound = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("no socket address"))?;
         let mut socks = vec![first];
         for _ in 1..self.udp_threads {
             socks.push(udp_socket(bound)?);
@@ -142,12 +155,24 @@ impl Server {
         let _guard = self.rt.enter();
         let listener = tokio::net::TcpListener::from_std(tcp)?;
         let tcp = self.rt.spawn(tcp_accept(listener, self.engine.clone(), rx));
-        Ok(Listener { addr, bound, stop, threads, tcp_stop, tcp })
+        Ok(Listener {
+            addr,
+            bound,
+            stop,
+            threads,
+            tcp_stop,
+            tcp,
+        })
     }
 
     /// Close every listener and wait for the UDP threads.
     pub async fn stop(self) {
-        let ls: Vec<Listener> = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let ls: Vec<Listener> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
         let mut threads = Vec::new();
         for mut l in ls {
             threads.append(&mut l.threads);
@@ -185,7 +210,12 @@ fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
-fn udp_loop(sock: Arc<UdpSocket>, engine: Arc<Engine>, rt: tokio::runtime::Handle, stop: Arc<AtomicBool>) {
+fn udp_loop(
+    sock: Arc<UdpSocket>,
+    engine: Arc<Engine>,
+    rt: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) {
     let fd = sock.as_raw_fd();
     let mut bufs = vec![[0u8; MAX_UDP_QUERY]; BATCH];
     let mut rhdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
@@ -196,10 +226,19 @@ fn udp_loop(sock: Arc<UdpSocket>, engine: Arc<Engine>, rt: tokio::runtime::Handl
     while !stop.load(Ordering::Relaxed) {
         got.clear();
         {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(&mut b[..])])
+                .collect();
             // MSG_WAITFORONE: block (up to SO_RCVTIMEO) for the first datagram,
             // then take whatever else is queued without waiting.
-            match recvmmsg(fd, &mut rhdrs, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+            match recvmmsg(
+                fd,
+                &mut rhdrs,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
                 Ok(res) => got.extend(res.map(|r| (r.bytes, r.address))),
                 // Timeouts (stop-flag polling), interrupts, and ICMP errors
                 // from earlier sends surfacing here: none is fatal.
@@ -207,7 +246,9 @@ fn udp_loop(sock: Arc<UdpSocket>, engine: Arc<Engine>, rt: tokio::runtime::Handl
             }
         }
         for (i, (n, addr)) in got.iter().enumerate() {
-            let Some(src) = addr.as_ref().and_then(to_socket_addr) else { continue };
+            let Some(src) = addr.as_ref().and_then(to_socket_addr) else {
+                continue;
+            };
             match engine.handle(&bufs[i][..*n], src.ip(), false) {
                 Outcome::Reply(r) => {
                     replies.push(r);
@@ -230,9 +271,16 @@ fn udp_loop(sock: Arc<UdpSocket>, engine: Arc<Engine>, rt: tokio::runtime::Handl
         let sent = {
             let slices: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|r| [IoSlice::new(r)]).collect();
             let no_cmsgs: [ControlMessage<'_>; 0] = [];
-            sendmmsg(fd, &mut shdrs, slices.iter(), &dests[..], no_cmsgs, MsgFlags::empty())
-                .map(|r| r.count())
-                .unwrap_or(0)
+            sendmmsg(
+                fd,
+                &mut shdrs,
+                slices.iter(),
+                &dests[..],
+                no_cmsgs,
+                MsgFlags::empty(),
+            )
+            .map(|r| r.count())
+            .unwrap_or(0)
         };
         // A partial batch (socket buffer full, an error on one reply): send
         // the rest one by one; UDP is best effort, failures are dropped.
@@ -246,7 +294,11 @@ fn udp_loop(sock: Arc<UdpSocket>, engine: Arc<Engine>, rt: tokio::runtime::Handl
     }
 }
 
-async fn tcp_accept(listener: tokio::net::TcpListener, engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+async fn tcp_accept(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    stop: watch::Receiver<bool>,
+) {
     let conns = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNS));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -255,11 +307,16 @@ async fn tcp_accept(listener: tokio::net::TcpListener, engine: Arc<Engine>, stop
         };
         // Not from the tunnel: close at once, before reading anything.
         if !engine.source_allowed(peer.ip()) {
-            engine.counters.foreign_source.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            engine
+                .counters
+                .foreign_source
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             continue;
         }
         // Over the limit: close at once (the client retries or uses UDP).
-        let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            continue;
+        };
         let engine = engine.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {

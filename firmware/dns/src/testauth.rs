@@ -69,7 +69,19 @@ fn answer(query: &Message) -> Vec<Message> {
     let qt = q.query_type();
     let rec = |owner: &Name, ttl: u32, d: RData| Record::from_rdata(owner.clone(), ttl, d);
     let soa = || {
-        rec(&n("test."), 300, RData::SOA(SOA::new(n("ns.test."), n("hostmaster.test."), 1, 3600, 600, 86400, 30)))
+        rec(
+            &n("test."),
+            300,
+            RData::SOA(SOA::new(
+                n("ns.test."),
+                n("hostmaster.test."),
+                1,
+                3600,
+                600,
+                86400,
+                30,
+            )),
+        )
     };
     let a = |o: u8| RData::A(A::new(192, 0, 2, o));
     match text {
@@ -88,10 +100,18 @@ fn answer(query: &Message) -> Vec<Message> {
             r.add_answer(rec(q.name(), 300, a(9)));
         }
         "v6.test" if qt == RecordType::AAAA => {
-            r.add_answer(rec(q.name(), 300, RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x80))));
+            r.add_answer(rec(
+                q.name(),
+                300,
+                RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x80)),
+            ));
         }
         "cloak.test" => {
-            r.add_answer(rec(q.name(), 300, RData::CNAME(CNAME(n("tracker.cdn.test.")))));
+            r.add_answer(rec(
+                q.name(),
+                300,
+                RData::CNAME(CNAME(n("tracker.cdn.test."))),
+            ));
             if qt == RecordType::A {
                 r.add_answer(rec(&n("tracker.cdn.test."), 300, a(66)));
             }
@@ -114,14 +134,18 @@ fn answer(query: &Message) -> Vec<Message> {
         }
         "big.test" if qt == RecordType::TXT => {
             for i in 0..40 {
-                r.add_answer(rec(q.name(), 300, RData::TXT(TXT::new(vec![format!("{i:02}-{}", "x".repeat(40))]))));
+                r.add_answer(rec(
+                    q.name(),
+                    300,
+                    RData::TXT(TXT::new(vec![format!("{i:02}-{}", "x".repeat(40))])),
+                ));
             }
         }
         t if t.ends_with(".miss.test") && qt == RecordType::A => {
             r.add_answer(rec(q.name(), 3600, a(1)));
         }
-        "www.test" | "ttl1.test" | "victim.test" | "v6.test" | "tracker.cdn.test" | "poison.test" | "spoof.test"
-        | "big.test" => {
+        "www.test" | "ttl1.test" | "victim.test" | "v6.test" | "tracker.cdn.test"
+        | "poison.test" | "spoof.test" | "big.test" => {
             r.add_authority(soa());
         }
         t if t.ends_with(".miss.test") => {
@@ -136,8 +160,17 @@ fn answer(query: &Message) -> Vec<Message> {
 }
 
 fn respond(bytes: &[u8], udp: bool) -> Vec<Vec<u8>> {
-    let Ok(q) = Message::from_vec(bytes) else { return vec![] };
-    let limit = if udp { q.edns.as_ref().map(|e| e.max_payload().max(512)).unwrap_or(512) as usize } else { 65535 };
+    let Ok(q) = Message::from_vec(bytes) else {
+        return vec![];
+    };
+    let limit = if udp {
+        q.edns
+            .as_ref()
+            .map(|e| e.max_payload().max(512))
+            .unwrap_or(512) as usize
+    } else {
+        65535
+    };
     let mut msgs = answer(&q);
     if !udp && msgs.len() > 1 {
         // Spoofed datagrams are a UDP thing; a stream carries the real answer.
@@ -161,7 +194,10 @@ fn respond(bytes: &[u8], udp: bool) -> Vec<Vec<u8>> {
 impl TestAuthority {
     /// Start on `bind` (port 0: any). With `tls`, also serve DoT on another
     /// port with this rustls server config.
-    pub async fn start(bind: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<TestAuthority> {
+    pub async fn start(
+        bind: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<TestAuthority> {
         let udp = Arc::new(UdpSocket::bind(bind).await?);
         let udp_addr = udp.local_addr()?;
         let tcp = TcpListener::bind(udp_addr).await?;
@@ -222,7 +258,14 @@ impl TestAuthority {
                 }
             }));
         }
-        Ok(TestAuthority { udp: udp_addr, tcp: tcp_addr, tls: tls_addr, doh: doh_addr, stats, tasks })
+        Ok(TestAuthority {
+            udp: udp_addr,
+            tcp: tcp_addr,
+            tls: tls_addr,
+            doh: doh_addr,
+            stats,
+            tasks,
+        })
     }
 
     pub fn queries(&self) -> u64 {
@@ -230,7 +273,10 @@ impl TestAuthority {
     }
 }
 
-async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, stats: Arc<AuthStats>) {
+async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    stats: Arc<AuthStats>,
+) {
     loop {
         let Ok(len) = s.read_u16().await else { return };
         let mut buf = vec![0u8; len as usize];
@@ -249,7 +295,10 @@ async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(m
 }
 
 /// HTTP/1.1 DoH: `POST /dns-query` with a Content-Length body; anything else 404.
-async fn serve_doh<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, stats: Arc<AuthStats>) {
+async fn serve_doh<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    stats: Arc<AuthStats>,
+) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -268,7 +317,10 @@ async fn serve_doh<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut 
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let len = head
             .lines()
-            .find_map(|l| l.strip_prefix("Content-Length:").or_else(|| l.strip_prefix("content-length:")))
+            .find_map(|l| {
+                l.strip_prefix("Content-Length:")
+                    .or_else(|| l.strip_prefix("content-length:"))
+            })
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0);
         let mut body = buf.split_off(head_end);

@@ -44,9 +44,17 @@ pub enum UpstreamError {
     #[error("upstream {addr}: bad tls_name: {name}")]
     BadTlsName { addr: SocketAddr, name: String },
     #[error("upstream {addr}: cannot read CA file {path}: {msg}")]
-    Ca { addr: SocketAddr, path: std::path::PathBuf, msg: String },
+    Ca {
+        addr: SocketAddr,
+        path: std::path::PathBuf,
+        msg: String,
+    },
     #[error("upstream {addr}: TLS setup: {source}")]
-    Tls { addr: SocketAddr, #[source] source: rustls::Error },
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 /// Why a resolution failed (no detail about the name: these are counted, and
@@ -80,8 +88,16 @@ impl From<std::io::Error> for AttemptError {
 enum Transport {
     Udp,
     Tcp,
-    Tls { connector: TlsConnector, name: rustls::pki_types::ServerName<'static> },
-    Https { connector: TlsConnector, name: rustls::pki_types::ServerName<'static>, host: String, path: String },
+    Tls {
+        connector: TlsConnector,
+        name: rustls::pki_types::ServerName<'static>,
+    },
+    Https {
+        connector: TlsConnector,
+        name: rustls::pki_types::ServerName<'static>,
+        host: String,
+        path: String,
+    },
 }
 
 enum Conn {
@@ -105,12 +121,19 @@ pub struct Upstreams {
     errors: AtomicU64,
 }
 
-fn tls_config(u: &DnsUpstreamSection, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
+fn tls_config(
+    u: &DnsUpstreamSection,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &u.ca_file {
         use rustls::pki_types::pem::PemObject;
-        let ca_err = |msg: String| UpstreamError::Ca { addr: u.address, path: path.clone(), msg };
+        let ca_err = |msg: String| UpstreamError::Ca {
+            addr: u.address,
+            path: path.clone(),
+            msg,
+        };
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
             .map_err(|e| ca_err(e.to_string()))?;
         let mut n = 0;
@@ -126,7 +149,10 @@ fn tls_config(u: &DnsUpstreamSection, alpn: &[u8]) -> Result<Arc<rustls::ClientC
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|source| UpstreamError::Tls { addr: u.address, source })?
+        .map_err(|source| UpstreamError::Tls {
+            addr: u.address,
+            source,
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
@@ -138,29 +164,56 @@ impl Upstreams {
         Upstreams::with_timeout(cfg, ATTEMPT_TIMEOUT)
     }
 
-    pub fn with_timeout(cfg: &[DnsUpstreamSection], timeout: Duration) -> Result<Upstreams, UpstreamError> {
+    pub fn with_timeout(
+        cfg: &[DnsUpstreamSection],
+        timeout: Duration,
+    ) -> Result<Upstreams, UpstreamError> {
         let mut list = Vec::new();
         for u in cfg {
             let transport = match u.protocol.as_str() {
                 "udp" => Transport::Udp,
                 "tcp" => Transport::Tcp,
                 "tls" | "https" => {
-                    let host = u.tls_name.clone().ok_or(UpstreamError::NoTlsName { addr: u.address })?;
-                    let name = rustls::pki_types::ServerName::try_from(host.clone())
-                        .map_err(|_| UpstreamError::BadTlsName { addr: u.address, name: host.clone() })?;
+                    let host = u
+                        .tls_name
+                        .clone()
+                        .ok_or(UpstreamError::NoTlsName { addr: u.address })?;
+                    let name =
+                        rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+                            UpstreamError::BadTlsName {
+                                addr: u.address,
+                                name: host.clone(),
+                            }
+                        })?;
                     if u.protocol == "tls" {
-                        Transport::Tls { connector: TlsConnector::from(tls_config(u, b"dot")?), name }
+                        Transport::Tls {
+                            connector: TlsConnector::from(tls_config(u, b"dot")?),
+                            name,
+                        }
                     } else {
                         let path = u.path.clone().unwrap_or_else(|| "/dns-query".into());
-                        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                            return Err(UpstreamError::BadTlsName { addr: u.address, name: path });
+                        if !path.starts_with('/')
+                            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                        {
+                            return Err(UpstreamError::BadTlsName {
+                                addr: u.address,
+                                name: path,
+                            });
                         }
                         let connector = TlsConnector::from(tls_config(u, b"http/1.1")?);
-                        Transport::Https { connector, name, host, path }
+                        Transport::Https {
+                            connector,
+                            name,
+                            host,
+                            path,
+                        }
                     }
                 }
                 other => {
-                    return Err(UpstreamError::Protocol { addr: u.address, proto: other.to_string() })
+                    return Err(UpstreamError::Protocol {
+                        addr: u.address,
+                        proto: other.to_string(),
+                    })
                 }
             };
             list.push(Upstream {
@@ -170,7 +223,12 @@ impl Upstreams {
                 down_until: AtomicU64::new(0),
             });
         }
-        Ok(Upstreams { list, epoch: Instant::now(), timeout, errors: AtomicU64::new(0) })
+        Ok(Upstreams {
+            list,
+            epoch: Instant::now(),
+            timeout,
+            errors: AtomicU64::new(0),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,8 +251,16 @@ impl Upstreams {
         let qname = Name::from_bytes(&wire_name).map_err(|_| ResolveError::AllFailed)?;
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         // Healthy upstreams first, in configured order; held-down ones last.
-        let mut order: Vec<&Upstream> = self.list.iter().filter(|u| u.down_until.load(Ordering::Relaxed) <= now_ms).collect();
-        order.extend(self.list.iter().filter(|u| u.down_until.load(Ordering::Relaxed) > now_ms));
+        let mut order: Vec<&Upstream> = self
+            .list
+            .iter()
+            .filter(|u| u.down_until.load(Ordering::Relaxed) <= now_ms)
+            .collect();
+        order.extend(
+            self.list
+                .iter()
+                .filter(|u| u.down_until.load(Ordering::Relaxed) > now_ms),
+        );
         for u in order {
             match self.attempt(u, &qname, qtype).await {
                 Ok(a) => {
@@ -204,14 +270,20 @@ impl Upstreams {
                 Err(_) => {
                     self.errors.fetch_add(1, Ordering::Relaxed);
                     let until = self.epoch.elapsed() + HOLD_DOWN;
-                    u.down_until.store(until.as_millis() as u64, Ordering::Relaxed);
+                    u.down_until
+                        .store(until.as_millis() as u64, Ordering::Relaxed);
                 }
             }
         }
         Err(ResolveError::AllFailed)
     }
 
-    async fn attempt(&self, u: &Upstream, qname: &Name, qtype: u16) -> Result<Answer, AttemptError> {
+    async fn attempt(
+        &self,
+        u: &Upstream,
+        qname: &Name,
+        qtype: u16,
+    ) -> Result<Answer, AttemptError> {
         let id = random_u16();
         let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
@@ -225,12 +297,16 @@ impl Upstreams {
             Transport::Udp => {
                 let r = udp_exchange(u.addr, &bytes, id, qname, qtype, deadline).await?;
                 if r.metadata.truncation {
-                    self.stream_exchange(u, &bytes, id, qname, qtype, deadline).await?
+                    self.stream_exchange(u, &bytes, id, qname, qtype, deadline)
+                        .await?
                 } else {
                     r
                 }
             }
-            _ => self.stream_exchange(u, &bytes, id, qname, qtype, deadline).await?,
+            _ => {
+                self.stream_exchange(u, &bytes, id, qname, qtype, deadline)
+                    .await?
+            }
         };
         sanitize(&resp, qname, qtype)
     }
@@ -247,18 +323,26 @@ impl Upstreams {
         // A pooled connection may have been closed by the server: one retry
         // on a fresh connection.
         for fresh in [false, true] {
-            let pooled = if fresh { None } else { u.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() };
+            let pooled = if fresh {
+                None
+            } else {
+                u.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+            };
             let was_pooled = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
-                None => tokio::time::timeout_at(deadline, connect(u)).await.map_err(|_| AttemptError::Timeout)??,
+                None => tokio::time::timeout_at(deadline, connect(u))
+                    .await
+                    .map_err(|_| AttemptError::Timeout)??,
             };
             let r = match (&mut conn, &u.transport) {
                 (Conn::Tls(s), Transport::Https { host, path, .. }) => {
                     doh_exchange(s.as_mut(), host, path, query, deadline).await
                 }
                 (Conn::Tcp(s), _) => framed_exchange(s, query, deadline).await.map(|b| (b, true)),
-                (Conn::Tls(s), _) => framed_exchange(s.as_mut(), query, deadline).await.map(|b| (b, true)),
+                (Conn::Tls(s), _) => framed_exchange(s.as_mut(), query, deadline)
+                    .await
+                    .map(|b| (b, true)),
             };
             match r {
                 Ok((bytes, reusable)) => {
@@ -281,7 +365,10 @@ async fn connect(u: &Upstream) -> Result<Conn, AttemptError> {
     let tcp = TcpStream::connect(u.addr).await?;
     tcp.set_nodelay(true)?;
     match &u.transport {
-        Transport::Tls { connector, name } | Transport::Https { connector, name, .. } => {
+        Transport::Tls { connector, name }
+        | Transport::Https {
+            connector, name, ..
+        } => {
             let s = connector.connect(name.clone(), tcp).await?;
             Ok(Conn::Tls(Box::new(s)))
         }
@@ -330,14 +417,19 @@ async fn doh_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         let mut lines = head.split("\r\n");
         let status = lines.next().unwrap_or_default();
         let mut parts = status.split(' ');
-        let (version, code) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let (version, code) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
         if !version.starts_with("HTTP/1.") || code != "200" {
             return Err(AttemptError::Rcode);
         }
         let mut len = None;
         let mut reusable = version == "HTTP/1.1";
         for l in lines {
-            let Some((k, v)) = l.split_once(':') else { continue };
+            let Some((k, v)) = l.split_once(':') else {
+                continue;
+            };
             let (k, v) = (k.trim(), v.trim());
             if k.eq_ignore_ascii_case("content-length") {
                 len = v.parse::<usize>().ok();
@@ -345,11 +437,15 @@ async fn doh_exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(AttemptError::Bad); // chunked DNS answers: not supported
             } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
                 reusable = false;
-            } else if k.eq_ignore_ascii_case("content-type") && !v.starts_with("application/dns-message") {
+            } else if k.eq_ignore_ascii_case("content-type")
+                && !v.starts_with("application/dns-message")
+            {
                 return Err(AttemptError::Bad);
             }
         }
-        let len = len.filter(|l| (12..=65535).contains(l)).ok_or(AttemptError::Bad)?;
+        let len = len
+            .filter(|l| (12..=65535).contains(l))
+            .ok_or(AttemptError::Bad)?;
         let mut body = buf.split_off(head_end);
         if body.len() > len {
             return Err(AttemptError::Bad); // pipelined junk after the answer
@@ -359,7 +455,9 @@ async fn doh_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         s.read_exact(&mut body[have..]).await?;
         Ok((body, reusable))
     };
-    tokio::time::timeout_at(deadline, fut).await.map_err(|_| AttemptError::Timeout)?
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .map_err(|_| AttemptError::Timeout)?
 }
 
 async fn framed_exchange<S: AsyncRead + AsyncWrite + Unpin>(
@@ -381,7 +479,9 @@ async fn framed_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         s.read_exact(&mut buf).await?;
         Ok(buf)
     };
-    tokio::time::timeout_at(deadline, fut).await.map_err(|_| AttemptError::Timeout)?
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .map_err(|_| AttemptError::Timeout)?
 }
 
 async fn udp_exchange(
@@ -392,7 +492,13 @@ async fn udp_exchange(
     qtype: u16,
     deadline: tokio::time::Instant,
 ) -> Result<Message, AttemptError> {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("static");
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("static");
     // A fresh socket per query: a random source port from the kernel, and
     // `connect` makes the kernel drop datagrams from any other source.
     let sock = UdpSocket::bind(bind).await?;
@@ -400,7 +506,9 @@ async fn udp_exchange(
     sock.send(query).await?;
     let mut buf = vec![0u8; 4096];
     loop {
-        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await.map_err(|_| AttemptError::Timeout)??;
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .map_err(|_| AttemptError::Timeout)??;
         // A datagram with the wrong ID or question is ignored (it may be a
         // spoofing attempt); keep waiting for the real answer until the deadline.
         match check_response(&buf[..n], id, qname, qtype) {
@@ -411,7 +519,12 @@ async fn udp_exchange(
     }
 }
 
-fn check_response(bytes: &[u8], id: u16, qname: &Name, qtype: u16) -> Result<Message, AttemptError> {
+fn check_response(
+    bytes: &[u8],
+    id: u16,
+    qname: &Name,
+    qtype: u16,
+) -> Result<Message, AttemptError> {
     if bytes.len() < 12 || u16::from_be_bytes([bytes[0], bytes[1]]) != id {
         return Err(AttemptError::Bad);
     }
@@ -423,7 +536,10 @@ fn check_response(bytes: &[u8], id: u16, qname: &Name, qtype: u16) -> Result<Mes
         return Err(AttemptError::Bad);
     }
     let q = &m.queries[0];
-    if u16::from(q.query_type()) != qtype || q.query_class() != DNSClass::IN || !q.name().eq_ignore_root(qname) {
+    if u16::from(q.query_type()) != qtype
+        || q.query_class() != DNSClass::IN
+        || !q.name().eq_ignore_root(qname)
+    {
         return Err(AttemptError::Bad);
     }
     match m.metadata.response_code {
@@ -449,7 +565,9 @@ fn sanitize(m: &Message, qname: &Name, qtype: u16) -> Result<Answer, AttemptErro
     if rt != RecordType::CNAME {
         while chain.len() < MAX_CHAIN {
             let next = m.answers.iter().find_map(|r| match &r.data {
-                RData::CNAME(c) if r.dns_class == DNSClass::IN && r.name.eq_ignore_root(&cur) => Some((r, c.0.clone())),
+                RData::CNAME(c) if r.dns_class == DNSClass::IN && r.name.eq_ignore_root(&cur) => {
+                    Some((r, c.0.clone()))
+                }
                 _ => None,
             });
             let Some((r, target)) = next else { break };
@@ -486,7 +604,12 @@ fn sanitize(m: &Message, qname: &Name, qtype: u16) -> Result<Answer, AttemptErro
     for r in kept.iter_mut() {
         r.ttl = r.ttl.min(MAX_TTL);
     }
-    let mut ttl = kept.iter().chain(&authority).map(|r| r.ttl).min().unwrap_or(0);
+    let mut ttl = kept
+        .iter()
+        .chain(&authority)
+        .map(|r| r.ttl)
+        .min()
+        .unwrap_or(0);
     if negative && authority.is_empty() {
         ttl = 0; // RFC 2308: no SOA, no negative caching.
     }
@@ -513,7 +636,10 @@ fn sanitize(m: &Message, qname: &Name, qtype: u16) -> Result<Answer, AttemptErro
         body: bytes[base..].into(),
         ttl_at: ttl_at.into_iter().map(|(p, _)| (p - base) as u16).collect(),
         ttl,
-        chain: chain.iter().map(|n| lower_wire(n).into_boxed_slice()).collect(),
+        chain: chain
+            .iter()
+            .map(|n| lower_wire(n).into_boxed_slice())
+            .collect(),
         stored: Instant::now(),
     })
 }
@@ -552,12 +678,32 @@ mod tests {
     #[test]
     fn keeps_only_the_chain() {
         let mut m = resp("www.a.test.", ResponseCode::NoError);
-        m.add_answer(Record::from_rdata(n("www.a.test."), 300, RData::CNAME(CNAME(n("edge.cdn.test.")))));
-        m.add_answer(Record::from_rdata(n("edge.cdn.test."), 120, RData::A(A::new(192, 0, 2, 1))));
+        m.add_answer(Record::from_rdata(
+            n("www.a.test."),
+            300,
+            RData::CNAME(CNAME(n("edge.cdn.test."))),
+        ));
+        m.add_answer(Record::from_rdata(
+            n("edge.cdn.test."),
+            120,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
         // Out of bailiwick: another name, and glue-like additional data.
-        m.add_answer(Record::from_rdata(n("victim.test."), 9999, RData::A(A::new(6, 6, 6, 6))));
-        m.add_authority(Record::from_rdata(n("test."), 9999, RData::NS(NS(n("evil.example.")))));
-        m.add_additional(Record::from_rdata(n("evil.example."), 9999, RData::A(A::new(6, 6, 6, 6))));
+        m.add_answer(Record::from_rdata(
+            n("victim.test."),
+            9999,
+            RData::A(A::new(6, 6, 6, 6)),
+        ));
+        m.add_authority(Record::from_rdata(
+            n("test."),
+            9999,
+            RData::NS(NS(n("evil.example."))),
+        ));
+        m.add_additional(Record::from_rdata(
+            n("evil.example."),
+            9999,
+            RData::A(A::new(6, 6, 6, 6)),
+        ));
         let a = sanitize(&m, &n("www.a.test."), 1).unwrap();
         assert_eq!((a.an, a.ns), (2, 0));
         assert_eq!(a.ttl, 120);
@@ -570,7 +716,11 @@ mod tests {
     fn negative_ttl_from_soa() {
         let mut m = resp("nx.a.test.", ResponseCode::NXDomain);
         let soa = SOA::new(n("ns.a.test."), n("h.a.test."), 1, 2, 3, 4, 30);
-        m.add_authority(Record::from_rdata(n("a.test."), 600, RData::SOA(soa.clone())));
+        m.add_authority(Record::from_rdata(
+            n("a.test."),
+            600,
+            RData::SOA(soa.clone()),
+        ));
         let a = sanitize(&m, &n("nx.a.test."), 1).unwrap();
         assert_eq!((a.rcode, a.an, a.ns, a.ttl), (3, 0, 1, 30));
         // SOA of an unrelated zone: dropped, and the answer is not cached.
@@ -583,8 +733,16 @@ mod tests {
     #[test]
     fn cname_loop_is_bounded() {
         let mut m = resp("a.test.", ResponseCode::NoError);
-        m.add_answer(Record::from_rdata(n("a.test."), 60, RData::CNAME(CNAME(n("b.test.")))));
-        m.add_answer(Record::from_rdata(n("b.test."), 60, RData::CNAME(CNAME(n("a.test.")))));
+        m.add_answer(Record::from_rdata(
+            n("a.test."),
+            60,
+            RData::CNAME(CNAME(n("b.test."))),
+        ));
+        m.add_answer(Record::from_rdata(
+            n("b.test."),
+            60,
+            RData::CNAME(CNAME(n("a.test."))),
+        ));
         let a = sanitize(&m, &n("a.test."), 1).unwrap();
         assert_eq!(a.chain.len(), 1);
     }

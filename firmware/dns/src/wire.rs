@@ -142,7 +142,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
     let mut pos = 12usize;
     let mut lower_len = 0usize;
     loop {
-        let Some(&l) = msg.get(pos) else { return Err(formerr()) };
+        let Some(&l) = msg.get(pos) else {
+            return Err(formerr());
+        };
         if l == 0 {
             pos += 1;
             break;
@@ -157,7 +159,10 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
             return Err(formerr());
         }
         lower[lower_len] = l as u8;
-        for (d, s) in lower[lower_len + 1..lower_len + 1 + l].iter_mut().zip(&msg[pos + 1..pos + 1 + l]) {
+        for (d, s) in lower[lower_len + 1..lower_len + 1 + l]
+            .iter_mut()
+            .zip(&msg[pos + 1..pos + 1 + l])
+        {
             *d = s.to_ascii_lowercase();
         }
         lower_len += 1 + l;
@@ -201,13 +206,25 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
             push_opt(&mut r, (RCODE_BADVERS >> 4) as u8, None);
             return Err(Reject::Reply(r));
         }
-        edns = Some(Edns { udp_size, dnssec_ok: eflags & 0x8000 != 0 });
+        edns = Some(Edns {
+            udp_size,
+            dnssec_ok: eflags & 0x8000 != 0,
+        });
         pos = rd + rdlen;
     }
     if pos != msg.len() {
         return Err(formerr());
     }
-    Ok(Query { id, flags, question, qtype, qclass, edns, lower, lower_len: lower_len as u8 })
+    Ok(Query {
+        id,
+        flags,
+        question,
+        qtype,
+        qclass,
+        edns,
+        lower,
+        lower_len: lower_len as u8,
+    })
 }
 
 /// Append an OPT record (our payload size, extended rcode bits, optional
@@ -250,7 +267,14 @@ fn set_counts(b: &mut [u8], an: u16, ns: u16, ar: u16) {
 
 /// Close a response: OPT if the client used EDNS, and truncation to `limit`
 /// (header + question + OPT with TC set) when the records do not fit.
-fn finish(q: &Query<'_>, mut b: Vec<u8>, an: u16, ns: u16, ede: Option<(u16, &str)>, limit: usize) -> Vec<u8> {
+fn finish(
+    q: &Query<'_>,
+    mut b: Vec<u8>,
+    an: u16,
+    ns: u16,
+    ede: Option<(u16, &str)>,
+    limit: usize,
+) -> Vec<u8> {
     let mut ar = 0;
     if q.edns.is_some() {
         push_opt(&mut b, 0, ede);
@@ -338,13 +362,19 @@ impl Answer {
 
     /// Approximate heap bytes, for the cache's weight.
     pub fn weight_bytes(&self) -> usize {
-        self.body.len() + self.ttl_at.len() * 2 + self.chain.iter().map(|c| c.len() + 16).sum::<usize>() + 96
+        self.body.len()
+            + self.ttl_at.len() * 2
+            + self.chain.iter().map(|c| c.len() + 16).sum::<usize>()
+            + 96
     }
 }
 
 /// Replay `a` to `q`, TTLs aged by the time since it was stored.
 pub fn from_answer(q: &Query<'_>, a: &Answer, now: Instant, limit: usize) -> Vec<u8> {
-    let age = now.saturating_duration_since(a.stored).as_secs().min(u64::from(u32::MAX)) as u32;
+    let age = now
+        .saturating_duration_since(a.stored)
+        .as_secs()
+        .min(u64::from(u32::MAX)) as u32;
     let mut b = begin(q, a.rcode, 12 + q.question.len() + a.body.len() + 40);
     let base = b.len();
     b.extend_from_slice(&a.body);
@@ -422,7 +452,13 @@ mod tests {
         let q = parse_query(&m).unwrap();
         assert_eq!(q.id, 0x1234);
         assert_eq!(q.name(), b"\x03www\x07example\x03com");
-        assert_eq!(q.edns, Some(Edns { udp_size: 1232, dnssec_ok: true }));
+        assert_eq!(
+            q.edns,
+            Some(Edns {
+                udp_size: 1232,
+                dnssec_ok: true
+            })
+        );
         assert_eq!(q.udp_limit(), 1232);
         // Case of the question is echoed as sent.
         let r = empty(&q, RCODE_NXDOMAIN, Some((EDE_BLOCKED, "Blocked")), 512);
@@ -450,13 +486,21 @@ mod tests {
             m[5] = qd;
             assert_eq!(reply_rcode(&m), Some(RCODE_FORMERR), "qdcount {qd}");
         }
-        assert_eq!(reply_rcode(&good[..good.len() - 1]), Some(RCODE_FORMERR), "truncated");
+        assert_eq!(
+            reply_rcode(&good[..good.len() - 1]),
+            Some(RCODE_FORMERR),
+            "truncated"
+        );
         let mut ptr = good[..12].to_vec();
         ptr.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
         assert_eq!(reply_rcode(&ptr), Some(RCODE_FORMERR), "compression loop");
         let mut ptr = good[..12].to_vec();
         ptr.extend_from_slice(&[1, b'a', 0xc0, 0xff, 0, 1, 0, 1]);
-        assert_eq!(reply_rcode(&ptr), Some(RCODE_FORMERR), "pointer out of range");
+        assert_eq!(
+            reply_rcode(&ptr),
+            Some(RCODE_FORMERR),
+            "pointer out of range"
+        );
         let mut long = good[..12].to_vec();
         for _ in 0..5 {
             long.push(63);
@@ -466,7 +510,11 @@ mod tests {
         assert_eq!(reply_rcode(&long), Some(RCODE_FORMERR), "name > 255");
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(reply_rcode(&trailing), Some(RCODE_FORMERR), "trailing bytes");
+        assert_eq!(
+            reply_rcode(&trailing),
+            Some(RCODE_FORMERR),
+            "trailing bytes"
+        );
         let mut opt = query(7, "a.test", TYPE_A, true);
         let n = opt.len();
         opt[n - 1] = 5; // rdlen 5 with no data
@@ -531,6 +579,12 @@ mod tests {
         let r = from_answer(&q, &a, Instant::now(), 512);
         assert!(r.len() <= 512 && r[2] & 0x02 != 0, "TC set");
         let r = from_answer(&q, &a, Instant::now(), 65535);
-        assert_eq!(hickory_proto::op::Message::from_vec(&r).unwrap().answers.len(), 60);
+        assert_eq!(
+            hickory_proto::op::Message::from_vec(&r)
+                .unwrap()
+                .answers
+                .len(),
+            60
+        );
     }
 }

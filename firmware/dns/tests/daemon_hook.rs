@@ -11,7 +11,11 @@ use std::net::SocketAddr;
 async fn service_starts_reloads_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     for l in ["ads", "family", "allow"] {
-        std::fs::write(dir.path().join(format!("{l}.txt")), format!("{l}-blocked.test\n")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{l}.txt")),
+            format!("{l}-blocked.test\n"),
+        )
+        .unwrap();
     }
     let text = include_str!("../../../configs/node.toml")
         .replace("/etc/palisade/lists", &dir.path().display().to_string())
@@ -19,8 +23,11 @@ async fn service_starts_reloads_and_stops() {
         .replace("10.66.0.1/16", "127.66.0.1/16")
         .replace("10.66.0.2/32", "127.66.0.2/32")
         .replace("10.66.0.3/32", "127.66.0.3/32");
-    let cfg = palisade_core::config::NodeConfig::from_str(&text, std::path::Path::new("node.toml")).unwrap();
-    let spec = cfg.validate(std::path::Path::new("node.toml"), &text).unwrap();
+    let cfg = palisade_core::config::NodeConfig::from_str(&text, std::path::Path::new("node.toml"))
+        .unwrap();
+    let spec = cfg
+        .validate(std::path::Path::new("node.toml"), &text)
+        .unwrap();
     // Port 53 needs root; the hook's address logic is what is under test here.
     if !nix_is_root() {
         eprintln!("not root: skipping the bind on port 53");
@@ -31,9 +38,14 @@ async fn service_starts_reloads_and_stops() {
     let s = tokio::net::UdpSocket::bind("127.66.0.2:0").await.unwrap();
     let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     q.extend_from_slice(b"\x0bads-blocked\x04test\x00\x00\x01\x00\x01");
-    s.send_to(&q, "127.66.0.1:53".parse::<SocketAddr>().unwrap()).await.unwrap();
+    s.send_to(&q, "127.66.0.1:53".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
     let mut buf = [0u8; 512];
-    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(3), s.recv_from(&mut buf)).await.unwrap().unwrap();
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(3), s.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(buf[3] & 0xf, 3, "NXDOMAIN block for the basic tier");
     assert!(n > 12);
     svc.reload(&spec).unwrap();
@@ -43,6 +55,9 @@ async fn service_starts_reloads_and_stops() {
 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

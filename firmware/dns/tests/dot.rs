@@ -20,7 +20,10 @@ fn pki(name: &str) -> Pki {
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -31,18 +34,36 @@ fn pki(name: &str) -> Pki {
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .unwrap();
-    Pki { ca_pem: ca.pem(), server: Arc::new(server) }
+    Pki {
+        ca_pem: ca.pem(),
+        server: Arc::new(server),
+    }
 }
 
-async fn resolver_via_tls(auth: &TestAuthority, dir: &std::path::Path, ca: &str, tls_name: &str) -> (Server, std::net::SocketAddr) {
+async fn resolver_via_tls(
+    auth: &TestAuthority,
+    dir: &std::path::Path,
+    ca: &str,
+    tls_name: &str,
+) -> (Server, std::net::SocketAddr) {
     resolver_via(auth, dir, ca, tls_name, "tls").await
 }
 
-async fn resolver_via(auth: &TestAuthority, dir: &std::path::Path, ca: &str, tls_name: &str, proto: &str) -> (Server, std::net::SocketAddr) {
+async fn resolver_via(
+    auth: &TestAuthority,
+    dir: &std::path::Path,
+    ca: &str,
+    tls_name: &str,
+    proto: &str,
+) -> (Server, std::net::SocketAddr) {
     let ca_file = dir.join(format!("ca-{tls_name}-{}.pem", ca.len() ^ proto.len()));
     std::fs::write(&ca_file, ca).unwrap();
     let mut cfg = config(dir, auth);
-    let addr = if proto == "tls" { auth.tls.unwrap() } else { auth.doh.unwrap() };
+    let addr = if proto == "tls" {
+        auth.tls.unwrap()
+    } else {
+        auth.doh.unwrap()
+    };
     let mut u = upstream(addr, proto);
     u.tls_name = Some(tls_name.into());
     u.ca_file = Some(ca_file);
@@ -56,7 +77,9 @@ async fn resolver_via(auth: &TestAuthority, dir: &std::path::Path, ca: &str, tls
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_upstream_verifies_certificate_and_name() {
     let p = pki("dns.test");
-    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone())).await.unwrap();
+    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone()))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     let (_s, addr) = resolver_via_tls(&auth, dir.path(), &p.ca_pem, "dns.test").await;
@@ -68,27 +91,44 @@ async fn dot_upstream_verifies_certificate_and_name() {
 
     // Wrong name: the handshake fails, the client gets SERVFAIL (fail closed).
     let (_s2, addr2) = resolver_via_tls(&auth, dir.path(), &p.ca_pem, "other.test").await;
-    assert_eq!(rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await), 2);
+    assert_eq!(
+        rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await),
+        2
+    );
 
     // Right name, untrusted CA: SERVFAIL too.
     let other = pki("dns.test");
     let (_s3, addr3) = resolver_via_tls(&auth, dir.path(), &other.ca_pem, "dns.test").await;
-    assert_eq!(rcode(&ask(addr3, BASIC, "www.test.", RecordType::A).await), 2);
+    assert_eq!(
+        rcode(&ask(addr3, BASIC, "www.test.", RecordType::A).await),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doh_upstream_over_http1() {
     let p = pki("doh.test");
-    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone())).await.unwrap();
+    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone()))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (_s, addr) = resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", "https").await;
-    assert_eq!(addrs(&ask(addr, BASIC, "www.test.", RecordType::A).await), ["192.0.2.80"]);
-    assert_eq!(rcode(&ask(addr, BASIC, "nothing-here.test.", RecordType::A).await), 3);
+    assert_eq!(
+        addrs(&ask(addr, BASIC, "www.test.", RecordType::A).await),
+        ["192.0.2.80"]
+    );
+    assert_eq!(
+        rcode(&ask(addr, BASIC, "nothing-here.test.", RecordType::A).await),
+        3
+    );
     // Keep-alive: several misses in a row on the pooled connection.
     for i in 0..5 {
         let m = ask(addr, BASIC, &format!("k{i}.miss.test."), RecordType::A).await;
         assert_eq!(addrs(&m), ["192.0.2.1"]);
     }
     let (_s2, addr2) = resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", "https").await;
-    assert_eq!(rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await), 2);
+    assert_eq!(
+        rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await),
+        2
+    );
 }

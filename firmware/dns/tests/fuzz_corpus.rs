@@ -11,11 +11,29 @@ use std::net::IpAddr;
 async fn corpus_replays_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("list.txt");
-    std::fs::write(&list, "||ads.test^\n*.wild.test\n0.0.0.0 a.b\n@@||ok.ads.test^\n").unwrap();
+    std::fs::write(
+        &list,
+        "||ads.test^\n*.wild.test\n0.0.0.0 a.b\n@@||ok.ads.test^\n",
+    )
+    .unwrap();
     let mut dns = palisade_core::config::DnsSection::default();
-    dns.lists.insert("l".into(), palisade_core::config::DnsListSection { path: list, allow: false });
-    dns.tiers.insert("default".into(), palisade_core::config::DnsTierSection { lists: vec!["l".into()] });
-    let cfg = EngineConfig::new(dns, vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+    dns.lists.insert(
+        "l".into(),
+        palisade_core::config::DnsListSection {
+            path: list,
+            allow: false,
+        },
+    );
+    dns.tiers.insert(
+        "default".into(),
+        palisade_core::config::DnsTierSection {
+            lists: vec!["l".into()],
+        },
+    );
+    let cfg = EngineConfig::new(
+        dns,
+        vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+    );
     let engine = Engine::new(&cfg).unwrap();
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/request");
     let mut n = 0;
@@ -35,7 +53,8 @@ async fn corpus_replays_cleanly() {
         };
         let accepted = palisade_dns::wire::parse_query(msg);
         if accepted.is_ok() {
-            hickory_proto::op::Message::from_vec(msg).expect("accepted queries are valid DNS messages");
+            hickory_proto::op::Message::from_vec(msg)
+                .expect("accepted queries are valid DNS messages");
         }
         let limit = match &accepted {
             Ok(q) if !tcp => Some(q.udp_limit()),
@@ -52,7 +71,10 @@ async fn corpus_replays_cleanly() {
         };
         replies += 1;
         let m = hickory_proto::op::Message::from_vec(&reply).expect("reply parses");
-        assert_eq!(m.metadata.message_type, hickory_proto::op::MessageType::Response);
+        assert_eq!(
+            m.metadata.message_type,
+            hickory_proto::op::MessageType::Response
+        );
         assert_eq!(&reply[..2], &msg[..2]);
         if let Some(l) = limit {
             assert!(reply.len() <= l);

@@ -28,7 +28,11 @@ async fn resolves_and_caches_with_ttl() {
     assert_eq!(addrs(&m), ["192.0.2.80"]);
     assert_eq!(m.queries[0].name().to_ascii(), "WWW.Test.");
     assert!(m.answers[0].ttl <= 300 && m.answers[0].ttl >= 298);
-    assert_eq!(b.auth.queries(), upstream_queries, "answered from the cache");
+    assert_eq!(
+        b.auth.queries(),
+        upstream_queries,
+        "answered from the cache"
+    );
     // AAAA, and a TTL of 1 expires.
     let m = ask(b.addr, BASIC, "v6.test.", RecordType::AAAA).await;
     assert_eq!(addrs(&m), ["2001:db8::80"]);
@@ -74,17 +78,39 @@ async fn blocks_per_tier_with_allowlists_and_ede() {
     for name in ["ok.ads.test.", "allowed.ads.test."] {
         let m = ask(b.addr, BASIC, name, RecordType::A).await;
         assert_eq!(rcode(&m), NXDOMAIN);
-        assert_eq!(ede(&m), None, "{name} is not blocked, NXDOMAIN comes from upstream");
+        assert_eq!(
+            ede(&m),
+            None,
+            "{name} is not blocked, NXDOMAIN comes from upstream"
+        );
     }
     // The allowlist is only in the basic tier.
-    assert_eq!(ede(&ask(b.addr, FAMILY, "allowed.ads.test.", RecordType::A).await), Some(15));
+    assert_eq!(
+        ede(&ask(b.addr, FAMILY, "allowed.ads.test.", RecordType::A).await),
+        Some(15)
+    );
     // family-only entries and wildcards.
-    assert_eq!(ede(&ask(b.addr, FAMILY, "adult.test.", RecordType::A).await), Some(15));
-    assert_eq!(ede(&ask(b.addr, BASIC, "adult.test.", RecordType::A).await), None);
-    assert_eq!(ede(&ask(b.addr, FAMILY, "a.wild.test.", RecordType::A).await), Some(15));
-    assert_eq!(ede(&ask(b.addr, FAMILY, "wild.test.", RecordType::A).await), None);
+    assert_eq!(
+        ede(&ask(b.addr, FAMILY, "adult.test.", RecordType::A).await),
+        Some(15)
+    );
+    assert_eq!(
+        ede(&ask(b.addr, BASIC, "adult.test.", RecordType::A).await),
+        None
+    );
+    assert_eq!(
+        ede(&ask(b.addr, FAMILY, "a.wild.test.", RecordType::A).await),
+        Some(15)
+    );
+    assert_eq!(
+        ede(&ask(b.addr, FAMILY, "wild.test.", RecordType::A).await),
+        None
+    );
     // A client with no tier (and no default tier) is not filtered.
-    assert_eq!(ede(&ask(b.addr, NO_TIER, "ads.test.", RecordType::A).await), None);
+    assert_eq!(
+        ede(&ask(b.addr, NO_TIER, "ads.test.", RecordType::A).await),
+        None
+    );
     let s = b.engine.stats();
     assert!(s["tiers"]["basic"]["blocked"].as_u64().unwrap() >= 3);
     assert!(s["tiers"]["family"]["blocked"].as_u64().unwrap() >= 3);
@@ -121,16 +147,25 @@ async fn block_modes_and_reload() {
     // A list change is picked up; a broken config keeps the old policy.
     std::fs::write(b.dir.path().join("ads.txt"), "||ads.test^\nnewly.test\n").unwrap();
     b.engine.reload(&cfg).unwrap();
-    assert_eq!(rcode(&ask(b.addr, BASIC, "newly.test.", RecordType::A).await), REFUSED);
+    assert_eq!(
+        rcode(&ask(b.addr, BASIC, "newly.test.", RecordType::A).await),
+        REFUSED
+    );
     let mut broken = cfg.clone();
     broken.dns.lists.get_mut("ads").unwrap().path = b.dir.path().join("missing.txt");
     assert!(b.engine.reload(&broken).is_err());
-    assert_eq!(rcode(&ask(b.addr, BASIC, "newly.test.", RecordType::A).await), REFUSED);
+    assert_eq!(
+        rcode(&ask(b.addr, BASIC, "newly.test.", RecordType::A).await),
+        REFUSED
+    );
     // Tier map change: the basic client moves to family.
     let mut moved = cfg.clone();
     moved.clients[0].1 = Some("family".into());
     b.engine.reload(&moved).unwrap();
-    assert_eq!(ede(&ask(b.addr, BASIC, "adult.test.", RecordType::A).await), Some(15));
+    assert_eq!(
+        ede(&ask(b.addr, BASIC, "adult.test.", RecordType::A).await),
+        Some(15)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,10 +183,18 @@ async fn any_gets_rfc8482_answer() {
 async fn hostile_upstream_does_not_poison() {
     let b = bed().await;
     let m = ask(b.addr, BASIC, "poison.test.", RecordType::A).await;
-    assert_eq!(addrs(&m), ["192.0.2.7"], "out-of-bailiwick records stripped");
+    assert_eq!(
+        addrs(&m),
+        ["192.0.2.7"],
+        "out-of-bailiwick records stripped"
+    );
     assert!(m.authorities.is_empty() && m.additionals.is_empty());
     let m = ask(b.addr, BASIC, "victim.test.", RecordType::A).await;
-    assert_eq!(addrs(&m), ["192.0.2.9"], "victim.test not taken from poison.test's answer");
+    assert_eq!(
+        addrs(&m),
+        ["192.0.2.9"],
+        "victim.test not taken from poison.test's answer"
+    );
     // A reply with the wrong ID is ignored; the real one is used and cached.
     let m = ask(b.addr, BASIC, "spoof.test.", RecordType::A).await;
     assert_eq!(addrs(&m), ["192.0.2.8"]);
@@ -183,7 +226,10 @@ async fn failover_and_fail_closed() {
     // No upstream at all: SERVFAIL too.
     cfg.dns.upstreams.clear();
     b.engine.reload(&cfg).unwrap();
-    assert_eq!(rcode(&ask(b.addr, BASIC, "x.miss.test.", RecordType::A).await), SERVFAIL);
+    assert_eq!(
+        rcode(&ask(b.addr, BASIC, "x.miss.test.", RecordType::A).await),
+        SERVFAIL
+    );
     drop(hole);
 }
 
@@ -257,30 +303,45 @@ async fn tcp_garbage_and_slow_clients() {
     let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     s.write_all(&[0, 3, 1, 2, 3]).await.unwrap();
     let mut buf = [0u8; 16];
-    let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(r, Ok(0) | Err(_)), "closed on length garbage");
     // A client that sends a length and stalls is cut off after TCP_BODY.
     let mut slow = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     slow.write_all(&[0, 40, 0, 1]).await.unwrap();
     let t0 = std::time::Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(6), slow.read(&mut buf)).await.expect("server closes");
+    let r = tokio::time::timeout(Duration::from_secs(6), slow.read(&mut buf))
+        .await
+        .expect("server closes");
     assert!(matches!(r, Ok(0) | Err(_)));
     assert!(t0.elapsed() >= Duration::from_secs(2));
     // Meanwhile and after, service is normal.
-    assert_eq!(addrs(&ask_tcp(b.addr, "www.test.", RecordType::A).await), ["192.0.2.80"]);
-    assert_eq!(addrs(&ask(b.addr, BASIC, "www.test.", RecordType::A).await), ["192.0.2.80"]);
+    assert_eq!(
+        addrs(&ask_tcp(b.addr, "www.test.", RecordType::A).await),
+        ["192.0.2.80"]
+    );
+    assert_eq!(
+        addrs(&ask(b.addr, BASIC, "www.test.", RecordType::A).await),
+        ["192.0.2.80"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_and_foreign_sources() {
     let b = bed_with(|c, _| {
         c.dns.rate_limit_qps = 5;
-        c.allowed_sources = vec!["127.0.0.2/32".parse().unwrap(), "127.0.0.3/32".parse().unwrap()];
+        c.allowed_sources = vec![
+            "127.0.0.2/32".parse().unwrap(),
+            "127.0.0.3/32".parse().unwrap(),
+        ];
     })
     .await;
     // Not a tunnel client: no answer at all.
     let q = query("www.test.", RecordType::A, false);
-    assert!(raw(b.addr, "127.0.0.9", &q, Duration::from_millis(300)).await.is_none());
+    assert!(raw(b.addr, "127.0.0.9", &q, Duration::from_millis(300))
+        .await
+        .is_none());
     assert_eq!(b.engine.stats()["foreign_source"].as_u64(), Some(1));
     // Over TCP too: the connection is closed without an answer.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -291,22 +352,34 @@ async fn rate_limit_and_foreign_sources() {
     framed.extend_from_slice(&q);
     let _ = s9.write_all(&framed).await;
     let mut buf9 = [0u8; 64];
-    let r = tokio::time::timeout(Duration::from_secs(2), s9.read(&mut buf9)).await.expect("closed promptly");
-    assert!(matches!(r, Ok(0) | Err(_)), "no TCP answer to a foreign source");
+    let r = tokio::time::timeout(Duration::from_secs(2), s9.read(&mut buf9))
+        .await
+        .expect("closed promptly");
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "no TCP answer to a foreign source"
+    );
     assert_eq!(b.engine.stats()["foreign_source"].as_u64(), Some(2));
     // A burst beyond the bucket: some are dropped; another client is unaffected.
     let s = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
     for _ in 0..60 {
-        s.send_to(&query("ads.test.", RecordType::A, false), b.addr).await.unwrap();
+        s.send_to(&query("ads.test.", RecordType::A, false), b.addr)
+            .await
+            .unwrap();
     }
     let mut got = 0;
     let mut buf = [0u8; 512];
-    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), s.recv_from(&mut buf)).await {
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), s.recv_from(&mut buf)).await
+    {
         got += 1;
     }
     assert!((5..60).contains(&got), "rate limited: {got} of 60 answered");
     assert!(b.engine.stats()["rate_limited"].as_u64().unwrap() > 0);
-    assert_eq!(ede(&ask(b.addr, FAMILY, "ads.test.", RecordType::A).await), Some(15));
+    assert_eq!(
+        ede(&ask(b.addr, FAMILY, "ads.test.", RecordType::A).await),
+        Some(15)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,8 +389,16 @@ async fn listener_follows_address_changes() {
     // Move to another loopback address (bind works before it "exists": freebind).
     let new: std::net::SocketAddr = format!("127.0.0.53:{port}").parse().unwrap();
     b.server.set_listen(&[new]).unwrap();
-    assert_eq!(addrs(&ask(new, BASIC, "www.test.", RecordType::A).await), ["192.0.2.80"]);
+    assert_eq!(
+        addrs(&ask(new, BASIC, "www.test.", RecordType::A).await),
+        ["192.0.2.80"]
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let q = query("www.test.", RecordType::A, false);
-    assert!(raw(b.addr, BASIC, &q, Duration::from_millis(300)).await.is_none(), "old address closed");
+    assert!(
+        raw(b.addr, BASIC, &q, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "old address closed"
+    );
 }

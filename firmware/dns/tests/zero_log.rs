@@ -54,7 +54,14 @@ async fn production_log_has_no_names_and_no_addresses() {
     tracing::info!(target: "palisade_dns::probe", "capture works");
 
     let b = bed().await;
-    let names = ["secretsite.test.", "x.ads.test.", "cloak.test.", "poison.test.", "nonexistent-zz.test.", "big.test."];
+    let names = [
+        "secretsite.test.",
+        "x.ads.test.",
+        "cloak.test.",
+        "poison.test.",
+        "nonexistent-zz.test.",
+        "big.test.",
+    ];
     for n in names {
         for from in [BASIC, FAMILY] {
             ask(b.addr, from, n, RecordType::A).await;
@@ -73,17 +80,43 @@ async fn production_log_has_no_names_and_no_addresses() {
 
     let prod = String::from_utf8_lossy(&prod.0.lock().unwrap()).to_string();
     let raw = String::from_utf8_lossy(&raw.0.lock().unwrap()).to_string();
-    assert!(prod.contains("capture works"), "the production capture records events");
-    for needle in ["secretsite", "ads.test", "cloak", "poison", "nonexistent-zz", "big.test", "127.0.0.2", "127.0.0.3"] {
-        assert!(!prod.contains(needle), "production log leaks {needle:?}:\n{prod}");
+    assert!(
+        prod.contains("capture works"),
+        "the production capture records events"
+    );
+    for needle in [
+        "secretsite",
+        "ads.test",
+        "cloak",
+        "poison",
+        "nonexistent-zz",
+        "big.test",
+        "127.0.0.2",
+        "127.0.0.3",
+    ] {
+        assert!(
+            !prod.contains(needle),
+            "production log leaks {needle:?}:\n{prod}"
+        );
     }
     // Without the pin hickory's trace/debug events appear (they are what the
     // pin removes); report whether they carried names, for the record.
     let hickory_events = raw.lines().filter(|l| l.contains("hickory")).count();
-    let leaky = raw.lines().filter(|l| l.contains("secretsite") || l.contains("127.0.0.")).count();
-    eprintln!("unpinned capture: {} lines, {hickory_events} from hickory, {leaky} with a name or address", raw.lines().count());
-    assert!(hickory_events > 0, "traffic produced hickory events that the pin filtered");
-    assert!(!prod.lines().any(|l| l.contains("hickory") && !l.contains("WARN") && !l.contains("ERROR")));
+    let leaky = raw
+        .lines()
+        .filter(|l| l.contains("secretsite") || l.contains("127.0.0."))
+        .count();
+    eprintln!(
+        "unpinned capture: {} lines, {hickory_events} from hickory, {leaky} with a name or address",
+        raw.lines().count()
+    );
+    assert!(
+        hickory_events > 0,
+        "traffic produced hickory events that the pin filtered"
+    );
+    assert!(!prod
+        .lines()
+        .any(|l| l.contains("hickory") && !l.contains("WARN") && !l.contains("ERROR")));
 }
 
 async fn raw_send(b: &Bed, msg: &[u8]) {

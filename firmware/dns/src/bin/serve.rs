@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     }
     let read = |p: &std::path::Path| -> anyhow::Result<DnsSection> {
         let text = std::fs::read_to_string(p)?;
-        Ok(toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
     };
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if threads > 0 {

@@ -27,19 +27,45 @@ pub struct Bed {
 }
 
 pub fn upstream(addr: SocketAddr, proto: &str) -> DnsUpstreamSection {
-    DnsUpstreamSection { address: addr, protocol: proto.into(), tls_name: None, ca_file: None, path: None }
+    DnsUpstreamSection {
+        address: addr,
+        protocol: proto.into(),
+        tls_name: None,
+        ca_file: None,
+        path: None,
+    }
 }
 
 pub fn config(dir: &std::path::Path, auth: &TestAuthority) -> EngineConfig {
-    std::fs::write(dir.join("ads.txt"), "||ads.test^\n0.0.0.0 tracker.cdn.test\n@@||ok.ads.test^\n").unwrap();
+    std::fs::write(
+        dir.join("ads.txt"),
+        "||ads.test^\n0.0.0.0 tracker.cdn.test\n@@||ok.ads.test^\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("family.txt"), "adult.test\n*.wild.test\n").unwrap();
     std::fs::write(dir.join("allow.txt"), "allowed.ads.test\n").unwrap();
     let mut dns = DnsSection::default();
     for (n, allow) in [("ads", false), ("family", false), ("allow", true)] {
-        dns.lists.insert(n.into(), DnsListSection { path: dir.join(format!("{n}.txt")), allow });
+        dns.lists.insert(
+            n.into(),
+            DnsListSection {
+                path: dir.join(format!("{n}.txt")),
+                allow,
+            },
+        );
     }
-    dns.tiers.insert("basic".into(), DnsTierSection { lists: vec!["ads".into(), "allow".into()] });
-    dns.tiers.insert("family".into(), DnsTierSection { lists: vec!["ads".into(), "family".into()] });
+    dns.tiers.insert(
+        "basic".into(),
+        DnsTierSection {
+            lists: vec!["ads".into(), "allow".into()],
+        },
+    );
+    dns.tiers.insert(
+        "family".into(),
+        DnsTierSection {
+            lists: vec!["ads".into(), "family".into()],
+        },
+    );
     dns.upstreams = vec![upstream(auth.udp, "udp")];
     dns.rate_limit_qps = 0;
     let mut cfg = EngineConfig::new(dns, vec!["127.0.0.0/8".parse().unwrap()]);
@@ -54,13 +80,22 @@ pub fn config(dir: &std::path::Path, auth: &TestAuthority) -> EngineConfig {
 
 pub async fn bed_with(mutate: impl FnOnce(&mut EngineConfig, &TestAuthority)) -> Bed {
     let dir = tempfile::tempdir().unwrap();
-    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
     let mut cfg = config(dir.path(), &auth);
     mutate(&mut cfg, &auth);
     let engine = Arc::new(Engine::new(&cfg).unwrap());
     let server = Server::start(engine.clone(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
     let addr = server.local_addrs()[0];
-    Bed { auth, server, engine, addr, cfg, dir }
+    Bed {
+        auth,
+        server,
+        engine,
+        addr,
+        cfg,
+        dir,
+    }
 }
 
 pub async fn bed() -> Bed {
@@ -99,7 +134,9 @@ pub async fn raw(server: SocketAddr, from: &str, msg: &[u8], wait: Duration) -> 
 
 pub async fn ask(server: SocketAddr, from: &str, name: &str, qtype: RecordType) -> Message {
     let q = query(name, qtype, true);
-    let r = raw(server, from, &q, Duration::from_secs(5)).await.expect("an answer");
+    let r = raw(server, from, &q, Duration::from_secs(5))
+        .await
+        .expect("an answer");
     let m = Message::from_vec(&r).expect("a valid DNS message");
     assert_eq!(m.metadata.id, u16::from_be_bytes([q[0], q[1]]));
     m
@@ -131,7 +168,9 @@ pub fn ede(m: &Message) -> Option<u16> {
     use hickory_proto::rr::rdata::opt::EdnsOption;
     let e = m.edns.as_ref()?;
     e.options().options.iter().find_map(|(_, o)| match o {
-        EdnsOption::Unknown(15, data) if data.len() >= 2 => Some(u16::from_be_bytes([data[0], data[1]])),
+        EdnsOption::Unknown(15, data) if data.len() >= 2 => {
+            Some(u16::from_be_bytes([data[0], data[1]]))
+        }
         _ => None,
     })
 }
