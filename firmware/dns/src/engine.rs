@@ -142,10 +142,32 @@ impl RateLimiter {
 #[derive(Clone)]
 struct AnswerWeight;
 
-impl quick_cache::Weighter<Box<[u8]>, Arc<Answer>> for AnswerWeight {
-    fn weight(&self, key: &Box<[u8]>, val: &Arc<Answer>) -> u64 {
+impl quick_cache::Weighter<u128, Arc<Answer>> for AnswerWeight {
+    fn weight(&self, _key: &u128, val: &Arc<Answer>) -> u64 {
         // One unit per 256 bytes: `cache_entries` small answers, fewer big ones.
-        1 + ((key.len() + val.weight_bytes()) / 256) as u64
+        1 + (val.weight_bytes() / 256) as u64
+    }
+}
+
+/// Cache keys: a 128-bit keyed hash of (name, type), two SipHash instances
+/// with per-process random keys. No allocation per entry or per lookup, and
+/// collisions (2^-128 per pair) cannot be provoked by choosing names.
+struct KeyHasher(std::collections::hash_map::RandomState, std::collections::hash_map::RandomState);
+
+impl KeyHasher {
+    fn new() -> KeyHasher {
+        KeyHasher(Default::default(), Default::default())
+    }
+
+    fn key(&self, name: &[u8], qtype: u16) -> u128 {
+        use std::hash::{BuildHasher, Hasher};
+        let h = |s: &std::collections::hash_map::RandomState| {
+            let mut h = s.build_hasher();
+            h.write(name);
+            h.write_u16(qtype);
+            h.finish()
+        };
+        (u128::from(h(&self.0)) << 64) | u128::from(h(&self.1))
     }
 }
 
@@ -168,7 +190,8 @@ pub struct Pending {
 /// The resolver core.
 pub struct Engine {
     live: ArcSwap<Live>,
-    cache: quick_cache::sync::Cache<Box<[u8]>, Arc<Answer>, AnswerWeight>,
+    cache: quick_cache::sync::Cache<u128, Arc<Answer>, AnswerWeight>,
+    keys: KeyHasher,
     pub counters: Counters,
     limiter: RateLimiter,
     tiers: Mutex<BTreeMap<String, Arc<TierCounters>>>,
@@ -196,6 +219,7 @@ impl Engine {
                 list_stats: Vec::new(),
             }),
             cache: quick_cache::sync::Cache::with_weighter(entries, entries as u64, AnswerWeight),
+            keys: KeyHasher::new(),
             counters: Counters::default(),
             limiter: RateLimiter::new(),
             tiers: Mutex::new(BTreeMap::new()),
@@ -325,12 +349,7 @@ impl Engine {
             self.counters.any.fetch_add(1, Relaxed);
             return Outcome::Reply(wire::any_hinfo(&q, limit));
         }
-        let mut key = [0u8; 257];
-        let name = q.name();
-        key[..name.len()].copy_from_slice(name);
-        key[name.len()..name.len() + 2].copy_from_slice(&q.qtype.to_be_bytes());
-        let key = &key[..name.len() + 2];
-        if let Some(a) = self.cache.get(key) {
+        if let Some(a) = self.cache.get(&self.keys.key(q.name(), q.qtype)) {
             let now = Instant::now();
             if a.remaining(now).is_some() {
                 self.counters.cache_hits.fetch_add(1, Relaxed);
@@ -371,10 +390,7 @@ impl Engine {
             Ok(a) => {
                 let a = Arc::new(a);
                 if a.ttl > 0 {
-                    let mut key = Vec::with_capacity(q.name().len() + 2);
-                    key.extend_from_slice(q.name());
-                    key.extend_from_slice(&q.qtype.to_be_bytes());
-                    self.cache.insert(key.into_boxed_slice(), a.clone());
+                    self.cache.insert(self.keys.key(q.name(), q.qtype), a.clone());
                 }
                 if let Some(t) = Engine::chain_blocked(&p.live, p.tier, &a) {
                     return self.block_reply(&p.live, &q, t, p.limit);

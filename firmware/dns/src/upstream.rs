@@ -633,8 +633,15 @@ fn sanitize(m: &Message, qname: &Name, qtype: u16) -> Result<Answer, AttemptErro
         rcode: u16::from(rcode) as u8,
         an: an as u16,
         ns: ns as u16,
-        body: bytes[base..].into(),
-        ttl_at: ttl_at.into_iter().map(|(p, _)| (p - base) as u16).collect(),
+        body_len: (bytes.len() - base) as u16,
+        body: {
+            let mut b = Vec::with_capacity(bytes.len() - base + 2 * ttl_at.len());
+            b.extend_from_slice(&bytes[base..]);
+            for (p, _) in &ttl_at {
+                b.extend_from_slice(&((p - base) as u16).to_be_bytes());
+            }
+            b.into_boxed_slice()
+        },
         ttl,
         chain: chain
             .iter()

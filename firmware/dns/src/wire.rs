@@ -342,9 +342,10 @@ pub struct Answer {
     pub rcode: u8,
     pub an: u16,
     pub ns: u16,
+    /// The records, then (from `body_len`) the big-endian u16 offsets of
+    /// each record's TTL in them: one allocation per cached answer.
     pub body: Box<[u8]>,
-    /// Offsets in `body` of each record's TTL (the original TTL is there).
-    pub ttl_at: Box<[u16]>,
+    pub body_len: u16,
     /// Seconds this answer may be served from the cache (0: never cached).
     pub ttl: u32,
     /// CNAME targets in the chain (lowercase wire, no root label): checked
@@ -363,7 +364,6 @@ impl Answer {
     /// Approximate heap bytes, for the cache's weight.
     pub fn weight_bytes(&self) -> usize {
         self.body.len()
-            + self.ttl_at.len() * 2
             + self.chain.iter().map(|c| c.len() + 16).sum::<usize>()
             + 96
     }
@@ -377,9 +377,10 @@ pub fn from_answer(q: &Query<'_>, a: &Answer, now: Instant, limit: usize) -> Vec
         .min(u64::from(u32::MAX)) as u32;
     let mut b = begin(q, a.rcode, 12 + q.question.len() + a.body.len() + 40);
     let base = b.len();
-    b.extend_from_slice(&a.body);
-    for &at in a.ttl_at.iter() {
-        let i = base + at as usize;
+    let (records, offsets) = a.body.split_at(a.body_len as usize);
+    b.extend_from_slice(records);
+    for at in offsets.chunks_exact(2) {
+        let i = base + u16::from_be_bytes([at[0], at[1]]) as usize;
         let ttl = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         b[i..i + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
     }
@@ -570,8 +571,8 @@ mod tests {
             rcode: 0,
             an: 60,
             ns: 0,
+            body_len: body.len() as u16,
             body: body.into(),
-            ttl_at: Box::new([]),
             ttl: 60,
             chain: Box::new([]),
             stored: Instant::now(),
