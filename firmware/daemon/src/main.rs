@@ -7,6 +7,7 @@ mod init;
 mod supervisor;
 
 use anyhow::Context;
+use tracing_subscriber::filter::FilterExt;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -39,6 +40,7 @@ pub fn log_filter() -> tracing_subscriber::EnvFilter {
         "hickory_server=warn",
         "hickory_proto=warn",
         "hickory_resolver=warn",
+        "hickory_net=warn",
         "wireguard_control=warn",
         "netlink_packet_route=error",
         "netlink_packet_core=error",
@@ -59,7 +61,19 @@ fn main() -> anyhow::Result<()> {
         init::spawn_reaper();
     }
     let args = Args::parse();
-    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).with_target(false).init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        // The EnvFilter directives alone can be overridden by a more specific
+        // PALISADE_LOG directive (`hickory_proto::udp=trace`); the per-layer
+        // pin from palisade-dns cannot.
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(log_filter().and(palisade_dns::logging::hickory_pin()));
+        tracing_subscriber::registry().with(layer).init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
