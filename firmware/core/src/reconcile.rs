@@ -5,7 +5,7 @@
 //! A config that fails validation is refused and the last good spec keeps
 //! being enforced.
 
-use crate::config::{self, ConfigError, NodeSpec, PeerSection, PeersFile, PrivateKey, PublicKey};
+use crate::config::{self, ConfigError, NodeSpec, PeerSection, PeersFile, PrivateKey};
 use crate::firewall::{self, Firewall};
 use crate::wg::{self, WgControl, WgPlan};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -194,7 +194,15 @@ impl Engine {
         let mut out = Vec::new();
         let node_pub = match &self.key {
             Some(k) => k.public_key(),
-            None => PrivateKey::load_or_generate(&self.paths.key_file(&spec)).map_err(|e| e.to_string())?.public_key(),
+            // Plan touches nothing: read an existing key file, but never
+            // create one (a throwaway key makes the plan say "set key").
+            None => {
+                let path = self.paths.key_file(&spec);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => PrivateKey::from_base64(&text).map_err(|e| format!("{}: {e}", path.display()))?.public_key(),
+                    Err(_) => PrivateKey::generate().public_key(),
+                }
+            }
         };
         let obs = self.wg.observe(&spec.wg.interface).map_err(|e| e.to_string())?;
         let p: WgPlan = wg::plan(&obs, &spec, &node_pub);
@@ -388,11 +396,6 @@ pub fn allocate(spec: &NodeSpec) -> Result<Vec<IpNet>, String> {
     Err(format!("tunnel prefix {net4} is full"))
 }
 
-/// Public keys of a spec's peers (used by benches and tests).
-pub fn peer_keys(spec: &NodeSpec) -> Vec<PublicKey> {
-    spec.peers.keys().copied().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +417,15 @@ mod tests {
         let r2 = e.reconcile();
         assert_eq!(r2, Report { duration_us: r2.duration_us, ..Default::default() });
         assert!(e.plan().unwrap().is_empty());
+    }
+
+    #[test]
+    fn plan_before_any_reload_creates_no_key_file() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path());
+        let lines = e.plan().unwrap();
+        assert!(lines.iter().any(|l| l.starts_with("+ interface")), "{lines:?}");
+        assert!(!d.path().join("wg0.key").exists(), "plan must not write the node key");
     }
 
     #[test]

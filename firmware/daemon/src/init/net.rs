@@ -31,33 +31,16 @@ pub fn ip_commands(uplinks: &[UplinkSection]) -> Vec<Vec<String>> {
         }
         // The preferred uplink gets metric 0; the others back it up.
         let metric = (i * 100).to_string();
-        if let Some(g) = u.gateway_v4 {
-            cmds.push(vec![
-                "-4".into(),
-                "route".into(),
-                "replace".into(),
-                "default".into(),
-                "via".into(),
-                g.to_string(),
-                "dev".into(),
-                ifn.clone(),
-                "metric".into(),
-                metric.clone(),
-            ]);
-        }
-        if let Some(g) = u.gateway_v6 {
-            cmds.push(vec![
-                "-6".into(),
-                "route".into(),
-                "replace".into(),
-                "default".into(),
-                "via".into(),
-                g.to_string(),
-                "dev".into(),
-                ifn.clone(),
-                "metric".into(),
-                metric.clone(),
-            ]);
+        let gateways = [("-4", u.gateway_v4.map(|g| g.to_string())), ("-6", u.gateway_v6.map(|g| g.to_string()))];
+        for (family, gateway) in gateways {
+            if let Some(g) = gateway {
+                cmds.push(
+                    [family, "route", "replace", "default", "via", &g, "dev", &ifn, "metric", &metric]
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect(),
+                );
+            }
         }
     }
     cmds
