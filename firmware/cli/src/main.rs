@@ -233,6 +233,10 @@ fn print_status(v: &Value) {
             _ => "NOT LOADED",
         }
     );
+    match v["fail_closed"].as_str() {
+        Some(why) => println!("forwarding  OFF (fail-closed): {why}"),
+        None => println!("forwarding  on"),
+    }
     if let Some(r) = v["last_reconcile"].as_object() {
         let errs = r["report"]["errors"].as_array().map(|a| a.len()).unwrap_or(0);
         println!("reconcile   {} error(s), {} us", errs, r["report"]["duration_us"]);

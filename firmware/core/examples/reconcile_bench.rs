@@ -141,11 +141,11 @@ fn main() {
     // on peers, so these should match.
     let nft = NftCli::default();
     let t = Instant::now();
-    nft.apply(&firewall::render(&spec)).expect("nft apply");
+    nft.apply(&firewall::render(&spec, &Default::default())).expect("nft apply");
     let fw_n = t.elapsed().as_secs_f64() * 1e3;
     set(&mut spec, &all[..100.min(all.len())]);
     let t = Instant::now();
-    nft.apply(&firewall::render(&spec)).expect("nft apply");
+    nft.apply(&firewall::render(&spec, &Default::default())).expect("nft apply");
     let fw_100 = t.elapsed().as_secs_f64() * 1e3;
 
     println!("backend: {backend}, interface {iface}, {n} peers, 1% = {change} peers");

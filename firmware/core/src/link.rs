@@ -3,6 +3,7 @@
 //! wanted addresses are missing".
 
 use crate::config::NodeSpec;
+use ipnet::IpNet;
 use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +26,7 @@ fn ip(args: &[&str]) -> Result<String, LinkError> {
 }
 
 /// Addresses (with prefix) on `dev`, as `ip -o addr show` prints them.
-fn addresses(dev: &str) -> Result<Vec<String>, LinkError> {
+fn address_strings(dev: &str) -> Result<Vec<String>, LinkError> {
     let text = ip(&["-o", "addr", "show", "dev", dev])?;
     Ok(text
         .lines()
@@ -36,11 +37,26 @@ fn addresses(dev: &str) -> Result<Vec<String>, LinkError> {
         .collect())
 }
 
-/// Make sure the tunnel interface has its addresses, MTU and is up.
-/// Returns how many things it changed.
-pub fn ensure_tunnel(spec: &NodeSpec) -> Result<usize, LinkError> {
+/// Addresses with prefix on `dev` (an uplink's on-link prefixes).
+pub fn addresses(dev: &str) -> Result<Vec<IpNet>, LinkError> {
+    Ok(address_strings(dev)?.iter().filter_map(|a| a.parse().ok()).collect())
+}
+
+/// Take `dev` down if it exists and is up (fail-closed: the tunnel takes
+/// no traffic). A missing interface is already down.
+pub fn set_down(dev: &str) -> Result<(), LinkError> {
+    match ip(&["-o", "link", "show", "dev", dev]) {
+        Ok(link) if link.contains(",UP") || link.contains("<UP") => ip(&["link", "set", "dev", dev, "down"]).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// Make sure the tunnel interface has its addresses and MTU, and is up only
+/// when `up` (the verified firewall is live). Returns how many things it
+/// changed.
+pub fn ensure_tunnel(spec: &NodeSpec, up: bool) -> Result<usize, LinkError> {
     let dev = spec.wg.interface.as_str();
-    let have = addresses(dev)?;
+    let have = address_strings(dev)?;
     let mut changed = 0;
     let v4 = spec.wg.address_v4.to_string();
     if !have.contains(&v4) {
@@ -54,8 +70,13 @@ pub fn ensure_tunnel(spec: &NodeSpec) -> Result<usize, LinkError> {
     }
     let link = ip(&["-o", "link", "show", "dev", dev])?;
     let mtu = spec.wg.mtu.to_string();
-    if !link.contains(&format!("mtu {mtu} ")) || !link.contains(",UP") && !link.contains("<UP") {
-        ip(&["link", "set", "dev", dev, "mtu", &mtu, "up"])?;
+    let is_up = link.contains(",UP") || link.contains("<UP");
+    if !link.contains(&format!("mtu {mtu} ")) {
+        ip(&["link", "set", "dev", dev, "mtu", &mtu])?;
+        changed += 1;
+    }
+    if up != is_up {
+        ip(&["link", "set", "dev", dev, if up { "up" } else { "down" }])?;
         changed += 1;
     }
     Ok(changed)

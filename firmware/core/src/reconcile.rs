@@ -47,6 +47,9 @@ pub struct Report {
     pub firewall_applied: bool,
     /// The live table differed from the one we loaded (someone changed it).
     pub firewall_drift: bool,
+    /// The verified table is live: forwarding is on and the tunnel is up.
+    /// False means fail-closed: forwarding off, tunnel link down.
+    pub firewall_verified: bool,
     pub sysctl_changes: usize,
     pub errors: Vec<String>,
     pub duration_us: u64,
@@ -60,8 +63,10 @@ pub struct Engine {
     manage_host: bool,
     spec: Option<NodeSpec>,
     key: Option<PrivateKey>,
-    fw_script: Option<String>,
+    fw_rules: Option<firewall::Ruleset>,
     fw_fingerprint: Option<String>,
+    /// Why the node is failing closed (the firewall is not verified), if it is.
+    fail_closed: Option<String>,
     pub last: Option<(SystemTime, Report)>,
     pub last_config_error: Option<String>,
 }
@@ -75,8 +80,9 @@ impl Engine {
             manage_host,
             spec: None,
             key: None,
-            fw_script: None,
+            fw_rules: None,
             fw_fingerprint: None,
+            fail_closed: Some("no valid config loaded yet".into()),
             last: None,
             last_config_error: None,
         }
@@ -128,38 +134,61 @@ impl Engine {
             return r;
         };
 
-        // Firewall first: isolation must be in place before the tunnel passes traffic.
-        let script = firewall::render(spec);
+        // Firewall first: isolation must be in place before the tunnel passes
+        // traffic, and forwarding follows the verified table, never the other
+        // way round.
+        let facts = if self.manage_host { observe_uplinks(spec) } else { firewall::HostFacts::default() };
+        let rules = firewall::render(spec, &facts);
         let live = self.fw.fingerprint();
-        let needs = match (&live, &self.fw_fingerprint, &self.fw_script) {
-            (Ok(Some(l)), Some(f), Some(s)) => {
-                if l != f {
-                    r.firewall_drift = true;
-                    true
-                } else {
-                    *s != script
-                }
+        let in_force = match (&live, &self.fw_fingerprint) {
+            (Ok(Some(l)), Some(f)) if l == f => self.fw_rules.as_ref() == Some(&rules),
+            (Ok(Some(_)), Some(_)) | (Ok(None), Some(_)) => {
+                r.firewall_drift = true;
+                false
             }
-            _ => true,
+            _ => false,
         };
-        if let (Ok(None), Some(_)) = (&live, &self.fw_fingerprint) {
-            r.firewall_drift = true;
-        }
-        if needs {
-            match self.fw.apply(&script) {
+        let mut fail_closed = None;
+        if in_force {
+            r.firewall_verified = true;
+        } else {
+            match self.fw.apply(&rules) {
                 Ok(fp) => {
                     self.fw_fingerprint = Some(fp);
-                    self.fw_script = Some(script);
+                    self.fw_rules = Some(rules);
                     r.firewall_applied = true;
+                    r.firewall_verified = true;
                 }
-                Err(e) => r.errors.push(format!("firewall: {e}")),
+                Err(e) => {
+                    self.fw_fingerprint = None;
+                    self.fw_rules = None;
+                    let msg = format!("firewall: {e}");
+                    fail_closed = Some(format!("{msg}; forwarding is off and the tunnel is down until a verified table is live"));
+                    r.errors.push(msg);
+                }
             }
         }
+        let verified = r.firewall_verified;
+        self.fail_closed = fail_closed;
 
         if self.manage_host {
-            match crate::sysctl::apply(&self.paths.proc_sys, &firewall::sysctls(spec)) {
+            match crate::sysctl::apply(&self.paths.proc_sys, &firewall::sysctls(spec, verified)) {
                 Ok(n) => r.sysctl_changes = n,
-                Err(e) => r.errors.push(e.to_string()),
+                Err(e) => {
+                    r.errors.push(e.to_string());
+                    if verified {
+                        // A setting isolation depends on did not take: do not
+                        // bring the tunnel up on top of it.
+                        self.fail_closed = Some(format!("{e}; the tunnel is down until it is set"));
+                    }
+                }
+            }
+        }
+        let tunnel_up = verified && self.fail_closed.is_none();
+        if self.manage_host && !tunnel_up {
+            // Down before anything else touches the interface.
+            if let Err(e) = crate::link::set_down(&spec.wg.interface) {
+                r.errors.push(format!("link: {e}"));
             }
         }
 
@@ -178,7 +207,7 @@ impl Engine {
         }
 
         if self.manage_host {
-            match crate::link::ensure_tunnel(spec) {
+            match crate::link::ensure_tunnel(spec, tunnel_up) {
                 Ok(n) => r.link_changes = n,
                 Err(e) => r.errors.push(format!("link: {e}")),
             }
@@ -216,9 +245,10 @@ impl Engine {
             out.push(format!("~ listen port {port}"));
         }
         out.extend(p.peers.iter().map(|c| c.to_string()));
-        let script = firewall::render(&spec);
+        let facts = if self.manage_host { observe_uplinks(&spec) } else { firewall::HostFacts::default() };
+        let rules = firewall::render(&spec, &facts);
         let live_matches = matches!((self.fw.fingerprint(), &self.fw_fingerprint), (Ok(Some(l)), Some(f)) if l == *f);
-        if self.fw_script.as_deref() != Some(script.as_str()) || !live_matches {
+        if self.fw_rules.as_ref() != Some(&rules) || !live_matches {
             out.push(format!("~ firewall table inet {} (reload)", firewall::TABLE));
         }
         Ok(out)
@@ -282,7 +312,10 @@ impl Engine {
                 .count();
             (o.exists, o.peers.len(), recent)
         });
-        let fw_live = self.fw.fingerprint().ok().flatten();
+        let fw_live = self.fw.fingerprint();
+        let fw_error = fw_live.as_ref().err().map(|e| e.to_string());
+        let fw_live = fw_live.ok().flatten();
+        let verified = fw_live.is_some() && fw_live == self.fw_fingerprint && self.fail_closed.is_none();
         serde_json::json!({
             "node": self.spec.as_ref().map(|s| serde_json::json!({"name": s.node.name, "region": s.node.region})),
             "version": env!("CARGO_PKG_VERSION"),
@@ -302,7 +335,14 @@ impl Engine {
             "firewall": {
                 "table": format!("inet {}", firewall::TABLE),
                 "loaded": fw_live.is_some(),
-                "verified": fw_live.is_some() && fw_live == self.fw_fingerprint,
+                "verified": verified,
+                "error": fw_error,
+            },
+            // Forwarding and the tunnel follow the verified table; when it is
+            // not live the node fails closed and this says why.
+            "forwarding": verified,
+            "fail_closed": if verified { None } else {
+                Some(self.fail_closed.clone().unwrap_or_else(|| "the live firewall table differs from the verified one; the next reconcile pass restores it".into()))
             },
             "last_reconcile": self.last.as_ref().map(|(t, r)| serde_json::json!({
                 "unix_time": t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
@@ -357,6 +397,19 @@ impl Engine {
             "mtu": spec.wg.mtu,
         }))
     }
+}
+
+/// The addresses the uplinks have now (DHCP, SLAAC): their on-link
+/// prefixes are blocked for clients. An uplink that cannot be read
+/// contributes its configured addresses only.
+fn observe_uplinks(spec: &NodeSpec) -> firewall::HostFacts {
+    let mut facts = firewall::HostFacts::default();
+    for u in spec.uplinks.iter().filter(|u| u.block_on_link) {
+        if let Ok(addrs) = crate::link::addresses(&u.interface) {
+            facts.uplink_addresses.extend(addrs.into_iter().map(|a| (u.interface.clone(), a)));
+        }
+    }
+    facts
 }
 
 fn read_peers(path: &Path) -> Result<PeersFile, String> {
@@ -415,8 +468,34 @@ mod tests {
         assert!(r.firewall_applied && r.wg_interface_changed);
         assert_eq!(r.wg_peer_changes, 2);
         let r2 = e.reconcile();
-        assert_eq!(r2, Report { duration_us: r2.duration_us, ..Default::default() });
+        assert_eq!(r2, Report { duration_us: r2.duration_us, firewall_verified: true, ..Default::default() });
         assert!(e.plan().unwrap().is_empty());
+    }
+
+    #[test]
+    fn failed_firewall_fails_closed_and_recovers_by_itself() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("node.toml"), include_str!("../../../configs/node.toml")).unwrap();
+        let fw = RecordingFirewall::default();
+        let refuse = fw.refuse.clone();
+        refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut e = Engine::new(Paths::new(d.path(), None), Box::new(RecordingWg::default()), Box::new(fw), false);
+        let r = e.reload().unwrap();
+        assert!(!r.firewall_verified && !r.firewall_applied, "{r:?}");
+        assert!(r.errors.iter().any(|x| x.contains("refused by the test")), "{r:?}");
+        let st = e.status();
+        assert_eq!(st["forwarding"], false);
+        assert_eq!(st["firewall"]["verified"], false);
+        let why = st["fail_closed"].as_str().unwrap();
+        assert!(why.contains("refused by the test") && why.contains("forwarding is off"), "{why}");
+        // Still failing: still closed, and it keeps trying.
+        assert!(!e.reconcile().firewall_verified);
+        refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        let r = e.reconcile();
+        assert!(r.firewall_applied && r.firewall_verified, "{r:?}");
+        let st = e.status();
+        assert_eq!(st["forwarding"], true);
+        assert!(st["fail_closed"].is_null(), "{st}");
     }
 
     #[test]

@@ -65,6 +65,15 @@ pub struct UplinkSection {
     /// Lower is preferred when several uplinks are configured.
     #[serde(default)]
     pub priority: u32,
+    /// Block clients from the uplink's own on-link prefixes (the node's
+    /// neighbours on the provider's LAN: other tenants, the router's admin
+    /// side). Set false only where that LAN is meant to be reachable.
+    #[serde(default = "yes")]
+    pub block_on_link: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

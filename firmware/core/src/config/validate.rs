@@ -67,7 +67,11 @@ pub struct EgressSpec {
 
 /// Destinations clients may never reach unless an allow rule says otherwise:
 /// private, shared, link-local (cloud metadata), loopback, multicast,
-/// reserved and documentation ranges of both families.
+/// reserved and documentation ranges of both families; prefixes that embed
+/// an IPv4 address a translator on the provider's side would reach
+/// (NAT64 64:ff9b::/96, 6to4 2002::/16, IPv4-compatible ::/96); cloud host
+/// services in public space (168.63.129.16, AWS's fd00:ec2::254, listed
+/// even where a wider range covers it, so the list documents them).
 pub fn default_blocked() -> Vec<IpNet> {
     [
         "0.0.0.0/8",
@@ -84,13 +88,19 @@ pub fn default_blocked() -> Vec<IpNet> {
         "203.0.113.0/24",
         "224.0.0.0/4",
         "240.0.0.0/4",
+        // Cloud host services in public space (Azure's wire server).
+        "168.63.129.16/32",
         "::/128",
         "::1/128",
+        "::/96",
         "::ffff:0:0/96",
+        "64:ff9b::/96",
         "64:ff9b:1::/48",
         "100::/64",
         "2001:db8::/32",
+        "2002::/16",
         "fc00::/7",
+        "fd00:ec2::254/128",
         "fe80::/10",
         "ff00::/8",
     ]
@@ -226,6 +236,10 @@ impl NodeConfig {
                 let at = e.at("uplink", Some(i), "interface");
                 e.push(at, format!("'{}' is not a valid interface name", u.interface));
             }
+            if u.interface == self.wireguard.interface {
+                let at = e.at("uplink", Some(i), "interface");
+                e.push(at, format!("'{}' is the WireGuard interface; an uplink needs its own interface", u.interface));
+            }
             if u.addresses.is_empty() && !u.dhcp {
                 let at = e.at("uplink", Some(i), "addresses");
                 e.push(at, "give static addresses or set dhcp = true");
@@ -353,6 +367,12 @@ impl NodeConfig {
                 // in the kernel; refuse them here.
                 if let Some(prev) = by_addr.insert(*a, i) {
                     e.push(at, format!("{a} overlaps the AllowedIPs of peer '{}'", self.peers[prev].name));
+                }
+            }
+            if let (Some(r), Some(a)) = (routed, pv6) {
+                if !r.contains(&a) {
+                    let at = e.at("peer", Some(i), "addresses");
+                    e.push(at, format!("{a} is outside routed_prefix_v6 {r}: with a routed prefix IPv6 is not NATed, so this address would leave the node as is"));
                 }
             }
             if let Some(k) = key {

@@ -1,7 +1,8 @@
 //! The only code that runs `nft`: check (`nft -c`), apply (`nft -f`, one
-//! transaction) and read back (`nft -j list table`) to verify and detect drift.
+//! transaction) and read back (`nft -j list table`) to verify against the
+//! render and detect drift.
 
-use super::TABLE;
+use super::{Ruleset, TABLE};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -19,8 +20,9 @@ pub enum FirewallError {
 /// Side effects on the firewall. [`NftCli`] is real; [`RecordingFirewall`]
 /// records scripts for unit tests of callers.
 pub trait Firewall: Send + Sync {
-    /// Dry-run, apply atomically, and return the fingerprint of the live table.
-    fn apply(&self, script: &str) -> Result<String, FirewallError>;
+    /// Dry-run, apply atomically, read the live table back, check it against
+    /// `rules`, and return its fingerprint.
+    fn apply(&self, rules: &Ruleset) -> Result<String, FirewallError>;
     /// Fingerprint of the live table, `None` if it does not exist.
     fn fingerprint(&self) -> Result<Option<String>, FirewallError>;
 }
@@ -63,7 +65,7 @@ impl NftCli {
 
 /// Normalise `nft -j list table` output: drop handles and the metainfo
 /// object (they change on every load), keep everything else in order.
-pub(crate) fn normalise(json: &str) -> Result<String, FirewallError> {
+pub(crate) fn normalise(json: &str) -> Result<(serde_json::Value, String), FirewallError> {
     let mut v: serde_json::Value =
         serde_json::from_str(json).map_err(|e| FirewallError::Verify(format!("unparsable nft -j output: {e}")))?;
     fn strip(v: &mut serde_json::Value) {
@@ -85,56 +87,72 @@ pub(crate) fn normalise(json: &str) -> Result<String, FirewallError> {
         }
     }
     strip(&mut v);
-    // Typed check through the nftables crate's schema: the table has our
-    // base chains with a drop policy. Catches a table that parses but is
-    // not ours (e.g. recreated empty by someone else).
-    let parsed: nftables::schema::Nftables =
-        serde_json::from_value(v.clone()).map_err(|e| FirewallError::Verify(format!("unexpected nft -j schema: {e}")))?;
-    let mut drops = 0;
-    for o in parsed.objects.iter() {
-        if let nftables::schema::NfObject::ListObject(nftables::schema::NfListObject::Chain(c)) = o {
-            if matches!(c.policy, Some(nftables::types::NfChainPolicy::Drop)) {
-                drops += 1;
-            }
-        }
-    }
-    if drops < 2 {
-        return Err(FirewallError::Verify(format!("expected the input and forward chains with policy drop, found {drops}")));
-    }
-    Ok(v.to_string())
+    let fp = v.to_string();
+    Ok((v, fp))
 }
 
-impl Firewall for NftCli {
-    fn apply(&self, script: &str) -> Result<String, FirewallError> {
-        self.run(&["-c", "-f", "-"], Some(script), "check")?;
-        self.run(&["-f", "-"], Some(script), "apply")?;
-        match self.fingerprint()? {
-            Some(f) => Ok(f),
-            None => Err(FirewallError::Verify(format!("table inet {TABLE} missing right after apply"))),
-        }
-    }
-
-    fn fingerprint(&self) -> Result<Option<String>, FirewallError> {
+impl NftCli {
+    fn live(&self) -> Result<Option<(serde_json::Value, String)>, FirewallError> {
         match self.run(&["-j", "list", "table", "inet", TABLE], None, "list") {
             Ok(json) => Ok(Some(normalise(&json)?)),
-            Err(FirewallError::Rejected { stderr, .. }) if stderr.contains("No such file") => Ok(None),
+            Err(e @ FirewallError::Rejected { .. }) => {
+                // Missing, or a real failure? Ask for the list of tables (no
+                // locale-dependent error text involved).
+                let tables = self.run(&["-j", "list", "tables"], None, "list tables")?;
+                let v: serde_json::Value = serde_json::from_str(&tables)
+                    .map_err(|err| FirewallError::Verify(format!("unparsable nft -j list tables output: {err}")))?;
+                let ours = v["nftables"].as_array().into_iter().flatten().any(|o| {
+                    o["table"]["name"] == TABLE && o["table"]["family"] == "inet"
+                });
+                if ours {
+                    Err(e)
+                } else {
+                    Ok(None)
+                }
+            }
             Err(e) => Err(e),
         }
     }
 }
 
-/// Records applied scripts; the fingerprint is the last script.
+impl Firewall for NftCli {
+    fn apply(&self, rules: &Ruleset) -> Result<String, FirewallError> {
+        let script = rules.script();
+        self.run(&["-c", "-f", "-"], Some(&script), "check")?;
+        self.run(&["-f", "-"], Some(&script), "apply")?;
+        match self.live()? {
+            Some((v, fp)) => {
+                super::verify::check(&v, rules)?;
+                Ok(fp)
+            }
+            None => Err(FirewallError::Verify(format!("table inet {TABLE} missing right after apply"))),
+        }
+    }
+
+    fn fingerprint(&self) -> Result<Option<String>, FirewallError> {
+        Ok(self.live()?.map(|(_, fp)| fp))
+    }
+}
+
+/// Records applied scripts; the fingerprint is the last script. While
+/// `refuse` is set, every apply fails as nft would (for fail-closed tests
+/// of callers).
 #[derive(Default)]
 pub struct RecordingFirewall {
     pub applied: Mutex<Vec<String>>,
     pub live: Mutex<Option<String>>,
+    pub refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Firewall for RecordingFirewall {
-    fn apply(&self, script: &str) -> Result<String, FirewallError> {
-        self.applied.lock().expect("poisoned").push(script.to_string());
-        *self.live.lock().expect("poisoned") = Some(script.to_string());
-        Ok(script.to_string())
+    fn apply(&self, rules: &Ruleset) -> Result<String, FirewallError> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(FirewallError::Rejected { stage: "apply", stderr: "refused by the test".into() });
+        }
+        let script = rules.script();
+        self.applied.lock().expect("poisoned").push(script.clone());
+        *self.live.lock().expect("poisoned") = Some(script.clone());
+        Ok(script)
     }
     fn fingerprint(&self) -> Result<Option<String>, FirewallError> {
         Ok(self.live.lock().expect("poisoned").clone())

@@ -1,5 +1,7 @@
 //! Peer isolation: the table `inet palisade`, rendered by a pure function of
-//! the spec ([`render`]) and applied in one transaction ([`NftCli`]).
+//! the spec ([`render`]) into a [`Ruleset`] and applied in one transaction
+//! ([`NftCli`]), which then reads the live table back and checks it against
+//! the render (every set exactly as rendered, every chain with its rules).
 //!
 //! The rules implement docs/security.md. The rule count depends on the
 //! number of uplinks and allow rules, never on the number of peers: peer
@@ -7,6 +9,7 @@
 //! There is never a `log` statement.
 
 mod apply;
+mod verify;
 
 pub use apply::{Firewall, FirewallError, NftCli, RecordingFirewall};
 
@@ -17,9 +20,77 @@ use std::fmt::Write;
 /// Name of the one table Palisade owns. Nothing else is ever touched.
 pub const TABLE: &str = "palisade";
 
-fn set_elems<'a>(nets: impl Iterator<Item = &'a IpNet>) -> String {
-    let v: Vec<String> = nets.map(|n| n.to_string()).collect();
-    v.join(", ")
+/// A named interval set of addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetDef {
+    pub name: &'static str,
+    pub v6: bool,
+    pub elems: Vec<IpNet>,
+}
+
+/// A chain: base chains carry their hook line, regular chains `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainDef {
+    pub name: &'static str,
+    pub hook: Option<&'static str>,
+    pub policy_drop: bool,
+    pub rules: Vec<String>,
+}
+
+/// The whole table as plain data: what [`Ruleset::script`] loads and what
+/// the read-back is checked against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ruleset {
+    pub sets: Vec<SetDef>,
+    pub chains: Vec<ChainDef>,
+}
+
+/// Facts about the host that the ruleset depends on and the config cannot
+/// know: the prefixes the uplinks have right now (DHCP, SLAAC).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostFacts {
+    /// `(interface, address with prefix)` as observed on the uplinks.
+    pub uplink_addresses: Vec<(String, IpNet)>,
+}
+
+impl Ruleset {
+    /// One `nft -f` transaction: create the table if missing, delete it and
+    /// fill it anew. nft runs the file as one transaction, so there is no
+    /// moment without isolation, and nothing of the old table (set elements
+    /// included: `flush table` would keep them) survives a reload.
+    pub fn script(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "add table inet {TABLE}");
+        let _ = writeln!(s, "delete table inet {TABLE}");
+        let _ = writeln!(s, "table inet {TABLE} {{");
+        for set in &self.sets {
+            let ty = if set.v6 { "ipv6_addr" } else { "ipv4_addr" };
+            let _ = writeln!(s, "\tset {} {{\n\t\ttype {ty}\n\t\tflags interval\n\t\tauto-merge", set.name);
+            if !set.elems.is_empty() {
+                let v: Vec<String> = set.elems.iter().map(|n| n.to_string()).collect();
+                let _ = writeln!(s, "\t\telements = {{ {} }}", v.join(", "));
+            }
+            let _ = writeln!(s, "\t}}");
+        }
+        for c in &self.chains {
+            let _ = writeln!(s, "\tchain {} {{", c.name);
+            if let Some(h) = c.hook {
+                let policy = if c.policy_drop { "drop" } else { "accept" };
+                let _ = writeln!(s, "\t\t{h}; policy {policy};");
+            }
+            for r in &c.rules {
+                let _ = writeln!(s, "\t\t{r}");
+            }
+            let _ = writeln!(s, "\t}}");
+        }
+        let _ = writeln!(s, "}}");
+        s
+    }
+
+    /// Every rule with its chain, in order (for the mutation check and docs).
+    pub fn rules(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.chains.iter().flat_map(|c| c.rules.iter().map(move |r| (c.name, r.as_str())))
+    }
 }
 
 fn quoted_list(names: &[&str]) -> String {
@@ -27,10 +98,33 @@ fn quoted_list(names: &[&str]) -> String {
     format!("{{ {} }}", v.join(", "))
 }
 
-/// Render the whole table as one `nft -f` transaction: create the table if
-/// missing, flush it, and fill it. Applied atomically, there is no moment
-/// without isolation. Pure and deterministic (snapshot-tested).
-pub fn render(spec: &NodeSpec) -> String {
+/// ICMP types the node never sends: a redirect from the node would tell a
+/// client about another client's address, and a WireGuard interface never
+/// needs one. The kernel sends IPv6 redirects before the forward hook, so
+/// only an output rule stops them.
+const NO_REDIRECTS: [&str; 2] = ["icmp type redirect drop", "icmpv6 type nd-redirect drop"];
+
+/// The on-link prefixes of the uplinks that block them (a client must not
+/// reach the node's neighbours on the provider's LAN): configured static
+/// addresses and what is observed on the interface now (DHCP, SLAAC).
+fn uplink_prefixes(spec: &NodeSpec, facts: &HostFacts) -> Vec<IpNet> {
+    let mut v = Vec::new();
+    for u in spec.uplinks.iter().filter(|u| u.block_on_link) {
+        let observed = facts.uplink_addresses.iter().filter(|(i, _)| *i == u.interface).map(|(_, a)| a);
+        for a in u.addresses.iter().chain(observed) {
+            let n = a.trunc();
+            // Link-local is in the blocked list already; a /32 or /128 has no neighbours.
+            let link_local = matches!(n, IpNet::V6(n6) if (n6.addr().segments()[0] & 0xffc0) == 0xfe80);
+            if !link_local && n.prefix_len() < n.max_prefix_len() && !v.contains(&n) {
+                v.push(n);
+            }
+        }
+    }
+    v
+}
+
+/// Render the whole table. Pure and deterministic (snapshot-tested).
+pub fn render(spec: &NodeSpec, facts: &HostFacts) -> Ruleset {
     let wg = &spec.wg.interface;
     let uplinks: Vec<&str> = spec.uplinks.iter().map(|u| u.interface.as_str()).collect();
     let up = quoted_list(&uplinks);
@@ -38,89 +132,94 @@ pub fn render(spec: &NodeSpec) -> String {
     let node6 = spec.wg.address_v6.addr();
     let tun4 = spec.wg.address_v4.trunc();
     let tun6 = spec.wg.address_v6.trunc();
-    let blocked4: Vec<&IpNet> = spec.egress.blocked.iter().filter(|n| matches!(n, IpNet::V4(_))).collect();
-    let blocked6: Vec<&IpNet> = spec.egress.blocked.iter().filter(|n| matches!(n, IpNet::V6(_))).collect();
-    let mesh4: Vec<&IpNet> = spec.management.mesh.iter().filter(|n| matches!(n, IpNet::V4(_))).collect();
-    let mesh6: Vec<&IpNet> = spec.management.mesh.iter().filter(|n| matches!(n, IpNet::V6(_))).collect();
-    let mgmt_ports: Vec<String> = spec.management.ports.iter().map(|p| p.to_string()).collect();
-    let dhcp = spec.uplinks.iter().any(|u| u.dhcp);
-
-    let mut s = String::new();
-    // `add table` is a no-op if it exists; `flush` empties it; the rest fills
-    // it. nft runs the whole file as one transaction.
-    let _ = writeln!(s, "add table inet {TABLE}");
-    let _ = writeln!(s, "flush table inet {TABLE}");
-    let _ = writeln!(s, "table inet {TABLE} {{");
-
-    let set = |s: &mut String, name: &str, ty: &str, elems: &[&IpNet]| {
-        let _ = writeln!(s, "\tset {name} {{\n\t\ttype {ty}\n\t\tflags interval\n\t\tauto-merge");
-        if !elems.is_empty() {
-            let _ = writeln!(s, "\t\telements = {{ {} }}", set_elems(elems.iter().copied()));
+    let port = spec.wg.listen_port;
+    let mut blocked: Vec<IpNet> = spec.egress.blocked.clone();
+    for n in uplink_prefixes(spec, facts) {
+        if !blocked.contains(&n) {
+            blocked.push(n);
         }
-        let _ = writeln!(s, "\t}}");
+    }
+    let fam = |v6: bool, nets: &[IpNet]| -> Vec<IpNet> {
+        nets.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).copied().collect()
     };
-    set(&mut s, "blocked_v4", "ipv4_addr", &blocked4);
-    set(&mut s, "blocked_v6", "ipv6_addr", &blocked6);
-    set(&mut s, "mesh_v4", "ipv4_addr", &mesh4);
-    set(&mut s, "mesh_v6", "ipv6_addr", &mesh6);
+    let sets = vec![
+        SetDef { name: "blocked_v4", v6: false, elems: fam(false, &blocked) },
+        SetDef { name: "blocked_v6", v6: true, elems: fam(true, &blocked) },
+        SetDef { name: "mesh_v4", v6: false, elems: fam(false, &spec.management.mesh) },
+        SetDef { name: "mesh_v6", v6: true, elems: fam(true, &spec.management.mesh) },
+    ];
+    let dhcp = spec.uplinks.iter().any(|u| u.dhcp);
+    let mut chains = Vec::new();
 
     // Input: the node itself.
-    let _ = writeln!(s, "\tchain input {{\n\t\ttype filter hook input priority filter - 10; policy drop;");
-    let _ = writeln!(s, "\t\tiif \"lo\" accept");
-    let _ = writeln!(s, "\t\tct state invalid drop");
-    let _ = writeln!(s, "\t\tct state established,related accept");
-    let _ = writeln!(s, "\t\tiifname \"{wg}\" jump input_tunnel");
-    let _ = writeln!(s, "\t\tiifname {up} jump input_uplink");
-    let _ = writeln!(s, "\t}}");
-
-    let _ = writeln!(s, "\tchain input_tunnel {{");
-    let _ = writeln!(s, "\t\tip daddr {node4} udp dport 53 accept");
-    let _ = writeln!(s, "\t\tip daddr {node4} tcp dport 53 accept");
-    let _ = writeln!(s, "\t\tip6 daddr {node6} udp dport 53 accept");
-    let _ = writeln!(s, "\t\tip6 daddr {node6} tcp dport 53 accept");
-    let _ = writeln!(s, "\t\tip daddr {node4} icmp type echo-request limit rate 10/second accept");
-    let _ = writeln!(s, "\t\tip6 daddr {node6} icmpv6 type echo-request limit rate 10/second accept");
-    let _ = writeln!(s, "\t}}");
-
-    let _ = writeln!(s, "\tchain input_uplink {{");
-    let _ = writeln!(s, "\t\tudp dport {} accept", spec.wg.listen_port);
-    let _ = writeln!(
-        s,
-        "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} ip6 hoplimit 255 accept"
-    );
+    chains.push(ChainDef {
+        name: "input",
+        hook: Some("type filter hook input priority filter - 10"),
+        policy_drop: true,
+        rules: vec![
+            "iif \"lo\" accept".into(),
+            "ct state invalid drop".into(),
+            "ct state established,related accept".into(),
+            format!("iifname \"{wg}\" jump input_tunnel"),
+            format!("iifname {up} jump input_uplink"),
+        ],
+    });
+    chains.push(ChainDef {
+        name: "input_tunnel",
+        hook: None,
+        policy_drop: false,
+        rules: vec![
+            format!("ip daddr {node4} udp dport 53 accept"),
+            format!("ip daddr {node4} tcp dport 53 accept"),
+            format!("ip6 daddr {node6} udp dport 53 accept"),
+            format!("ip6 daddr {node6} tcp dport 53 accept"),
+            format!("ip daddr {node4} icmp type echo-request limit rate 10/second accept"),
+            format!("ip6 daddr {node6} icmpv6 type echo-request limit rate 10/second accept"),
+        ],
+    });
+    let mut input_uplink = vec![
+        format!("udp dport {port} accept"),
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept".to_string(),
+    ];
     if dhcp {
-        let _ = writeln!(s, "\t\tudp sport 67 udp dport 68 accept");
-        let _ = writeln!(s, "\t\tip6 saddr fe80::/10 udp sport 547 udp dport 546 accept");
+        input_uplink.push("udp sport 67 udp dport 68 accept".into());
+        input_uplink.push("ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept".into());
     }
-    if !mgmt_ports.is_empty() {
-        let ports = format!("{{ {} }}", mgmt_ports.join(", "));
-        let _ = writeln!(s, "\t\tip saddr @mesh_v4 tcp dport {ports} accept");
-        let _ = writeln!(s, "\t\tip6 saddr @mesh_v6 tcp dport {ports} accept");
+    if !spec.management.ports.is_empty() {
+        let ports: Vec<String> = spec.management.ports.iter().map(|p| p.to_string()).collect();
+        let ports = format!("{{ {} }}", ports.join(", "));
+        input_uplink.push(format!("ip saddr @mesh_v4 tcp dport {ports} accept"));
+        input_uplink.push(format!("ip6 saddr @mesh_v6 tcp dport {ports} accept"));
     }
-    let _ = writeln!(s, "\t\tip saddr @mesh_v4 icmp type echo-request accept");
-    let _ = writeln!(s, "\t\tip6 saddr @mesh_v6 icmpv6 type echo-request accept");
-    let _ = writeln!(s, "\t}}");
+    input_uplink.push("ip saddr @mesh_v4 icmp type echo-request accept".into());
+    input_uplink.push("ip6 saddr @mesh_v6 icmpv6 type echo-request accept".into());
+    chains.push(ChainDef { name: "input_uplink", hook: None, policy_drop: false, rules: input_uplink });
 
     // Forward: clients out to the internet only.
-    let _ = writeln!(s, "\tchain forward {{\n\t\ttype filter hook forward priority filter - 10; policy drop;");
-    let _ = writeln!(s, "\t\tct state invalid drop");
-    let _ = writeln!(s, "\t\tiifname \"{wg}\" oifname \"{wg}\" drop");
-    let _ = writeln!(s, "\t\tiifname \"{wg}\" oifname {up} jump forward_egress");
-    let _ = writeln!(s, "\t\tiifname {up} oifname \"{wg}\" ct state established,related accept");
-    let _ = writeln!(s, "\t}}");
-
-    let _ = writeln!(s, "\tchain forward_egress {{");
-    // Crypto-routing already pins each peer to its /32 and /128; this is the
-    // second wall should AllowedIPs ever be wrong.
-    let _ = writeln!(s, "\t\tmeta nfproto ipv4 ip saddr != {tun4} drop");
-    let _ = writeln!(s, "\t\tmeta nfproto ipv6 ip6 saddr != {tun6} drop");
-    let _ = writeln!(s, "\t\ttcp flags syn tcp option maxseg size set rt mtu");
+    chains.push(ChainDef {
+        name: "forward",
+        hook: Some("type filter hook forward priority filter - 10"),
+        policy_drop: true,
+        rules: vec![
+            "ct state invalid drop".into(),
+            format!("iifname \"{wg}\" oifname \"{wg}\" drop"),
+            format!("iifname \"{wg}\" oifname {up} jump forward_egress"),
+            format!("iifname {up} oifname \"{wg}\" ct state established,related accept"),
+        ],
+    });
+    let mut egress = vec![
+        // Crypto-routing already pins each peer to its /32 and /128; this is
+        // the second wall should AllowedIPs ever be wrong.
+        format!("meta nfproto ipv4 ip saddr != {tun4} drop"),
+        format!("meta nfproto ipv6 ip6 saddr != {tun6} drop"),
+        "tcp flags syn tcp option maxseg size set rt mtu".into(),
+    ];
     for r in &spec.egress.allow {
         let fam = match r.cidr {
             IpNet::V4(_) => "ip",
             IpNet::V6(_) => "ip6",
         };
-        let mut rule = format!("\t\t{fam} daddr {}", r.cidr);
+        let mut rule = format!("{fam} daddr {}", r.cidr);
         match r.protocol {
             None => {}
             Some(Protocol::Icmp) => {
@@ -135,36 +234,103 @@ pub fn render(spec: &NodeSpec) -> String {
                 }
             }
         }
-        let _ = writeln!(s, "{rule} accept");
+        egress.push(format!("{rule} accept"));
     }
-    let _ = writeln!(s, "\t\tip daddr @blocked_v4 drop");
-    let _ = writeln!(s, "\t\tip6 daddr @blocked_v6 drop");
-    let _ = writeln!(s, "\t\taccept");
-    let _ = writeln!(s, "\t}}");
+    egress.push("ip daddr @blocked_v4 drop".into());
+    egress.push("ip6 daddr @blocked_v6 drop".into());
+    egress.push("accept".into());
+    chains.push(ChainDef { name: "forward_egress", hook: None, policy_drop: false, rules: egress });
+
+    // Output: the node never sends redirects.
+    chains.push(ChainDef {
+        name: "output",
+        hook: Some("type filter hook output priority filter - 10"),
+        policy_drop: false,
+        rules: NO_REDIRECTS.iter().map(|r| r.to_string()).collect(),
+    });
 
     // NAT: masquerade clients behind the uplink address (NAT66 unless a
-    // routed prefix is configured).
-    let _ = writeln!(s, "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;");
-    let _ = writeln!(s, "\t\toifname {up} ip saddr {tun4} masquerade");
+    // routed prefix is configured). UDP is mapped into a port range without
+    // the WireGuard listen port: a client sending from that port would
+    // otherwise own the conntrack mapping that another client's handshakes
+    // to the node match (port shadow, CVE-2021-3773).
+    let range = masquerade_range(port);
+    let mut post = vec![
+        format!("oifname {up} ip saddr {tun4} meta l4proto udp masquerade to :{range}"),
+        format!("oifname {up} ip saddr {tun4} masquerade"),
+    ];
     if spec.wg.routed_prefix_v6.is_none() {
-        let _ = writeln!(s, "\t\toifname {up} ip6 saddr {tun6} masquerade");
+        post.push(format!("oifname {up} ip6 saddr {tun6} meta l4proto udp masquerade to :{range}"));
+        post.push(format!("oifname {up} ip6 saddr {tun6} masquerade"));
     }
-    let _ = writeln!(s, "\t}}");
-    let _ = writeln!(s, "}}");
-    s
+    chains.push(ChainDef {
+        name: "postrouting",
+        hook: Some("type nat hook postrouting priority srcnat"),
+        policy_drop: false,
+        rules: post,
+    });
+    Ruleset { sets, chains }
+}
+
+/// The larger source-port range for masqueraded UDP that leaves out `port`.
+fn masquerade_range(port: u16) -> String {
+    let below = (1024u32, u32::from(port).saturating_sub(1));
+    let above = (u32::from(port) + 1, 65535u32);
+    let size = |r: (u32, u32)| r.1.saturating_sub(r.0);
+    let r = if port < 1024 { (1024, 65535) } else if size(below) >= size(above) { below } else { above };
+    format!("{}-{}", r.0, r.1)
+}
+
+/// The table init loads before any uplink is up, and the one left in place
+/// whenever the real table cannot be loaded: nothing is forwarded, nothing
+/// reaches the node but loopback and what bringing an uplink up needs
+/// (DHCP and DHCPv6 replies, IPv6 neighbour discovery).
+pub fn fallback() -> Ruleset {
+    Ruleset {
+        sets: Vec::new(),
+        chains: vec![
+            ChainDef {
+                name: "input",
+                hook: Some("type filter hook input priority filter - 10"),
+                policy_drop: true,
+                rules: vec![
+                    "iif \"lo\" accept".into(),
+                    "udp sport 67 udp dport 68 accept".into(),
+                    "ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept".into(),
+                    "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept".into(),
+                ],
+            },
+            ChainDef {
+                name: "forward",
+                hook: Some("type filter hook forward priority filter - 10"),
+                policy_drop: true,
+                rules: Vec::new(),
+            },
+            ChainDef {
+                name: "output",
+                hook: Some("type filter hook output priority filter - 10"),
+                policy_drop: false,
+                rules: NO_REDIRECTS.iter().map(|r| r.to_string()).collect(),
+            },
+        ],
+    }
 }
 
 /// Kernel settings isolation and forwarding depend on, with the values
 /// palisaded sets and verifies. `(path under /proc/sys, value, required)`.
-pub fn sysctls(spec: &NodeSpec) -> Vec<(String, &'static str, bool)> {
+///
+/// `forwarding` is true only while the verified table is live: forwarding
+/// follows the firewall, never the other way round. The kernel ORs
+/// `send_redirects` and `log_martians` between `all` and each interface, so
+/// `all` alone is not enough: every managed interface gets them too (set as
+/// soon as the interface exists; the reconcile timer catches late ones).
+pub fn sysctls(spec: &NodeSpec, forwarding: bool) -> Vec<(String, &'static str, bool)> {
+    let fwd = if forwarding { "1" } else { "0" };
     let mut v = vec![
-        ("net/ipv4/ip_forward".to_string(), "1", true),
-        ("net/ipv6/conf/all/forwarding".to_string(), "1", true),
+        ("net/ipv4/ip_forward".to_string(), fwd, true),
+        ("net/ipv6/conf/all/forwarding".to_string(), fwd, true),
         ("net/ipv4/conf/all/rp_filter".to_string(), "1", true),
         ("net/ipv4/conf/default/rp_filter".to_string(), "1", true),
-        ("net/ipv4/conf/all/accept_redirects".to_string(), "0", true),
-        ("net/ipv4/conf/all/send_redirects".to_string(), "0", true),
-        ("net/ipv6/conf/all/accept_redirects".to_string(), "0", true),
         ("net/ipv4/conf/all/accept_source_route".to_string(), "0", true),
         // Short conntrack lifetimes: less client state held in the kernel.
         // Present only once nf_conntrack is loaded, which the first apply does.
@@ -172,6 +338,20 @@ pub fn sysctls(spec: &NodeSpec) -> Vec<(String, &'static str, bool)> {
         ("net/netfilter/nf_conntrack_tcp_timeout_established".to_string(), "3600", false),
         ("net/netfilter/nf_conntrack_tcp_timeout_time_wait".to_string(), "10", false),
     ];
+    let mut ifaces: Vec<&str> = vec!["all", "default", spec.wg.interface.as_str()];
+    ifaces.extend(spec.uplinks.iter().map(|u| u.interface.as_str()));
+    for i in ifaces {
+        let required = i == "all" || i == "default";
+        for (fam, key) in [
+            ("ipv4", "send_redirects"),
+            ("ipv4", "accept_redirects"),
+            ("ipv4", "secure_redirects"),
+            ("ipv4", "log_martians"),
+            ("ipv6", "accept_redirects"),
+        ] {
+            v.push((format!("net/{fam}/conf/{i}/{key}"), "0", required));
+        }
+    }
     for u in &spec.uplinks {
         // Forwarding disables RA acceptance unless accept_ra is 2; uplinks
         // configured by DHCP/SLAAC need it.

@@ -1,4 +1,5 @@
 use super::*;
+use super::HostFacts;
 use crate::config::{NodeConfig, NodeSpec, PeerSpec, PrivateKey};
 use std::path::Path;
 
@@ -10,13 +11,15 @@ fn spec() -> NodeSpec {
 
 #[test]
 fn ruleset_snapshot() {
-    insta::assert_snapshot!(render(&spec()));
+    insta::assert_snapshot!(render(&spec(), &HostFacts::default()).script());
 }
 
 #[test]
 fn never_a_log_statement() {
-    let r = render(&spec());
+    let r = render(&spec(), &HostFacts::default()).script();
     assert!(!r.split_whitespace().any(|w| w == "log"), "{r}");
+    let f = fallback().script();
+    assert!(!f.split_whitespace().any(|w| w == "log"), "{f}");
 }
 
 #[test]
@@ -37,36 +40,138 @@ fn rule_count_does_not_grow_with_peers() {
             },
         );
     }
-    assert_eq!(render(&big), render(&spec()));
+    let none = HostFacts::default();
+    assert_eq!(render(&big, &none), render(&spec(), &none));
 }
 
 #[test]
 fn allow_rules_precede_blocked_drop_and_nat66_follows_routed_prefix() {
     let mut s = spec();
-    let r = render(&s);
+    let none = HostFacts::default();
+    let r = render(&s, &none).script();
     let allow = r.find("ip daddr 198.51.100.7/32 tcp dport { 443 } accept").expect("allow rule rendered");
     let drop = r.find("ip daddr @blocked_v4 drop").unwrap();
     assert!(allow < drop);
     assert!(r.contains("ip6 saddr fd66::/64 masquerade"));
     s.wg.routed_prefix_v6 = Some("2001:db8:1::/64".parse().unwrap());
-    assert!(!render(&s).contains("ip6 saddr fd66::/64 masquerade"));
+    assert!(!render(&s, &none).script().contains("ip6 saddr fd66::/64"));
 }
+
+/// The namespace tests share one network namespace (and its table).
+static NFT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Real nftables: the rendered ruleset passes `nft -c`, loads, verifies and
 /// reloads over itself atomically. Runs in a private network namespace.
 #[test]
 #[ignore = "root: run by tests/run.sh (unshare -n)"]
 fn nft_loads_rendered_ruleset() {
+    let _one_at_a_time = NFT.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "inet", "palisade"])
+        .stderr(std::process::Stdio::null())
+        .status();
     let nft = NftCli::default();
-    let fp1 = nft.apply(&render(&spec())).expect("first apply");
-    let fp2 = nft.apply(&render(&spec())).expect("reapply over itself");
+    let none = HostFacts::default();
+    assert_eq!(nft.fingerprint().unwrap(), None, "a fresh namespace has no table");
+    let fp1 = nft.apply(&render(&spec(), &none)).expect("first apply");
+    let fp2 = nft.apply(&render(&spec(), &none)).expect("reapply over itself");
     assert_eq!(fp1, fp2, "same spec, same live table");
     let mut other = spec();
     other.management.ports = vec![2222];
-    let fp3 = nft.apply(&render(&other)).unwrap();
+    let fp3 = nft.apply(&render(&other, &none)).unwrap();
     assert_ne!(fp1, fp3, "fingerprint follows the live table");
-    // A broken script is refused by the check and the live table stays.
-    let err = nft.apply("table inet palisade { chain x { bogus } }").unwrap_err();
+    // A broken ruleset is refused by the check and the live table stays.
+    let mut broken = render(&other, &none);
+    broken.chains[0].rules.push("bogus".into());
+    let err = nft.apply(&broken).unwrap_err();
     assert!(err.to_string().contains("check"), "{err}");
     assert_eq!(nft.fingerprint().unwrap().as_deref(), Some(fp3.as_str()));
+    // The fallback table loads too (init loads it before any uplink is up).
+    nft.apply(&fallback()).expect("fallback table");
+}
+
+/// Reloads shrink sets: an element removed from the config is gone from the
+/// live table after the next apply (`flush table` would have kept it), and
+/// the read-back check notices a lingering element.
+#[test]
+#[ignore = "root: run by tests/run.sh (unshare -n)"]
+fn nft_reload_shrinks_sets() {
+    let _one_at_a_time = NFT.lock().unwrap_or_else(|p| p.into_inner());
+    let nft = NftCli::default();
+    let none = HostFacts::default();
+    let mut wide = spec();
+    wide.management.mesh.push("100.101.0.0/16".parse().unwrap());
+    wide.egress.blocked.push("198.19.0.0/16".parse().unwrap());
+    nft.apply(&render(&wide, &none)).unwrap();
+    let narrow = render(&spec(), &none);
+    nft.apply(&narrow).expect("narrowed ruleset applies and verifies");
+    let list = std::process::Command::new("nft").args(["list", "set", "inet", "palisade", "mesh_v4"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("100.100.0.0/16") && !text.contains("100.101"), "{text}");
+    // An element added behind palisaded's back fails the read-back check.
+    let add = std::process::Command::new("nft")
+        .args(["add", "element", "inet", "palisade", "mesh_v4", "{ 100.102.0.0/16 }"])
+        .status()
+        .unwrap();
+    assert!(add.success());
+    let json = std::process::Command::new("nft").args(["-j", "list", "table", "inet", "palisade"]).output().unwrap();
+    let (v, _) = super::apply::normalise(&String::from_utf8_lossy(&json.stdout)).unwrap();
+    let err = super::verify::check(&v, &narrow).unwrap_err();
+    assert!(err.to_string().contains("set mesh_v4"), "{err}");
+}
+
+#[test]
+fn embedded_ipv4_and_host_service_destinations_are_blocked_by_default() {
+    let r = render(&spec(), &HostFacts::default());
+    let b6 = &r.sets.iter().find(|s| s.name == "blocked_v6").unwrap().elems;
+    let b4 = &r.sets.iter().find(|s| s.name == "blocked_v4").unwrap().elems;
+    for n in ["64:ff9b::/96", "2002::/16", "::/96", "fd00:ec2::254/128"] {
+        assert!(b6.contains(&n.parse().unwrap()), "{n} not in {b6:?}");
+    }
+    assert!(b4.contains(&"168.63.129.16/32".parse().unwrap()));
+}
+
+#[test]
+fn uplink_on_link_prefixes_are_blocked_unless_opted_out() {
+    let mut s = spec();
+    let facts = HostFacts { uplink_addresses: vec![("eth0".into(), "198.19.7.9/24".parse().unwrap()), ("eth0".into(), "fe80::1/64".parse().unwrap())] };
+    let r = render(&s, &facts);
+    let b4 = &r.sets.iter().find(|s| s.name == "blocked_v4").unwrap().elems;
+    let b6 = &r.sets.iter().find(|s| s.name == "blocked_v6").unwrap().elems;
+    assert!(b4.contains(&"198.19.7.0/24".parse().unwrap()), "observed (DHCP) prefix: {b4:?}");
+    assert!(b6.contains(&"2001:db8:113::/64".parse().unwrap()) || s.uplinks[0].addresses.iter().all(|a| a.addr().is_ipv4()), "{b6:?}");
+    assert!(!b6.iter().any(|n| n.to_string().starts_with("fe80::/64")), "link-local stays covered by fe80::/10 only");
+    s.uplinks[0].block_on_link = false;
+    let r = render(&s, &facts);
+    let b4 = &r.sets.iter().find(|s| s.name == "blocked_v4").unwrap().elems;
+    assert!(!b4.contains(&"198.19.7.0/24".parse().unwrap()));
+}
+
+#[test]
+fn masquerade_keeps_udp_off_the_listen_port() {
+    assert_eq!(masquerade_range(51820), "1024-51819");
+    assert_eq!(masquerade_range(2000), "2001-65535");
+    assert_eq!(masquerade_range(443), "1024-65535");
+    let r = render(&spec(), &HostFacts::default()).script();
+    assert!(r.contains("ip saddr 10.66.0.0/16 meta l4proto udp masquerade to :1024-51819"), "{r}");
+    assert!(r.contains("ip6 saddr fd66::/64 meta l4proto udp masquerade to :1024-51819"), "{r}");
+}
+
+#[test]
+fn forwarding_follows_the_verified_table_and_redirects_are_off_everywhere() {
+    let s = spec();
+    let on = sysctls(&s, true);
+    let off = sysctls(&s, false);
+    let get = |v: &Vec<(String, &str, bool)>, k: &str| v.iter().find(|(p, _, _)| p == k).map(|(_, v, _)| v.to_string());
+    assert_eq!(get(&on, "net/ipv4/ip_forward").as_deref(), Some("1"));
+    assert_eq!(get(&off, "net/ipv4/ip_forward").as_deref(), Some("0"));
+    assert_eq!(get(&off, "net/ipv6/conf/all/forwarding").as_deref(), Some("0"));
+    for i in ["all", "default", "wg0", "eth0"] {
+        for k in ["ipv4/conf/{}/send_redirects", "ipv4/conf/{}/accept_redirects", "ipv4/conf/{}/log_martians", "ipv6/conf/{}/accept_redirects"] {
+            let key = format!("net/{}", k.replace("{}", i));
+            assert_eq!(get(&on, &key).as_deref(), Some("0"), "{key}");
+        }
+    }
+    let r = render(&s, &HostFacts::default()).script();
+    assert!(r.contains("icmp type redirect drop") && r.contains("icmpv6 type nd-redirect drop"), "{r}");
 }

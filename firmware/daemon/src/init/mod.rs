@@ -4,8 +4,8 @@
 //! Boot order ([`boot`]): mount /proc, /sys, /dev (devtmpfs), /run, /tmp, /var
 //! (tmpfs); core dumps off; load the board's kernel modules (finit_module, order from
 //! /etc/palisade/modules + modules.dep); mount the `state` partition on
-//! /var/lib/palisade; pick the node config (config drive > state > image seed); bring
-//! up lo and the uplinks (static or DHCP); print a one-line banner on the console
+//! /var/lib/palisade; pick the node config (config drive > state > image seed); load
+//! the drop-everything fallback nft table; bring up lo and the uplinks (static or DHCP); print a one-line banner on the console
 //! (version, node name, slot; never client data).
 //!
 //! Process model ([`spawn_reaper`]): PID 1 stays a small reaper and runs the supervisor
@@ -106,6 +106,13 @@ pub fn boot() -> anyhow::Result<BootEnv> {
     };
     if let Ok((c, _)) = &parsed {
         let _ = nix::unistd::sethostname(&c.node.name);
+    }
+    // No boot window: before any uplink is up, the drop-everything table is
+    // in place (the supervisor replaces it atomically with the real one; if
+    // it cannot, this one stays and forwarding stays off).
+    use palisade_core::firewall::{fallback, Firewall, NftCli};
+    if let Err(e) = NftCli::default().apply(&fallback()) {
+        console(&format!("fallback firewall table: {e}"));
     }
     if let Err(e) = net::bring_up(&uplinks) {
         console(&format!("network: {e:#}"));
