@@ -116,7 +116,7 @@ pub struct GuestOptions {
 pub fn guest_node_toml(bed: &TestBed, opts: &GuestOptions) -> String {
     let mut s = format!(
         "[node]\nname = \"{id}\"\nregion = \"test\"\npublic_endpoint = \"{ep}:{port}\"\n\n\
-         [[uplink]]\ninterface = \"eth0\"\naddresses = [\"{ep}/24\", \"{ep6}/64\"]\ngateway_v4 = \"{gw}\"\n\n\
+         [[uplink]]\ninterface = \"eth0\"\naddresses = [\"{ep}/24\", \"{ep6}/64\"]\ngateway_v4 = \"{gw}\"\nblock_on_link = false\n\n\
          [wireguard]\ninterface = \"wg0\"\nlisten_port = {port}\naddress_v4 = \"{t4}/16\"\naddress_v6 = \"{t6}/64\"\n\
          private_key_file = \"wg0.key\"\nbackend = \"kernel\"\n\n",
         id = bed.id,

@@ -7,6 +7,7 @@
 //! every process it started (by pid) and deletes its namespaces, on panic too.
 
 pub mod bed;
+pub mod capture;
 pub mod guest;
 pub mod matrix;
 pub mod ns;

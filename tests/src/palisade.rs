@@ -75,6 +75,13 @@ pub struct NodeOptions {
     pub peers: Option<Vec<usize>>,
     /// Appended verbatim (e.g. `[dns.list.*]` and `[dns.tier.*]` tables).
     pub extra_toml: String,
+    /// Replaces the bed's egress `blocked` list.
+    pub blocked: Option<Vec<String>>,
+    /// Directory put first on palisaded's PATH (e.g. a failing `nft`).
+    pub path_prefix: Option<PathBuf>,
+    /// Start without waiting for the nft table (a node expected to fail
+    /// closed from the start never loads it).
+    pub no_table_expected: bool,
 }
 
 /// The egress blocked list the bed uses: the product default minus the
@@ -100,7 +107,10 @@ pub fn render_node_toml(bed: &TestBed, opts: &NodeOptions) -> String {
     );
     let _ = writeln!(
         s,
-        "[[uplink]]\ninterface = \"eth0\"\naddresses = [\"{}/24\", \"{}/64\"]\n",
+        // The bed's "internet" is on-link behind eth0, so the node's LAN
+        // neighbours are the internet here: opt out of on-link blocking
+        // (netns_failclosed tests it with a LAN behind a second uplink).
+        "[[uplink]]\ninterface = \"eth0\"\naddresses = [\"{}/24\", \"{}/64\"]\nblock_on_link = false\n",
         addr::NODE_UP_V4,
         addr::NODE_UP_V6
     );
@@ -122,7 +132,13 @@ pub fn render_node_toml(bed: &TestBed, opts: &NodeOptions) -> String {
             c.index, c.keys.public_key, c.tun_v4, c.tun_v6
         );
     }
-    let blocked: Vec<String> = bed_blocked().iter().map(|b| format!("\"{b}\"")).collect();
+    let blocked: Vec<String> = opts
+        .blocked
+        .clone()
+        .unwrap_or_else(bed_blocked)
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect();
     let _ = writeln!(s, "[egress]\nblocked = [{}]\n", blocked.join(", "));
     for a in &opts.allow {
         let _ = writeln!(s, "[[egress.allow]]\n{a}\n");
@@ -147,6 +163,8 @@ pub fn render_node_toml(bed: &TestBed, opts: &NodeOptions) -> String {
 #[derive(Debug, Clone)]
 pub struct Palisade {
     pub bins: PalisadeBins,
+    pub path_prefix: Option<PathBuf>,
+    pub no_table_expected: bool,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub config: PathBuf,
@@ -168,6 +186,8 @@ impl Palisade {
         std::fs::write(&config, render_node_toml(bed, opts))?;
         let mut p = Palisade {
             bins,
+            path_prefix: opts.path_prefix.clone(),
+            no_table_expected: opts.no_table_expected,
             state_dir,
             run_dir,
             config,
@@ -196,9 +216,16 @@ impl Palisade {
             "2",
         ];
         let log = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
-        let proc =
-            bed.node
-                .spawn_env("palisaded", bed.log_dir(), &argv, &[("PALISADE_LOG", &log)])?;
+        let path = match &self.path_prefix {
+            Some(d) => format!("{}:{}", d.display(), std::env::var("PATH").unwrap_or_default()),
+            None => std::env::var("PATH").unwrap_or_default(),
+        };
+        let proc = bed.node.spawn_env(
+            "palisaded",
+            bed.log_dir(),
+            &argv,
+            &[("PALISADE_LOG", &log), ("PATH", &path)],
+        )?;
         bed.node_procs.palisaded = Some(proc);
         let sock = self.socket();
         let ifn = bed.node_if.clone();
@@ -213,9 +240,11 @@ impl Palisade {
                 if d.listen_port != addr::WG_PORT {
                     return None;
                 }
-                bed.node
-                    .run(&["nft", "list", "table", "inet", "palisade"])
-                    .ok()?;
+                if !self.no_table_expected {
+                    bed.node
+                        .run(&["nft", "list", "table", "inet", "palisade"])
+                        .ok()?;
+                }
                 let a = bed.node.ip(&["addr", "show", "dev", &ifn]).ok()?;
                 a.contains(&addr::NODE_TUN_V4.to_string())
                     .then_some(d.public_key)
