@@ -90,10 +90,14 @@ fn failing_nft_fails_closed_and_recovers_by_itself() {
     let json: serde_json::Value = serde_json::from_str(&p.cli_ok(&bed, &["status", "--json"]).unwrap()).unwrap();
     assert_eq!(json["forwarding"], false, "{json}");
     assert_eq!(json["firewall"]["verified"], false, "{json}");
+    // The tunnel takes no traffic: a client trying for 6 s gets no handshake
+    // (so the probes below are not merely waiting for one).
+    let hs = bed.wait_handshake(1, Duration::from_secs(6));
+    assert!(hs.is_err(), "client 1 completed a handshake with a node that has no verified firewall");
+    assert_all(&nothing_reachable(&bed), T);
     assert_eq!(node_sysctl(&bed, "net.ipv4.ip_forward"), "0");
     assert_eq!(node_sysctl(&bed, "net.ipv6.conf.all.forwarding"), "0");
     assert!(!link_is_up(&bed), "the tunnel must be down while the table is not verified");
-    assert_all(&nothing_reachable(&bed), T);
 
     // nft works again: the node recovers by itself (no reload).
     std::fs::remove_file(&flag).unwrap();
@@ -178,12 +182,6 @@ fn no_redirects_reach_clients() {
     let mut bed = TestBed::new(2, bins()).expect("bed");
     let _p = Palisade::start(&mut bed, &NodeOptions::default()).expect("palisaded");
     wait_handshakes(&bed, &[1, 2]);
-    for i in ["all", "default", bed.node_if.as_str(), "eth0"] {
-        for k in ["send_redirects", "accept_redirects", "log_martians"] {
-            assert_eq!(node_sysctl(&bed, &format!("net.ipv4.conf.{i}.{k}")), "0", "ipv4 {i}.{k}");
-        }
-        assert_eq!(node_sysctl(&bed, &format!("net.ipv6.conf.{i}.accept_redirects")), "0", "ipv6 {i}");
-    }
     let (c1, c2) = (&bed.clients[0], &bed.clients[1]);
     let (t4, t6, pings) = icmp_types_seen(&c1.ns, Duration::from_millis(500), || {
         c1.ns
@@ -203,6 +201,12 @@ fn no_redirects_reach_clients() {
     assert!(t6.contains(&129) && t4.contains(&0), "the raw sockets saw no echo reply: v4 {t4:?} v6 {t6:?}");
     assert!(!t6.contains(&137), "an ICMPv6 redirect reached client 1: {t6:?}");
     assert!(!t4.contains(&5), "an ICMP redirect reached client 1: {t4:?}");
+    for i in ["all", "default", bed.node_if.as_str(), "eth0"] {
+        for k in ["send_redirects", "accept_redirects", "log_martians"] {
+            assert_eq!(node_sysctl(&bed, &format!("net.ipv4.conf.{i}.{k}")), "0", "ipv4 {i}.{k}");
+        }
+        assert_eq!(node_sysctl(&bed, &format!("net.ipv6.conf.{i}.accept_redirects")), "0", "ipv6 {i}");
+    }
 }
 
 /// Destinations embedding IPv4 or serving the cloud host, and where to send to them.

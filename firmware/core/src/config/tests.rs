@@ -137,3 +137,20 @@ fn peers_file_merges_and_errors_point_into_it() {
     let e = load(&cfg, Some(&peers)).unwrap_err().to_string();
     assert!(e.contains("peers.toml:3: peer[0].public_key"), "{e}");
 }
+
+#[test]
+fn rejects_uplink_named_like_the_wireguard_interface() {
+    let t = GOOD.replacen("interface = \"eth0\"", "interface = \"wg0\"", 1);
+    let e = err(&t);
+    assert!(e.contains("uplink[0].interface") && e.contains("is the WireGuard interface"), "{e}");
+}
+
+#[test]
+fn rejects_peer_v6_outside_the_routed_prefix() {
+    let t = GOOD.replace("backend = \"kernel\"", "backend = \"kernel\"\nrouted_prefix_v6 = \"2001:db8:66::/64\"");
+    let e = err(&t);
+    assert!(e.contains("fd66::2 is outside routed_prefix_v6 2001:db8:66::/64") && e.contains("peer[0].addresses"), "{e}");
+    // Inside: accepted (the tunnel prefix is the routed one).
+    let ok = GOOD.replace("backend = \"kernel\"", "backend = \"kernel\"\nrouted_prefix_v6 = \"fd66::/64\"");
+    parse(&ok).unwrap();
+}
