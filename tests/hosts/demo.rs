@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     println!("    namespaces: {}-inet, {}-c1", bed.id, bed.id);
     let opts = GuestOptions {
         blocklist: vec!["||ads.example.test^".into()],
+        ..Default::default()
     };
 
     step(2, "booting the image under QEMU (TCG), palisaded is PID 1");

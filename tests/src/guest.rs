@@ -109,6 +109,36 @@ pub struct GuestOptions {
     /// Lines of the DNS block list seeded onto the state partition (list "ads",
     /// tier "default"); empty: no list.
     pub blocklist: Vec<String>,
+    /// Appended to the kernel command line of every boot entry on the ESP
+    /// (e.g. `module_blacklist=nft_masq`: an image whose nft NAT module
+    /// cannot load).
+    pub extra_cmdline: Option<String>,
+}
+
+/// Append `extra` to the `options` line of every boot entry on the ESP.
+pub fn append_cmdline(disk: &Path, extra: &str) -> Result<()> {
+    let (esp_off, _) = partition(disk, "esp")?;
+    let img = format!("{}@@{esp_off}", disk.display());
+    let list = run_cmd(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-b", "-i", &img, "::/loader/entries"]))?;
+    let tmp = tempfile::tempdir()?;
+    let mut n = 0;
+    for entry in list.lines().map(str::trim).filter(|l| l.ends_with(".conf")) {
+        let name = entry.rsplit('/').next().unwrap_or(entry);
+        let src = format!("::/loader/entries/{name}");
+        let text = run_cmd(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &img, &src]))?;
+        let edited: String = text
+            .lines()
+            .map(|l| if l.starts_with("options ") { format!("{l} {extra}\n") } else { format!("{l}\n") })
+            .collect();
+        let local = tmp.path().join(name);
+        std::fs::write(&local, edited)?;
+        run_cmd(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i", &img]).arg(&local).arg(&src))?;
+        n += 1;
+    }
+    if n == 0 {
+        bail!("no boot entries found on the ESP of {}", disk.display());
+    }
+    Ok(())
 }
 
 /// Node config for the guest: kernel WireGuard `wg0`, uplink `eth0` 203.0.113.10
@@ -176,6 +206,9 @@ impl Guest {
                 .arg(&disk),
         )
         .context("copy the image")?;
+        if let Some(extra) = &opts.extra_cmdline {
+            append_cmdline(&disk, extra)?;
+        }
         let (state_off, _) = partition(&disk, "state")?;
         let node_key = gen_keypair(dir, "guest-node")?;
         debugfs_write(&disk, state_off, &node_key.private_key_file, "wg0.key")?;

@@ -29,6 +29,7 @@ fn image_serves_isolated_clients_and_keeps_no_client_data() {
     let bed = TestBed::new_for_guest(2, bins()).expect("build test bed");
     let opts = GuestOptions {
         blocklist: vec!["||ads.example.test^".into()],
+        ..Default::default()
     };
     let mut guest = Guest::boot(&bed, &image, &opts).expect("boot the image");
 

@@ -70,6 +70,9 @@ fn log_report(what: &str, r: &Report) {
     for e in &r.errors {
         tracing::error!("{what}: {e}");
     }
+    if !r.firewall_verified {
+        tracing::warn!("{what}: fail-closed: no verified firewall table, forwarding off and the tunnel down");
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
