@@ -154,3 +154,16 @@ fn rejects_peer_v6_outside_the_routed_prefix() {
     let ok = GOOD.replace("backend = \"kernel\"", "backend = \"kernel\"\nrouted_prefix_v6 = \"fd66::/64\"");
     parse(&ok).unwrap();
 }
+
+#[test]
+fn error_lines_come_from_the_parser_even_after_a_commented_header() {
+    // A trailing comment after a table header broke the hand-written search.
+    let t = GOOD.replace("[wireguard]", "[wireguard] # the tunnel").replace("listen_port = 51820", "listen_port = 0");
+    let e = err(&t);
+    let line = t.lines().position(|l| l.starts_with("listen_port = 0")).unwrap() + 1;
+    assert!(e.contains(&format!("node.toml:{line}")) && e.contains("wireguard.listen_port"), "{e}");
+    let t = with_peer("name = \"x\" # the laptop\npublic_key = \"AAAA\"\naddresses = [\"10.66.0.9/32\"]");
+    let e = err(&t);
+    let line = t.lines().position(|l| l.starts_with("public_key = \"AAAA\"")).unwrap() + 1;
+    assert!(e.contains(&format!("node.toml:{line}")), "{e}");
+}

@@ -164,42 +164,38 @@ impl<'a> Errors<'a> {
     }
 }
 
-/// Line of `field = ...` inside the `index`-th `[section]`/`[[section]]` table.
+/// Line of `field` inside the `index`-th `[section]`/`[[section]]` table
+/// (dotted sections such as `egress.allow` or `dns.tier.NAME` are paths),
+/// from the TOML parser's spans; the table's own line when the field is not
+/// in the text (a missing required field, a default).
 fn find_line(text: &str, section: &str, index: Option<usize>, field: &str) -> Option<usize> {
-    let header_single = format!("[{section}]");
-    let header_array = format!("[[{section}]]");
-    let mut seen = 0usize;
-    let mut start = None;
-    let mut offset = 0usize;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t == header_single || t == header_array {
-            if index.is_none_or(|i| i == seen) {
-                start = Some(offset);
-                break;
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut span = doc.span();
+    for key in section.split('.') {
+        let v = table.get(key)?;
+        span = v.span();
+        let v = match (v.get_ref(), index) {
+            (DeValue::Array(items), Some(i)) => {
+                let item = items.get(i)?;
+                span = item.span();
+                item.get_ref()
             }
-            seen += 1;
-        }
-        offset += line.len();
+            (DeValue::Array(items), None) => items.first()?.get_ref(),
+            (other, _) => other,
+        };
+        table = match v {
+            DeValue::Table(t) => t,
+            _ => return Some(super::line_of(text, span.start)),
+        };
     }
-    let start = start?;
-    if field.is_empty() {
-        return Some(line_of(text, start));
-    }
-    let mut off = start;
-    for (n, line) in text[start..].split_inclusive('\n').enumerate() {
-        let t = line.trim_start();
-        if n > 0 && t.starts_with('[') {
-            break;
+    if !field.is_empty() {
+        if let Some((k, _)) = table.get_key_value(field) {
+            return Some(super::line_of(text, k.span().start));
         }
-        if let Some(rest) = t.strip_prefix(field) {
-            if rest.trim_start().starts_with('=') {
-                return Some(line_of(text, off));
-            }
-        }
-        off += line.len();
     }
-    Some(line_of(text, start))
+    Some(super::line_of(text, span.start))
 }
 
 fn is_canonical(net: &IpNet) -> bool {
