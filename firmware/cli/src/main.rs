@@ -72,8 +72,10 @@ enum PeersCmd {
         addresses: Vec<String>,
         #[arg(long)]
         tier: Option<String>,
-        #[arg(long)]
-        preshared_key: Option<String>,
+        /// File holding the base64 preshared key, or `-` for standard input
+        /// (never a command-line argument: those are visible in the process list).
+        #[arg(long, value_name = "FILE")]
+        preshared_key_file: Option<PathBuf>,
         #[arg(long)]
         no_qr: bool,
     },
@@ -130,7 +132,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Peers { cmd: PeersCmd::Add { name, public_key, generate_key, addresses, tier, preshared_key, no_qr } } => {
+        Cmd::Peers { cmd: PeersCmd::Add { name, public_key, generate_key, addresses, tier, preshared_key_file, no_qr } } => {
+            let preshared_key = match preshared_key_file {
+                Some(p) => Some(read_secret(p)?),
+                None => None,
+            };
             let generated = generate_key.then(PrivateKey::generate);
             let public_key = match (&generated, public_key) {
                 (Some(k), _) => k.public_key().to_base64(),
@@ -144,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     public_key,
                     addresses: addresses.clone(),
                     tier: tier.clone(),
-                    preshared_key: preshared_key.clone(),
+                    preshared_key: preshared_key.as_ref().map(|k| k.to_string()),
                 },
             )?;
             eprintln!("added peer '{name}' ({} change(s) applied)", r["wg_peer_changes"]);
@@ -201,6 +207,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A secret from a file (or standard input for `-`), trimmed, zeroed on drop.
+fn read_secret(path: &std::path::Path) -> anyhow::Result<Zeroizing<String>> {
+    let mut text = Zeroizing::new(String::new());
+    if path == std::path::Path::new("-") {
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the preshared key from standard input")?;
+    } else {
+        std::io::Read::read_to_string(
+            &mut std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+            &mut text,
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
+    }
+    let key = Zeroizing::new(text.trim().to_string());
+    if key.is_empty() {
+        bail!("{}: no preshared key in it", path.display());
+    }
+    Ok(key)
 }
 
 fn print_status(v: &Value) {
@@ -276,6 +301,24 @@ fn print_client_config(c: &Value, private_key: Option<&str>, qr: bool) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preshared_key_comes_from_a_file_not_the_command_line() {
+        let dir = std::env::temp_dir().join(format!("palisade-cli-psk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("psk");
+        std::fs::write(&f, "  c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\n").unwrap();
+        assert_eq!(read_secret(&f).unwrap().as_str(), "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(read_secret(&f).unwrap_err().to_string().contains("no preshared key"));
+        assert!(read_secret(&dir.join("missing")).unwrap_err().to_string().contains("opening"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The old argument is gone: a key on the command line is refused by clap.
+        let old = Cli::try_parse_from(["palisade", "peers", "add", "x", "--public-key", "k", "--preshared-key", "s"]);
+        assert!(old.is_err());
+        let new = Cli::try_parse_from(["palisade", "peers", "add", "x", "--public-key", "k", "--preshared-key-file", "-"]);
+        assert!(new.is_ok());
+    }
 
     #[test]
     fn client_config_is_wg_quick_format() {

@@ -187,15 +187,15 @@ fn find_line(text: &str, section: &str, index: Option<usize>, field: &str) -> Op
         };
         table = match v {
             DeValue::Table(t) => t,
-            _ => return Some(super::line_of(text, span.start)),
+            _ => return Some(line_of(text, span.start)),
         };
     }
     if !field.is_empty() {
         if let Some((k, _)) = table.get_key_value(field) {
-            return Some(super::line_of(text, k.span().start));
+            return Some(line_of(text, k.span().start));
         }
     }
-    Some(super::line_of(text, span.start))
+    Some(line_of(text, span.start))
 }
 
 fn is_canonical(net: &IpNet) -> bool {
