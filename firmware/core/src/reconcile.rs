@@ -185,6 +185,7 @@ impl Engine {
             }
         }
         let tunnel_up = verified && self.fail_closed.is_none();
+        r.firewall_verified = tunnel_up;
         if self.manage_host && !tunnel_up {
             // Down before anything else touches the interface.
             if let Err(e) = crate::link::set_down(&spec.wg.interface) {
@@ -192,9 +193,21 @@ impl Engine {
             }
         }
 
+        // While failing closed the interface carries no peers at all: a
+        // link that is down stops the kernel backend, but a userspace
+        // backend (wireguard-go) still completes handshakes on a down link.
+        // The peers come back with the verified table (their sessions were
+        // dead meanwhile anyway).
+        let closed;
+        let wanted = if tunnel_up {
+            spec
+        } else {
+            closed = NodeSpec { peers: Default::default(), ..spec.clone() };
+            &closed
+        };
         match self.wg.observe(&spec.wg.interface) {
             Ok(obs) => {
-                let plan = wg::plan(&obs, spec, &key.public_key());
+                let plan = wg::plan(&obs, wanted, &key.public_key());
                 r.wg_interface_changed = plan.create_interface || plan.set_private_key || plan.set_listen_port.is_some();
                 r.wg_peer_changes = plan.peers.len();
                 if !plan.is_empty() {
@@ -483,6 +496,7 @@ mod tests {
         let r = e.reload().unwrap();
         assert!(!r.firewall_verified && !r.firewall_applied, "{r:?}");
         assert!(r.errors.iter().any(|x| x.contains("refused by the test")), "{r:?}");
+        assert_eq!(r.wg_peer_changes, 0, "no peer is configured while failing closed");
         let st = e.status();
         assert_eq!(st["forwarding"], false);
         assert_eq!(st["firewall"]["verified"], false);
@@ -493,6 +507,7 @@ mod tests {
         refuse.store(false, std::sync::atomic::Ordering::SeqCst);
         let r = e.reconcile();
         assert!(r.firewall_applied && r.firewall_verified, "{r:?}");
+        assert_eq!(r.wg_peer_changes, 2, "the peers come back with the verified table");
         let st = e.status();
         assert_eq!(st["forwarding"], true);
         assert!(st["fail_closed"].is_null(), "{st}");
