@@ -15,8 +15,8 @@ stage() { echo; echo "== [$((SECONDS - started))s] $*"; }
 stage "tier 1: unit tests (cargo test --workspace)"
 cargo test --workspace --locked
 
-stage "tier 2a: nft loads the rendered ruleset (private network namespace)"
-unshare -n cargo test --locked -p palisade-core -- --ignored
+stage "tier 2a: nft loads the rendered ruleset; the DNS service binds port 53 (private network namespace)"
+unshare -n sh -c 'ip link set lo up && exec cargo test --locked -p palisade-core -p palisade-dns -- --ignored'
 
 stage "tier 2b: namespace tests (palisaded + wireguard-go clients, real nftables)"
 cargo build --locked -p palisaded -p palisade-cli

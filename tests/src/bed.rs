@@ -3,7 +3,8 @@
 //! ```text
 //! pal-<pid>-<n>-inet  bridge br0: 203.0.113.1/24, 2001:db8:113::1/64 ("the internet")
 //!   also on br0: web 203.0.113.80 / 2001:db8:113::80 (pal-testhost: tcp 80, 8080; udp 7, 8080)
-//!                DNS 203.0.113.53 / 2001:db8:113::53 (dnsmasq, zone example.test)
+//!                DNS 203.0.113.53 / 2001:db8:113::53 (dnsmasq, zone example.test;
+//!                every name under canary.example.test resolves to the web host)
 //!                "private" destinations clients must not reach: 10.99.0.80, 10.99.0.81,
 //!                100.64.0.1, 169.254.169.254, 192.168.77.1, 172.16.77.1, fd99::80, fd99::81
 //!                a management-mesh source 100.100.0.5
@@ -400,6 +401,9 @@ impl TestBed {
                 &format!("--host-record=ads.example.test,{}", addr::WEB_V4),
                 &format!("--host-record=tracker.ads.example.test,{}", addr::WEB_V4),
                 &format!("--host-record=adult.example.test,{}", addr::WEB_V4),
+                // Every name under canary.example.test resolves (zero-log canaries).
+                &format!("--address=/canary.example.test/{}", addr::WEB_V4),
+                &format!("--address=/canary.example.test/{}", addr::WEB_V6),
                 "--user=root",
             ],
         )?;
@@ -821,7 +825,7 @@ pub fn preflight() -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("namespace tests need root: run `sudo ./tests/run.sh`");
     }
-    for tool in ["ip", "nft", "wg", "wireguard-go", "dnsmasq", "sysctl"] {
+    for tool in ["ip", "nft", "wg", "wireguard-go", "dnsmasq", "sysctl", "busybox"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);

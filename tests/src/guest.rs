@@ -24,6 +24,39 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// Run one command on a QEMU human monitor (`-monitor unix:SOCK,server,nowait`)
+/// and return what it printed. QEMU prints the `(qemu) ` prompt when it is
+/// ready and again once the command has run: this waits for both (5 s each)
+/// instead of sleeping and hoping the command was read.
+pub fn monitor_command(sock: &Path, cmd: &str) -> Result<String> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .with_context(|| format!("connect {}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    read_to_prompt(&mut s, "before the command")?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let out = read_to_prompt(&mut s, &format!("running {cmd:?}"))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Read until the monitor's `(qemu) ` prompt (QEMU's echo of a typed command
+/// never contains it).
+fn read_to_prompt(s: &mut std::os::unix::net::UnixStream, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.ends_with(b"(qemu) ") {
+        let n = s.read(&mut buf).with_context(|| {
+            format!("QEMU monitor, {what}: {:?}", String::from_utf8_lossy(&got))
+        })?;
+        if n == 0 {
+            bail!("QEMU monitor closed, {what}: {:?}", String::from_utf8_lossy(&got));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(got)
+}
+
 /// The image under test: `$PALISADE_IMAGE` (tests/run.sh sets it after building);
 /// otherwise the image is built with `palisade-image build --board qemu-x86_64
 /// --out <workspace>/out` and `out/palisade-qemu-x86_64.raw` is used.
@@ -282,14 +315,9 @@ impl Guest {
         .with_context(|| format!("console so far:\n{}", tail(&self.console_text(), 40)))
     }
 
-    /// Send a QEMU monitor command (Unix socket).
+    /// Run a QEMU monitor command (Unix socket) and wait until QEMU has run it.
     pub fn monitor(&self, cmd: &str) -> Result<()> {
-        use std::io::Write;
-        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)
-            .with_context(|| format!("connect {}", self.monitor.display()))?;
-        s.write_all(format!("{cmd}\n").as_bytes())?;
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(())
+        monitor_command(&self.monitor, cmd).map(|_| ())
     }
 
     /// Clean shutdown: ctrl-alt-delete makes palisaded (PID 1) stop and reboot,

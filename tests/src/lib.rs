@@ -13,6 +13,7 @@ pub mod matrix;
 pub mod ns;
 pub mod palisade;
 pub mod probe;
+pub mod qr;
 pub mod wg;
 
 pub use bed::{addr, sa, Bins, Client, TestBed};

@@ -137,9 +137,37 @@ pub fn table(rows: &[Row]) -> String {
         .join("\n")
 }
 
+/// Dropped pings that have no positive control: a ping expected to reach,
+/// from the same namespace and in the same address family, in the same matrix.
+/// (ping is an external program: only a ping shown to work in the same run
+/// makes its silence mean "dropped".)
+pub fn pings_without_control(cases: &[Case<'_>]) -> Vec<String> {
+    let is_ping = |c: &Case<'_>| matches!(c.kind, Kind::Ping);
+    cases
+        .iter()
+        .filter(|c| is_ping(c) && c.expect == Expect::Dropped)
+        .filter(|d| {
+            !cases.iter().any(|c| {
+                is_ping(c)
+                    && c.expect != Expect::Dropped
+                    && c.from.name() == d.from.name()
+                    && c.dst.is_ipv4() == d.dst.is_ipv4()
+            })
+        })
+        .map(|d| d.label.clone())
+        .collect()
+}
+
 /// Run and panic with the whole table unless every case met its expectation.
+/// A dropped ping without a positive control (see [`pings_without_control`])
+/// is refused before anything is sent.
 #[track_caller]
 pub fn assert_all(cases: &[Case<'_>], timeout: Duration) {
+    let lone = pings_without_control(cases);
+    assert!(
+        lone.is_empty(),
+        "dropped pings without a reached ping from the same namespace and family: {lone:?}"
+    );
     let rows = run(cases, timeout);
     let t = table(&rows);
     println!("{t}");

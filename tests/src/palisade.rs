@@ -295,6 +295,34 @@ impl Palisade {
     }
 }
 
+impl Palisade {
+    /// When palisaded's last reconcile pass ended (unix seconds, from
+    /// `palisade status --json`); `None` before the first pass.
+    pub fn last_reconcile(&self, bed: &TestBed) -> Result<Option<u64>> {
+        let out = self.cli_ok(bed, &["status", "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("status JSON")?;
+        Ok(v["last_reconcile"]["unix_time"].as_u64())
+    }
+
+    /// Wait until palisaded has finished `n` more reconcile passes (timer,
+    /// reload or CLI change) than when called. Passes run 2 s apart and the
+    /// status reports whole seconds, so each pass shows as a new time.
+    pub fn wait_reconcile_passes(&self, bed: &TestBed, n: usize, within: Duration) -> Result<()> {
+        let mut last = self.last_reconcile(bed)?;
+        for i in 1..=n {
+            last = Some(wait_until(
+                within,
+                &format!("reconcile pass {i} of {n}"),
+                || {
+                    let now = self.last_reconcile(bed).ok()??;
+                    (Some(now) > last).then_some(now)
+                },
+            )?);
+        }
+        Ok(())
+    }
+}
+
 /// `wg genkey | wg pubkey` for a throwaway peer (the CLI add/remove tests).
 pub fn throwaway_public_key() -> Result<String> {
     let k = run_cmd(Command::new("wg").arg("genkey"))?;

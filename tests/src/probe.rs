@@ -165,20 +165,45 @@ pub fn udp_send(src: Option<IpAddr>, dst: SocketAddr, payload: &[u8]) -> Result<
 }
 
 /// One ICMP echo (busybox ping, run in the caller's namespace: call it inside
-/// [`crate::Netns::enter`]). `Answered("echo")` on a reply, `Timeout` otherwise.
+/// [`crate::Netns::enter`]). `Answered("echo")` on a reply; `Timeout` only when
+/// ping says it sent the request and got nothing back; anything else (no
+/// busybox, no permission, no route, a bad address) is an `Error` with ping's
+/// own message, so a broken probe can never pass as "dropped".
 pub fn ping(dst: IpAddr, timeout: Duration) -> Outcome {
     let secs = timeout.as_secs().max(1).to_string();
     let fam = if dst.is_ipv4() { "-4" } else { "-6" };
     match std::process::Command::new("busybox")
         .args(["ping", fam, "-c", "1", "-W", &secs, &dst.to_string()])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .output()
     {
-        Ok(st) if st.success() => Outcome::Answered("echo".into()),
-        Ok(_) => Outcome::Timeout,
+        Ok(o) => classify_ping(
+            o.status.success(),
+            o.status.code(),
+            &String::from_utf8_lossy(&o.stdout),
+            &String::from_utf8_lossy(&o.stderr),
+        ),
         Err(e) => Outcome::Error(format!("busybox ping: {e}")),
+    }
+}
+
+/// What a `busybox ping -c 1` run means (exit status 1 is both "no reply" and
+/// every error, so the statistics line decides).
+fn classify_ping(success: bool, code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
+    let sent_none_back = stdout
+        .lines()
+        .any(|l| l.starts_with("1 packets transmitted, 0 packets received"));
+    let got_one = stdout
+        .lines()
+        .any(|l| l.starts_with("1 packets transmitted, 1 packets received"));
+    match (success, got_one, sent_none_back) {
+        (true, true, _) => Outcome::Answered("echo".into()),
+        (false, _, true) if stderr.trim().is_empty() => Outcome::Timeout,
+        _ => Outcome::Error(format!(
+            "busybox ping: exit {code:?}: {}{}",
+            stderr.trim(),
+            if stderr.trim().is_empty() { stdout.trim() } else { "" }
+        )),
     }
 }
 
@@ -281,6 +306,39 @@ mod tests {
         assert_eq!(q[12], 7); // "allowed"
                               // A query is not a response: the parser must refuse it.
         assert!(parse_dns(&q).is_none());
+    }
+
+    /// Real busybox 1.35 outputs (captured in namespaces on this machine).
+    #[test]
+    fn ping_tells_a_timeout_from_an_error() {
+        let reply = "PING 127.0.0.1 (127.0.0.1): 56 data bytes\n64 bytes from 127.0.0.1: seq=0 ttl=64 time=0.179 ms\n\n--- 127.0.0.1 ping statistics ---\n1 packets transmitted, 1 packets received, 0% packet loss\nround-trip min/avg/max = 0.179/0.179/0.179 ms\n";
+        assert_eq!(
+            classify_ping(true, Some(0), reply, ""),
+            Outcome::Answered("echo".into())
+        );
+        let silent = "PING 10.250.0.2 (10.250.0.2): 56 data bytes\n\n--- 10.250.0.2 ping statistics ---\n1 packets transmitted, 0 packets received, 100% packet loss\n";
+        assert_eq!(classify_ping(false, Some(1), silent, ""), Outcome::Timeout);
+        let head = "PING 10.250.0.2 (10.250.0.2): 56 data bytes\n";
+        for err in [
+            "ping: permission denied (are you root?)\n",
+            "ping: sendto: Network is unreachable\n",
+            "ping: bad address 'nosuchhost'\n",
+        ] {
+            let o = classify_ping(false, Some(1), head, err);
+            assert!(
+                matches!(&o, Outcome::Error(m) if m.contains(err.trim())),
+                "{err}: {o:?}"
+            );
+        }
+        // Exit 0 without a received reply, or an exit code without output: errors.
+        assert!(matches!(
+            classify_ping(true, Some(0), "", ""),
+            Outcome::Error(_)
+        ));
+        assert!(matches!(
+            classify_ping(false, None, "", ""),
+            Outcome::Error(_)
+        ));
     }
 
     #[test]

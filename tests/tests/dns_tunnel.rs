@@ -100,18 +100,21 @@ fn dns_through_the_tunnel_and_never_on_the_uplink() {
         );
     }
 
-    // `palisade dns stats`: aggregates only (when the CLI has the command).
-    if let Ok(o) = p.cli(&bed, &["dns", "stats", "--json"]) {
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        if o.status.success() {
-            assert!(
-                !out.contains("example.test") && !out.contains(&c.tun_v4.to_string()),
-                "{out}"
-            );
-            let v: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
-            assert!(v.to_string().contains("blocked"), "{out}");
-        }
-    }
+    // `palisade dns stats`: it must work, hold aggregates only, and count what
+    // this test did: 3 blocked names on each of the 2 tunnel addresses.
+    let out = p
+        .cli_ok(&bed, &["dns", "stats", "--json"])
+        .expect("palisade dns stats");
+    assert!(
+        !out.contains("example.test") && !out.contains(&c.tun_v4.to_string()),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
+    assert_eq!(v["enabled"], true, "{out}");
+    assert_eq!(v["blocked"], 6, "blocked queries counted: {out}");
+    assert_eq!(v["tiers"]["default"]["blocked"], 6, "{out}");
+    let q = v["queries"].as_u64().unwrap_or_default();
+    assert!(q >= 12, "at least the 12 queries after the first answer: {out}");
 
     // Zero-log: the daemon's whole log after this traffic.
     let log = bed

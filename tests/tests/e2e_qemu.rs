@@ -216,3 +216,34 @@ fn image_serves_isolated_clients_and_keeps_no_client_data() {
         hits.join("\n")
     );
 }
+
+/// `guest::monitor_command` (used for the power-off here and in image_boot)
+/// returns once QEMU has run the command, not after a guessed sleep: against
+/// a machine-less QEMU (no image, no network), `info status` comes back with
+/// its answer, and `stop` has taken effect when the call returns.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn qemu_monitor_command_returns_after_the_command_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("mon.sock");
+    let mut q = std::process::Command::new("qemu-system-x86_64")
+        .args(["-M", "none", "-nodefaults", "-display", "none", "-nic", "none"])
+        .arg("-monitor")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let r = wait_until(Duration::from_secs(10), "QEMU monitor socket", || {
+        sock.exists().then_some(())
+    })
+    .and_then(|_| palisade_tests::guest::monitor_command(&sock, "info status"))
+    .and_then(|a| {
+        assert!(a.contains("VM status: running"), "{a:?}");
+        palisade_tests::guest::monitor_command(&sock, "stop")
+    })
+    .and_then(|_| palisade_tests::guest::monitor_command(&sock, "info status"));
+    let _ = q.kill();
+    let _ = q.wait();
+    let a = r.expect("monitor commands");
+    assert!(a.contains("VM status: paused"), "{a:?}");
+}

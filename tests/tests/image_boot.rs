@@ -7,6 +7,7 @@
 //!   slot B's entry untouched) and the first boot seeded node.toml onto the state
 //!   partition;
 //! - ctrl-alt-del makes it shut down cleanly (QEMU exits with -no-reboot).
+//!
 //! Root only: run by tests/run.sh.
 
 use std::path::{Path, PathBuf};
@@ -164,12 +165,7 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
     assert!(banner.contains("| node edge-1 |"), "{banner}");
 
     // Clean shutdown: ctrl-alt-del -> SIGINT to PID 1 -> stop, unmount, reboot -> QEMU exits.
-    {
-        use std::io::Write;
-        let mut s = std::os::unix::net::UnixStream::connect(&monitor)?;
-        s.write_all(b"sendkey ctrl-alt-delete\n")?;
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    palisade_tests::guest::monitor_command(&monitor, "sendkey ctrl-alt-delete")?;
     let q = g.qemu.as_mut().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

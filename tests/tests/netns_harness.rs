@@ -24,6 +24,10 @@ fn harness_without_isolation_reaches_everything() {
         .expect("client 1 handshake");
     bed.wait_handshake(2, Duration::from_secs(10))
         .expect("client 2 handshake");
+    // A node service outside DNS (see the node-listener check below).
+    let node_log = bed
+        .start_node_listener(&[&format!("udp:0.0.0.0:{}", addr::ECHO_UDP)])
+        .expect("node listener");
 
     let c1 = &bed.clients[0];
     let c2 = &bed.clients[1];
@@ -129,6 +133,33 @@ fn harness_without_isolation_reaches_everything() {
                 .then_some(())
         })
         .expect("spoofed datagram received by the web host when the node allows its source");
+    }
+
+    // A datagram to a node port other than DNS, to the node's tunnel address and
+    // to the tunnel broadcast address, arrives when nothing drops it (control
+    // for the node-listener check in
+    // `blocked_destinations_and_management_dropped_dns_allowed`).
+    for (dst, token) in [
+        (
+            sa(addr::NODE_TUN_V4, addr::ECHO_UDP),
+            "harness-to-node-unicast",
+        ),
+        (
+            sa(std::net::Ipv4Addr::new(10, 66, 255, 255), addr::ECHO_UDP),
+            "harness-to-node-broadcast",
+        ),
+    ] {
+        c1.ns
+            .enter(|| palisade_tests::probe::udp_send(None, dst, token.as_bytes()))
+            .unwrap()
+            .unwrap();
+        palisade_tests::wait_until(T, token, || {
+            std::fs::read_to_string(&node_log)
+                .unwrap_or_default()
+                .contains(token)
+                .then_some(())
+        })
+        .expect("datagram to the node received without isolation");
     }
 
     // ICMP to the other client and to a blocked range works without isolation.

@@ -1,12 +1,18 @@
-//! S10 "Zero-log" — after real traffic, peer churn and a restart, nothing
-//! palisaded prints, answers or writes names a client's endpoint address.
+//! S10 "Zero-log" — after real traffic, DNS queries, peer churn and a restart,
+//! nothing palisaded prints, answers or writes names a client's endpoint
+//! address or a name a client queried.
 //!
 //! The clients' endpoints are their uplink addresses (203.0.113.101/102 and
-//! 2001:db8:113::101/102, seen by the node as the WireGuard source): they must
-//! appear in no log line, no CLI output (human or JSON) and no state file.
+//! 2001:db8:113::101/102, seen by the node as the WireGuard source). The
+//! queried names are canaries (`zlcanary-...`) sent through the tunnel to the
+//! node's resolver on 10.66.0.1 and fd66::1: one the upstream resolves, one it
+//! answers NXDOMAIN, one the node's block list refuses, each as A and AAAA.
+//! None may appear in any log line, CLI output (human or JSON) or state file,
+//! as text or in DNS wire format.
 
 use palisade_tests::palisade::{NodeOptions, Palisade};
 use palisade_tests::{addr, probe, sa, Bins, Outcome, TestBed};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 const T: Duration = Duration::from_millis(1500);
@@ -17,7 +23,8 @@ fn bins() -> Bins {
     }
 }
 
-/// Every file under `dir`, recursively, as lossy text.
+/// Every file under `dir`, recursively, as lossy text (ASCII names and
+/// addresses survive the conversion, also inside binary files).
 fn read_tree(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
@@ -33,13 +40,49 @@ fn read_tree(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// `name` in DNS wire format (length-prefixed labels), as lossy text.
+fn wire(name: &str) -> String {
+    let mut w = Vec::new();
+    for l in name.split('.') {
+        w.push(l.len() as u8);
+        w.extend_from_slice(l.as_bytes());
+    }
+    w.push(0);
+    String::from_utf8_lossy(&w).into_owned()
+}
+
+/// The node really knows every client's endpoint right now (so the scan
+/// looks for something that exists).
+fn assert_endpoints_known(bed: &TestBed) {
+    let d = bed.node_dump().unwrap();
+    for c in &bed.clients {
+        let p = d.peer(&c.keys.public_key).expect("client on the node");
+        let ep = p.endpoint.clone().unwrap_or_default();
+        assert!(
+            ep.starts_with(&c.up_v4.to_string()) && p.latest_handshake > 0,
+            "node-side endpoint of client {}: {ep:?}, handshake {}",
+            c.index,
+            p.latest_handshake
+        );
+    }
+}
+
 #[test]
 #[ignore = "root: run by tests/run.sh"]
-fn no_client_endpoint_in_logs_cli_output_or_state() {
+fn no_client_endpoint_or_queried_name_in_logs_cli_output_or_state() {
     // The most verbose log level an operator can ask for.
     std::env::set_var("PALISADE_LOG", "trace");
     let mut bed = TestBed::new(2, bins()).expect("build test bed");
-    let mut p = Palisade::start(&mut bed, &NodeOptions::default()).expect("start palisaded");
+    let list = bed.dir.path().join("zl-block.txt");
+    std::fs::write(&list, "||zlblock.example.test^\n").unwrap();
+    let opts = NodeOptions {
+        extra_toml: format!(
+            "\n[dns.list.zl]\npath = \"{}\"\n\n[dns.tier.default]\nlists = [\"zl\"]\n",
+            list.display()
+        ),
+        ..NodeOptions::default()
+    };
+    let mut p = Palisade::start(&mut bed, &opts).expect("start palisaded");
     for i in [1, 2] {
         bed.wait_handshake(i, Duration::from_secs(10))
             .expect("handshake");
@@ -55,18 +98,47 @@ fn no_client_endpoint_in_logs_cli_output_or_state() {
             );
         }
     }
-    // The node really knows the endpoints (so the scan below can find them).
-    let d = bed.node_dump().unwrap();
+    assert_endpoints_known(&bed);
+
+    // Canary queries through the tunnel, from both clients, to both resolver
+    // addresses, A and AAAA; each answer proves the name reached the resolver.
+    let servers = [
+        SocketAddr::new(addr::NODE_TUN_V4.into(), 53),
+        SocketAddr::new(addr::NODE_TUN_V6.into(), 53),
+    ];
+    palisade_tests::wait_until(
+        Duration::from_secs(10),
+        "resolver answering in the tunnel",
+        || {
+            bed.clients[0]
+                .ns
+                .enter(|| probe::dns_udp(servers[0], "www.example.test", 1, T))
+                .ok()?
+                .ok()
+        },
+    )
+    .unwrap();
+    let mut canaries = Vec::new();
     for c in &bed.clients {
-        let ep = d
-            .peer(&c.keys.public_key)
-            .and_then(|p| p.endpoint.clone())
-            .unwrap_or_default();
-        assert!(
-            ep.starts_with(&c.up_v4.to_string()),
-            "node-side endpoint of client {}: {ep:?}",
-            c.index
-        );
+        let resolved = format!("zlcanary-resolved-c{}.canary.example.test", c.index);
+        let nx = format!("zlcanary-nx-c{}.example.test", c.index);
+        let blocked = format!("zlcanary-blocked-c{}.zlblock.example.test", c.index);
+        for server in servers {
+            for (qtype, want) in [(1u16, IpAddr::from(addr::WEB_V4)), (28, addr::WEB_V6.into())] {
+                let ask = |name: &str| {
+                    c.ns.enter(|| probe::dns_udp(server, name, qtype, Duration::from_secs(3)))
+                        .unwrap()
+                        .unwrap_or_else(|o| panic!("c{} {name} via {server}: {o:?}", c.index))
+                };
+                let a = ask(&resolved);
+                assert_eq!((a.rcode, a.addrs), (0, vec![want]), "{resolved} via {server}");
+                let a = ask(&nx);
+                assert_eq!((a.rcode, a.addrs.len()), (3, 0), "{nx} via {server}");
+                let a = ask(&blocked);
+                assert_eq!((a.rcode, a.addrs.len()), (3, 0), "{blocked} via {server}");
+            }
+        }
+        canaries.extend([resolved, nx, blocked]);
     }
 
     // Peer churn and a reload, then a restart: more log lines to scan.
@@ -87,6 +159,8 @@ fn no_client_endpoint_in_logs_cli_output_or_state() {
     p.cli_ok(&bed, &["peers", "remove", "churn"]).unwrap();
     p.cli_ok(&bed, &["reload"]).unwrap();
 
+    // Still connected, endpoints known, while the CLI answers.
+    assert_endpoints_known(&bed);
     let mut outputs: Vec<(String, String)> = Vec::new();
     for args in [
         &["status"][..],
@@ -96,6 +170,7 @@ fn no_client_endpoint_in_logs_cli_output_or_state() {
         &["plan"],
         &["client-config", "client-1", "--no-qr"],
         &["client-config", "client-2"],
+        &["dns", "stats"],
         &["dns", "stats", "--json"],
     ] {
         let o = p.cli(&bed, args).unwrap();
@@ -104,16 +179,23 @@ fn no_client_endpoint_in_logs_cli_output_or_state() {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        // Every command but `dns stats` (no resolver in some builds) must work:
-        // a scan of error messages proves little.
-        if args[0] != "dns" {
-            assert!(
-                o.status.success() && !text.trim().is_empty(),
-                "palisade {args:?}: {text}"
-            );
-        }
+        // Every command must work: a scan of error messages proves little.
+        assert!(
+            o.status.success() && !text.trim().is_empty(),
+            "palisade {args:?}: {text}"
+        );
         outputs.push((format!("palisade {}", args.join(" ")), text));
     }
+    // The resolver counted the canaries (2 clients x 2 servers x 2 types x 3 names).
+    let stats: serde_json::Value =
+        serde_json::from_str(&outputs.last().unwrap().1).expect("dns stats JSON");
+    assert!(
+        stats["queries"].as_u64().unwrap_or_default() >= 24,
+        "{stats}"
+    );
+    assert!(stats["blocked"].as_u64().unwrap_or_default() >= 8, "{stats}");
+    assert_endpoints_known(&bed);
+
     bed.node_procs
         .palisaded
         .as_mut()
@@ -146,10 +228,14 @@ fn no_client_endpoint_in_logs_cli_output_or_state() {
         "the scan sees the node's outputs"
     );
 
-    let mut needles: Vec<String> = Vec::new();
+    let mut needles: Vec<String> = vec!["zlcanary".into()];
     for c in &bed.clients {
         needles.push(c.up_v4.to_string());
         needles.push(c.up_v6.to_string());
+    }
+    for n in &canaries {
+        needles.push(n.clone());
+        needles.push(wire(n));
     }
     let mut hits = Vec::new();
     for (what, text) in &outputs {
@@ -159,19 +245,20 @@ fn no_client_endpoint_in_logs_cli_output_or_state() {
                     .lines()
                     .find(|l| l.contains(n.as_str()))
                     .unwrap_or_default();
-                hits.push(format!("{what}: {n} in {line:?}"));
+                hits.push(format!("{what}: {n:?} in {line:?}"));
             }
         }
     }
     println!(
-        "scanned {} outputs for {} endpoint addresses: {} hits",
+        "scanned {} outputs for {} endpoint addresses and {} queried names (text and wire format): {} hits",
         outputs.len(),
-        needles.len(),
+        bed.clients.len() * 2,
+        canaries.len(),
         hits.len()
     );
     assert!(
         hits.is_empty(),
-        "client endpoint addresses found:\n{}",
+        "client endpoint addresses or queried names found:\n{}",
         hits.join("\n")
     );
 }

@@ -562,12 +562,38 @@ mod tests {
     #[test]
     fn status_and_client_config_hold_no_endpoints() {
         let d = tempfile::tempdir().unwrap();
-        let mut e = engine(d.path());
-        e.reload().unwrap();
+        std::fs::write(d.path().join("node.toml"), include_str!("../../../configs/node.toml")).unwrap();
+        let wg = RecordingWg::with_connected_clients();
+        let mut e = Engine::new(Paths::new(d.path(), None), Box::new(wg), Box::new(RecordingFirewall::default()), false);
+        let r = e.reload().unwrap();
+        // Both clients are connected: endpoints known, handshakes fresh, so a
+        // leak of either would show below.
+        let iface = e.spec().unwrap().wg.interface.clone();
+        let seen = e.wg.observe(&iface).unwrap();
+        let endpoints: Vec<String> = seen.peers.iter().filter_map(|p| p.endpoint.map(|x| x.0.ip().to_string())).collect();
+        assert_eq!(endpoints.len(), 2, "{seen:?}");
+        let s = e.status();
+        assert_eq!(s["wireguard"]["peers_active_3min"], 2, "{s}");
+        assert!(s.to_string().contains("\"peers_configured\":2"), "{s}");
+
         let c = e.client_config("laptop-1").unwrap();
         assert_eq!(c["addresses"][0], "10.66.0.2/32");
         assert_eq!(c["endpoint"], "203.0.113.10:51820");
-        let s = e.status().to_string();
-        assert!(s.contains("\"peers_configured\":2"), "{s}");
+        let r2 = e.reconcile();
+        let outputs = [
+            ("status", s.to_string()),
+            ("peers", e.peers().to_string()),
+            ("plan", e.plan().unwrap().join("\n")),
+            ("client-config laptop-1", c.to_string()),
+            ("client-config phone-1", e.client_config("phone-1").unwrap().to_string()),
+            ("reload report", serde_json::to_string(&r).unwrap()),
+            ("reconcile report", serde_json::to_string(&r2).unwrap()),
+            ("reload report (Debug)", format!("{r:?}")),
+        ];
+        for (what, text) in &outputs {
+            for ep in &endpoints {
+                assert!(!text.contains(ep.as_str()), "{what} holds client endpoint {ep}: {text}");
+            }
+        }
     }
 }

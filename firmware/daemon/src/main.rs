@@ -28,12 +28,12 @@ pub struct Args {
     pub reconcile_secs: u64,
 }
 
-/// Log filter: PALISADE_LOG (EnvFilter syntax, default info). hickory logs
-/// every request with the client address and name at INFO/DEBUG, so its
-/// targets are pinned to WARN whatever PALISADE_LOG says.
-pub fn log_filter() -> tracing_subscriber::EnvFilter {
-    let base = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
-    let mut f = tracing_subscriber::EnvFilter::try_new(&base).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Log filter from `spec` (EnvFilter syntax: PALISADE_LOG, default info).
+/// hickory logs every request with the client address and name at INFO/DEBUG,
+/// so its targets are pinned to WARN whatever the spec says.
+pub fn log_filter(spec: &str) -> tracing_subscriber::EnvFilter {
+    let mut f = tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // netlink-packet-route warns on every dump of a newer kernel's stats
     // attributes; that noise would flood the console.
     for t in [
@@ -50,6 +50,22 @@ pub fn log_filter() -> tracing_subscriber::EnvFilter {
     f
 }
 
+/// The one log layer palisaded installs: plain text to `writer`, filtered by
+/// [`log_filter`] and by palisade-dns's per-layer hickory pin. The EnvFilter
+/// directives alone can be overridden by a more specific directive in `spec`
+/// (`hickory_proto::udp=trace`); the per-layer pin cannot.
+pub fn log_layer<S, W>(spec: &str, writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_target(false)
+        .with_filter(log_filter(spec).and(palisade_dns::logging::hickory_pin()))
+}
+
 fn main() -> anyhow::Result<()> {
     if init::is_pid1() {
         // PID 1: bring the node up, then stay a small reaper that runs the
@@ -64,15 +80,10 @@ fn main() -> anyhow::Result<()> {
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        use tracing_subscriber::Layer;
-        // The EnvFilter directives alone can be overridden by a more specific
-        // PALISADE_LOG directive (`hickory_proto::udp=trace`); the per-layer
-        // pin from palisade-dns cannot.
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .with_filter(log_filter().and(palisade_dns::logging::hickory_pin()));
-        tracing_subscriber::registry().with(layer).init();
+        let spec = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
+        tracing_subscriber::registry()
+            .with(log_layer(&spec, std::io::stderr))
+            .init();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -85,13 +96,81 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    /// Everything the layer writes, in memory.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'w self) -> Capture {
+            self.clone()
+        }
+    }
+
+    /// Emit hickory events at every level below WARN (with what hickory really
+    /// puts in them: a client address and a queried name), hickory WARN and
+    /// palisade events, through the layer main() installs; return the output.
+    fn emit_through_palisadeds_layer(spec: &str) -> String {
+        let out = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(log_layer(spec, out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "hickory_server::server::server_future", "request from 203.0.113.77:5353 canary-info.example.test");
+            tracing::debug!(target: "hickory_proto::udp::udp_stream", "received from 203.0.113.77 canary-debug.example.test");
+            tracing::trace!(target: "hickory_proto::xfer", "canary-trace.example.test");
+            tracing::info!(target: "hickory_resolver::lookup", "canary-resolver.example.test");
+            tracing::info!(target: "hickory_net::tcp", "canary-net.example.test");
+            tracing::warn!(target: "hickory_server::server", "hickory-warn-gets-through");
+            tracing::warn!(target: "palisaded::supervisor", "palisade-warn-gets-through");
+            tracing::info!(target: "palisaded::supervisor", "palisade-info-line");
+            tracing::trace!(target: "palisade_core::reconcile", "palisade-trace-line");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
 
     #[test]
-    fn hickory_is_pinned_to_warn_even_when_asked_for_trace() {
-        std::env::set_var("PALISADE_LOG", "trace");
-        let f = log_filter().to_string();
-        for t in ["hickory_server=warn", "hickory_proto=warn", "hickory_resolver=warn"] {
-            assert!(f.contains(t), "{f}");
+    fn hickory_below_warn_writes_nothing_even_when_asked_for_trace() {
+        for spec in [
+            "trace",
+            "hickory_proto::udp=trace,hickory_server=trace,trace",
+            "info,hickory_server::server::server_future=debug",
+        ] {
+            let text = emit_through_palisadeds_layer(spec);
+            println!("PALISADE_LOG={spec}:\n{text}");
+            for leak in ["canary-", "203.0.113.77"] {
+                assert!(!text.contains(leak), "{spec}: hickory below WARN was written:\n{text}");
+            }
+            // Positive controls: the layer writes, and writes what the spec asks for.
+            assert!(text.contains("palisade-warn-gets-through"), "{spec}:\n{text}");
+            assert!(text.contains("palisade-info-line"), "{spec}:\n{text}");
+            assert!(text.contains("hickory-warn-gets-through"), "{spec}:\n{text}");
         }
+        assert!(emit_through_palisadeds_layer("trace").contains("palisade-trace-line"));
+        // Control: the same events through a layer filtered by the spec alone
+        // are written (hickory's names and addresses included).
+        let out = Capture::default();
+        let plain = tracing_subscriber::fmt::layer()
+            .with_writer(out.clone())
+            .with_filter(tracing_subscriber::EnvFilter::new("trace"));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(plain), || {
+            tracing::info!(target: "hickory_server::server::server_future", "request from 203.0.113.77:5353 canary-info.example.test");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("canary-info.example.test") && text.contains("203.0.113.77"), "{text}");
+        assert!(!emit_through_palisadeds_layer("info").contains("palisade-trace-line"));
     }
 }

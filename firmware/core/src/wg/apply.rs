@@ -166,6 +166,19 @@ impl WgControl for KernelWg {
 pub struct RecordingWg {
     pub state: Mutex<ObservedDevice>,
     pub applied: Mutex<Vec<WgPlan>>,
+    /// Every added peer is a connected client: endpoint, fresh handshake, traffic.
+    connected: bool,
+}
+
+impl RecordingWg {
+    /// A fake whose peers behave as connected clients: each added peer gets an
+    /// endpoint (198.51.100.(10 + n):(40000 + n), n = its position), a
+    /// handshake at the time it was added and non-zero counters. For tests
+    /// that must show a client-identifying value exists before proving it
+    /// never leaks.
+    pub fn with_connected_clients() -> RecordingWg {
+        RecordingWg { connected: true, ..Default::default() }
+    }
 }
 
 impl WgControl for RecordingWg {
@@ -187,14 +200,19 @@ impl WgControl for RecordingWg {
                 PeerChange::Remove(k) => s.peers.retain(|p| p.public_key != *k),
                 PeerChange::Add(p) => {
                     s.peers.retain(|o| o.public_key != p.public_key);
+                    let n = s.peers.len() as u8;
+                    let client = self.connected.then(|| {
+                        let ip = std::net::Ipv4Addr::new(198, 51, 100, 10u8.saturating_add(n));
+                        Endpoint(std::net::SocketAddr::new(ip.into(), 40000 + u16::from(n)))
+                    });
                     s.peers.push(ObservedPeer {
                         public_key: p.public_key,
                         allowed_ips: p.allowed_ips(),
                         preshared_key: p.preshared_key.as_ref().map(|k| k.to_wg().0),
-                        endpoint: None,
-                        last_handshake: None,
-                        rx_bytes: 0,
-                        tx_bytes: 0,
+                        endpoint: client,
+                        last_handshake: client.map(|_| std::time::SystemTime::now()),
+                        rx_bytes: if client.is_some() { 1480 } else { 0 },
+                        tx_bytes: if client.is_some() { 920 } else { 0 },
                     })
                 }
                 PeerChange::Update { public_key, allowed_ips, preshared_key } => {
