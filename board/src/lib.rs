@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 pub use embedded_hal::digital::{InputPin, OutputPin};
 use serde::{Deserialize, Serialize};
 
+pub mod kmod;
 pub mod qemu;
+
+pub use kmod::module_key;
 
 /// Errors of board definitions and board devices.
 #[derive(Debug, thiserror::Error)]
@@ -113,11 +116,6 @@ pub struct PartitionSizes {
     pub esp: u64,
     pub slot: u64,
     pub state: u64,
-}
-
-/// Normalises a module name the way the kernel does (`-` and `_` are the same).
-pub fn module_key(name: &str) -> String {
-    name.replace('-', "_")
 }
 
 fn valid_name(s: &str) -> bool {
