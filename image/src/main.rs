@@ -15,7 +15,6 @@
 mod cpio;
 mod elf;
 mod entries;
-mod kmod;
 mod layout;
 mod overlay;
 mod sbom;

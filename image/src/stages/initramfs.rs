@@ -15,7 +15,10 @@ use crate::cpio;
 pub fn run(b: &mut Build) -> Result<()> {
     let inp = &b.inp;
     let (dep, builtin) = kernel_moddep(inp)?;
-    let mods = dep.closure(&inp.board.modules.initramfs, &builtin)?;
+    let mods = dep
+        .plan(&inp.board.modules.initramfs, &builtin)?
+        .require_all()
+        .context("board modules.initramfs")?;
     let kmods = inp.kernel_modules();
     let mut files = Vec::new();
     for m in &mods {
