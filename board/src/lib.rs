@@ -3,18 +3,27 @@
 //! Two halves:
 //! - [`BoardDef`]: the per-board TOML in `board/boards/<name>.toml` (kernel package,
 //!   modules, console, partition sizes, pinned Debian packages). The host-side image
-//!   builder reads it; so can palisaded on the node (it is copied to
-//!   `/usr/share/palisade/board.toml`).
+//!   builder reads it and installs it as `/usr/share/palisade/board.toml`, but
+//!   palisaded does not read that file yet (that comes with the board issue): on
+//!   the node, the board reaches palisaded only through what the builder derived
+//!   from it (kernel command line, `/etc/palisade/modules`, partition layout).
 //! - [`Board`]: the node's hardware as embedded-hal concepts — a status LED (an
 //!   [`OutputPin`]), a reset button (an [`InputPin`]), a hardware watchdog and a
-//!   console — with the [`qemu::QemuX86_64`] implementation.
+//!   console — with the [`qemu::QemuX86_64`] implementation. Not used by palisaded
+//!   yet either.
+//! - [`kmod`]: module names, `modules.dep` and load plans, the one implementation
+//!   used by the image builder (what goes into the image) and by palisaded (what
+//!   it loads at boot).
 
 use std::path::{Path, PathBuf};
 
 pub use embedded_hal::digital::{InputPin, OutputPin};
 use serde::{Deserialize, Serialize};
 
+pub mod kmod;
 pub mod qemu;
+
+pub use kmod::module_key;
 
 /// Errors of board definitions and board devices.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +102,8 @@ pub struct ModulesDef {
     /// Loaded by the initramfs so the root slot can be mounted.
     #[serde(default)]
     pub initramfs: Vec<String>,
-    /// Shipped in the root image and loaded by palisaded, in order.
+    /// Shipped in the root image (with their dependencies) and written to
+    /// `/etc/palisade/modules`, which palisaded loads at boot, in order.
     #[serde(default)]
     pub root: Vec<String>,
 }
@@ -113,11 +123,6 @@ pub struct PartitionSizes {
     pub esp: u64,
     pub slot: u64,
     pub state: u64,
-}
-
-/// Normalises a module name the way the kernel does (`-` and `_` are the same).
-pub fn module_key(name: &str) -> String {
-    name.replace('-', "_")
 }
 
 fn valid_name(s: &str) -> bool {

@@ -7,7 +7,23 @@ use std::process::Command;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::BuildRecord;
+use crate::layout::Layout;
+use crate::stages::fetch::Deb;
+use palisade_board::BoardDef;
+
+/// Everything the manifest and SBOM record about a build.
+pub struct BuildRecord {
+    pub board: BoardDef,
+    pub version: String,
+    pub epoch: u64,
+    pub debs: Vec<Deb>,
+    pub binaries: Vec<(String, String, u64)>, // (path in image, sha256, size)
+    pub modules: Vec<String>,
+    pub libs: Vec<String>,
+    pub outputs: Vec<(String, String, u64)>, // (file, sha256, size)
+    pub slot_sizes: Vec<(String, u64)>,      // (partition, bytes used)
+    pub layout: Layout,
+}
 
 pub fn manifest(r: &BuildRecord) -> Value {
     json!({

@@ -1,56 +1,23 @@
 //! Kernel modules: the board's list (/etc/palisade/modules) plus modules.dep,
 //! loaded with finit_module(2) in dependency order.
+//!
+//! The plan comes from `palisade_board::kmod`, the planner the image builder uses
+//! for the same files. Policy at boot: load everything that can be loaded; a name
+//! that is neither in modules.dep nor built in, or a module that fails to load, is
+//! reported (the caller prints it on the console) without stopping the others. A
+//! malformed modules.dep stops module loading with an error naming the line (the
+//! image is broken; the firewall still fails closed).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use palisade_board::kmod::{self, module_key, ModDep, Plan};
 
-fn key(name: &str) -> String {
-    let file = name.rsplit('/').next().unwrap_or(name);
-    file.split(".ko").next().unwrap_or(file).replace('-', "_")
-}
-
-/// Module paths (relative to the modules dir) to load for `wanted`, dependencies
-/// first, each once. Names missing from modules.dep are returned in `missing`
-/// (they may be built into the kernel).
-pub fn plan(modules_dep: &str, wanted: &[String]) -> (Vec<String>, Vec<String>) {
-    let mut by_key = BTreeMap::new();
-    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in modules_dep.lines() {
-        if let Some((p, d)) = line.split_once(':') {
-            by_key.insert(key(p), p.trim().to_string());
-            deps.insert(
-                p.trim().to_string(),
-                d.split_whitespace().map(str::to_string).collect(),
-            );
-        }
-    }
-    fn visit(
-        p: &str,
-        deps: &BTreeMap<String, Vec<String>>,
-        seen: &mut BTreeSet<String>,
-        out: &mut Vec<String>,
-        depth: u32,
-    ) {
-        if depth > 64 || seen.contains(p) {
-            return;
-        }
-        for d in deps.get(p).into_iter().flatten().rev() {
-            visit(d, deps, seen, out, depth + 1);
-        }
-        if seen.insert(p.to_string()) {
-            out.push(p.to_string());
-        }
-    }
-    let (mut out, mut missing, mut seen) = (Vec::new(), Vec::new(), BTreeSet::new());
-    for w in wanted {
-        match by_key.get(&key(w)) {
-            Some(p) => visit(p, &deps, &mut seen, &mut out, 0),
-            None => missing.push(w.clone()),
-        }
-    }
-    (out, missing)
+/// The load plan for the list file's text, modules.dep and modules.builtin.
+pub fn plan(list: &str, modules_dep: &str, modules_builtin: &str) -> anyhow::Result<Plan> {
+    let dep = ModDep::parse(modules_dep).context("modules.dep")?;
+    let builtin = kmod::parse_builtin(modules_builtin);
+    Ok(dep.plan(&kmod::parse_load_list(list), &builtin)?)
 }
 
 fn modules_dir() -> anyhow::Result<PathBuf> {
@@ -66,31 +33,23 @@ pub fn load_listed(list: &Path) -> anyhow::Result<usize> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e).context(list.display().to_string()),
     };
-    let wanted: Vec<String> = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
     let dir = modules_dir()?;
     let dep = std::fs::read_to_string(dir.join("modules.dep")).context("modules.dep")?;
-    let (order, missing) = plan(&dep, &wanted);
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let plan = plan(&text, &dep, &builtin)?;
     let mut failed = Vec::new();
-    for m in &order {
+    for m in &plan.load {
         if let Err(e) = load_one(&dir.join(m)) {
-            failed.push(format!("{}: {e}", key(m)));
+            failed.push(format!("{}: {e}", module_key(m)));
         }
     }
-    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-    let builtin: BTreeSet<String> = builtin.lines().map(key).collect();
-    for m in missing {
-        if !builtin.contains(&key(&m)) {
-            failed.push(format!("{m}: not found"));
-        }
+    for m in &plan.missing {
+        failed.push(format!("{m}: not found"));
     }
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
     }
-    Ok(order.len())
+    Ok(plan.load.len())
 }
 
 fn load_one(path: &Path) -> anyhow::Result<()> {
@@ -105,23 +64,21 @@ fn load_one(path: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    const DEP: &str = "kernel/net/wireguard/wireguard.ko: kernel/lib/crypto/libchacha20poly1305.ko kernel/lib/crypto/libchacha.ko\n\
+                       kernel/lib/crypto/libchacha20poly1305.ko: kernel/lib/crypto/libchacha.ko\n\
+                       kernel/lib/crypto/libchacha.ko:\n\
+                       kernel/drivers/net/virtio_net.ko:\n";
+
     #[test]
-    fn plan_orders_dependencies_and_reports_missing() {
-        let dep = "kernel/net/wireguard/wireguard.ko: kernel/lib/crypto/libchacha20poly1305.ko kernel/lib/crypto/libchacha.ko\n\
-                   kernel/lib/crypto/libchacha20poly1305.ko: kernel/lib/crypto/libchacha.ko\n\
-                   kernel/lib/crypto/libchacha.ko:\n\
-                   kernel/drivers/net/virtio_net.ko:\n";
-        let (order, missing) = plan(
-            dep,
-            &[
-                "virtio-net".into(),
-                "wireguard".into(),
-                "libchacha".into(),
-                "ext4".into(),
-            ],
-        );
+    fn plan_orders_dependencies_and_reports_builtin_and_missing() {
+        let p = plan(
+            "virtio-net\nwireguard  # tunnel\nlibchacha\next4\n# comment\nnope\n",
+            DEP,
+            "kernel/fs/ext4/ext4.ko\n",
+        )
+        .unwrap();
         assert_eq!(
-            order,
+            p.load,
             [
                 "kernel/drivers/net/virtio_net.ko",
                 "kernel/lib/crypto/libchacha.ko",
@@ -129,6 +86,13 @@ mod tests {
                 "kernel/net/wireguard/wireguard.ko"
             ]
         );
-        assert_eq!(missing, ["ext4"]);
+        assert_eq!(p.builtin, ["ext4"]);
+        assert_eq!(p.missing, ["nope"]);
+    }
+
+    #[test]
+    fn malformed_modules_dep_is_an_error() {
+        let e = plan("wireguard\n", "garbage\n", "").unwrap_err();
+        assert!(format!("{e:#}").contains("line 1"), "{e:#}");
     }
 }
