@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The "internet" side of the QEMU test bed (DESIGN.md): a namespace with a bridge
+# The "internet" side of the QEMU test bed: a namespace with a bridge
 # 203.0.113.1/24 and a tap for the guest uplink (the guest is 203.0.113.10).
 #
 #   qemu/testbed.sh up ID      creates netns pal-inet-ID, bridge pbr0 (203.0.113.1/24,

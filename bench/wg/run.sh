@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reconcile benchmark (issue 2). As root: bench/wg/run.sh [PEERS]
+# Reconcile benchmark. As root: bench/wg/run.sh [PEERS]
 # - palisade diff-and-apply vs `wg syncconf` on the same interface, from
 #   empty, no change and 1 % change, at PEERS peers (default 10000);
 # - nft apply time with PEERS and with 100 peers;

@@ -1,4 +1,4 @@
-//! The network test bed of DESIGN.md, built from namespaces on this machine.
+//! The network test bed (docs/testing.md), built from namespaces on this machine.
 //!
 //! ```text
 //! pal-<pid>-<n>-inet  bridge br0: 203.0.113.1/24, 2001:db8:113::1/64 ("the internet")

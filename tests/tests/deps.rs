@@ -1,4 +1,4 @@
-//! tests/deps.sh and tests/packages.txt (issue 7 item 1), no root needed:
+//! tests/deps.sh and tests/packages.txt, no root needed:
 //! - the check deps.sh runs after installing names every listed command or file
 //!   that is missing, with its package, and fails;
 //! - every command the Rust code runs is listed in packages.txt (or is part of

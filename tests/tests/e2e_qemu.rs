@@ -1,4 +1,4 @@
-//! Issue 4 end-to-end: the real image, booted under QEMU (TCG) with palisaded as
+//! End to end: the real image, booted under QEMU (TCG) with palisaded as
 //! PID 1 and kernel WireGuard, serving two wireguard-go clients from the test
 //! bed. Through the tunnel: an allowed name resolves via the upstream test host,
 //! a blocked name is blocked, the web host sees the node's uplink address,

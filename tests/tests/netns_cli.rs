@@ -1,4 +1,4 @@
-//! Issue 2 item 6: the operator CLI against a running palisaded. A client config
+//! The operator CLI against a running palisaded. A client config
 //! printed by `palisade peers add --generate-key` (and by `palisade client-config`)
 //! is a working wg-quick config: a real wireguard-go client configured from it
 //! alone browses through the exit, resolves through the node, and is isolated.

@@ -724,7 +724,7 @@ fn isolation_holds_while_palisaded_is_stopped() {
     assert_eq!(now, hs, "a restart of palisaded reset client 1's session");
 }
 
-/// Issue 2 item 3 / DESIGN "a change of one peer touches one peer" — adding and removing other peers (CLI, persisted) leaves an
+/// "A change of one peer touches one peer": adding and removing other peers (CLI, persisted) leaves an
 /// existing client's session untouched: same handshake time on both sides,
 /// transfer counters never reset, traffic flowing throughout.
 #[test]
@@ -1163,7 +1163,7 @@ fn isolation_has_no_gap_during_reloads() {
     assert_all(&core_matrix(&bed), T);
 }
 
-/// Issue 2 item 2 (validation) through the running daemon: `palisade peers add`
+/// Validation through the running daemon: `palisade peers add`
 /// refuses an all-zero or low-order key, a duplicate key, an address that
 /// overlaps another client's and one outside the tunnel prefix, each for its
 /// own reason (each case has its own key, so no refusal can hide behind

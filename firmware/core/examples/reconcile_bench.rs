@@ -1,4 +1,4 @@
-//! Reconcile benchmark (issue 2): palisade's diff-and-apply against
+//! Reconcile benchmark: palisade's diff-and-apply against
 //! `wg syncconf` doing the same work on the same interface, at N peers.
 //!
 //! Run by bench/wg/run.sh inside a private network namespace, as root:
