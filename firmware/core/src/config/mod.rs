@@ -256,11 +256,6 @@ impl NodeConfig {
             }
         })
     }
-
-    /// Serialise back to TOML (used when the CLI persists peers).
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("NodeConfig is always representable as TOML")
-    }
 }
 
 /// Read and parse a config file (no validation).

@@ -20,7 +20,7 @@ pub enum WgError {
 }
 
 /// Side effects on a WireGuard interface. [`KernelWg`] is real;
-/// [`RecordingWg`] keeps state in memory for unit tests and `--dry-run`.
+/// [`RecordingWg`] keeps state in memory for unit tests of callers.
 pub trait WgControl: Send + Sync {
     fn observe(&self, iface: &str) -> Result<ObservedDevice, WgError>;
     fn apply(&self, iface: &str, plan: &WgPlan, key: &PrivateKey) -> Result<(), WgError>;
