@@ -95,11 +95,11 @@ fn main() {
     let all: Vec<PeerSpec> = (0..n).map(|i| peer(i, i + 2)).collect();
     // 1 %: half the changed peers are replaced by new ones, half get a new address.
     let mut changed = all.clone();
-    for i in 0..change as usize {
+    for (i, slot) in changed.iter_mut().enumerate().take(change as usize) {
         if i % 2 == 0 {
-            changed[i] = peer(n + i as u32, 2 * n + 10 + i as u32);
+            *slot = peer(n + i as u32, 2 * n + 10 + i as u32);
         } else {
-            changed[i].v4 = Some(Ipv4Addr::from(0x0a40_0000 + 3 * n + i as u32));
+            slot.v4 = Some(Ipv4Addr::from(0x0a40_0000 + 3 * n + i as u32));
         }
     }
 
