@@ -10,6 +10,7 @@ pub mod bed;
 pub mod capture;
 pub mod guest;
 pub mod matrix;
+pub mod mutation;
 pub mod ns;
 pub mod palisade;
 pub mod probe;
