@@ -117,7 +117,12 @@ impl NftCli {
 
 impl Firewall for NftCli {
     fn apply(&self, rules: &Ruleset) -> Result<String, FirewallError> {
-        let script = rules.script();
+        // Whatever is live that the render lacks goes in the same transaction.
+        let stale = match self.live()? {
+            Some((v, _)) => super::verify::stale(&v, rules),
+            None => super::Stale::default(),
+        };
+        let script = rules.script_over(&stale);
         self.run(&["-c", "-f", "-"], Some(&script), "check")?;
         self.run(&["-f", "-"], Some(&script), "apply")?;
         match self.live()? {

@@ -12,6 +12,7 @@ mod apply;
 mod verify;
 
 pub use apply::{Firewall, FirewallError, NftCli, RecordingFirewall};
+pub use verify::stale;
 
 use crate::config::{NodeSpec, Protocol};
 use ipnet::IpNet;
@@ -53,19 +54,52 @@ pub struct HostFacts {
     pub uplink_addresses: Vec<(String, IpNet)>,
 }
 
+/// Objects of the live table that the render does not have (or has with
+/// another hook): the transaction deletes them. Found by the read-back
+/// ([`verify::stale`]); empty for a fresh table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stale {
+    pub chains: Vec<String>,
+    pub sets: Vec<String>,
+}
+
 impl Ruleset {
-    /// One `nft -f` transaction: create the table if missing, delete it and
-    /// fill it anew. nft runs the file as one transaction, so there is no
-    /// moment without isolation, and nothing of the old table (set elements
-    /// included: `flush table` would keep them) survives a reload.
+    /// The `nft -f` transaction for a node with no table yet.
     pub fn script(&self) -> String {
+        self.script_over(&Stale::default())
+    }
+
+    /// One `nft -f` transaction that turns whatever table is live into this
+    /// one: create the table if missing, flush it (its base chains stay
+    /// registered on their hooks, so no packet ever sees a gap), delete
+    /// `stale` objects, empty every set (`flush table` keeps set elements, so
+    /// an element removed from the config would stay live), and fill it all.
+    /// nft runs the file as one transaction.
+    ///
+    /// Not `delete table` + `table {..}`: that unregisters and re-registers
+    /// the base chains inside the transaction, and a packet in flight at
+    /// the commit was seen to pass the forward chain of neither table.
+    pub fn script_over(&self, stale: &Stale) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "add table inet {TABLE}");
-        let _ = writeln!(s, "delete table inet {TABLE}");
+        let _ = writeln!(s, "flush table inet {TABLE}");
+        for c in &stale.chains {
+            let _ = writeln!(s, "delete chain inet {TABLE} {c}");
+        }
+        for set in &stale.sets {
+            let _ = writeln!(s, "delete set inet {TABLE} {set}");
+        }
+        let set_head = |set: &SetDef| {
+            let ty = if set.v6 { "ipv6_addr" } else { "ipv4_addr" };
+            format!("type {ty}; flags interval; auto-merge;")
+        };
+        for set in &self.sets {
+            let _ = writeln!(s, "add set inet {TABLE} {} {{ {} }}", set.name, set_head(set));
+            let _ = writeln!(s, "flush set inet {TABLE} {}", set.name);
+        }
         let _ = writeln!(s, "table inet {TABLE} {{");
         for set in &self.sets {
-            let ty = if set.v6 { "ipv6_addr" } else { "ipv4_addr" };
-            let _ = writeln!(s, "\tset {} {{\n\t\ttype {ty}\n\t\tflags interval\n\t\tauto-merge", set.name);
+            let _ = writeln!(s, "\tset {} {{\n\t\t{}", set.name, set_head(set));
             if !set.elems.is_empty() {
                 let v: Vec<String> = set.elems.iter().map(|n| n.to_string()).collect();
                 let _ = writeln!(s, "\t\telements = {{ {} }}", v.join(", "));

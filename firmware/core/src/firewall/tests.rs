@@ -118,6 +118,25 @@ fn nft_reload_shrinks_sets() {
     let (v, _) = super::apply::normalise(&String::from_utf8_lossy(&json.stdout)).unwrap();
     let err = super::verify::check(&v, &narrow).unwrap_err();
     assert!(err.to_string().contains("set mesh_v4"), "{err}");
+    // A chain and a set someone added to our table are removed by the next
+    // apply (in the same transaction), and the table verifies again.
+    let foreign = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(
+                b"table inet palisade {\n chain sneaky { type filter hook forward priority 0; policy accept; }\n set extra { type ipv4_addr; }\n}\n",
+            )?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(foreign.success());
+    nft.apply(&narrow).expect("apply removes foreign objects and verifies");
+    let list = std::process::Command::new("nft").args(["list", "table", "inet", "palisade"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(!text.contains("sneaky") && !text.contains("extra"), "{text}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! policy and exactly the rendered number of rules, and nothing else may be
 //! in the table.
 
-use super::{FirewallError, Ruleset};
+use super::{FirewallError, Ruleset, Stale};
 use ipnet::IpNet;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -61,6 +61,35 @@ fn elem_interval(v: &Value) -> Option<(u128, u128)> {
     None
 }
 
+/// Chains and sets of the live table that `want` does not have, or base
+/// chains hooked elsewhere than rendered: the next apply deletes them
+/// (after flushing every rule, so no jump still points at them).
+pub fn stale(live: &Value, want: &Ruleset) -> Stale {
+    let mut out = Stale::default();
+    for o in live.get("nftables").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(c) = o.get("chain") {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            let hook = c.get("hook").and_then(Value::as_str);
+            match want.chains.iter().find(|w| w.name == name) {
+                Some(w) if hook == want_hook(w) => {}
+                _ => out.chains.push(name.to_string()),
+            }
+        } else if let Some(set) = o.get("set") {
+            let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
+            let ty = set.get("type").and_then(Value::as_str);
+            match want.sets.iter().find(|w| w.name == name) {
+                Some(w) if ty == Some(if w.v6 { "ipv6_addr" } else { "ipv4_addr" }) => {}
+                _ => out.sets.push(name.to_string()),
+            }
+        }
+    }
+    out
+}
+
+fn want_hook(c: &super::ChainDef) -> Option<&'static str> {
+    c.hook.and_then(|h| h.split_whitespace().skip_while(|w| *w != "hook").nth(1))
+}
+
 /// Check `live` (the JSON of `nft -j list table inet palisade`) against
 /// `want`. Returns a description of every difference.
 pub(crate) fn check(live: &Value, want: &Ruleset) -> Result<(), FirewallError> {
@@ -110,7 +139,7 @@ pub(crate) fn check(live: &Value, want: &Ruleset) -> Result<(), FirewallError> {
         match chains.remove(c.name) {
             None => problems.push(format!("chain {} is missing", c.name)),
             Some((hook, policy)) => {
-                let want_hook = c.hook.and_then(|h| h.split_whitespace().skip_while(|w| *w != "hook").nth(1));
+                let want_hook = want_hook(c);
                 if hook.as_deref() != want_hook {
                     problems.push(format!("chain {}: hook {hook:?}, rendered {want_hook:?}", c.name));
                 }
