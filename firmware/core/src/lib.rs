@@ -7,5 +7,6 @@ pub mod wg;
 pub mod firewall;
 pub mod control;
 pub mod link;
+pub mod netlink;
 pub mod reconcile;
 pub mod sysctl;

@@ -2,8 +2,9 @@
 //!
 //! `rootfs`: the usr-merged skeleton, palisaded (also `/sbin/init`) and palisade,
 //! busybox with its applet links (rescue shell, udhcpc, `/sbin/modprobe` for the
-//! kernel's module autoloader), nft and iproute2's ip plus exactly the shared
-//! objects their DT_NEEDED chains name.
+//! kernel's module autoloader), nft plus exactly the shared objects its
+//! DT_NEEDED chain names. No iproute2: palisaded sets links, addresses and
+//! routes over netlink.
 //!
 //! `overlay`: `rootfs/`, the seed config, the DNS lists, the board file and
 //! os-release.
@@ -84,13 +85,8 @@ pub fn assemble(b: &mut Build) -> Result<()> {
     let nft = b.inp.pkg("nftables").join("usr/sbin/nft");
     overlay::install_file(&root, Path::new("usr/sbin/nft"), &nft, 0o755)?;
     binaries.push(file_record("/usr/sbin/nft", &nft)?);
-    // iproute2 `ip` in /usr/sbin (first on PATH); busybox's ip stays in /usr/bin.
-    let ip = b.inp.pkg("iproute2").join("bin/ip");
-    overlay::install_file(&root, Path::new("usr/sbin/ip"), &ip, 0o755)?;
-    binaries.push(file_record("/usr/sbin/ip", &ip)?);
     let pkgs = b.inp.work.join("pkgs");
     let mut libs = install_libs(&pkgs, &root, &nft)?;
-    libs.extend(install_libs(&pkgs, &root, &ip)?);
     libs.sort();
     libs.dedup();
 
