@@ -79,6 +79,9 @@ pub struct NodeOptions {
     pub blocked: Option<Vec<String>>,
     /// Directory put first on palisaded's PATH (e.g. a failing `nft`).
     pub path_prefix: Option<PathBuf>,
+    /// Seconds between reconcile passes (default: the product default, 2 s;
+    /// the mutation check sets a day so nothing repairs its mutants).
+    pub reconcile_secs: Option<u64>,
     /// Start without waiting for the nft table (a node expected to fail
     /// closed from the start never loads it).
     pub no_table_expected: bool,
@@ -165,6 +168,7 @@ pub struct Palisade {
     pub bins: PalisadeBins,
     pub path_prefix: Option<PathBuf>,
     pub no_table_expected: bool,
+    pub reconcile_secs: u64,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub config: PathBuf,
@@ -177,17 +181,24 @@ impl Palisade {
     /// interface, the firewall table and the control socket are up, and connect
     /// every client.
     pub fn start(bed: &mut TestBed, opts: &NodeOptions) -> Result<Palisade> {
+        let text = render_node_toml(bed, opts);
+        Palisade::start_with_config(bed, &text, opts)
+    }
+
+    /// Like [`Palisade::start`] with the node config given as text.
+    pub fn start_with_config(bed: &mut TestBed, config_text: &str, opts: &NodeOptions) -> Result<Palisade> {
         let bins = PalisadeBins::locate()?;
         let state_dir = bed.dir.path().join("state");
         let run_dir = bed.dir.path().join("run");
         std::fs::create_dir_all(&state_dir)?;
         std::fs::create_dir_all(&run_dir)?;
         let config = state_dir.join("node.toml");
-        std::fs::write(&config, render_node_toml(bed, opts))?;
+        std::fs::write(&config, config_text)?;
         let mut p = Palisade {
             bins,
             path_prefix: opts.path_prefix.clone(),
             no_table_expected: opts.no_table_expected,
+            reconcile_secs: opts.reconcile_secs.unwrap_or(2),
             state_dir,
             run_dir,
             config,
@@ -203,6 +214,7 @@ impl Palisade {
     /// Start (or restart) the daemon process and wait until it is serving.
     pub fn spawn(&mut self, bed: &mut TestBed) -> Result<()> {
         let d = self.bins.palisaded.to_string_lossy().into_owned();
+        let secs = self.reconcile_secs.to_string();
         let argv = [
             d.as_str(),
             "--config",
@@ -211,9 +223,10 @@ impl Palisade {
             &self.state_dir.to_string_lossy(),
             "--run-dir",
             &self.run_dir.to_string_lossy(),
-            // The product default (2 s): drift repair is tested as shipped.
+            // The product default (2 s) unless a test says otherwise: drift
+            // repair is tested as shipped.
             "--reconcile-secs",
-            "2",
+            &secs,
         ];
         let log = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
         let path = match &self.path_prefix {

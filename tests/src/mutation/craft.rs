@@ -150,6 +150,44 @@ pub fn ping_from(src: IpAddr, dst: IpAddr, timeout: Duration) -> Outcome {
     }
 }
 
+/// Send one ICMP redirect (IPv4 type 5) or ICMPv6 redirect (type 137) to
+/// `dst` from this namespace's own stack, as the node's kernel would send
+/// one: the output chain must drop it whatever produced it. The body names
+/// `target` as the better first hop (IPv4: the gateway field).
+pub fn send_redirect(dst: IpAddr, target: IpAddr) -> Result<(), String> {
+    let dst_sa = SockAddr::from(SocketAddr::new(dst, 0));
+    match (dst, target) {
+        (IpAddr::V4(d), IpAddr::V4(t)) => {
+            let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(|e| e.to_string())?;
+            // type 5 code 1 (host redirect), checksum, gateway, then the
+            // offending datagram's IP header and 8 bytes (a UDP header).
+            let mut m = vec![5u8, 1, 0, 0];
+            m.extend_from_slice(&t.octets());
+            let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0];
+            ip.extend_from_slice(&t.octets());
+            ip.extend_from_slice(&d.octets());
+            m.extend_from_slice(&ip);
+            m.extend_from_slice(&[0x9c, 0x40, 0, 7, 0, 8, 0, 0]);
+            let c = csum(&[&m]);
+            m[2..4].copy_from_slice(&c.to_be_bytes());
+            s.send_to(&m, &dst_sa).map(|_| ()).map_err(|e| format!("send ICMP redirect to {d}: {e}"))
+        }
+        (IpAddr::V6(d), IpAddr::V6(t)) => {
+            let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(|e| e.to_string())?;
+            // Neighbour discovery messages carry hop limit 255.
+            let _ = s.set_multicast_hops_v6(255);
+            let _ = s.set_unicast_hops_v6(255);
+            // type 137 code 0, checksum (the kernel fills it for ICMPv6),
+            // reserved, target, destination.
+            let mut m = vec![137u8, 0, 0, 0, 0, 0, 0, 0];
+            m.extend_from_slice(&t.octets());
+            m.extend_from_slice(&d.octets());
+            s.send_to(&m, &dst_sa).map(|_| ()).map_err(|e| format!("send ICMPv6 redirect to {d}: {e}"))
+        }
+        _ => Err(format!("{dst} and {target} are of different families")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

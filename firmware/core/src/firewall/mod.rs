@@ -235,8 +235,10 @@ pub fn render(spec: &NodeSpec, facts: &HostFacts) -> Ruleset {
         hook: Some("type filter hook forward priority filter - 10"),
         policy_drop: true,
         rules: vec![
+            // Tunnel to tunnel (client to client) matches no rule here and
+            // meets the policy drop: an explicit drop rule would be one no
+            // packet could tell from the policy (the mutation check).
             "ct state invalid drop".into(),
-            format!("iifname \"{wg}\" oifname \"{wg}\" drop"),
             format!("iifname \"{wg}\" oifname {up} jump forward_egress"),
             format!("iifname {up} oifname \"{wg}\" ct state established,related accept"),
         ],
