@@ -36,7 +36,7 @@
 //! netns_mutation -- --ignored --nocapture` (about 70 s on the 2-core machine).
 
 use palisade_tests::matrix::{self, Case, Expect, Kind};
-use palisade_tests::mutation::capture::{self, Capture, Packet};
+use palisade_tests::capture::{self, Capture, Packet};
 use palisade_tests::mutation::craft;
 use palisade_tests::mutation::ruleset::{self, Rule, Span};
 use palisade_tests::palisade::{render_node_toml, NodeOptions, Palisade};

@@ -43,7 +43,7 @@ pub fn tcp_segment(src: IpAddr, dst: SocketAddr, sport: u16, seq: u32, flags: u8
         (IpAddr::V4(s), IpAddr::V4(d)) => csum(&[
             &s.octets(),
             &d.octets(),
-            &[0, crate::mutation::capture::PROTO_TCP],
+            &[0, crate::capture::PROTO_TCP],
             &len,
             &h,
         ]),
@@ -52,7 +52,7 @@ pub fn tcp_segment(src: IpAddr, dst: SocketAddr, sport: u16, seq: u32, flags: u8
             &d.octets(),
             &[0, 0],
             &len,
-            &[0, 0, 0, crate::mutation::capture::PROTO_TCP],
+            &[0, 0, 0, crate::capture::PROTO_TCP],
             &h,
         ]),
         _ => 0,

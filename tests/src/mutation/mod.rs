@@ -1,8 +1,7 @@
 //! Tools for the firewall mutation check (tests/tests/netns_mutation.rs) and for
 //! any test that must prove a packet did or did not cross the node:
 //!
-//! - [`capture`]: a packet capture in a namespace (AF_PACKET, no tcpdump) and a
-//!   small IPv4/IPv6/TCP/UDP/ICMP parser;
+//! - packet captures come from [`crate::capture`];
 //! - [`craft`]: probes the matrix kinds lack — hand-made TCP segments (e.g. an
 //!   out-of-state SYN|FIN|ACK, which conntrack calls invalid), UDP from a chosen
 //!   source address and port, ping from a chosen source address;
@@ -10,6 +9,5 @@
 //!   restored atomically, one rule deleted, and the destinations its blocked
 //!   sets and drop rules cover.
 
-pub mod capture;
 pub mod craft;
 pub mod ruleset;
