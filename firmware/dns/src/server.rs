@@ -350,7 +350,10 @@ struct ClientSlot {
 }
 
 impl ClientSlot {
-    fn take(map: &Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<ClientSlot> {
+    fn take(
+        map: &Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+    ) -> Option<ClientSlot> {
         let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= TCP_MAX_CONNS_PER_CLIENT {

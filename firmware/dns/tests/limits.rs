@@ -48,7 +48,10 @@ async fn one_client_cannot_take_every_tcp_slot() {
         open <= palisade_dns::server::TCP_MAX_CONNS_PER_CLIENT,
         "one client holds {open} TCP connections"
     );
-    assert!(open >= 1, "the greedy client's first connections are served");
+    assert!(
+        open >= 1,
+        "the greedy client's first connections are served"
+    );
     // Everyone else is still served over TCP, while the greedy ones stay open.
     let t0 = Instant::now();
     let m = ask_tcp(b.addr, "www.test.", RecordType::A).await;
@@ -111,10 +114,17 @@ async fn reload_compiling_lists_does_not_hold_up_queries() {
     ] {
         ask(b.addr, BASIC, name, qtype).await;
     }
-    assert_eq!(rcode(&ask(b.addr, BASIC, "ads.test.", RecordType::A).await), 3);
+    assert_eq!(
+        rcode(&ask(b.addr, BASIC, "ads.test.", RecordType::A).await),
+        3
+    );
     ask_tcp(b.addr, "www.test.", RecordType::MX).await;
     let s = b.engine.stats();
-    assert_eq!(s["policy_loads"].as_u64(), Some(1), "still the first policy");
+    assert_eq!(
+        s["policy_loads"].as_u64(),
+        Some(1),
+        "still the first policy"
+    );
     assert!(
         t0.elapsed() < Duration::from_secs(2),
         "queries waited for the reload: {:?}",
@@ -144,6 +154,10 @@ async fn localhost_is_answered_locally() {
     // Not a suffix match on a label boundary: forwarded as usual.
     let m = ask(b.addr, BASIC, "notlocalhost.", RecordType::A).await;
     assert_eq!(rcode(&m), 3);
-    assert_eq!(b.auth.queries(), before + 1, "only notlocalhost. went upstream");
+    assert_eq!(
+        b.auth.queries(),
+        before + 1,
+        "only notlocalhost. went upstream"
+    );
     assert_eq!(b.engine.stats()["local"].as_u64(), Some(3));
 }
