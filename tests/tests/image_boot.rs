@@ -7,6 +7,7 @@
 //!   slot B's entry untouched) and the first boot seeded node.toml onto the state
 //!   partition;
 //! - ctrl-alt-del makes it shut down cleanly (QEMU exits with -no-reboot).
+//!
 //! Root only: run by tests/run.sh.
 
 use std::path::{Path, PathBuf};
