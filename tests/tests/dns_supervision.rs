@@ -175,15 +175,15 @@ fn stuck_reload_holds_up_neither_queries_nor_the_control_socket() {
     let p = Palisade::start(&mut bed, &opts).expect("start palisaded");
     bed.wait_handshake(1, Duration::from_secs(10))
         .expect("handshake");
-    palisade_tests::wait_until(Duration::from_secs(10), "resolver answering", || {
-        (status(&p, &bed)["dns"]["answering"] == true).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", bed.dump_logs()));
     let c = &bed.clients[0];
     let ask = |name: &str| {
         c.ns.enter(|| probe::dns_udp(v4(), name, 1, T))
             .expect("enter client netns")
     };
+    palisade_tests::wait_until(Duration::from_secs(10), "resolver answering", || {
+        ask("www.example.test").ok()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", bed.dump_logs()));
 
     // The next reload's list is a FIFO: compiling it blocks until the test writes.
     let fifo = bed.dir.path().join("slow.txt");
