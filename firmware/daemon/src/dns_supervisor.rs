@@ -280,6 +280,23 @@ impl Supervision {
     }
 }
 
+/// `e` and its causes joined by ": ", leaving out a cause whose text the
+/// message before it already ends with (some errors print their source).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let t = cause.to_string();
+        if out.ends_with(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
+}
+
 struct Inner {
     service: Option<Arc<DnsService>>,
     sup: Supervision,
@@ -340,7 +357,7 @@ impl DnsSupervisor {
                 // Compiling lists blocks: off the runtime, under no lock that
                 // status, stats or queries take.
                 let r = match tokio::task::spawn_blocking(move || s.reload(&spec2)).await {
-                    Ok(r) => r.map_err(|e| format!("{e:#}")),
+                    Ok(r) => r.map_err(|e| error_text(&e)),
                     Err(e) => Err(format!("dns: reload failed: {e}")),
                 };
                 let mut i = self.inner();
@@ -380,7 +397,7 @@ impl DnsSupervisor {
                 Ok(())
             }
             Err(e) => {
-                let reason = format!("{e:#}");
+                let reason = error_text(&e);
                 let mut i = self.inner();
                 let now = Instant::now();
                 i.sup.handle(Event::StartFailed(reason.clone()), now);
@@ -510,6 +527,28 @@ mod tests {
             State::Failed { retry_at, .. } => retry_at.saturating_duration_since(now),
             other => panic!("not failed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        #[derive(Debug)]
+        struct Read(std::io::Error);
+        impl std::fmt::Display for Read {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot read list /x/ads.txt: {}", self.0)
+            }
+        }
+        impl std::error::Error for Read {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Read(io)).context("dns: cannot load the [dns] policy");
+        assert_eq!(
+            error_text(&e),
+            "dns: cannot load the [dns] policy: cannot read list /x/ads.txt: entity not found"
+        );
     }
 
     #[test]
