@@ -2,7 +2,7 @@
 //! client that asks for a large answer and never reads it must not keep
 //! `palisade status` from answering; palisaded holds at most its connection
 //! limit open, and closes the non-reading client after its write timeout
-//! (docs/security.md S11).
+//! (docs/security.md S17).
 
 use palisade_core::config::PrivateKey;
 use palisade_tests::palisade::{NodeOptions, Palisade};
