@@ -106,6 +106,11 @@ fn programs(src: &str) -> Vec<String> {
     }
     for (i, _) in src.match_indices(".spawn") {
         let rest = &src[i..src.len().min(i + 400)];
+        // A thread's closure (`s.spawn(|| ..)`, `spawn(move || ..)`) runs no program.
+        let arg = rest.split_once('(').map(|(_, a)| a.trim_start()).unwrap_or_default();
+        if arg.starts_with('|') || arg.starts_with("move") {
+            continue;
+        }
         if let Some(j) = rest.find("&[") {
             if let Some(l) = literal(&rest[j + 2..]) {
                 out.push(l.to_string());

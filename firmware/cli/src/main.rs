@@ -262,9 +262,40 @@ fn print_status(v: &Value) {
         Some(why) => println!("forwarding  OFF (fail-closed): {why}"),
         None => println!("forwarding  on"),
     }
+    println!("dns         {}", dns_line(&v["dns"]));
+    if let Some(e) = v["dns"]["reload_error"].as_str() {
+        println!("            last reload refused (previous policy kept): {e}");
+    }
     if let Some(r) = v["last_reconcile"].as_object() {
         let errs = r["report"]["errors"].as_array().map(|a| a.len()).unwrap_or(0);
         println!("reconcile   {} error(s), {} us", errs, r["report"]["duration_us"]);
+    }
+}
+
+/// The resolver's state in one line: running (and whether its canary query
+/// is answered), failed with the reason and the time to the next start,
+/// disabled, or not started.
+fn dns_line(d: &Value) -> String {
+    match d["state"].as_str() {
+        Some("running") => {
+            let c = &d["canary"];
+            if d["answering"].as_bool() == Some(true) {
+                format!("running, answering (canary {} s ago)", c["age_s"])
+            } else if let Some(e) = c["error"].as_str() {
+                format!("running, NOT ANSWERING: {e}")
+            } else {
+                "running, canary pending".to_string()
+            }
+        }
+        Some("failed") => format!(
+            "FAILED: {}; restarting in {} s ({} failed attempt(s))",
+            d["reason"].as_str().unwrap_or("?"),
+            d["retry_in_s"],
+            d["failures"]
+        ),
+        Some("disabled") => "disabled in the node config".to_string(),
+        Some(other) => format!("{other}: {}", d["reason"].as_str().unwrap_or("-")),
+        None => "-".to_string(),
     }
 }
 
@@ -318,6 +349,25 @@ mod tests {
         assert!(old.is_err());
         let new = Cli::try_parse_from(["palisade", "peers", "add", "x", "--public-key", "k", "--preshared-key-file", "-"]);
         assert!(new.is_ok());
+    }
+
+    #[test]
+    fn dns_status_lines() {
+        let j = |v: &str| serde_json::from_str::<Value>(v).unwrap();
+        assert_eq!(
+            dns_line(&j(r#"{"state":"running","answering":true,"canary":{"ok":true,"age_s":3}}"#)),
+            "running, answering (canary 3 s ago)"
+        );
+        assert_eq!(
+            dns_line(&j(r#"{"state":"running","answering":false,"canary":{"ok":false,"error":"no answer"}}"#)),
+            "running, NOT ANSWERING: no answer"
+        );
+        assert_eq!(
+            dns_line(&j(r#"{"state":"failed","reason":"dns: list x missing","retry_in_s":4,"failures":3}"#)),
+            "FAILED: dns: list x missing; restarting in 4 s (3 failed attempt(s))"
+        );
+        assert_eq!(dns_line(&j(r#"{"state":"disabled"}"#)), "disabled in the node config");
+        assert_eq!(dns_line(&j(r#"{"state":"stopped","reason":"no node config loaded"}"#)), "stopped: no node config loaded");
     }
 
     #[test]

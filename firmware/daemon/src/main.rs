@@ -3,6 +3,7 @@
 //! control socket, the reconcile timer and signal handling.
 
 mod dns;
+mod dns_supervisor;
 mod init;
 mod supervisor;
 

@@ -1,8 +1,10 @@
 //! The supervisor loop: one engine behind a mutex, driven by the control
 //! socket, SIGHUP and a timer. Engine calls block (netlink, nft), so they
-//! run on the blocking pool.
+//! run on the blocking pool. Beside it run two tasks: the control socket
+//! server (bounded, see [`ControlLimits`]) and the DNS resolver's supervisor
+//! (`dns_supervisor.rs`: restarts with backoff, canary every 10 s).
 
-use crate::dns::DnsService;
+use crate::dns_supervisor::DnsSupervisor;
 use crate::Args;
 use anyhow::Context;
 use palisade_core::config::PeerSection;
@@ -11,38 +13,22 @@ use palisade_core::firewall::NftCli;
 use palisade_core::reconcile::{Engine, Paths, Report};
 use palisade_core::wg::KernelWg;
 use std::os::unix::fs::PermissionsExt;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::signal::unix::{signal, SignalKind};
 
 type Shared = Arc<Mutex<Engine>>;
-type Dns = Arc<Mutex<Option<DnsService>>>;
+type Dns = Arc<DnsSupervisor>;
 
-/// Bring the resolver in line with the engine's current spec: start it if
-/// it is not running, otherwise swap its policy. Errors leave it as it was.
+/// Bring the resolver in line with the engine's current spec (start,
+/// reload, restart or stop it). Errors leave a running resolver as it was.
 async fn sync_dns(engine: &Shared, dns: &Dns) -> Result<(), String> {
-    let Some(spec) = engine.lock().expect("engine poisoned").spec().cloned() else {
-        return Ok(());
-    };
-    let running = {
-        let g = dns.lock().expect("dns poisoned");
-        match g.as_ref() {
-            Some(d) => Some(d.reload(&spec).map_err(|e| format!("{e:#}"))),
-            None => None,
-        }
-    };
-    match running {
-        Some(r) => r,
-        None => match DnsService::start(&spec).await {
-            Ok(d) => {
-                *dns.lock().expect("dns poisoned") = Some(d);
-                Ok(())
-            }
-            Err(e) => Err(format!("{e:#}")),
-        },
-    }
+    let spec = blocking(engine, |e| e.spec().cloned()).await;
+    dns.apply(spec.as_ref()).await
 }
 
 async fn blocking<T: Send + 'static>(engine: &Shared, f: impl FnOnce(&mut Engine) -> T + Send + 'static) -> T {
@@ -90,7 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         true,
     )));
 
-    let dns: Dns = Arc::new(Mutex::new(None));
+    let dns: Dns = Arc::new(DnsSupervisor::default());
     match blocking(&engine, |e| e.reload()).await {
         Ok(r) => log_report("start", &r),
         Err(e) => tracing::error!("start: {e}"),
@@ -100,9 +86,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(k) = blocking(&engine, |e| e.status()["wireguard"]["public_key"].as_str().map(str::to_string)).await {
         tracing::info!("wireguard public key {k}");
     }
-    if let Err(e) = sync_dns(&engine, &dns).await {
-        tracing::error!("start: {e}");
-    }
+    // A resolver that cannot start is logged and retried by its supervisor
+    // (dns_supervisor.rs); the rest of the node comes up regardless.
+    let _ = sync_dns(&engine, &dns).await;
 
     let sock_path = args.run_dir.join("palisaded.sock");
     let _ = std::fs::remove_file(&sock_path);
@@ -115,6 +101,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(args.reconcile_secs.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    // The resolver's supervisor: restarts when due, canary rounds.
+    let dns_task = {
+        let (engine, dns) = (engine.clone(), dns.clone());
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                dns.tick(|| blocking(&engine, |e| e.spec().cloned())).await;
+            }
+        })
+    };
+    let control_task = tokio::spawn(control_server(listener, engine.clone(), dns.clone(), ControlLimits::default()));
 
     loop {
         tokio::select! {
@@ -133,17 +133,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     Err(e) => tracing::error!("reload (SIGHUP): {e}"),
                 }
             }
-            conn = listener.accept() => {
-                if let Ok((stream, _)) = conn {
-                    let engine = engine.clone();
-                    let dns = dns.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(stream, engine, dns).await {
-                            tracing::warn!("control connection: {e}");
-                        }
-                    });
-                }
-            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -151,20 +140,130 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The firewall table stays loaded: its drop policies keep clients
     // isolated while palisaded is down.
     tracing::info!("stopping; firewall table left in place");
+    control_task.abort();
+    dns_task.abort();
     let _ = std::fs::remove_file(&sock_path);
-    let running = dns.lock().expect("dns poisoned").take();
-    if let Some(d) = running {
-        d.stop().await;
-    }
+    dns.shutdown().await;
     Ok(())
 }
 
-async fn serve(stream: UnixStream, engine: Shared, dns: Dns) -> anyhow::Result<()> {
+/// Bounds on the control socket. Only root can connect (the socket is 0600),
+/// but a stuck or misbehaving client must not be able to lock out the
+/// operator or the health gate.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlLimits {
+    /// Connections served at once.
+    pub max_conns: usize,
+    /// Time a client gets to send its request line.
+    pub request_timeout: Duration,
+    /// Time a client gets to take its response.
+    pub write_timeout: Duration,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        ControlLimits {
+            max_conns: 32,
+            request_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Connections still waiting for their request line, oldest first: when
+/// every slot is taken, a new connection evicts the oldest of these (an idle
+/// client cannot keep a working one out). Connections whose request is being
+/// handled or answered are never evicted; they end within the handler's time
+/// plus `write_timeout`.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    queue: VecDeque<(u64, Arc<Notify>)>,
+}
+
+impl Waiting {
+    fn push(&mut self) -> (u64, Arc<Notify>) {
+        self.next += 1;
+        let n = Arc::new(Notify::new());
+        self.queue.push_back((self.next, n.clone()));
+        (self.next, n)
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.queue.retain(|(i, _)| *i != id);
+    }
+
+    fn evict_oldest(&mut self) -> bool {
+        match self.queue.pop_front() {
+            Some((_, n)) => {
+                // Stored if the task is not waiting yet: it sees it at once.
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Accept control connections within `limits` (see [`ControlLimits`]).
+async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, limits: ControlLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_conns));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("control socket: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let evicted = waiting.lock().expect("waiting poisoned").evict_oldest();
+                if !evicted {
+                    // Every slot is executing a request: refuse this one.
+                    drop(stream);
+                    continue;
+                }
+                match tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => continue,
+                }
+            }
+        };
+        let (w, engine, dns) = (waiting.clone(), engine.clone(), dns.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, permit, w, engine, dns, limits).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn serve(
+    stream: UnixStream,
+    _permit: OwnedSemaphorePermit,
+    waiting: Arc<Mutex<Waiting>>,
+    engine: Shared,
+    dns: Dns,
+    limits: ControlLimits,
+) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), BufReader::new(r.take(MAX_REQUEST)).read_line(&mut line))
-        .await
-        .context("client too slow")??;
+    let mut reader = BufReader::new(r.take(MAX_REQUEST));
+    let (id, evict) = waiting.lock().expect("waiting poisoned").push();
+    let read = tokio::select! {
+        r = tokio::time::timeout(limits.request_timeout, reader.read_line(&mut line)) => Some(r),
+        _ = evict.notified() => None,
+    };
+    waiting.lock().expect("waiting poisoned").remove(id);
+    let n = match read {
+        None => anyhow::bail!("closed: every slot taken and this client had not sent its request"),
+        Some(r) => r.context("client too slow")??,
+    };
     if n == 0 {
         return Ok(());
     }
@@ -174,7 +273,9 @@ async fn serve(stream: UnixStream, engine: Shared, dns: Dns) -> anyhow::Result<(
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
-    w.write_all(&out).await?;
+    tokio::time::timeout(limits.write_timeout, w.write_all(&out))
+        .await
+        .context("client does not read its response")??;
     Ok(())
 }
 
@@ -199,7 +300,11 @@ async fn after_change(what: &str, r: Report, engine: &Shared, dns: &Dns) -> Resp
 
 async fn handle(req: Request, engine: &Shared, dns: &Dns) -> Response {
     match req {
-        Request::Status => Response::ok(blocking(engine, |e| e.status()).await),
+        Request::Status => {
+            let mut v = blocking(engine, |e| e.status()).await;
+            v["dns"] = dns.status();
+            Response::ok(v)
+        }
         Request::PeersList => Response::ok(blocking(engine, |e| e.peers()).await),
         Request::Reload => match blocking(engine, |e| e.reload()).await {
             Ok(r) => after_change("reload", r, engine, dns).await,
@@ -231,9 +336,9 @@ async fn handle(req: Request, engine: &Shared, dns: &Dns) -> Response {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e),
         },
-        Request::DnsStats => match dns.lock().expect("dns poisoned").as_ref() {
-            Some(d) => Response::ok(d.stats()),
-            None => Response::err("the DNS resolver is not running (see palisaded's log)"),
+        Request::DnsStats => match dns.stats() {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e),
         },
     }
 }

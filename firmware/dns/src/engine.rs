@@ -72,6 +72,12 @@ pub struct Counters {
     pub foreign_source: AtomicU64,
     pub refused: AtomicU64,
     pub any: AtomicU64,
+    /// `localhost` names answered locally (RFC 6761; includes palisaded's
+    /// health canary).
+    pub local: AtomicU64,
+    /// TCP connections closed at accept because their client already had
+    /// [`crate::server::TCP_MAX_CONNS_PER_CLIENT`] open.
+    pub tcp_over_limit: AtomicU64,
 }
 
 /// The live configuration, swapped atomically on reload.
@@ -199,6 +205,11 @@ pub struct Engine {
     inflight: tokio::sync::Semaphore,
     loads: AtomicU64,
     last_load_ms: AtomicU64,
+    /// Serialises reloads (so an older policy can never be published after
+    /// a newer one). Only `reload` takes it: the query path never does, so a
+    /// reload that is still compiling a big list holds up nothing but the
+    /// next reload.
+    reload_lock: Mutex<()>,
 }
 
 /// Concurrent upstream resolutions; beyond this, queries get SERVFAIL at once.
@@ -227,6 +238,7 @@ impl Engine {
             inflight: tokio::sync::Semaphore::new(MAX_INFLIGHT),
             loads: AtomicU64::new(0),
             last_load_ms: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
         };
         e.reload(cfg)?;
         Ok(e)
@@ -235,7 +247,15 @@ impl Engine {
     /// Build the new policy and upstreams, then swap them in atomically.
     /// On error nothing changes. Queries in flight finish on the old policy.
     /// (The cache size is fixed at start.)
+    ///
+    /// Locks: compiling happens before anything is published and holds only
+    /// `reload_lock` (reloads one at a time); the list store and the tier
+    /// registry are locked for a copy or an insert each, never across a
+    /// compile. Queries read the live policy through `arc-swap` and take no
+    /// lock a reload holds. This call blocks for as long as compiling takes:
+    /// call it off the async runtime (palisaded uses `spawn_blocking`).
     pub fn reload(&self, cfg: &EngineConfig) -> Result<(), EngineError> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = Instant::now();
         let clients = cfg.clients.iter().map(|(a, t)| ClientTier {
             addr: *a,
@@ -340,6 +360,11 @@ impl Engine {
             self.counters.refused.fetch_add(1, Relaxed);
             return Outcome::Reply(wire::empty(&q, wire::RCODE_REFUSED, None, limit));
         }
+        // RFC 6761: localhost never leaves the node, whatever the lists say.
+        if wire::is_localhost(q.name()) {
+            self.counters.local.fetch_add(1, Relaxed);
+            return Outcome::Reply(wire::localhost(&q, limit));
+        }
         if let Some(t) = tier {
             if live.policy.tiers[t as usize].blocks(q.name()) {
                 return Outcome::Reply(self.block_reply(&live, &q, t, limit));
@@ -443,6 +468,8 @@ impl Engine {
             "foreign_source": c.foreign_source.load(Relaxed),
             "refused": c.refused.load(Relaxed),
             "any": c.any.load(Relaxed),
+            "local": c.local.load(Relaxed),
+            "tcp_over_limit": c.tcp_over_limit.load(Relaxed),
             "tiers": tiers,
             "lists": lists,
             "policy_loads": self.loads.load(Relaxed),

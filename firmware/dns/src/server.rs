@@ -10,7 +10,7 @@ use nix::sys::socket::{
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,11 @@ use tokio::sync::watch;
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Time allowed to deliver one query once its length arrived (slow clients).
 pub const TCP_BODY: Duration = Duration::from_secs(3);
-const TCP_MAX_CONNS: usize = 256;
+/// TCP connections open at once, all clients together.
+pub const TCP_MAX_CONNS: usize = 256;
+/// TCP connections open at once from one client address: one client (one
+/// peer's tunnel address) cannot take every slot.
+pub const TCP_MAX_CONNS_PER_CLIENT: usize = 16;
 const TCP_MAX_QUERIES: usize = 1000;
 const POLL: Duration = Duration::from_millis(200);
 
@@ -166,7 +170,7 @@ impl Server {
     }
 
     /// Close every listener and wait for the UDP threads.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         let ls: Vec<Listener> = self
             .listeners
             .lock()
@@ -300,6 +304,7 @@ async fn tcp_accept(
     stop: watch::Receiver<bool>,
 ) {
     let conns = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNS));
+    let per_client = Arc::new(Mutex::new(std::collections::HashMap::<IpAddr, usize>::new()));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -313,7 +318,14 @@ async fn tcp_accept(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             continue;
         }
-        // Over the limit: close at once (the client retries or uses UDP).
+        // Over a limit: close at once (the client retries or uses UDP).
+        let Some(slot) = ClientSlot::take(&per_client, peer.ip()) else {
+            engine
+                .counters
+                .tcp_over_limit
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        };
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             continue;
         };
@@ -321,11 +333,49 @@ async fn tcp_accept(
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             tokio::select! {
                 _ = tcp_conn(stream, peer.ip(), engine) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
         });
+    }
+}
+
+/// One of a client address's TCP slots; given back on drop. The map holds
+/// only addresses with open connections (an entry goes with its last slot).
+struct ClientSlot {
+    map: Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(
+        map: &Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+    ) -> Option<ClientSlot> {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= TCP_MAX_CONNS_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
     }
 }
 

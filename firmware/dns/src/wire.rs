@@ -1,6 +1,6 @@
 //! The request path on the wire: a strict, allocation-free parser for client
 //! queries and the builders for every answer the resolver gives without
-//! asking upstream (errors, blocks, RFC 8482, cache hits).
+//! asking upstream (errors, blocks, RFC 8482, `localhost`, cache hits).
 //!
 //! Client queries are parsed here, not with hickory-proto, because this is
 //! the hot path (one parse per query at 100k+ QPS) and because a query needs
@@ -44,6 +44,7 @@ pub const OUR_UDP_SIZE: u16 = 1232;
 pub const SYNTH_TTL: u32 = 60;
 
 const FLAG_QR: u16 = 0x8000;
+const FLAG_AA: u16 = 0x0400;
 const FLAG_TC: u16 = 0x0200;
 const FLAG_RD: u16 = 0x0100;
 const FLAG_RA: u16 = 0x0080;
@@ -324,6 +325,40 @@ pub fn any_hinfo(q: &Query<'_>, limit: usize) -> Vec<u8> {
     finish(q, b, 1, 0, None, limit)
 }
 
+/// Is the (lowercase wire form) name `localhost` or a name under it?
+/// RFC 6761 section 6.3: such names are answered by the resolver itself and
+/// never sent to an authoritative server.
+pub fn is_localhost(name: &[u8]) -> bool {
+    const LOCALHOST: &[u8] = b"\x09localhost";
+    let mut pos = 0;
+    while pos < name.len() {
+        if &name[pos..] == LOCALHOST {
+            return true;
+        }
+        pos += 1 + name[pos] as usize;
+    }
+    false
+}
+
+/// The local answer for a `localhost` name (RFC 6761): A 127.0.0.1, AAAA ::1,
+/// an empty NOERROR answer for other types. Authoritative (AA).
+pub fn localhost(q: &Query<'_>, limit: usize) -> Vec<u8> {
+    let mut b = begin(q, RCODE_NOERROR, 96);
+    b[2] |= (FLAG_AA >> 8) as u8;
+    const V6_LOOPBACK: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let rdata: &[u8] = match q.qtype {
+        TYPE_A => &[127, 0, 0, 1],
+        TYPE_AAAA => &V6_LOOPBACK,
+        _ => &[],
+    };
+    let mut an = 0;
+    if !rdata.is_empty() {
+        push_rr_at_qname(&mut b, q.qtype, SYNTH_TTL, rdata);
+        an = 1;
+    }
+    finish(q, b, an, 0, None, limit)
+}
+
 fn push_rr_at_qname(b: &mut Vec<u8>, rtype: u16, ttl: u32, rdata: &[u8]) {
     b.extend_from_slice(&[0xc0, 12]);
     b.extend_from_slice(&rtype.to_be_bytes());
@@ -445,6 +480,27 @@ mod tests {
 
     fn rcode(r: &[u8]) -> u8 {
         r[3] & 0xf
+    }
+
+    #[test]
+    fn localhost_names_on_label_boundaries_only() {
+        let wire = |t: &str| {
+            let q = query(1, t, TYPE_A, false);
+            parse_query(&q).map(|q| q.name().to_vec()).unwrap()
+        };
+        for yes in ["localhost", "LocalHost", "a.localhost", "x.y.LOCALHOST"] {
+            assert!(is_localhost(&wire(yes)), "{yes}");
+        }
+        for no in ["notlocalhost", "localhost.example", "localhostx", "", "host"] {
+            assert!(!is_localhost(&wire(no)), "{no}");
+        }
+        let q = query(7, "a.localhost", TYPE_AAAA, true);
+        let q = parse_query(&q).unwrap();
+        let r = localhost(&q, 512);
+        assert_eq!(rcode(&r), RCODE_NOERROR);
+        assert_eq!(r[2] & 0x04, 0x04, "AA");
+        assert_eq!(&r[6..8], &[0, 1], "one answer");
+        assert!(r.windows(16).any(|w| w == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
     }
 
     #[test]

@@ -25,7 +25,9 @@ async fn service_starts_reloads_and_stops() {
         // An unused loopback address and a unique v6 ULA: freebind lets both bind.
         .replace("10.66.0.1/16", "127.66.0.1/16")
         .replace("10.66.0.2/32", "127.66.0.2/32")
-        .replace("10.66.0.3/32", "127.66.0.3/32");
+        .replace("10.66.0.3/32", "127.66.0.3/32")
+        // A v6 tunnel prefix no interface of this machine has.
+        .replace("fd66::", "fd5a:1b2c:3d4e::");
     let cfg = palisade_core::config::NodeConfig::from_str(&text, std::path::Path::new("node.toml"))
         .unwrap();
     let spec = cfg
@@ -48,5 +50,24 @@ async fn service_starts_reloads_and_stops() {
     assert!(n > 12);
     svc.reload(&spec).unwrap();
     assert_eq!(svc.stats()["tiers"]["basic"]["blocked"], 1);
+    // Only enabling/disabling and the cache size need a restart.
+    assert!(!svc.needs_restart(&spec));
+    let mut bigger = spec.clone();
+    bigger.dns.cache_entries += 1;
+    assert!(svc.needs_restart(&bigger));
+
+    // The health canary: from the tunnel address to the tunnel address, a
+    // localhost name the resolver answers itself.
+    let listen = dns::listen_addrs(&spec);
+    let t = std::time::Duration::from_secs(1);
+    let rtt = dns::canary(&listen[..1], t).await.expect("canary answered");
+    assert!(rtt < t);
+    assert_eq!(svc.stats()["local"], 1, "answered locally, not upstream");
+    // The v6 tunnel address is on no interface here: not the resolver's fault.
+    let e = dns::canary(&listen, t).await.unwrap_err();
+    assert!(!e.resolver_fault(), "{e}");
     svc.stop().await;
+    // Stopped: the canary gets no answer, and that is the resolver's fault.
+    let e = dns::canary(&listen[..1], t).await.unwrap_err();
+    assert!(e.resolver_fault(), "{e}");
 }

@@ -239,12 +239,46 @@ fn reaper_loop(env: &BootEnv) -> bool {
     }
 }
 
-/// Health as the supervisor reports it over the control socket: WireGuard up and the
-/// firewall table loaded and verified. (Pure: takes the `status` response.)
+/// Health as the supervisor reports it over the control socket: WireGuard up, the
+/// firewall table loaded and verified, and the DNS resolver answering its canary
+/// query on the tunnel side (or disabled in the node config). (Pure: takes the
+/// `status` response.)
 pub fn healthy(status: &serde_json::Value) -> bool {
-    status["wireguard"]["up"] == true
-        && status["firewall"]["loaded"] == true
-        && status["firewall"]["verified"] == true
+    health_problems(status).is_empty()
+}
+
+/// What keeps the node from being healthy, for the console (no client data: the
+/// status holds none).
+pub fn health_problems(status: &serde_json::Value) -> Vec<String> {
+    let mut p = Vec::new();
+    if status["wireguard"]["up"] != true {
+        p.push("wireguard not up".to_string());
+    }
+    if status["firewall"]["loaded"] != true {
+        p.push("firewall table not loaded".to_string());
+    } else if status["firewall"]["verified"] != true {
+        p.push("firewall table not verified".to_string());
+    }
+    let dns = &status["dns"];
+    match dns["state"].as_str() {
+        Some("disabled") => {}
+        Some("running") if dns["answering"] == true => {}
+        Some("running") => p.push(match dns["canary"]["error"].as_str() {
+            Some(e) => format!("dns not answering its canary query ({e})"),
+            None => "dns canary pending".to_string(),
+        }),
+        Some("failed") => p.push(format!(
+            "dns failed: {} (restarting in {} s)",
+            dns["reason"].as_str().unwrap_or("?"),
+            dns["retry_in_s"]
+        )),
+        Some(other) => p.push(format!(
+            "dns {other}: {}",
+            dns["reason"].as_str().unwrap_or("?")
+        )),
+        None => p.push("dns state unknown".to_string()),
+    }
+    p
 }
 
 /// Polls the supervisor until the node is healthy, prints `ready` on the console, then
@@ -267,6 +301,11 @@ fn health_watch(sock: &Path) {
         }
         if !timed_out && t0.elapsed() > limit {
             timed_out = true;
+            let problems = match &st {
+                Ok(s) => health_problems(s),
+                Err(e) => vec![format!("control socket: {e}")],
+            };
+            console(&format!("not healthy: {}", problems.join("; ")));
             // A/B safety net: on a boot-counted (untested) entry, an unhealthy node
             // reboots so systemd-boot spends a try and eventually boots the other slot.
             // On a blessed entry there is nothing to fall back to: stay up, keep polling.
@@ -286,7 +325,7 @@ fn health_watch(sock: &Path) {
         std::thread::sleep(Duration::from_millis(200));
     }
     console(&format!(
-        "ready: wireguard up, firewall verified ({} ms after start)",
+        "ready: wireguard up, firewall verified, dns answering ({} ms after start)",
         uptime_ms().unwrap_or(t0.elapsed().as_millis() as u64)
     ));
     match bless_boot_entry() {
@@ -447,7 +486,8 @@ mod tests {
 
     #[test]
     fn health_needs_wg_and_verified_firewall() {
-        let ok = serde_json::json!({"wireguard": {"up": true}, "firewall": {"loaded": true, "verified": true}});
+        let ok = serde_json::json!({"wireguard": {"up": true}, "firewall": {"loaded": true, "verified": true},
+            "dns": {"state": "running", "answering": true}});
         assert!(healthy(&ok));
         for (k1, k2) in [
             ("wireguard", "up"),
@@ -459,6 +499,40 @@ mod tests {
             assert!(!healthy(&bad), "{k1}.{k2}");
         }
         assert!(!healthy(&serde_json::json!({"wireguard": null})));
+    }
+
+    #[test]
+    fn health_needs_dns_answering_or_disabled() {
+        let base = serde_json::json!({"wireguard": {"up": true}, "firewall": {"loaded": true, "verified": true}});
+        let with = |dns: serde_json::Value| {
+            let mut s = base.clone();
+            s["dns"] = dns;
+            s
+        };
+        assert!(healthy(&with(serde_json::json!({"state": "running", "answering": true}))));
+        assert!(healthy(&with(serde_json::json!({"state": "disabled", "answering": false}))));
+        // A status without DNS (an older supervisor) is not healthy.
+        assert_eq!(health_problems(&base), ["dns state unknown"]);
+        assert_eq!(
+            health_problems(&with(serde_json::json!({"state": "running", "answering": false, "canary": null}))),
+            ["dns canary pending"]
+        );
+        assert_eq!(
+            health_problems(&with(serde_json::json!({"state": "running", "answering": false,
+                "canary": {"ok": false, "error": "no answer on the tunnel IPv4 address within 1000 ms"}}))),
+            ["dns not answering its canary query (no answer on the tunnel IPv4 address within 1000 ms)"]
+        );
+        let failed = with(serde_json::json!({"state": "failed", "reason": "dns: cannot load the [dns] policy: list",
+            "retry_in_s": 4, "answering": false}));
+        assert!(!healthy(&failed));
+        assert_eq!(
+            health_problems(&failed),
+            ["dns failed: dns: cannot load the [dns] policy: list (restarting in 4 s)"]
+        );
+        assert_eq!(
+            health_problems(&with(serde_json::json!({"state": "stopped", "reason": "no node config loaded"}))),
+            ["dns stopped: no node config loaded"]
+        );
     }
 
     #[test]
