@@ -997,6 +997,7 @@ fn bad_config_is_rejected_and_running_state_keeps_serving() {
             !o.status.success(),
             "{what}: reload accepted a broken config: {msg}"
         );
+        assert_eq!(o.status.code(), Some(2), "{what}: exit status for an invalid config: {msg}");
         for m in &must_name {
             assert!(msg.contains(m.as_str()), "{what}: error does not name {m:?}: {msg}");
         }
@@ -1229,6 +1230,7 @@ fn cli_refuses_bad_peers_and_changes_nothing() {
         );
         println!("{what}: {} : {}", o.status, msg.trim());
         assert!(!o.status.success(), "{what} accepted: {msg}");
+        assert_eq!(o.status.code(), Some(2), "{what}: exit status for an invalid config: {msg}");
         assert!(
             msg.contains(reason),
             "{what}: refused, but not for {reason:?}: {msg}"

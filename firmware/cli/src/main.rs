@@ -96,7 +96,24 @@ enum DnsCmd {
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("palisade: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit_code(&e));
+    }
+}
+
+/// Exit status by the kind of refusal, for scripts: 2 invalid config, 3 no
+/// such peer, 4 not available yet (no config loaded, resolver down), 5 bad
+/// request, 1 anything else (the socket, the system).
+fn exit_code(e: &anyhow::Error) -> i32 {
+    use palisade_core::control::{ControlError, ErrorKind};
+    match e.downcast_ref::<ControlError>() {
+        Some(ControlError::Refused { kind: Some(kind), .. }) => match kind {
+            ErrorKind::InvalidConfig => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Unavailable => 4,
+            ErrorKind::BadRequest => 5,
+            ErrorKind::System => 1,
+        },
+        _ => 1,
     }
 }
 
@@ -349,6 +366,17 @@ mod tests {
         assert!(old.is_err());
         let new = Cli::try_parse_from(["palisade", "peers", "add", "x", "--public-key", "k", "--preshared-key-file", "-"]);
         assert!(new.is_ok());
+    }
+
+    #[test]
+    fn exit_status_follows_the_error_kind() {
+        use palisade_core::control::{ControlError, ErrorKind};
+        let refused = |kind| anyhow::Error::new(ControlError::Refused { kind: Some(kind), message: "x".into() });
+        assert_eq!(exit_code(&refused(ErrorKind::InvalidConfig)), 2);
+        assert_eq!(exit_code(&refused(ErrorKind::NotFound)), 3);
+        assert_eq!(exit_code(&refused(ErrorKind::Unavailable)), 4);
+        assert_eq!(exit_code(&refused(ErrorKind::BadRequest)), 5);
+        assert_eq!(exit_code(&anyhow::anyhow!("socket gone")), 1);
     }
 
     #[test]

@@ -39,21 +39,40 @@ pub enum Request {
     DnsStats,
 }
 
+/// What kind of failure a refused request met: stable on the wire, so
+/// scripts can branch on it; the message says the details.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The request itself is malformed (not JSON, an unknown command, a bad argument).
+    BadRequest,
+    /// The node config (or the peers file with a change applied) fails validation.
+    InvalidConfig,
+    /// The named peer does not exist (or lives where the request cannot change it).
+    NotFound,
+    /// No valid config has been loaded yet, or a subsystem is not running.
+    Unavailable,
+    /// A file or the kernel refused (I/O, netlink, nft).
+    System,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
     #[serde(default)]
     pub data: serde_json::Value,
 }
 
 impl Response {
     pub fn ok(data: serde_json::Value) -> Response {
-        Response { ok: true, error: None, data }
+        Response { ok: true, error: None, kind: None, data }
     }
-    pub fn err(msg: impl Into<String>) -> Response {
-        Response { ok: false, error: Some(msg.into()), data: serde_json::Value::Null }
+    pub fn err(kind: ErrorKind, msg: impl Into<String>) -> Response {
+        Response { ok: false, error: Some(msg.into()), kind: Some(kind), data: serde_json::Value::Null }
     }
 }
 
@@ -65,8 +84,8 @@ pub enum ControlError {
     Io(#[from] std::io::Error),
     #[error("bad response from palisaded: {0}")]
     Decode(#[from] serde_json::Error),
-    #[error("{0}")]
-    Refused(String),
+    #[error("{message}")]
+    Refused { kind: Option<ErrorKind>, message: String },
 }
 
 /// Send one request and wait for its response (the CLI side).
@@ -84,7 +103,7 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<serde_jso
     if resp.ok {
         Ok(resp.data)
     } else {
-        Err(ControlError::Refused(resp.error.unwrap_or_else(|| "request failed".into())))
+        Err(ControlError::Refused { kind: resp.kind, message: resp.error.unwrap_or_else(|| "request failed".into()) })
     }
 }
 
@@ -105,5 +124,11 @@ mod tests {
         assert_eq!(j, r#"{"cmd":"peers-add","name":"a","public_key":"k","addresses":[],"tier":null,"preshared_key":null}"#);
         assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        let e = Response::err(ErrorKind::InvalidConfig, "node.toml:3: bad");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"ok":false,"error":"node.toml:3: bad","kind":"invalid-config","data":null}"#
+        );
+        assert_eq!(serde_json::to_string(&Response::ok(serde_json::json!(1))).unwrap(), r#"{"ok":true,"data":1}"#);
     }
 }

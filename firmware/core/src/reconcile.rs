@@ -38,6 +38,47 @@ impl Paths {
     }
 }
 
+/// Why an engine request was refused. Every variant leaves the running
+/// state as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The config (or the peers file with the change applied) is invalid;
+    /// `running` says whether a last good config keeps running.
+    #[error("{error}{}", if *.running { "\nconfig refused; the last good config keeps running" } else { "" })]
+    Config { error: ConfigError, running: bool },
+    #[error("private key {path}: {source}")]
+    Key { path: PathBuf, source: crate::config::KeyError },
+    #[error("private key {path}: {source}")]
+    KeyFile { path: PathBuf, source: std::io::Error },
+    #[error("wireguard: {0}")]
+    Wg(#[from] crate::wg::WgError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the peers file: {0}")]
+    Serialize(#[from] toml::ser::Error),
+    #[error("no peer named '{0}'")]
+    NoSuchPeer(String),
+    #[error("peer '{peer}' is defined in {config}; remove it there and run `palisade reload`")]
+    PeerInConfig { peer: String, config: PathBuf },
+    #[error("tunnel prefix {0} is full")]
+    PrefixFull(Ipv4Net),
+    #[error("no valid config loaded yet")]
+    NotLoaded,
+}
+
+impl EngineError {
+    /// The stable kind the control protocol carries.
+    pub fn kind(&self) -> crate::control::ErrorKind {
+        use crate::control::ErrorKind;
+        match self {
+            EngineError::Config { .. } | EngineError::PrefixFull(_) => ErrorKind::InvalidConfig,
+            EngineError::NoSuchPeer(_) | EngineError::PeerInConfig { .. } => ErrorKind::NotFound,
+            EngineError::NotLoaded => ErrorKind::Unavailable,
+            EngineError::Key { .. } | EngineError::KeyFile { .. } | EngineError::Wg(_) | EngineError::Io { .. } | EngineError::Serialize(_) => ErrorKind::System,
+        }
+    }
+}
+
 /// What one reconcile pass did. Counts only.
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct Report {
@@ -98,28 +139,22 @@ impl Engine {
 
     /// Re-read the config. On error nothing changes: the last good spec stays
     /// in force and the error is returned (and kept for `status`).
-    pub fn reload(&mut self) -> Result<Report, String> {
+    pub fn reload(&mut self) -> Result<Report, EngineError> {
         match self.load() {
             Ok(spec) => {
                 self.last_config_error = None;
                 self.install(spec)
             }
-            Err(e) => {
-                let msg = e.to_string();
-                self.last_config_error = Some(msg.clone());
-                Err(if self.spec.is_some() {
-                    format!("{msg}\nconfig refused; the last good config keeps running")
-                } else {
-                    msg
-                })
+            Err(error) => {
+                self.last_config_error = Some(error.to_string());
+                Err(EngineError::Config { error, running: self.spec.is_some() })
             }
         }
     }
 
-    fn install(&mut self, spec: NodeSpec) -> Result<Report, String> {
+    fn install(&mut self, spec: NodeSpec) -> Result<Report, EngineError> {
         let key_path = self.paths.key_file(&spec);
-        let key = PrivateKey::load_or_generate(&key_path)
-            .map_err(|e| format!("private key {}: {e}", key_path.display()))?;
+        let key = PrivateKey::load_or_generate(&key_path).map_err(|source| EngineError::KeyFile { path: key_path.clone(), source })?;
         self.key = Some(key);
         self.spec = Some(spec);
         Ok(self.reconcile())
@@ -231,8 +266,8 @@ impl Engine {
     }
 
     /// What a reload would change, from the pure planners, touching nothing.
-    pub fn plan(&self) -> Result<Vec<String>, String> {
-        let spec = self.load().map_err(|e| e.to_string())?;
+    pub fn plan(&self) -> Result<Vec<String>, EngineError> {
+        let spec = self.load().map_err(|error| EngineError::Config { error, running: false })?;
         let mut out = Vec::new();
         let node_pub = match &self.key {
             Some(k) => k.public_key(),
@@ -241,12 +276,12 @@ impl Engine {
             None => {
                 let path = self.paths.key_file(&spec);
                 match std::fs::read_to_string(&path) {
-                    Ok(text) => PrivateKey::from_base64(&text).map_err(|e| format!("{}: {e}", path.display()))?.public_key(),
+                    Ok(text) => PrivateKey::from_base64(&text).map_err(|source| EngineError::Key { path: path.clone(), source })?.public_key(),
                     Err(_) => PrivateKey::generate().public_key(),
                 }
             }
         };
-        let obs = self.wg.observe(&spec.wg.interface).map_err(|e| e.to_string())?;
+        let obs = self.wg.observe(&spec.wg.interface)?;
         let p: WgPlan = wg::plan(&obs, &spec, &node_pub);
         if p.create_interface {
             out.push(format!("+ interface {}", spec.wg.interface));
@@ -269,8 +304,8 @@ impl Engine {
 
     /// Add a peer to the peers file, validated together with the config.
     /// Addresses are allocated from the tunnel prefixes when not given.
-    pub fn add_peer(&mut self, mut peer: PeerSection) -> Result<Report, String> {
-        let spec = self.load().map_err(|e| e.to_string())?;
+    pub fn add_peer(&mut self, mut peer: PeerSection) -> Result<Report, EngineError> {
+        let spec = self.load().map_err(|error| EngineError::Config { error, running: self.spec.is_some() })?;
         if peer.addresses.is_empty() {
             peer.addresses = allocate(&spec)?;
         }
@@ -280,38 +315,37 @@ impl Engine {
     }
 
     /// Remove a peer (by name or public key) from the peers file.
-    pub fn remove_peer(&mut self, which: &str) -> Result<Report, String> {
+    pub fn remove_peer(&mut self, which: &str) -> Result<Report, EngineError> {
         let mut file = read_peers(&self.paths.peers_file)?;
         let before = file.peers.len();
         file.peers.retain(|p| p.name != which && p.public_key != which);
         if file.peers.len() == before {
             let in_config = self.spec.as_ref().is_some_and(|s| s.peers.values().any(|p| p.name == which || p.public_key.to_base64() == which));
             return Err(if in_config {
-                format!("peer '{which}' is defined in {}; remove it there and run `palisade reload`", self.paths.config.display())
+                EngineError::PeerInConfig { peer: which.to_string(), config: self.paths.config.clone() }
             } else {
-                format!("no peer named '{which}'")
+                EngineError::NoSuchPeer(which.to_string())
             });
         }
         self.write_peers_checked(&file)
     }
 
-    /// Validate config + candidate peers file, then atomically replace the
-    /// peers file and reconcile. A refused candidate leaves nothing behind.
-    fn write_peers_checked(&mut self, file: &PeersFile) -> Result<Report, String> {
-        let text = toml::to_string_pretty(file).map_err(|e| e.to_string())?;
+    /// Validate config + candidate peers file (errors name peers.toml and
+    /// its lines), then atomically replace the peers file (write a synced
+    /// temporary file, rename) and reconcile. A refused candidate writes
+    /// nothing.
+    fn write_peers_checked(&mut self, file: &PeersFile) -> Result<Report, EngineError> {
+        let text = toml::to_string_pretty(file)?;
+        let spec = config::load_with_peers(&self.paths.config, Some((&self.paths.peers_file, &text)))
+            .map_err(|error| EngineError::Config { error, running: self.spec.is_some() })?;
         let tmp = self.paths.peers_file.with_extension("toml.new");
-        write_synced(&tmp, text.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        match config::load(&self.paths.config, Some(&tmp)) {
-            Ok(spec) => {
-                std::fs::rename(&tmp, &self.paths.peers_file).map_err(|e| format!("{}: {e}", self.paths.peers_file.display()))?;
-                self.last_config_error = None;
-                self.install(spec)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e.to_string().replace("peers.toml.new", "peers.toml"))
-            }
+        write_synced(&tmp, text.as_bytes()).map_err(|source| EngineError::Io { path: tmp.clone(), source })?;
+        if let Err(source) = std::fs::rename(&tmp, &self.paths.peers_file) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(EngineError::Io { path: self.paths.peers_file.clone(), source });
         }
+        self.last_config_error = None;
+        self.install(spec)
     }
 
     /// Operator view of the node. Aggregates only: no endpoints, no per-peer activity.
@@ -385,14 +419,15 @@ impl Engine {
 
     /// What a client needs for its wg-quick config (its private key is not
     /// known to the node; the CLI fills it in).
-    pub fn client_config(&self, which: &str) -> Result<serde_json::Value, String> {
-        let spec = self.spec.as_ref().ok_or("no valid config loaded")?;
+    pub fn client_config(&self, which: &str) -> Result<serde_json::Value, EngineError> {
+        let (Some(spec), Some(key)) = (self.spec.as_ref(), self.key.as_ref()) else {
+            return Err(EngineError::NotLoaded);
+        };
         let p = spec
             .peers
             .values()
             .find(|p| p.name == which || p.public_key.to_base64() == which)
-            .ok_or_else(|| format!("no peer named '{which}'"))?;
-        let key = self.key.as_ref().ok_or("node key not loaded")?;
+            .ok_or_else(|| EngineError::NoSuchPeer(which.to_string()))?;
         let endpoint = spec.node.public_endpoint.clone().unwrap_or_else(|| {
             let addr = spec.uplinks.iter().flat_map(|u| u.addresses.iter()).find(|a| a.addr().is_ipv4());
             match addr {
@@ -425,11 +460,13 @@ fn observe_uplinks(spec: &NodeSpec) -> firewall::HostFacts {
     facts
 }
 
-fn read_peers(path: &Path) -> Result<PeersFile, String> {
+fn read_peers(path: &Path) -> Result<PeersFile, EngineError> {
     if !path.exists() {
         return Ok(PeersFile::default());
     }
-    config::read_peers_file(path).map(|(peers, _)| PeersFile { peers }).map_err(|e| e.to_string())
+    config::read_peers_file(path)
+        .map(|(peers, _)| PeersFile { peers })
+        .map_err(|error| EngineError::Config { error, running: true })
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -440,7 +477,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The lowest free host address in each tunnel prefix (same host index in
 /// both families when possible).
-pub fn allocate(spec: &NodeSpec) -> Result<Vec<IpNet>, String> {
+pub fn allocate(spec: &NodeSpec) -> Result<Vec<IpNet>, EngineError> {
     let used4: std::collections::HashSet<_> = spec.peers.values().filter_map(|p| p.v4).collect();
     let used6: std::collections::HashSet<_> = spec.peers.values().filter_map(|p| p.v6).collect();
     let net4 = spec.wg.address_v4.trunc();
@@ -459,7 +496,7 @@ pub fn allocate(spec: &NodeSpec) -> Result<Vec<IpNet>, String> {
             IpNet::V6(Ipv6Net::new(a6, 128).expect("valid")),
         ]);
     }
-    Err(format!("tunnel prefix {net4} is full"))
+    Err(EngineError::PrefixFull(net4))
 }
 
 #[cfg(test)]
@@ -530,6 +567,8 @@ mod tests {
         let good = e.spec().unwrap().clone();
         std::fs::write(d.path().join("node.toml"), "[node]\nname = 'x'\n").unwrap();
         let err = e.reload().unwrap_err();
+        assert_eq!(err.kind(), crate::control::ErrorKind::InvalidConfig);
+        let err = err.to_string();
         assert!(err.contains("node.toml") && err.contains("last good config keeps running"), "{err}");
         assert_eq!(e.spec().unwrap(), &good);
         assert!(e.status()["config_error"].is_string());
@@ -551,12 +590,19 @@ mod tests {
         let err = e
             .add_peer(PeerSection { name: "dup".into(), public_key: k.clone(), addresses: vec![], tier: None, preshared_key: None })
             .unwrap_err();
-        assert!(err.contains("duplicate public key") && err.contains("peers.toml"), "{err}");
+        assert_eq!(err.kind(), crate::control::ErrorKind::InvalidConfig);
+        let err = err.to_string();
+        // The error names the real file and the candidate's line, though
+        // nothing was written.
+        assert!(err.contains("duplicate public key") && err.contains("peers.toml:") && !err.contains("peers.toml.new"), "{err}");
         assert_eq!(std::fs::read_to_string(d.path().join("peers.toml")).unwrap(), saved);
         assert!(!d.path().join("peers.toml.new").exists());
         let r = e.remove_peer("new").unwrap();
         assert_eq!(r.wg_peer_changes, 1);
-        assert!(e.remove_peer("laptop-1").unwrap_err().contains("node.toml"));
+        let err = e.remove_peer("laptop-1").unwrap_err();
+        assert_eq!(err.kind(), crate::control::ErrorKind::NotFound);
+        assert!(err.to_string().contains("node.toml"), "{err}");
+        assert!(matches!(e.remove_peer("nobody").unwrap_err(), EngineError::NoSuchPeer(n) if n == "nobody"));
     }
 
     #[test]

@@ -8,9 +8,9 @@ use crate::dns_supervisor::DnsSupervisor;
 use crate::Args;
 use anyhow::Context;
 use palisade_core::config::PeerSection;
-use palisade_core::control::{Request, Response, MAX_REQUEST};
+use palisade_core::control::{ErrorKind, Request, Response, MAX_REQUEST};
 use palisade_core::firewall::NftCli;
-use palisade_core::reconcile::{Engine, Paths, Report};
+use palisade_core::reconcile::{Engine, EngineError, Paths, Report};
 use palisade_core::wg::KernelWg;
 use std::os::unix::fs::PermissionsExt;
 use std::collections::VecDeque;
@@ -269,7 +269,7 @@ async fn serve(
     }
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => handle(req, &engine, &dns).await,
-        Err(e) => Response::err(format!("bad request: {e}")),
+        Err(e) => Response::err(ErrorKind::BadRequest, format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
@@ -298,6 +298,11 @@ async fn after_change(what: &str, r: Report, engine: &Shared, dns: &Dns) -> Resp
     }
 }
 
+/// An engine refusal on the wire: its stable kind and its message.
+fn refused(e: EngineError) -> Response {
+    Response::err(e.kind(), e.to_string())
+}
+
 async fn handle(req: Request, engine: &Shared, dns: &Dns) -> Response {
     match req {
         Request::Status => {
@@ -308,37 +313,37 @@ async fn handle(req: Request, engine: &Shared, dns: &Dns) -> Response {
         Request::PeersList => Response::ok(blocking(engine, |e| e.peers()).await),
         Request::Reload => match blocking(engine, |e| e.reload()).await {
             Ok(r) => after_change("reload", r, engine, dns).await,
-            Err(e) => Response::err(e),
+            Err(e) => refused(e),
         },
         Request::Plan => match blocking(engine, |e| e.plan()).await {
             Ok(lines) => Response::ok(serde_json::json!(lines)),
-            Err(e) => Response::err(e),
+            Err(e) => refused(e),
         },
         Request::PeersAdd { name, public_key, addresses, tier, preshared_key } => {
             let mut addrs = Vec::new();
             for a in &addresses {
                 match a.parse() {
                     Ok(n) => addrs.push(n),
-                    Err(_) => return Response::err(format!("address '{a}' is not a CIDR (e.g. 10.66.0.7/32)")),
+                    Err(_) => return Response::err(ErrorKind::BadRequest, format!("address '{a}' is not a CIDR (e.g. 10.66.0.7/32)")),
                 }
             }
             let peer = PeerSection { name, public_key, addresses: addrs, tier, preshared_key };
             match blocking(engine, move |e| e.add_peer(peer)).await {
                 Ok(r) => after_change("peers add", r, engine, dns).await,
-                Err(e) => Response::err(e),
+                Err(e) => refused(e),
             }
         }
         Request::PeersRemove { peer } => match blocking(engine, move |e| e.remove_peer(&peer)).await {
             Ok(r) => after_change("peers remove", r, engine, dns).await,
-            Err(e) => Response::err(e),
+            Err(e) => refused(e),
         },
         Request::ClientConfig { peer } => match blocking(engine, move |e| e.client_config(&peer)).await {
             Ok(v) => Response::ok(v),
-            Err(e) => Response::err(e),
+            Err(e) => refused(e),
         },
         Request::DnsStats => match dns.stats() {
             Ok(v) => Response::ok(v),
-            Err(e) => Response::err(e),
+            Err(e) => Response::err(ErrorKind::Unavailable, e),
         },
     }
 }

@@ -269,14 +269,25 @@ pub fn read(path: &Path) -> Result<(NodeConfig, String), ConfigError> {
 /// Read, parse and validate a node config plus the peers file the CLI
 /// maintains (`peers_file`, optional), into the desired state.
 pub fn load(path: &Path, peers_file: Option<&Path>) -> Result<NodeSpec, ConfigError> {
+    let peers = match peers_file {
+        Some(pf) if pf.exists() => {
+            let text = std::fs::read_to_string(pf).map_err(|source| ConfigError::Read { path: pf.to_path_buf(), source })?;
+            Some((pf, text))
+        }
+        _ => None,
+    };
+    load_with_peers(path, peers.as_ref().map(|(p, t)| (*p, t.as_str())))
+}
+
+/// Like [`load`], with the peers file's text given (a candidate not yet
+/// written); errors in it name `peers.0`.
+pub fn load_with_peers(path: &Path, peers: Option<(&Path, &str)>) -> Result<NodeSpec, ConfigError> {
     let (mut cfg, text) = read(path)?;
     let mut sources = vec![(path.to_path_buf(), text, cfg.peers.len())];
-    if let Some(pf) = peers_file {
-        if pf.exists() {
-            let (peers, ptext) = read_peers_file(pf)?;
-            sources.push((pf.to_path_buf(), ptext, peers.len()));
-            cfg.peers.extend(peers);
-        }
+    if let Some((pf, ptext)) = peers {
+        let more = parse_peers(ptext, pf)?;
+        sources.push((pf.to_path_buf(), ptext.to_string(), more.len()));
+        cfg.peers.extend(more);
     }
     cfg.validate_with_sources(&sources)
 }
@@ -292,15 +303,21 @@ pub struct PeersFile {
 pub fn read_peers_file(path: &Path) -> Result<(Vec<PeerSection>, String), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    let pf: PeersFile = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+    let peers = parse_peers(&text, path)?;
+    Ok((peers, text))
+}
+
+/// Parse a peers file's text (`file` names it in errors).
+pub fn parse_peers(text: &str, file: &Path) -> Result<Vec<PeerSection>, ConfigError> {
+    let pf: PeersFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
         at: Location {
-            file: path.to_path_buf(),
-            line: e.span().map(|s| line_of(&text, s.start)),
+            file: file.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)),
             field: String::new(),
         },
         message: e.message().to_string(),
     })?;
-    Ok((pf.peers, text))
+    Ok(pf.peers)
 }
 
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
