@@ -148,28 +148,105 @@ pub struct GuestOptions {
     pub extra_cmdline: Option<String>,
 }
 
+/// A sparse copy of `image` in `dir` (every test works on its own disk).
+pub fn copy_image(image: &Path, dir: &Path) -> Result<PathBuf> {
+    let disk = dir.join("disk.raw");
+    run_cmd(Command::new("cp").arg("--sparse=always").arg(image).arg(&disk)).context("copy the image")?;
+    Ok(disk)
+}
+
+/// Copy partition `name` of `disk` out to the file `to` (dd, whole MiB).
+pub fn read_partition(disk: &Path, name: &str, to: &Path) -> Result<()> {
+    let (off, size) = partition(disk, name)?;
+    run_cmd(Command::new("dd").arg(format!("if={}", disk.display())).arg(format!("of={}", to.display())).args([
+        "bs=1M",
+        &format!("skip={}", off >> 20),
+        &format!("count={}", size >> 20),
+        "status=none",
+    ]))
+    .map(|_| ())
+}
+
+/// Write the file `from` over the start of partition `name` of `disk`
+/// (`/dev/zero` with `max` bytes wipes it); refuses what does not fit.
+pub fn write_partition(disk: &Path, name: &str, from: &Path, max: Option<u64>) -> Result<()> {
+    let (off, size) = partition(disk, name)?;
+    let len = max.unwrap_or(std::fs::metadata(from)?.len());
+    if len > size {
+        bail!("{} ({len} bytes) does not fit partition {name} ({size} bytes)", from.display());
+    }
+    let mut c = Command::new("dd");
+    c.arg(format!("if={}", from.display())).arg(format!("of={}", disk.display())).args([
+        "bs=1M",
+        &format!("seek={}", off >> 20),
+        "conv=notrunc",
+        "status=none",
+    ]);
+    if let Some(m) = max {
+        c.arg(format!("count={}", m.div_ceil(1 << 20)));
+    }
+    run_cmd(&mut c).map(|_| ())
+}
+
+/// The ESP of a disk image, read and written with mtools (no mounts).
+pub struct Esp {
+    img: String,
+}
+
+impl Esp {
+    pub fn of(disk: &Path) -> Result<Esp> {
+        let (off, _) = partition(disk, "esp")?;
+        Ok(Esp { img: format!("{}@@{off}", disk.display()) })
+    }
+
+    fn mtools(&self, prog: &str, args: &[&str]) -> Result<String> {
+        run_cmd(Command::new(prog).env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&self.img).args(args))
+    }
+
+    /// The boot entry file names in `loader/entries`.
+    pub fn entries(&self) -> Result<Vec<String>> {
+        let list = self.mtools("mdir", &["-b", "::/loader/entries"])?;
+        Ok(list
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with(".conf"))
+            .map(|l| l.rsplit('/').next().unwrap_or(l).to_string())
+            .collect())
+    }
+
+    pub fn read(&self, path: &str) -> Result<String> {
+        self.mtools("mtype", &[&format!("::{path}")])
+    }
+
+    /// Write `text` as `path` (replacing it), staged through `scratch`.
+    pub fn write(&self, path: &str, text: &str, scratch: &Path) -> Result<()> {
+        let local = scratch.join(path.rsplit('/').next().unwrap_or("esp-file"));
+        std::fs::write(&local, text)?;
+        self.mtools("mcopy", &["-o", &local.to_string_lossy(), &format!("::{path}")]).map(|_| ())
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.mtools("mdel", &[&format!("::{path}")]).map(|_| ())
+    }
+}
+
+/// A boot entry with `extra` appended to its `options` line.
+pub fn entry_with_options(entry: &str, extra: &str) -> String {
+    entry.lines().map(|l| if l.starts_with("options ") { format!("{l} {extra}\n") } else { format!("{l}\n") }).collect()
+}
+
 /// Append `extra` to the `options` line of every boot entry on the ESP.
 pub fn append_cmdline(disk: &Path, extra: &str) -> Result<()> {
-    let (esp_off, _) = partition(disk, "esp")?;
-    let img = format!("{}@@{esp_off}", disk.display());
-    let list = run_cmd(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-b", "-i", &img, "::/loader/entries"]))?;
-    let tmp = tempfile::tempdir()?;
-    let mut n = 0;
-    for entry in list.lines().map(str::trim).filter(|l| l.ends_with(".conf")) {
-        let name = entry.rsplit('/').next().unwrap_or(entry);
-        let src = format!("::/loader/entries/{name}");
-        let text = run_cmd(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &img, &src]))?;
-        let edited: String = text
-            .lines()
-            .map(|l| if l.starts_with("options ") { format!("{l} {extra}\n") } else { format!("{l}\n") })
-            .collect();
-        let local = tmp.path().join(name);
-        std::fs::write(&local, edited)?;
-        run_cmd(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i", &img]).arg(&local).arg(&src))?;
-        n += 1;
-    }
-    if n == 0 {
+    let esp = Esp::of(disk)?;
+    let scratch = tempfile::tempdir()?;
+    let entries = esp.entries()?;
+    if entries.is_empty() {
         bail!("no boot entries found on the ESP of {}", disk.display());
+    }
+    for name in entries {
+        let path = format!("/loader/entries/{name}");
+        let edited = entry_with_options(&esp.read(&path)?, extra);
+        esp.write(&path, &edited, scratch.path())?;
     }
     Ok(())
 }
@@ -217,13 +294,106 @@ pub fn guest_node_toml(bed: &TestBed, opts: &GuestOptions) -> String {
 
 /// A booted guest. Dropping it kills QEMU (by pid) if it is still running.
 #[derive(Debug)]
-pub struct Guest {
+pub struct Vm {
     pub qemu: Proc,
     pub disk: PathBuf,
     pub console: PathBuf,
     pub monitor: PathBuf,
-    pub node_key: KeyPair,
     pub started: Instant,
+}
+
+impl Vm {
+    /// Boot `disk` (OVMF, TCG) with its uplink on a new tap of the bed's
+    /// internet bridge, console to a file, a monitor socket, and optionally
+    /// a config drive. `no_reboot`: QEMU exits when the guest reboots.
+    pub fn start(bed: &TestBed, disk: &Path, config_drive: Option<&Path>, no_reboot: bool) -> Result<Vm> {
+        let dir = bed.log_dir();
+        let tap = format!("pt{}{}", std::process::id(), bed.id.rsplit('-').next().unwrap_or("0"));
+        bed.add_tap(&tap)?;
+        let console = dir.join("console.log");
+        let monitor = dir.join("monitor.sock");
+        let pidfile = dir.join("qemu.pid");
+        let boot = workspace().join("qemu/boot.sh");
+        let mut argv: Vec<String> = vec![
+            boot.display().to_string(),
+            disk.display().to_string(),
+            "--tap".into(),
+            tap,
+            "--serial".into(),
+            console.display().to_string(),
+            "--pidfile".into(),
+            pidfile.display().to_string(),
+            "--monitor".into(),
+            monitor.display().to_string(),
+        ];
+        if let Some(cfg) = config_drive {
+            argv.extend(["--config-drive".to_string(), cfg.display().to_string()]);
+        }
+        if no_reboot {
+            argv.push("--no-reboot".into());
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        // boot.sh execs QEMU: the Proc's pid is QEMU's. It runs inside the
+        // internet namespace, where the tap is.
+        let qemu = bed.inet.spawn("qemu", dir, &argv)?;
+        Ok(Vm { qemu, disk: disk.to_path_buf(), console, monitor, started })
+    }
+
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Wait (bounded) for `needle` on the serial console; returns the time
+    /// since QEMU started.
+    pub fn wait_console(&self, needle: &str, within: Duration) -> Result<Duration> {
+        wait_until(within, &format!("console: {needle:?}"), || {
+            self.console_text().contains(needle).then(|| self.started.elapsed())
+        })
+        .with_context(|| format!("console so far:\n{}", tail(&self.console_text(), 40)))
+    }
+
+    /// Run a QEMU monitor command (Unix socket) and wait until QEMU has run it.
+    pub fn monitor(&self, cmd: &str) -> Result<()> {
+        monitor_command(&self.monitor, cmd).map(|_| ())
+    }
+
+    /// Clean shutdown: ctrl-alt-delete makes palisaded (PID 1) stop and reboot,
+    /// and `--no-reboot` makes QEMU exit then. Falls back to SIGTERM/SIGKILL.
+    pub fn power_off(&mut self, within: Duration) -> Result<bool> {
+        self.monitor("sendkey ctrl-alt-delete")?;
+        let clean = wait_until(within, "QEMU exit after ctrl-alt-delete", || (!self.qemu.running()).then_some(()))
+            .is_ok();
+        if !clean {
+            let _ = self.qemu.stop(Duration::from_secs(5));
+        }
+        Ok(clean)
+    }
+
+    /// Power cut: QEMU killed, nothing flushed.
+    pub fn kill(&mut self) {
+        self.qemu.kill();
+    }
+}
+
+/// The bed's node as a guest: a [`Vm`] configured from the bed (config
+/// drive, seeded key and list) with the bed's clients connected to it.
+pub struct Guest {
+    pub vm: Vm,
+    pub node_key: KeyPair,
+}
+
+impl std::ops::Deref for Guest {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+impl std::ops::DerefMut for Guest {
+    fn deref_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
 }
 
 impl Guest {
@@ -231,14 +401,7 @@ impl Guest {
     /// the bed's clients to the guest.
     pub fn boot(bed: &TestBed, image: &Path, opts: &GuestOptions) -> Result<Guest> {
         let dir = bed.log_dir();
-        let disk = dir.join("disk.raw");
-        run_cmd(
-            Command::new("cp")
-                .arg("--sparse=always")
-                .arg(image)
-                .arg(&disk),
-        )
-        .context("copy the image")?;
+        let disk = copy_image(image, dir)?;
         if let Some(extra) = &opts.extra_cmdline {
             append_cmdline(&disk, extra)?;
         }
@@ -253,85 +416,12 @@ impl Guest {
         let toml = dir.join("guest-node.toml");
         std::fs::write(&toml, guest_node_toml(bed, opts))?;
         let cfg = dir.join("config-drive.img");
-        let ws = workspace();
-        run_cmd(
-            Command::new(ws.join("qemu/mkconfigdrive.sh"))
-                .arg(&toml)
-                .arg(&cfg),
-        )?;
-
-        let tap = format!(
-            "pt{}{}",
-            std::process::id(),
-            bed.id.rsplit('-').next().unwrap_or("0")
-        );
-        bed.add_tap(&tap)?;
-        let console = dir.join("console.log");
-        let monitor = dir.join("monitor.sock");
-        let pidfile = dir.join("qemu.pid");
-        let boot = ws.join("qemu/boot.sh");
-        let argv: Vec<String> = vec![
-            boot.display().to_string(),
-            disk.display().to_string(),
-            "--tap".into(),
-            tap,
-            "--serial".into(),
-            console.display().to_string(),
-            "--pidfile".into(),
-            pidfile.display().to_string(),
-            "--monitor".into(),
-            monitor.display().to_string(),
-            "--config-drive".into(),
-            cfg.display().to_string(),
-            "--no-reboot".into(),
-        ];
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let started = Instant::now();
-        // boot.sh execs QEMU: the Proc's pid is QEMU's. It runs inside the
-        // internet namespace, where the tap is.
-        let qemu = bed.inet.spawn("qemu", dir, &argv)?;
+        run_cmd(Command::new(workspace().join("qemu/mkconfigdrive.sh")).arg(&toml).arg(&cfg))?;
+        let vm = Vm::start(bed, &disk, Some(&cfg), true)?;
         for c in &bed.clients {
             c.connect(&node_key.public_key)?;
         }
-        Ok(Guest {
-            qemu,
-            disk,
-            console,
-            monitor,
-            node_key,
-            started,
-        })
-    }
-
-    pub fn console_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
-    }
-
-    /// Wait (bounded) for `needle` on the serial console.
-    pub fn wait_console(&self, needle: &str, within: Duration) -> Result<()> {
-        wait_until(within, &format!("console: {needle:?}"), || {
-            self.console_text().contains(needle).then_some(())
-        })
-        .with_context(|| format!("console so far:\n{}", tail(&self.console_text(), 40)))
-    }
-
-    /// Run a QEMU monitor command (Unix socket) and wait until QEMU has run it.
-    pub fn monitor(&self, cmd: &str) -> Result<()> {
-        monitor_command(&self.monitor, cmd).map(|_| ())
-    }
-
-    /// Clean shutdown: ctrl-alt-delete makes palisaded (PID 1) stop and reboot,
-    /// and `--no-reboot` makes QEMU exit then. Falls back to SIGTERM/SIGKILL.
-    pub fn power_off(&mut self, within: Duration) -> Result<bool> {
-        self.monitor("sendkey ctrl-alt-delete")?;
-        let clean = wait_until(within, "QEMU exit after ctrl-alt-delete", || {
-            (!self.qemu.running()).then_some(())
-        })
-        .is_ok();
-        if !clean {
-            let _ = self.qemu.stop(Duration::from_secs(5));
-        }
-        Ok(clean)
+        Ok(Guest { vm, node_key })
     }
 }
 

@@ -10,212 +10,55 @@
 //!
 //! Root only: run by tests/run.sh.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use palisade_tests::guest::{copy_image, entry_with_options, image_path, read_partition, write_partition, Esp, Vm};
+use palisade_tests::ns::run_cmd;
+use palisade_tests::{Bins, TestBed};
 
-fn ws() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn sh(cmd: &mut Command) -> Result<String> {
-    let o = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    if !o.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-fn image() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("PALISADE_IMAGE") {
-        return Ok(PathBuf::from(p));
-    }
-    let out = ws().join("target/image-boot-test");
-    let st = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "palisade-image",
-            "--",
-            "build",
-            "--no-qcow2",
-            "--out",
-        ])
-        .arg(&out)
-        .current_dir(ws())
-        .status()?;
-    if !st.success() {
-        bail!("image build failed");
-    }
-    Ok(out.join("palisade-qemu-x86_64.raw"))
-}
-
-/// Kills QEMU and removes the namespace even when the test fails.
-struct Guard {
-    id: String,
-    qemu: Option<Child>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut q) = self.qemu.take() {
-            let _ = q.kill();
-            let _ = q.wait();
-        }
-        let _ = Command::new(ws().join("qemu/testbed.sh"))
-            .args(["down", &self.id])
-            .status();
-    }
-}
-
-fn partition(disk: &Path, name: &str) -> Result<(u64, u64)> {
-    let v: serde_json::Value =
-        serde_json::from_str(&sh(Command::new("sfdisk").arg("-J").arg(disk))?)?;
-    for p in v["partitiontable"]["partitions"]
-        .as_array()
-        .context("partitions")?
-    {
-        if p["name"] == name {
-            return Ok((
-                p["start"].as_u64().unwrap() * 512,
-                p["size"].as_u64().unwrap() * 512,
-            ));
-        }
-    }
-    bail!("no partition {name}")
+/// The bed's internet only (no clients): the guest's uplink goes on its bridge.
+fn bed() -> Result<TestBed> {
+    TestBed::new_for_guest(0, Bins { testhost: env!("CARGO_BIN_EXE_pal-testhost").into() })
 }
 
 #[test]
 #[ignore = "root: run by tests/run.sh"]
 fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
-    let img = image()?;
-    let dir = tempfile::tempdir()?;
-    let disk = dir.path().join("disk.raw");
-    sh(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&img)
-        .arg(&disk))?;
-    let id = format!("ib{}", std::process::id());
-    let mut g = Guard {
-        id: id.clone(),
-        qemu: None,
-    };
-    sh(Command::new(ws().join("qemu/testbed.sh")).args(["up", &id]))?;
-    let serial = dir.path().join("serial.log");
-    let monitor = dir.path().join("mon.sock");
-    let started = Instant::now();
-    g.qemu = Some(
-        Command::new(ws().join("qemu/boot.sh"))
-            .arg(&disk)
-            .args([
-                "--netns",
-                &format!("pal-inet-{id}"),
-                "--tap",
-                &format!("ptap{id}"),
-                "--no-reboot",
-            ])
-            .arg("--serial")
-            .arg(&serial)
-            .arg("--monitor")
-            .arg(&monitor)
-            .arg("--pidfile")
-            .arg(dir.path().join("qemu.pid"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let console = || std::fs::read_to_string(&serial).unwrap_or_default();
-    let wait_for = |needle: &str, within: Duration| -> Result<Duration> {
-        loop {
-            if console().contains(needle) {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > within {
-                bail!(
-                    "`{needle}` not on the console within {within:?}; console:\n{}",
-                    console()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    };
-    let t_ready = wait_for("palisade-init: ready:", Duration::from_secs(180))?;
-    wait_for(
-        "boot entry blessed: palisade-a+2-1.conf -> palisade-a.conf",
-        Duration::from_secs(200),
-    )?;
+    let bed = bed()?;
+    let disk = copy_image(&image_path()?, bed.log_dir())?;
+    let mut vm = Vm::start(&bed, &disk, None, true)?;
+    let t_ready = vm.wait_console("palisade-init: ready:", Duration::from_secs(180))?;
+    vm.wait_console("boot entry blessed: palisade-a+2-1.conf -> palisade-a.conf", Duration::from_secs(200))?;
     eprintln!("QEMU start -> ready: {:.1} s", t_ready.as_secs_f64());
-    let text = console();
-    let banner = text
-        .lines()
-        .find(|l| l.contains("palisade-init: Palisade "))
-        .context("no banner")?;
+    let text = vm.console_text();
+    let banner = text.lines().find(|l| l.contains("palisade-init: Palisade ")).context("no banner")?;
     assert!(banner.contains("| slot a |"), "{banner}");
-    assert!(
-        banner.contains("config from image seed (first boot)"),
-        "{banner}"
-    );
+    assert!(banner.contains("config from image seed (first boot)"), "{banner}");
     assert!(banner.contains("state persistent"), "{banner}");
     assert!(banner.contains("| node edge-1 |"), "{banner}");
 
     // Clean shutdown: ctrl-alt-del -> SIGINT to PID 1 -> stop, unmount, reboot -> QEMU exits.
-    palisade_tests::guest::monitor_command(&monitor, "sendkey ctrl-alt-delete")?;
-    let q = g.qemu.as_mut().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if q.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "QEMU still running 90 s after ctrl-alt-del; console:\n{}",
-                console()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
+    if !vm.power_off(Duration::from_secs(90))? {
+        bail!("QEMU still running 90 s after ctrl-alt-del; console:\n{}", vm.console_text());
     }
-    g.qemu = None;
-    assert!(console().contains("palisade-init: shutting down"));
+    assert!(vm.console_text().contains("palisade-init: shutting down"));
 
     // The ESP: slot A blessed, slot B still counting.
-    let (esp_off, _) = partition(&disk, "esp")?;
-    let entries = sh(Command::new("mdir")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-b", "-i"])
-        .arg(format!("{}@@{esp_off}", disk.display()))
-        .arg("::/loader/entries"))?;
-    assert!(entries.contains("palisade-a.conf"), "{entries}");
-    assert!(entries.contains("palisade-b+3.conf"), "{entries}");
-    assert!(!entries.contains("palisade-a+"), "{entries}");
+    let entries = Esp::of(&disk)?.entries()?;
+    assert!(entries.iter().any(|e| e == "palisade-a.conf"), "{entries:?}");
+    assert!(entries.iter().any(|e| e == "palisade-b+3.conf"), "{entries:?}");
+    assert!(!entries.iter().any(|e| e.starts_with("palisade-a+")), "{entries:?}");
 
     // The state partition: the seed was copied, the WireGuard key generated 0600.
-    let (st_off, st_size) = partition(&disk, "state")?;
-    let state = dir.path().join("state.ext4");
-    sh(Command::new("dd")
-        .arg(format!("if={}", disk.display()))
-        .arg(format!("of={}", state.display()))
-        .args([
-            "bs=1M",
-            &format!("skip={}", st_off >> 20),
-            &format!("count={}", st_size >> 20),
-            "status=none",
-        ]))?;
-    let ls = sh(Command::new("debugfs").arg("-R").arg("ls -l /").arg(&state))?;
+    let state = bed.log_dir().join("state.ext4");
+    read_partition(&disk, "state", &state)?;
+    let ls = run_cmd(Command::new("debugfs").arg("-R").arg("ls -l /").arg(&state))?;
     assert!(ls.contains("node.toml"), "{ls}");
-    let key = sh(Command::new("debugfs")
-        .arg("-R")
-        .arg("stat /wg0.key")
-        .arg(&state))?;
-    assert!(
-        key.contains("Mode:  0600") || key.contains("Mode: 0600"),
-        "{key}"
-    );
+    let key = run_cmd(Command::new("debugfs").arg("-R").arg("stat /wg0.key").arg(&state))?;
+    assert!(key.contains("Mode:  0600") || key.contains("Mode: 0600"), "{key}");
     Ok(())
 }
 
@@ -225,95 +68,22 @@ fn image_boots_to_ready_blesses_and_powers_off() -> Result<()> {
 #[test]
 #[ignore = "root: run by tests/run.sh"]
 fn broken_slot_a_falls_back_to_b() -> Result<()> {
-    let img = image()?;
-    let dir = tempfile::tempdir()?;
-    let disk = dir.path().join("disk.raw");
-    sh(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&img)
-        .arg(&disk))?;
-    let (a_off, _) = partition(&disk, "palisade-a")?;
-    sh(Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", disk.display()))
-        .args([
-            "bs=1M",
-            "count=1",
-            &format!("seek={}", a_off >> 20),
-            "conv=notrunc",
-            "status=none",
-        ]))?;
-    let id = format!("fb{}", std::process::id());
-    let mut g = Guard {
-        id: id.clone(),
-        qemu: None,
-    };
-    sh(Command::new(ws().join("qemu/testbed.sh")).args(["up", &id]))?;
-    let serial = dir.path().join("serial.log");
-    let started = Instant::now();
-    g.qemu = Some(
-        Command::new(ws().join("qemu/boot.sh"))
-            .arg(&disk)
-            .args([
-                "--netns",
-                &format!("pal-inet-{id}"),
-                "--tap",
-                &format!("ptap{id}"),
-            ])
-            .arg("--serial")
-            .arg(&serial)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let console = || std::fs::read_to_string(&serial).unwrap_or_default();
-    loop {
-        let c = console();
-        if c.contains("boot entry blessed: palisade-b+") {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(420) {
-            bail!("slot B was not booted and blessed within 420 s; console:\n{c}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    eprintln!(
-        "QEMU start -> slot B blessed: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let c = console();
-    assert!(
-        c.matches("initramfs: cannot mount").count() >= 3,
-        "A should have been tried 3 times:\n{c}"
-    );
-    let banner = c
-        .lines()
-        .find(|l| l.contains("palisade-init: Palisade "))
-        .context("no banner")?;
+    let bed = bed()?;
+    let disk = copy_image(&image_path()?, bed.log_dir())?;
+    write_partition(&disk, "palisade-a", Path::new("/dev/zero"), Some(1 << 20))?;
+    let mut vm = Vm::start(&bed, &disk, None, false)?;
+    let t = vm.wait_console("boot entry blessed: palisade-b+", Duration::from_secs(420))?;
+    eprintln!("QEMU start -> slot B blessed: {:.1} s", t.as_secs_f64());
+    let c = vm.console_text();
+    assert!(c.matches("initramfs: cannot mount").count() >= 3, "A should have been tried 3 times:\n{c}");
+    let banner = c.lines().find(|l| l.contains("palisade-init: Palisade ")).context("no banner")?;
     assert!(banner.contains("| slot b |"), "{banner}");
     // Power cut (the ESP was synced and unmounted after blessing).
-    if let Some(mut q) = g.qemu.take() {
-        q.kill()?;
-        q.wait()?;
-    }
-    let (esp_off, _) = partition(&disk, "esp")?;
-    let entries = sh(Command::new("mdir")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-b", "-i"])
-        .arg(format!("{}@@{esp_off}", disk.display()))
-        .arg("::/loader/entries"))?;
-    assert!(entries.contains("palisade-b.conf"), "{entries}");
-    assert!(entries.contains("palisade-a+0-3.conf"), "{entries}");
+    vm.kill();
+    let entries = Esp::of(&disk)?.entries()?;
+    assert!(entries.iter().any(|e| e == "palisade-b.conf"), "{entries:?}");
+    assert!(entries.iter().any(|e| e == "palisade-a+0-3.conf"), "{entries:?}");
     Ok(())
-}
-
-/// Copy of the ESP file `path` (mtools, no mounts).
-fn esp_read(disk: &Path, esp_off: u64, path: &str) -> Result<String> {
-    sh(Command::new("mtype")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(format!("{}@@{esp_off}", disk.display()))
-        .arg(format!("::{path}")))
 }
 
 /// The health gate includes DNS (issue 7 item 5): slot A holds an update whose
@@ -326,124 +96,40 @@ fn esp_read(disk: &Path, esp_off: u64, path: &str) -> Result<String> {
 #[test]
 #[ignore = "root: run by tests/run.sh"]
 fn slot_without_a_working_resolver_is_not_blessed() -> Result<()> {
-    let img = image()?;
-    let dir = tempfile::tempdir()?;
-    let disk = dir.path().join("disk.raw");
-    sh(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&img)
-        .arg(&disk))?;
+    let bed = bed()?;
+    let dir = bed.log_dir();
+    let disk = copy_image(&image_path()?, dir)?;
 
     // Slot A: the same root minus one list file.
-    let (a_off, a_size) = partition(&disk, "palisade-a")?;
-    let a_img = dir.path().join("a.erofs");
-    sh(Command::new("dd")
-        .arg(format!("if={}", disk.display()))
-        .arg(format!("of={}", a_img.display()))
-        .args([
-            "bs=1M",
-            &format!("skip={}", a_off >> 20),
-            &format!("count={}", a_size >> 20),
-            "status=none",
-        ]))?;
-    let root = dir.path().join("root-a");
-    sh(Command::new("fsck.erofs")
-        .arg(format!("--extract={}", root.display()))
-        .arg(&a_img))?;
+    let a_img = dir.join("a.erofs");
+    read_partition(&disk, "palisade-a", &a_img)?;
+    let root = dir.join("root-a");
+    run_cmd(Command::new("fsck.erofs").arg(format!("--extract={}", root.display())).arg(&a_img))?;
     let list = root.join("etc/palisade/lists/ads.txt");
     std::fs::remove_file(&list).with_context(|| format!("{} in slot A", list.display()))?;
-    let a_new = dir.path().join("a-new.erofs");
-    sh(Command::new("mkfs.erofs")
-        .args(["--quiet", "-zlz4hc", "--all-root"])
-        .arg(&a_new)
-        .arg(&root))?;
-    let new_len = std::fs::metadata(&a_new)?.len();
-    assert!(new_len <= a_size, "rebuilt slot A is {new_len} bytes");
-    sh(Command::new("dd")
-        .arg(format!("if={}", a_new.display()))
-        .arg(format!("of={}", disk.display()))
-        .args([
-            "bs=1M",
-            &format!("seek={}", a_off >> 20),
-            "conv=notrunc",
-            "status=none",
-        ]))?;
+    let a_new = dir.join("a-new.erofs");
+    run_cmd(Command::new("mkfs.erofs").args(["--quiet", "-zlz4hc", "--all-root"]).arg(&a_new).arg(&root))?;
+    write_partition(&disk, "palisade-a", &a_new, None)?;
 
     // Slot A's boot entry: one try, a 10 s health timeout.
-    let (esp_off, _) = partition(&disk, "esp")?;
-    let esp = format!("{}@@{esp_off}", disk.display());
-    let entry = esp_read(&disk, esp_off, "/loader/entries/palisade-a+3.conf")?;
-    let entry: String = entry
-        .lines()
-        .map(|l| {
-            if l.starts_with("options ") {
-                format!("{l} palisade.health_timeout=10\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
+    let esp = Esp::of(&disk)?;
+    let entry = entry_with_options(&esp.read("/loader/entries/palisade-a+3.conf")?, "palisade.health_timeout=10");
     assert!(entry.contains("palisade.health_timeout=10"), "{entry}");
-    let local = dir.path().join("palisade-a+1.conf");
-    std::fs::write(&local, &entry)?;
-    sh(Command::new("mdel").env("MTOOLS_SKIP_CHECK", "1").args([
-        "-i",
-        &esp,
-        "::/loader/entries/palisade-a+3.conf",
-    ]))?;
-    sh(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &esp])
-        .arg(&local)
-        .arg("::/loader/entries/palisade-a+1.conf"))?;
+    esp.delete("/loader/entries/palisade-a+3.conf")?;
+    esp.write("/loader/entries/palisade-a+1.conf", &entry, dir)?;
 
-    let id = format!("dn{}", std::process::id());
-    let mut g = Guard {
-        id: id.clone(),
-        qemu: None,
-    };
-    sh(Command::new(ws().join("qemu/testbed.sh")).args(["up", &id]))?;
-    let serial = dir.path().join("serial.log");
-    let started = Instant::now();
-    g.qemu = Some(
-        Command::new(ws().join("qemu/boot.sh"))
-            .arg(&disk)
-            .args([
-                "--netns",
-                &format!("pal-inet-{id}"),
-                "--tap",
-                &format!("ptap{id}"),
-            ])
-            .arg("--serial")
-            .arg(&serial)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let console = || std::fs::read_to_string(&serial).unwrap_or_default();
-    let mut t_fallback = None;
-    loop {
-        let c = console();
-        if t_fallback.is_none() && c.contains("rebooting so the boot loader can fall back") {
-            t_fallback = Some(started.elapsed());
-        }
-        if c.contains("boot entry blessed: palisade-b+") {
-            break;
-        }
-        if c.contains("boot entry blessed: palisade-a+") {
-            bail!("slot A was blessed although its resolver cannot start; console:\n{c}");
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!("slot B was not booted and blessed within 300 s; console:\n{c}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    let mut vm = Vm::start(&bed, &disk, None, false)?;
+    let t_fallback = vm.wait_console("rebooting so the boot loader can fall back", Duration::from_secs(300))?;
+    let t_b = vm.wait_console("boot entry blessed: palisade-b+", Duration::from_secs(300))?;
+    let c = vm.console_text();
+    if c.contains("boot entry blessed: palisade-a+") {
+        bail!("slot A was blessed although its resolver cannot start; console:\n{c}");
     }
     eprintln!(
         "QEMU start -> slot A given up: {:.1} s; -> slot B blessed: {:.1} s",
-        t_fallback.map(|t| t.as_secs_f64()).unwrap_or(f64::NAN),
-        started.elapsed().as_secs_f64()
+        t_fallback.as_secs_f64(),
+        t_b.as_secs_f64()
     );
-    let c = console();
     let banners: Vec<&str> = c
         .lines()
         .filter(|l| l.contains("palisade-init: Palisade "))
@@ -474,15 +160,9 @@ fn slot_without_a_working_resolver_is_not_blessed() -> Result<()> {
         c.contains("palisade-init: ready: wireguard up, firewall verified, dns answering"),
         "{c}"
     );
-    if let Some(mut q) = g.qemu.take() {
-        q.kill()?;
-        q.wait()?;
-    }
-    let entries = sh(Command::new("mdir")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-b", "-i", &esp])
-        .arg("::/loader/entries"))?;
-    assert!(entries.contains("palisade-b.conf"), "{entries}");
-    assert!(entries.contains("palisade-a+0-1.conf"), "{entries}");
+    vm.kill();
+    let entries = esp.entries()?;
+    assert!(entries.iter().any(|e| e == "palisade-b.conf"), "{entries:?}");
+    assert!(entries.iter().any(|e| e == "palisade-a+0-1.conf"), "{entries:?}");
     Ok(())
 }
