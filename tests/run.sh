@@ -12,7 +12,8 @@ target=${CARGO_TARGET_DIR:-$PWD/target}
 started=$SECONDS
 stage() { echo; echo "== [$((SECONDS - started))s] $*"; }
 
-stage "tier 1: unit tests (cargo test --workspace)"
+stage "tier 1: lints (clippy, warnings are errors) and unit tests (cargo test --workspace)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 
 stage "tier 2a: nft loads the rendered ruleset; the DNS service binds port 53 (private network namespace)"
