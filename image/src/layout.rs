@@ -109,16 +109,13 @@ impl Layout {
 mod tests {
     use super::*;
 
+    fn sample() -> Layout {
+        Layout::new(PartitionSizes { esp: 48, slot: 48, state: 16 }, b"seed")
+    }
+
     #[test]
     fn layout_math() {
-        let l = Layout::new(
-            PartitionSizes {
-                esp: 48,
-                slot: 48,
-                state: 16,
-            },
-            b"seed",
-        );
+        let l = sample();
         assert_eq!(l.parts.len(), 4);
         assert_eq!(l.parts[0].offset, MIB);
         for w in l.parts.windows(2) {
@@ -173,14 +170,7 @@ mod tests {
 
     #[test]
     fn sfdisk_script_snapshot() {
-        let l = Layout::new(
-            PartitionSizes {
-                esp: 48,
-                slot: 48,
-                state: 16,
-            },
-            b"seed",
-        );
+        let l = sample();
         insta::assert_snapshot!(l.sfdisk_script());
     }
 }

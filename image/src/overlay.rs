@@ -45,34 +45,29 @@ pub fn safe_dest(root: &Path, rel: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Copies one regular file to `rel` inside `root`, creating parent directories.
-pub fn install_file(root: &Path, rel: &Path, src: &Path, mode: u32) -> Result<()> {
+/// The destination of a new file `rel` inside `root`: parents created, and
+/// never a symlink to write through.
+fn prepare_dest(root: &Path, rel: &Path) -> Result<PathBuf> {
     let dest = safe_dest(root, rel)?;
     let parent = dest.parent().context("no parent")?;
     mkdirs(root, parent.strip_prefix(root).context("outside root")?)?;
-    if fs::symlink_metadata(&dest)
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(false)
-    {
+    if fs::symlink_metadata(&dest).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
         bail!("refusing to write through symlink {}", dest.display());
     }
-    fs::copy(src, &dest)
-        .with_context(|| format!("copy {} -> {}", src.display(), dest.display()))?;
+    Ok(dest)
+}
+
+/// Copies one regular file to `rel` inside `root`, creating parent directories.
+pub fn install_file(root: &Path, rel: &Path, src: &Path, mode: u32) -> Result<()> {
+    let dest = prepare_dest(root, rel)?;
+    fs::copy(src, &dest).with_context(|| format!("copy {} -> {}", src.display(), dest.display()))?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
 /// Writes bytes to `rel` inside `root`.
 pub fn install_bytes(root: &Path, rel: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dest = safe_dest(root, rel)?;
-    let parent = dest.parent().context("no parent")?;
-    mkdirs(root, parent.strip_prefix(root).context("outside root")?)?;
-    if fs::symlink_metadata(&dest)
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(false)
-    {
-        bail!("refusing to write through symlink {}", dest.display());
-    }
+    let dest = prepare_dest(root, rel)?;
     fs::write(&dest, data)?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
     Ok(())

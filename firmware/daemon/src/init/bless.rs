@@ -80,14 +80,16 @@ pub fn bless_in(esp_root: &Path, slot: &str) -> anyhow::Result<BlessAction> {
     Ok(action)
 }
 
+/// The slot this boot came from (`palisade.slot=` on the kernel command line).
+fn booted_slot() -> anyhow::Result<String> {
+    let cmd = super::Cmdline::parse(&std::fs::read_to_string("/proc/cmdline")?);
+    Ok(cmd.slot().context("no palisade.slot= on the kernel command line")?.to_string())
+}
+
 /// Mounts the ESP on /efi, blesses the booted slot (from `palisade.slot=` on the
 /// kernel command line), syncs and unmounts. Safe to call on every healthy boot.
 pub fn bless_boot_entry() -> anyhow::Result<BlessAction> {
-    let cmd = super::Cmdline::parse(&std::fs::read_to_string("/proc/cmdline")?);
-    let slot = cmd
-        .slot()
-        .context("no palisade.slot= on the kernel command line")?
-        .to_string();
+    let slot = booted_slot()?;
     let mnt = PathBuf::from("/efi");
     super::mounts::mount_esp(&mnt)?;
     let r = bless_in(&mnt, &slot);
@@ -100,11 +102,7 @@ pub fn bless_boot_entry() -> anyhow::Result<BlessAction> {
 
 /// Whether the booted slot still runs from a boot-counted (not yet blessed) entry.
 pub fn booted_entry_is_counted() -> anyhow::Result<bool> {
-    let cmd = super::Cmdline::parse(&std::fs::read_to_string("/proc/cmdline")?);
-    let slot = cmd
-        .slot()
-        .context("no palisade.slot= on the kernel command line")?
-        .to_string();
+    let slot = booted_slot()?;
     let mnt = PathBuf::from("/efi");
     super::mounts::mount_esp(&mnt)?;
     let dir = mnt.join("loader/entries");
