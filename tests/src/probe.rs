@@ -42,8 +42,9 @@ fn classify(e: &std::io::Error) -> Outcome {
     }
 }
 
-fn tcp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(SockProto::TCP))?;
+/// A socket for `dst`, bound to source `src` when given (any port).
+fn socket_from(src: Option<IpAddr>, dst: SocketAddr, ty: Type, proto: SockProto) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(dst), ty, Some(proto))?;
     if let Some(ip) = src {
         // Freebind: a spoofing probe may use a source the host does not own.
         // Transparent: the route lookup accepts a non-local source (root only).
@@ -57,6 +58,10 @@ fn tcp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<Socket> {
         s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
     }
     Ok(s)
+}
+
+fn tcp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<Socket> {
+    socket_from(src, dst, Type::STREAM, SockProto::TCP)
 }
 
 /// TCP connect (optionally from source address `src`) with a timeout.
@@ -115,20 +120,7 @@ pub fn http_get_path(
 }
 
 fn udp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(dst), Type::DGRAM, Some(SockProto::UDP))?;
-    if let Some(ip) = src {
-        // Freebind: a spoofing probe may use a source the host does not own.
-        // Transparent: the route lookup accepts a non-local source (root only).
-        if ip.is_ipv4() {
-            s.set_freebind_v4(true).ok();
-            s.set_ip_transparent_v4(true).ok();
-        } else {
-            s.set_freebind_v6(true).ok();
-            s.set_ip_transparent_v6(true).ok();
-        }
-        s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
-    }
-    Ok(s.into())
+    socket_from(src, dst, Type::DGRAM, SockProto::UDP).map(Into::into)
 }
 
 /// Send one datagram (optionally from `src`) and wait for one answer.
