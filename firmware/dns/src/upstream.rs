@@ -14,7 +14,7 @@ use crate::wire::{self, Answer};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
-use palisade_core::config::DnsUpstreamSection;
+use palisade_core::config::{DnsUpstreamProtocol, DnsUpstreamSection};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,8 +37,6 @@ const POOL: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream {addr}: protocol '{proto}' is not supported (use udp, tcp, tls or https)")]
-    Protocol { addr: SocketAddr, proto: String },
     #[error("upstream {addr}: protocols tls and https need tls_name")]
     NoTlsName { addr: SocketAddr },
     #[error("upstream {addr}: bad tls_name: {name}")]
@@ -170,10 +168,10 @@ impl Upstreams {
     ) -> Result<Upstreams, UpstreamError> {
         let mut list = Vec::new();
         for u in cfg {
-            let transport = match u.protocol.as_str() {
-                "udp" => Transport::Udp,
-                "tcp" => Transport::Tcp,
-                "tls" | "https" => {
+            let transport = match u.protocol {
+                DnsUpstreamProtocol::Udp => Transport::Udp,
+                DnsUpstreamProtocol::Tcp => Transport::Tcp,
+                DnsUpstreamProtocol::Tls | DnsUpstreamProtocol::Https => {
                     let host = u
                         .tls_name
                         .clone()
@@ -185,7 +183,7 @@ impl Upstreams {
                                 name: host.clone(),
                             }
                         })?;
-                    if u.protocol == "tls" {
+                    if u.protocol == DnsUpstreamProtocol::Tls {
                         Transport::Tls {
                             connector: TlsConnector::from(tls_config(u, b"dot")?),
                             name,
@@ -208,12 +206,6 @@ impl Upstreams {
                             path,
                         }
                     }
-                }
-                other => {
-                    return Err(UpstreamError::Protocol {
-                        addr: u.address,
-                        proto: other.to_string(),
-                    })
                 }
             };
             list.push(Upstream {

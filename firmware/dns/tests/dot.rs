@@ -46,7 +46,7 @@ async fn resolver_via_tls(
     ca: &str,
     tls_name: &str,
 ) -> (Server, std::net::SocketAddr) {
-    resolver_via(auth, dir, ca, tls_name, "tls").await
+    resolver_via(auth, dir, ca, tls_name, Proto::Tls).await
 }
 
 async fn resolver_via(
@@ -54,12 +54,12 @@ async fn resolver_via(
     dir: &std::path::Path,
     ca: &str,
     tls_name: &str,
-    proto: &str,
+    proto: Proto,
 ) -> (Server, std::net::SocketAddr) {
-    let ca_file = dir.join(format!("ca-{tls_name}-{}.pem", ca.len() ^ proto.len()));
+    let ca_file = dir.join(format!("ca-{tls_name}-{}-{proto}.pem", ca.len()));
     std::fs::write(&ca_file, ca).unwrap();
     let mut cfg = config(dir, auth);
-    let addr = if proto == "tls" {
+    let addr = if proto == Proto::Tls {
         auth.tls.unwrap()
     } else {
         auth.doh.unwrap()
@@ -112,7 +112,7 @@ async fn doh_upstream_over_http1() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (_s, addr) = resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", "https").await;
+    let (_s, addr) = resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", Proto::Https).await;
     assert_eq!(
         addrs(&ask(addr, BASIC, "www.test.", RecordType::A).await),
         ["192.0.2.80"]
@@ -126,7 +126,7 @@ async fn doh_upstream_over_http1() {
         let m = ask(addr, BASIC, &format!("k{i}.miss.test."), RecordType::A).await;
         assert_eq!(addrs(&m), ["192.0.2.1"]);
     }
-    let (_s2, addr2) = resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", "https").await;
+    let (_s2, addr2) = resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", Proto::Https).await;
     assert_eq!(
         rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await),
         2

@@ -6,6 +6,7 @@
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use palisade_core::config::{DnsListSection, DnsSection, DnsTierSection, DnsUpstreamSection};
+pub use palisade_core::config::DnsUpstreamProtocol as Proto;
 use palisade_dns::testauth::TestAuthority;
 use palisade_dns::{Engine, EngineConfig, Server};
 use std::net::{IpAddr, SocketAddr};
@@ -26,10 +27,10 @@ pub struct Bed {
     pub dir: tempfile::TempDir,
 }
 
-pub fn upstream(addr: SocketAddr, proto: &str) -> DnsUpstreamSection {
+pub fn upstream(addr: SocketAddr, protocol: Proto) -> DnsUpstreamSection {
     DnsUpstreamSection {
         address: addr,
-        protocol: proto.into(),
+        protocol,
         tls_name: None,
         ca_file: None,
         path: None,
@@ -66,7 +67,7 @@ pub fn config(dir: &std::path::Path, auth: &TestAuthority) -> EngineConfig {
             lists: vec!["ads".into(), "family".into()],
         },
     );
-    dns.upstreams = vec![upstream(auth.udp, "udp")];
+    dns.upstreams = vec![upstream(auth.udp, Proto::Udp)];
     dns.rate_limit_qps = 0;
     let mut cfg = EngineConfig::new(dns, vec!["127.0.0.0/8".parse().unwrap()]);
     cfg.clients = vec![
