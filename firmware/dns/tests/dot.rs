@@ -46,7 +46,8 @@ async fn resolver_via_tls(
     ca: &str,
     tls_name: &str,
 ) -> (Server, std::net::SocketAddr) {
-    resolver_via(auth, dir, ca, tls_name, Proto::Tls).await
+    let (s, a, _) = resolver_via(auth, dir, ca, tls_name, Proto::Tls).await;
+    (s, a)
 }
 
 async fn resolver_via(
@@ -55,7 +56,7 @@ async fn resolver_via(
     ca: &str,
     tls_name: &str,
     proto: Proto,
-) -> (Server, std::net::SocketAddr) {
+) -> (Server, std::net::SocketAddr, Arc<Engine>) {
     let ca_file = dir.join(format!("ca-{tls_name}-{}-{proto}.pem", ca.len()));
     std::fs::write(&ca_file, ca).unwrap();
     let mut cfg = config(dir, auth);
@@ -69,9 +70,9 @@ async fn resolver_via(
     u.ca_file = Some(ca_file);
     cfg.dns.upstreams = vec![u];
     let engine = Arc::new(Engine::new(&cfg).unwrap());
-    let server = Server::start(engine, &["127.0.0.1:0".parse().unwrap()]).unwrap();
+    let server = Server::start(engine.clone(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
     let addr = server.local_addrs()[0];
-    (server, addr)
+    (server, addr, engine)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,14 +106,18 @@ async fn dot_upstream_verifies_certificate_and_name() {
     );
 }
 
+/// The project's own DoH server speaks HTTP/1.1 only and offers no ALPN: the
+/// client falls back to HTTP/1.1 and keeps the connection alive. (HTTP/2
+/// against a real server: `doh_unbound.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn doh_upstream_over_http1() {
+async fn doh_upstream_falls_back_to_http1() {
     let p = pki("doh.test");
     let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone()))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (_s, addr) = resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", Proto::Https).await;
+    let (_s, addr, engine) =
+        resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", Proto::Https).await;
     assert_eq!(
         addrs(&ask(addr, BASIC, "www.test.", RecordType::A).await),
         ["192.0.2.80"]
@@ -126,7 +131,14 @@ async fn doh_upstream_over_http1() {
         let m = ask(addr, BASIC, &format!("k{i}.miss.test."), RecordType::A).await;
         assert_eq!(addrs(&m), ["192.0.2.1"]);
     }
-    let (_s2, addr2) = resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", Proto::Https).await;
+    let st = engine.stats();
+    assert_eq!(
+        (st["doh_http1_connections"].as_u64(), st["doh_h2_connections"].as_u64()),
+        (Some(1), Some(0)),
+        "one HTTP/1.1 connection for 7 queries: {st}"
+    );
+    let (_s2, addr2, _) =
+        resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", Proto::Https).await;
     assert_eq!(
         rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await),
         2

@@ -4,11 +4,12 @@
 //!
 //! This module owns the list of upstreams, their hold-downs and the order in
 //! which they are tried; each transport lives in its own module:
-//! [`udp`] (fresh socket per query, TCP retry on truncation), [`tcp`]
-//! (length-framed TCP and DNS-over-TLS, pooled), [`doh`] (DNS-over-HTTPS,
-//! RFC 8484), [`tls`] (rustls client setup shared by DoT and DoH).
+//! `udp` (fresh socket per query, TCP retry on truncation), `tcp`
+//! (length-framed TCP and DNS-over-TLS, pooled), `doh` (DNS-over-HTTPS,
+//! RFC 8484, HTTP/2 or HTTP/1.1 with hyper), `tls` (rustls client setup
+//! shared by DoT and DoH).
 //!
-//! Responses are untrusted ([`sanitize`]): the ID, the question and the
+//! Responses are untrusted (`sanitize`): the ID, the question and the
 //! source (connected sockets) must match, and only the records on the CNAME
 //! chain of the question (plus an in-bailiwick SOA for negative answers) are
 //! kept; NS, additional and out-of-bailiwick records are dropped, so they can
@@ -20,6 +21,7 @@ mod tcp;
 mod tls;
 mod udp;
 
+pub use doh::DohConnections;
 pub use sanitize::{lower_wire, MAX_NEG_TTL, MAX_TTL};
 
 use crate::wire::{self, Answer};
@@ -35,7 +37,8 @@ use std::time::{Duration, Instant};
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// An upstream that failed is skipped (unless all are down) for this long.
 const HOLD_DOWN: Duration = Duration::from_secs(5);
-/// Idle connections kept per upstream (TCP, DoT, DoH over HTTP/1.1).
+/// Idle connections kept per upstream (TCP, DoT, DoH over HTTP/1.1; DoH over
+/// HTTP/2 shares one connection).
 const POOL: usize = 8;
 
 /// An upstream that cannot be set up (the config is refused).
@@ -97,7 +100,7 @@ enum Transport {
     Udp(tcp::Framed),
     /// TCP or DNS-over-TLS.
     Framed(tcp::Framed),
-    Https(doh::Doh),
+    Https(Box<doh::Doh>),
 }
 
 struct Upstream {
@@ -135,16 +138,8 @@ impl Upstreams {
                 }
                 DnsUpstreamProtocol::Https => {
                     let path = u.path.clone().unwrap_or_else(|| "/dns-query".into());
-                    if !path.starts_with('/')
-                        || path.chars().any(|c| c.is_whitespace() || c.is_control())
-                    {
-                        return Err(UpstreamError::BadPath {
-                            addr: u.address,
-                            path,
-                        });
-                    }
-                    let tls = tls::TlsClient::new(u, &[b"http/1.1"])?;
-                    Transport::Https(doh::Doh::new(u.address, tls, path))
+                    let tls = tls::TlsClient::new(u, &[b"h2", b"http/1.1"])?;
+                    Transport::Https(Box::new(doh::Doh::new(u.address, tls, path)?))
                 }
             };
             list.push(Upstream {
@@ -168,6 +163,20 @@ impl Upstreams {
     /// Failed attempts so far (all upstreams).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// DNS-over-HTTPS connections made so far (all `https` upstreams), by
+    /// the HTTP version the server chose.
+    pub fn doh_connections(&self) -> DohConnections {
+        let mut c = DohConnections::default();
+        for u in &self.list {
+            if let Transport::Https(d) = &u.transport {
+                let d = d.connections();
+                c.h2 += d.h2;
+                c.http1 += d.http1;
+            }
+        }
+        c
     }
 
     /// Resolve `name` (lowercase wire, no root label) / `qtype` upstream.
