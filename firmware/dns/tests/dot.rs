@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use hickory_proto::rr::RecordType;
-use palisade_dns::testauth::TestAuthority;
 use palisade_dns::{Engine, Server};
+use palisade_dns_testauth::TestAuthority;
 use std::sync::Arc;
 
 struct Pki {
@@ -133,7 +133,10 @@ async fn doh_upstream_falls_back_to_http1() {
     }
     let st = engine.stats();
     assert_eq!(
-        (st["doh_http1_connections"].as_u64(), st["doh_h2_connections"].as_u64()),
+        (
+            st["doh_http1_connections"].as_u64(),
+            st["doh_h2_connections"].as_u64()
+        ),
         (Some(1), Some(0)),
         "one HTTP/1.1 connection for 7 queries: {st}"
     );
@@ -143,4 +146,51 @@ async fn doh_upstream_falls_back_to_http1() {
         rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await),
         2
     );
+}
+
+/// Hostile DoH answers fail the attempt (the client gets SERVFAIL, fail
+/// closed), and the size caps act on the headers: a body announced as 1 GB or
+/// streamed without end is refused at once, not read until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doh_hostile_answers_fail_fast_and_are_capped() {
+    use palisade_dns::upstream::{ResolveError, Upstreams};
+    use std::time::{Duration, Instant};
+    let p = pki("doh.test");
+    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &p.ca_pem).unwrap();
+    let via = |path: &str| {
+        let mut u = upstream(auth.doh.unwrap(), Proto::Https);
+        u.tls_name = Some("doh.test".into());
+        u.ca_file = Some(ca_file.clone());
+        u.path = Some(path.into());
+        // A long deadline: a client that waited for the body would take it.
+        Upstreams::with_timeout(&[u], Duration::from_secs(4)).unwrap()
+    };
+    let www = b"\x03www\x04test";
+    for path in [
+        "/garbage",
+        "/wrong-type",
+        "/huge-length",
+        "/endless",
+        "/not-here",
+    ] {
+        let ups = via(path);
+        let t = Instant::now();
+        let r = ups.resolve(www, 1).await;
+        let took = t.elapsed();
+        assert_eq!(r.err(), Some(ResolveError::AllFailed), "{path}");
+        assert_eq!(ups.errors(), 1, "{path}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{path}: refused after {took:?}, not at once"
+        );
+    }
+    // The same server, the right path: answered.
+    let ups = via("/dns-query");
+    let a = ups.resolve(www, 1).await.expect("an answer");
+    assert_eq!((a.rcode, a.an), (0, 1));
 }
