@@ -48,8 +48,8 @@ for tool in dnsperf unbound dnsmasq python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (see tests/packages.txt)" >&2; exit 1; }
 done
 
-echo "== building palisade-dns (release)"
-(cd "$ROOT" && cargo build --release -q -p palisade-dns --bins)
+echo "== building palisade-dns and the test authority (release)"
+(cd "$ROOT" && cargo build --release -q -p palisade-dns -p palisade-dns-testauth --bins)
 SERVE=$TARGET/release/palisade-dns-serve
 AUTH=$TARGET/release/palisade-dns-testauth
 

@@ -8,7 +8,6 @@ mod init;
 mod supervisor;
 
 use anyhow::Context;
-use tracing_subscriber::filter::FilterExt;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -64,7 +63,7 @@ where
     tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(false)
-        .with_filter(log_filter(spec).and(palisade_dns::logging::hickory_pin()))
+        .with_filter(palisade_dns::logging::production_filter(log_filter(spec)))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -453,6 +453,7 @@ impl Engine {
             .iter()
             .map(|(n, s)| (n.clone(), serde_json::to_value(s).unwrap_or_default()))
             .collect();
+        let doh = live.upstreams.doh_connections();
         serde_json::json!({
             "queries": c.queries.load(Relaxed),
             "blocked": c.blocked.load(Relaxed),
@@ -461,6 +462,8 @@ impl Engine {
             "cache_entries": self.cache.len(),
             "upstream_failures": c.upstream_failures.load(Relaxed),
             "upstream_attempt_errors": live.upstreams.errors(),
+            "doh_h2_connections": doh.h2,
+            "doh_http1_connections": doh.http1,
             "servfail": c.servfail.load(Relaxed),
             "malformed": c.malformed.load(Relaxed),
             "dropped": c.dropped.load(Relaxed),

@@ -1,6 +1,6 @@
 //! Palisade's filtering DNS resolver (issue 3): block/allow lists compiled
 //! into a compact matcher, per-tier policy keyed by the client's tunnel
-//! address, a bounded cache, plain/TCP/DoT upstreams with failover, and
+//! address, a bounded cache, plain/TCP/DoT/DoH upstreams with failover, and
 //! aggregate counters only. See docs/dns.md.
 //!
 //! Layers: [`wire`] (strict query parser, answer builders), [`filter`] and
@@ -13,7 +13,6 @@ pub mod filter;
 pub mod logging;
 pub mod policy;
 pub mod server;
-pub mod testauth;
 pub mod upstream;
 pub mod wire;
 

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use hickory_proto::rr::RecordType;
-use palisade_dns::testauth::TestAuthority;
 use palisade_dns::{Engine, Server};
+use palisade_dns_testauth::TestAuthority;
 use std::sync::Arc;
 
 struct Pki {
@@ -46,7 +46,8 @@ async fn resolver_via_tls(
     ca: &str,
     tls_name: &str,
 ) -> (Server, std::net::SocketAddr) {
-    resolver_via(auth, dir, ca, tls_name, "tls").await
+    let (s, a, _) = resolver_via(auth, dir, ca, tls_name, Proto::Tls).await;
+    (s, a)
 }
 
 async fn resolver_via(
@@ -54,12 +55,12 @@ async fn resolver_via(
     dir: &std::path::Path,
     ca: &str,
     tls_name: &str,
-    proto: &str,
-) -> (Server, std::net::SocketAddr) {
-    let ca_file = dir.join(format!("ca-{tls_name}-{}.pem", ca.len() ^ proto.len()));
+    proto: Proto,
+) -> (Server, std::net::SocketAddr, Arc<Engine>) {
+    let ca_file = dir.join(format!("ca-{tls_name}-{}-{proto}.pem", ca.len()));
     std::fs::write(&ca_file, ca).unwrap();
     let mut cfg = config(dir, auth);
-    let addr = if proto == "tls" {
+    let addr = if proto == Proto::Tls {
         auth.tls.unwrap()
     } else {
         auth.doh.unwrap()
@@ -69,9 +70,9 @@ async fn resolver_via(
     u.ca_file = Some(ca_file);
     cfg.dns.upstreams = vec![u];
     let engine = Arc::new(Engine::new(&cfg).unwrap());
-    let server = Server::start(engine, &["127.0.0.1:0".parse().unwrap()]).unwrap();
+    let server = Server::start(engine.clone(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
     let addr = server.local_addrs()[0];
-    (server, addr)
+    (server, addr, engine)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,14 +106,18 @@ async fn dot_upstream_verifies_certificate_and_name() {
     );
 }
 
+/// The project's own DoH server speaks HTTP/1.1 only and offers no ALPN: the
+/// client falls back to HTTP/1.1 and keeps the connection alive. (HTTP/2
+/// against a real server: `doh_unbound.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn doh_upstream_over_http1() {
+async fn doh_upstream_falls_back_to_http1() {
     let p = pki("doh.test");
     let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone()))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (_s, addr) = resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", "https").await;
+    let (_s, addr, engine) =
+        resolver_via(&auth, dir.path(), &p.ca_pem, "doh.test", Proto::Https).await;
     assert_eq!(
         addrs(&ask(addr, BASIC, "www.test.", RecordType::A).await),
         ["192.0.2.80"]
@@ -126,9 +131,66 @@ async fn doh_upstream_over_http1() {
         let m = ask(addr, BASIC, &format!("k{i}.miss.test."), RecordType::A).await;
         assert_eq!(addrs(&m), ["192.0.2.1"]);
     }
-    let (_s2, addr2) = resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", "https").await;
+    let st = engine.stats();
+    assert_eq!(
+        (
+            st["doh_http1_connections"].as_u64(),
+            st["doh_h2_connections"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "one HTTP/1.1 connection for 7 queries: {st}"
+    );
+    let (_s2, addr2, _) =
+        resolver_via(&auth, dir.path(), &p.ca_pem, "wrong.test", Proto::Https).await;
     assert_eq!(
         rcode(&ask(addr2, BASIC, "www.test.", RecordType::A).await),
         2
     );
+}
+
+/// Hostile DoH answers fail the attempt (the client gets SERVFAIL, fail
+/// closed), and the size caps act on the headers: a body announced as 1 GB or
+/// streamed without end is refused at once, not read until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doh_hostile_answers_fail_fast_and_are_capped() {
+    use palisade_dns::upstream::{ResolveError, Upstreams};
+    use std::time::{Duration, Instant};
+    let p = pki("doh.test");
+    let auth = TestAuthority::start("127.0.0.1:0".parse().unwrap(), Some(p.server.clone()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &p.ca_pem).unwrap();
+    let via = |path: &str| {
+        let mut u = upstream(auth.doh.unwrap(), Proto::Https);
+        u.tls_name = Some("doh.test".into());
+        u.ca_file = Some(ca_file.clone());
+        u.path = Some(path.into());
+        // A long deadline: a client that waited for the body would take it.
+        Upstreams::with_timeout(&[u], Duration::from_secs(4)).unwrap()
+    };
+    let www = b"\x03www\x04test";
+    for path in [
+        "/garbage",
+        "/wrong-type",
+        "/huge-length",
+        "/endless",
+        "/not-here",
+    ] {
+        let ups = via(path);
+        let t = Instant::now();
+        let r = ups.resolve(www, 1).await;
+        let took = t.elapsed();
+        assert_eq!(r.err(), Some(ResolveError::AllFailed), "{path}");
+        assert_eq!(ups.errors(), 1, "{path}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{path}: refused after {took:?}, not at once"
+        );
+    }
+    // The same server, the right path: answered.
+    let ups = via("/dns-query");
+    let a = ups.resolve(www, 1).await.expect("an answer");
+    assert_eq!((a.rcode, a.an), (0, 1));
 }

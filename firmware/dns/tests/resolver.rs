@@ -208,7 +208,7 @@ async fn failover_and_fail_closed() {
     let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let hole_addr = hole.local_addr().unwrap();
     let b = bed_with(|c, auth| {
-        c.dns.upstreams = vec![upstream(hole_addr, "udp"), upstream(auth.udp, "udp")];
+        c.dns.upstreams = vec![upstream(hole_addr, Proto::Udp), upstream(auth.udp, Proto::Udp)];
     })
     .await;
     let m = ask(b.addr, BASIC, "www.test.", RecordType::A).await;
@@ -216,7 +216,7 @@ async fn failover_and_fail_closed() {
     // Upstream SERVFAIL is not passed on as an answer to cache; with only
     // dead upstreams, the client gets SERVFAIL (fail closed).
     let mut cfg = b.cfg.clone();
-    cfg.dns.upstreams = vec![upstream(hole_addr, "udp"), upstream(hole_addr, "tcp")];
+    cfg.dns.upstreams = vec![upstream(hole_addr, Proto::Udp), upstream(hole_addr, Proto::Tcp)];
     b.engine.reload(&cfg).unwrap();
     let m = ask(b.addr, BASIC, "www2.test.", RecordType::A).await;
     assert_eq!(rcode(&m), SERVFAIL);
@@ -245,7 +245,7 @@ async fn truncation_and_tcp() {
     let m = ask_tcp(b.addr, "www.test.", RecordType::A).await;
     assert_eq!(addrs(&m), ["192.0.2.80"]);
     // TCP with a tcp upstream.
-    let b2 = bed_with(|c, auth| c.dns.upstreams = vec![upstream(auth.tcp, "tcp")]).await;
+    let b2 = bed_with(|c, auth| c.dns.upstreams = vec![upstream(auth.tcp, Proto::Tcp)]).await;
     let m = ask(b2.addr, BASIC, "www.test.", RecordType::A).await;
     assert_eq!(addrs(&m), ["192.0.2.80"]);
 }

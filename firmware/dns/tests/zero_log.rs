@@ -42,7 +42,9 @@ async fn production_log_has_no_names_and_no_addresses() {
                 .with_writer(prod.clone())
                 .with_ansi(false)
                 // The most verbose operator setting: everything at TRACE.
-                .with_filter(palisade_dns::logging::production_filter("trace")),
+                .with_filter(palisade_dns::logging::production_filter(
+                    tracing_subscriber::EnvFilter::new("trace"),
+                )),
         )
         .with(
             tracing_subscriber::fmt::layer()

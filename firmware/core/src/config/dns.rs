@@ -83,9 +83,9 @@ pub enum DnsBlockMode {
 #[serde(deny_unknown_fields)]
 pub struct DnsUpstreamSection {
     pub address: SocketAddr,
-    /// `udp` (with TCP fallback on truncation), `tcp`, `tls` (DoT) or `https` (DoH).
-    #[serde(default = "default_protocol")]
-    pub protocol: String,
+    /// How the upstream is reached (default `udp`).
+    #[serde(default)]
+    pub protocol: DnsUpstreamProtocol,
     /// Name verified in the upstream's certificate (tls / https).
     #[serde(default)]
     pub tls_name: Option<String>,
@@ -97,8 +97,38 @@ pub struct DnsUpstreamSection {
     pub path: Option<String>,
 }
 
-fn default_protocol() -> String {
-    "udp".into()
+/// The transport of one upstream. An unknown value is refused by the parser
+/// (file, line, field).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsUpstreamProtocol {
+    /// Plain DNS over UDP (retried over TCP when the answer is truncated).
+    #[default]
+    Udp,
+    /// Plain DNS over TCP.
+    Tcp,
+    /// DNS-over-TLS (RFC 7858); needs `tls_name`.
+    Tls,
+    /// DNS-over-HTTPS (RFC 8484); needs `tls_name`.
+    Https,
+}
+
+impl DnsUpstreamProtocol {
+    /// True for the protocols that verify a certificate (`tls`, `https`).
+    pub fn uses_tls(self) -> bool {
+        matches!(self, DnsUpstreamProtocol::Tls | DnsUpstreamProtocol::Https)
+    }
+}
+
+impl std::fmt::Display for DnsUpstreamProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DnsUpstreamProtocol::Udp => "udp",
+            DnsUpstreamProtocol::Tcp => "tcp",
+            DnsUpstreamProtocol::Tls => "tls",
+            DnsUpstreamProtocol::Https => "https",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

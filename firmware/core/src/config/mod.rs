@@ -9,7 +9,9 @@ mod dns;
 mod keys;
 mod validate;
 
-pub use dns::{DnsBlockMode, DnsListSection, DnsSection, DnsTierSection, DnsUpstreamSection};
+pub use dns::{
+    DnsBlockMode, DnsListSection, DnsSection, DnsTierSection, DnsUpstreamProtocol, DnsUpstreamSection,
+};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use validate::{default_blocked, NodeSpec, PeerSpec};
 
@@ -250,8 +252,9 @@ impl NodeConfig {
     pub fn from_str(text: &str, file: &Path) -> Result<NodeConfig, ConfigError> {
         toml::from_str::<NodeConfig>(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
+            let field = e.span().map(|s| field_at(text, s.start)).unwrap_or_default();
             ConfigError::Syntax {
-                at: Location { file: file.to_path_buf(), line, field: String::new() },
+                at: Location { file: file.to_path_buf(), line, field },
                 message: e.message().to_string(),
             }
         })
@@ -313,7 +316,7 @@ pub fn parse_peers(text: &str, file: &Path) -> Result<Vec<PeerSection>, ConfigEr
         at: Location {
             file: file.to_path_buf(),
             line: e.span().map(|s| line_of(text, s.start)),
-            field: String::new(),
+            field: e.span().map(|s| field_at(text, s.start)).unwrap_or_default(),
         },
         message: e.message().to_string(),
     })?;
@@ -322,6 +325,37 @@ pub fn parse_peers(text: &str, file: &Path) -> Result<Vec<PeerSection>, ConfigEr
 
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// The field a parser error at `offset` is about, as far as the text shows it:
+/// `table.key` for a `key = value` line (the table from the nearest header
+/// above), the table for a header line, empty for anything else (a value
+/// continued over several lines, a malformed header).
+pub(crate) fn field_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let header = |l: &str| -> Option<String> {
+        let l = l.trim();
+        let inner = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]"));
+        let inner = inner.or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))?;
+        let inner = inner.trim();
+        (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || "._-\"".contains(c)))
+            .then(|| inner.to_string())
+    };
+    let bare_key = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let line = text[start..].lines().next().unwrap_or_default();
+    let line = line.split(" #").next().unwrap_or_default();
+    if let Some(h) = header(line) {
+        return h;
+    }
+    let Some(key) = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| bare_key(k)) else {
+        return String::new();
+    };
+    let table = text[..start].lines().rev().find_map(header);
+    match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    }
 }
 
 #[cfg(test)]

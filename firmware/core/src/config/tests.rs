@@ -167,3 +167,43 @@ fn error_lines_come_from_the_parser_even_after_a_commented_header() {
     let line = t.lines().position(|l| l.starts_with("public_key = \"AAAA\"")).unwrap() + 1;
     assert!(e.contains(&format!("node.toml:{line}")), "{e}");
 }
+
+#[test]
+fn unknown_dns_upstream_protocol_is_refused_by_the_parser_with_line_and_field() {
+    let t = GOOD.replace("protocol = \"udp\"", "protocol = \"quic\"");
+    assert_ne!(t, GOOD, "the example has a udp upstream");
+    let e = err(&t);
+    let line = t.lines().position(|l| l == "protocol = \"quic\"").unwrap() + 1;
+    assert!(e.contains(&format!("node.toml:{line}: dns.upstream.protocol:")), "{e} (expected line {line})");
+    assert!(e.contains("unknown variant `quic`") && e.contains("`https`"), "{e}");
+    // Upper case is not a protocol either (serde: lowercase only).
+    assert!(err(&GOOD.replace("protocol = \"udp\"", "protocol = \"UDP\"")).contains("dns.upstream.protocol"));
+}
+
+#[test]
+fn dns_upstream_protocols_parse_and_tls_needs_a_name() {
+    use crate::config::DnsUpstreamProtocol as P;
+    for (text, want) in [("udp", P::Udp), ("tcp", P::Tcp), ("tls", P::Tls), ("https", P::Https)] {
+        let t = GOOD.replace("protocol = \"udp\"", &format!("protocol = \"{text}\"\ntls_name = \"dns.example\""));
+        let s = parse(&t).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(s.dns.upstreams[0].protocol, want);
+        assert_eq!(want.to_string(), text);
+    }
+    // Absent: udp.
+    let s = parse(&GOOD.replace("protocol = \"udp\"\n", "")).unwrap();
+    assert_eq!(s.dns.upstreams[0].protocol, P::Udp);
+    let e = err(&GOOD.replace("protocol = \"udp\"", "protocol = \"https\""));
+    assert!(e.contains("dns.upstream[0]") && e.contains("tls_name"), "{e}");
+}
+
+#[test]
+fn syntax_errors_name_the_field_when_the_line_shows_it() {
+    use super::field_at;
+    let t = "a = 1\n[wireguard]\nlisten_prot = 1 # c\n[[dns.upstream]]\naddress = [\n  \"x\",\n]\n[broken\n";
+    let at = |needle: &str| field_at(t, t.find(needle).unwrap());
+    assert_eq!(at("a = 1"), "a");
+    assert_eq!(at("1 # c"), "wireguard.listen_prot");
+    assert_eq!(at("[[dns"), "dns.upstream");
+    assert_eq!(at("\"x\""), "");
+    assert_eq!(at("[broken"), "");
+}

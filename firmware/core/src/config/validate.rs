@@ -426,11 +426,7 @@ impl NodeConfig {
             }
         }
         for (i, u) in self.dns.upstreams.iter().enumerate() {
-            let ok = matches!(u.protocol.as_str(), "udp" | "tcp" | "tls" | "https");
-            if !ok {
-                let at = e.at("dns.upstream", Some(i), "protocol");
-                e.push(at, format!("'{}' is not one of udp, tcp, tls, https", u.protocol));
-            } else if matches!(u.protocol.as_str(), "tls" | "https") && u.tls_name.is_none() {
+            if u.protocol.uses_tls() && u.tls_name.is_none() {
                 let at = e.at("dns.upstream", Some(i), "tls_name");
                 e.push(at, "tls and https upstreams need tls_name (the name verified in the certificate)");
             }

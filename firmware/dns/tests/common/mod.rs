@@ -5,9 +5,10 @@
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
+pub use palisade_core::config::DnsUpstreamProtocol as Proto;
 use palisade_core::config::{DnsListSection, DnsSection, DnsTierSection, DnsUpstreamSection};
-use palisade_dns::testauth::TestAuthority;
 use palisade_dns::{Engine, EngineConfig, Server};
+use palisade_dns_testauth::TestAuthority;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +27,10 @@ pub struct Bed {
     pub dir: tempfile::TempDir,
 }
 
-pub fn upstream(addr: SocketAddr, proto: &str) -> DnsUpstreamSection {
+pub fn upstream(addr: SocketAddr, protocol: Proto) -> DnsUpstreamSection {
     DnsUpstreamSection {
         address: addr,
-        protocol: proto.into(),
+        protocol,
         tls_name: None,
         ca_file: None,
         path: None,
@@ -37,6 +38,11 @@ pub fn upstream(addr: SocketAddr, proto: &str) -> DnsUpstreamSection {
 }
 
 pub fn config(dir: &std::path::Path, auth: &TestAuthority) -> EngineConfig {
+    config_with(dir, vec![upstream(auth.udp, Proto::Udp)])
+}
+
+/// The shared lists and tiers (see [`config`]) with these upstreams.
+pub fn config_with(dir: &std::path::Path, upstreams: Vec<DnsUpstreamSection>) -> EngineConfig {
     std::fs::write(
         dir.join("ads.txt"),
         "||ads.test^\n0.0.0.0 tracker.cdn.test\n@@||ok.ads.test^\n",
@@ -66,7 +72,7 @@ pub fn config(dir: &std::path::Path, auth: &TestAuthority) -> EngineConfig {
             lists: vec!["ads".into(), "family".into()],
         },
     );
-    dns.upstreams = vec![upstream(auth.udp, "udp")];
+    dns.upstreams = upstreams;
     dns.rate_limit_qps = 0;
     let mut cfg = EngineConfig::new(dns, vec!["127.0.0.0/8".parse().unwrap()]);
     cfg.clients = vec![

@@ -1,5 +1,6 @@
 //! `palisade-dns-testauth --listen ADDR`: the test zone's authoritative
-//! server (see `palisade_dns::testauth`), for the benchmark. Loopback only.
+//! server (see the library of this crate), for the benchmark
+//! (bench/dns/run.sh). Loopback only.
 
 fn main() -> anyhow::Result<()> {
     let mut listen: std::net::SocketAddr = "127.0.0.1:5399".parse()?;
@@ -23,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let auth = palisade_dns::testauth::TestAuthority::start(listen, None).await?;
+        let auth = palisade_dns_testauth::TestAuthority::start(listen, None).await?;
         eprintln!("testauth: udp+tcp on {}", auth.udp);
         tokio::signal::ctrl_c().await?;
         Ok(())

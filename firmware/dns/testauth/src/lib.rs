@@ -1,6 +1,7 @@
 //! A small authoritative server for the zone `test.`, used by the integration
 //! tests and the benchmark as the resolver's real upstream on loopback (UDP,
-//! TCP and optionally DNS-over-TLS). Never used by the node.
+//! TCP and optionally DNS-over-TLS and HTTP/1.1 DNS-over-HTTPS). Test
+//! support only: not part of palisade-dns, never on the node.
 //!
 //! Names (all under `test.`):
 //! - `*.miss.test` A 192.0.2.1 (any label: the benchmark's cache misses)
@@ -35,7 +36,8 @@ pub struct TestAuthority {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub tls: Option<SocketAddr>,
-    /// DNS-over-HTTPS (HTTP/1.1, POST /dns-query), with the same TLS config.
+    /// DNS-over-HTTPS (HTTP/1.1, POST /dns-query; hostile paths: see
+    /// `serve_doh`), with the same TLS config.
     pub doh: Option<SocketAddr>,
     pub stats: Arc<AuthStats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -294,7 +296,15 @@ async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-/// HTTP/1.1 DoH: `POST /dns-query` with a Content-Length body; anything else 404.
+/// HTTP/1.1 DoH (no ALPN, so no HTTP/2): `POST /dns-query` with a
+/// Content-Length body answers; other paths serve hostile answers for the
+/// client's limits:
+/// - `/garbage`: 200 `application/dns-message`, 24 bytes that are no DNS answer
+/// - `/wrong-type`: 200 `text/html` carrying the real answer
+/// - `/huge-length`: 200 with `Content-Length: 1000000000` and no body
+/// - `/endless`: 200, chunked, up to 1 MiB of body until the client hangs up
+///
+/// anything else: 404.
 async fn serve_doh<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut s: S,
     stats: Arc<AuthStats>,
@@ -318,10 +328,11 @@ async fn serve_doh<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         let len = head
             .lines()
             .find_map(|l| {
-                l.strip_prefix("Content-Length:")
-                    .or_else(|| l.strip_prefix("content-length:"))
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
             })
-            .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0);
         let mut body = buf.split_off(head_end);
         buf.clear();
@@ -333,24 +344,47 @@ async fn serve_doh<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }
         }
         buf = body.split_off(len);
-        let ok = head.starts_with("POST /dns-query HTTP/1.1\r\n");
-        let reply = if ok {
-            stats.queries.fetch_add(1, Ordering::Relaxed);
-            respond(&body, false).pop()
-        } else {
-            None
+        let request_line = head.lines().next().unwrap_or_default();
+        let path = match request_line.split(' ').collect::<Vec<_>>()[..] {
+            ["POST", path, "HTTP/1.1"] => path,
+            _ => "",
         };
-        let out = match reply {
-            Some(r) => {
-                let mut o = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\nContent-Length: {}\r\n\r\n",
-                    r.len()
-                )
-                .into_bytes();
-                o.extend_from_slice(&r);
-                o
+        if !path.is_empty() {
+            stats.queries.fetch_add(1, Ordering::Relaxed);
+        }
+        let reply = respond(&body, false).pop();
+        let ok = |ctype: &str, r: &[u8]| {
+            let mut o = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                r.len()
+            )
+            .into_bytes();
+            o.extend_from_slice(r);
+            o
+        };
+        let out = match (path, reply) {
+            ("/dns-query", Some(r)) => ok("application/dns-message", &r),
+            ("/wrong-type", Some(r)) => ok("text/html", &r),
+            ("/garbage", _) => ok("application/dns-message", &[0xee; 24]),
+            ("/huge-length", _) => {
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\nContent-Length: 1000000000\r\n\r\n".to_vec()
             }
-            None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            ("/endless", _) => {
+                let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                let mut chunk = b"1000\r\n".to_vec();
+                chunk.extend_from_slice(&[0xee; 0x1000]);
+                chunk.extend_from_slice(b"\r\n");
+                for _ in 0..256 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
         };
         if s.write_all(&out).await.is_err() {
             return;

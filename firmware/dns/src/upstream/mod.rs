@@ -1,0 +1,256 @@
+//! Upstream resolvers, tried in order with failover, fail-closed (every
+//! upstream down: the caller answers SERVFAIL; no query ever leaves by another
+//! path).
+//!
+//! This module owns the list of upstreams, their hold-downs and the order in
+//! which they are tried; each transport lives in its own module:
+//! `udp` (fresh socket per query, TCP retry on truncation), `tcp`
+//! (length-framed TCP and DNS-over-TLS, pooled), `doh` (DNS-over-HTTPS,
+//! RFC 8484, HTTP/2 or HTTP/1.1 with hyper), `tls` (rustls client setup
+//! shared by DoT and DoH).
+//!
+//! Responses are untrusted (`sanitize`): the ID, the question and the
+//! source (connected sockets) must match, and only the records on the CNAME
+//! chain of the question (plus an in-bailiwick SOA for negative answers) are
+//! kept; NS, additional and out-of-bailiwick records are dropped, so they can
+//! neither reach the client nor the cache.
+
+mod doh;
+mod sanitize;
+mod tcp;
+mod tls;
+mod udp;
+
+pub use doh::DohConnections;
+pub use sanitize::{lower_wire, MAX_NEG_TTL, MAX_TTL};
+
+use crate::wire::{self, Answer};
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::serialize::binary::BinDecodable;
+use palisade_core::config::{DnsUpstreamProtocol, DnsUpstreamSection};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest time one upstream gets for one query.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// An upstream that failed is skipped (unless all are down) for this long.
+const HOLD_DOWN: Duration = Duration::from_secs(5);
+/// Idle connections kept per upstream (TCP, DoT, DoH over HTTP/1.1; DoH over
+/// HTTP/2 shares one connection).
+const POOL: usize = 8;
+
+/// An upstream that cannot be set up (the config is refused).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {addr}: protocols tls and https need tls_name")]
+    NoTlsName { addr: SocketAddr },
+    #[error("upstream {addr}: bad tls_name: {name}")]
+    BadTlsName { addr: SocketAddr, name: String },
+    #[error(
+        "upstream {addr}: bad DoH path {path:?} (an absolute path such as /dns-query, no spaces)"
+    )]
+    BadPath { addr: SocketAddr, path: String },
+    #[error("upstream {addr}: cannot read CA file {path}: {msg}")]
+    Ca {
+        addr: SocketAddr,
+        path: std::path::PathBuf,
+        msg: String,
+    },
+    #[error("upstream {addr}: TLS setup: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Why a resolution failed (no detail about the name: these are counted, and
+/// may be logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no upstream configured")]
+    NoUpstream,
+    #[error("every upstream failed")]
+    AllFailed,
+}
+
+/// Why one attempt at one upstream failed (the next upstream is tried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum AttemptError {
+    #[error("timeout")]
+    Timeout,
+    #[error("i/o")]
+    Io,
+    #[error("bad response")]
+    Bad,
+    #[error("upstream error rcode")]
+    Rcode,
+}
+
+impl From<std::io::Error> for AttemptError {
+    fn from(_: std::io::Error) -> Self {
+        AttemptError::Io
+    }
+}
+
+enum Transport {
+    /// UDP, with the TCP retry for truncated answers.
+    Udp(tcp::Framed),
+    /// TCP or DNS-over-TLS.
+    Framed(tcp::Framed),
+    Https(Box<doh::Doh>),
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    transport: Transport,
+    /// Milliseconds since `epoch` until which this upstream is held down.
+    down_until: AtomicU64,
+}
+
+/// The configured upstreams, in order.
+pub struct Upstreams {
+    list: Vec<Upstream>,
+    epoch: Instant,
+    timeout: Duration,
+    errors: AtomicU64,
+}
+
+impl Upstreams {
+    pub fn new(cfg: &[DnsUpstreamSection]) -> Result<Upstreams, UpstreamError> {
+        Upstreams::with_timeout(cfg, ATTEMPT_TIMEOUT)
+    }
+
+    pub fn with_timeout(
+        cfg: &[DnsUpstreamSection],
+        timeout: Duration,
+    ) -> Result<Upstreams, UpstreamError> {
+        let mut list = Vec::new();
+        for u in cfg {
+            let transport = match u.protocol {
+                DnsUpstreamProtocol::Udp => Transport::Udp(tcp::Framed::new(u.address, None)),
+                DnsUpstreamProtocol::Tcp => Transport::Framed(tcp::Framed::new(u.address, None)),
+                DnsUpstreamProtocol::Tls => {
+                    let tls = tls::TlsClient::new(u, &[b"dot"])?;
+                    Transport::Framed(tcp::Framed::new(u.address, Some(tls)))
+                }
+                DnsUpstreamProtocol::Https => {
+                    let path = u.path.clone().unwrap_or_else(|| "/dns-query".into());
+                    let tls = tls::TlsClient::new(u, &[b"h2", b"http/1.1"])?;
+                    Transport::Https(Box::new(doh::Doh::new(u.address, tls, path)?))
+                }
+            };
+            list.push(Upstream {
+                addr: u.address,
+                transport,
+                down_until: AtomicU64::new(0),
+            });
+        }
+        Ok(Upstreams {
+            list,
+            epoch: Instant::now(),
+            timeout,
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Failed attempts so far (all upstreams).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// DNS-over-HTTPS connections made so far (all `https` upstreams), by
+    /// the HTTP version the server chose.
+    pub fn doh_connections(&self) -> DohConnections {
+        let mut c = DohConnections::default();
+        for u in &self.list {
+            if let Transport::Https(d) = &u.transport {
+                let d = d.connections();
+                c.h2 += d.h2;
+                c.http1 += d.http1;
+            }
+        }
+        c
+    }
+
+    /// Resolve `name` (lowercase wire, no root label) / `qtype` upstream.
+    pub async fn resolve(&self, name: &[u8], qtype: u16) -> Result<Answer, ResolveError> {
+        if self.list.is_empty() {
+            return Err(ResolveError::NoUpstream);
+        }
+        let mut wire_name = Vec::with_capacity(name.len() + 1);
+        wire_name.extend_from_slice(name);
+        wire_name.push(0);
+        let qname = Name::from_bytes(&wire_name).map_err(|_| ResolveError::AllFailed)?;
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        // Healthy upstreams first, in configured order; held-down ones last.
+        let mut order: Vec<&Upstream> = self
+            .list
+            .iter()
+            .filter(|u| u.down_until.load(Ordering::Relaxed) <= now_ms)
+            .collect();
+        order.extend(
+            self.list
+                .iter()
+                .filter(|u| u.down_until.load(Ordering::Relaxed) > now_ms),
+        );
+        for u in order {
+            match self.attempt(u, &qname, qtype).await {
+                Ok(a) => {
+                    u.down_until.store(0, Ordering::Relaxed);
+                    return Ok(a);
+                }
+                Err(_) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    let until = self.epoch.elapsed() + HOLD_DOWN;
+                    u.down_until
+                        .store(until.as_millis() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        Err(ResolveError::AllFailed)
+    }
+
+    async fn attempt(
+        &self,
+        u: &Upstream,
+        qname: &Name,
+        qtype: u16,
+    ) -> Result<Answer, AttemptError> {
+        let id = random_u16();
+        let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(qname.clone(), RecordType::from(qtype)));
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(wire::OUR_UDP_SIZE);
+        msg.set_edns(edns);
+        let bytes = msg.to_vec().map_err(|_| AttemptError::Bad)?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let resp = match &u.transport {
+            Transport::Udp(tcp) => {
+                let r = udp::exchange(u.addr, &bytes, id, qname, qtype, deadline).await?;
+                if r.metadata.truncation {
+                    tcp.exchange(&bytes, id, qname, qtype, deadline).await?
+                } else {
+                    r
+                }
+            }
+            Transport::Framed(f) => f.exchange(&bytes, id, qname, qtype, deadline).await?,
+            Transport::Https(d) => d.exchange(&bytes, id, qname, qtype, deadline).await?,
+        };
+        sanitize::sanitize(&resp, qname, qtype)
+    }
+}
+
+fn random_u16() -> u16 {
+    use rand_core::RngCore;
+    let mut b = [0u8; 2];
+    rand_core::OsRng.fill_bytes(&mut b);
+    u16::from_be_bytes(b)
+}
