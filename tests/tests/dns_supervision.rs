@@ -1,4 +1,4 @@
-//! Issue 7 items 5 and 8, with a real palisaded in the node namespace and a
+//! DNS supervision and the reload lock, with a real palisaded in the node namespace and a
 //! wireguard-go client (docs/dns.md "Supervision"):
 //! - a resolver that cannot start (its block list is missing) is retried with
 //!   backoff; `palisade status` (JSON and human) says why and when the next

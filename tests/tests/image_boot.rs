@@ -86,7 +86,7 @@ fn broken_slot_a_falls_back_to_b() -> Result<()> {
     Ok(())
 }
 
-/// The health gate includes DNS (issue 7 item 5): slot A holds an update whose
+/// The health gate includes DNS: slot A holds an update whose
 /// root lacks a list file the node config names (`/etc/palisade/lists/ads.txt`
 /// in the image seed), so its resolver cannot start. WireGuard and the firewall
 /// come up, but the canary query is never answered: A is not blessed, PID 1

@@ -1,4 +1,4 @@
-//! Issue 7 item 8: the control socket has bounds. 200 idle connections plus a
+//! The control socket has bounds. 200 idle connections plus a
 //! client that asks for a large answer and never reads it must not keep
 //! `palisade status` from answering; palisaded holds at most its connection
 //! limit open, and closes the non-reading client after its write timeout

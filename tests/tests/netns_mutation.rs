@@ -78,7 +78,7 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
 }
 
-/// Destinations issue 7 wants blocked besides the bed's private ranges. Each is
+/// Destinations blocked by default besides the bed's private ranges. Each is
 /// given to the internet namespace (so it answers when it is reached) and routed
 /// on-link from the node (so only the firewall stands in the way).
 #[rustfmt::skip]
@@ -221,7 +221,7 @@ fn cases<'a>(ctx: &Ctx<'a>) -> Vec<Case<'a>> {
             v.push(Case::new(*l, ns, k.clone(), *dst, e.clone()));
         }
     }
-    // Issue 7's extra destinations: dropped where the table covers them.
+    // The extra destinations: dropped where the table covers them.
     for (label, ip, e) in &ctx.extra {
         v.push(Case::new(format!("c1 -> {label}"), &c1.ns, Tcp, sa(*ip, 80), e.clone()));
     }

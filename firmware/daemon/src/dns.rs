@@ -1,5 +1,4 @@
-//! The DNS resolver as a palisaded subsystem (hook agreed in
-//! HELPERS-INTERFACES.md): listens on the node's tunnel addresses, port 53,
+//! The DNS resolver as a palisaded subsystem: listens on the node's tunnel addresses, port 53,
 //! UDP and TCP (IP_FREEBIND: it may start before the WireGuard address
 //! exists), answers only sources inside the tunnel prefixes, and applies the
 //! tier of the peer that owns the source address.

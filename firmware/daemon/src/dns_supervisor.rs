@@ -1,4 +1,4 @@
-//! Supervision of the DNS resolver (issue 7): a resolver that cannot start
+//! Supervision of the DNS resolver: a resolver that cannot start
 //! (a list file missing, port 53 taken) or that stops answering is retried
 //! with exponential backoff (1, 2, 4 .. 30 s; back to 1 s once it has run
 //! for 60 s), and its state is in `palisade status` and in the boot health

@@ -37,10 +37,7 @@ pub fn log_filter(spec: &str) -> tracing_subscriber::EnvFilter {
     // netlink-packet-route warns on every dump of a newer kernel's stats
     // attributes; that noise would flood the console.
     for t in [
-        "hickory_server=warn",
         "hickory_proto=warn",
-        "hickory_resolver=warn",
-        "hickory_net=warn",
         "wireguard_control=warn",
         "netlink_packet_route=error",
         "netlink_packet_core=error",

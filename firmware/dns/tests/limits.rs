@@ -1,4 +1,4 @@
-//! Resource limits and locally answered names (issue 7, items 5 and 8):
+//! Resource limits and locally answered names:
 //! - one client cannot take every DNS-over-TCP slot;
 //! - a reload that is still compiling its lists does not hold up queries
 //!   (cache misses included);
