@@ -12,11 +12,9 @@
 //! `Content-Length` before anything is read and enforced while reading
 //! (HTTP/2 and chunked bodies may come without a length).
 
-use super::sanitize::check_response;
 use super::tls::TlsClient;
-use super::{AttemptError, UpstreamError, POOL};
+use super::{Ask, AttemptError, UpstreamError, POOL};
 use hickory_proto::op::Message;
-use hickory_proto::rr::Name;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::{http1, http2};
@@ -125,15 +123,12 @@ impl Doh {
         }
     }
 
-    /// One query and its answer, checked against `id` and the question.
+    /// One query and its answer, checked against the question asked.
     pub(super) async fn exchange(
         &self,
-        query: &[u8],
-        id: u16,
-        qname: &Name,
-        qtype: u16,
-        deadline: tokio::time::Instant,
+        ask: &Ask<'_>,
     ) -> Result<Message, AttemptError> {
+        let (query, deadline) = (ask.query, ask.deadline);
         let body = Bytes::copy_from_slice(query);
         let fut = async {
             // A pooled connection may have been closed by the server: one
@@ -149,7 +144,7 @@ impl Doh {
                 match self.post(&mut sender, body.clone()).await {
                     Ok(answer) => {
                         self.give_back(sender);
-                        return check_response(&answer, id, qname, qtype);
+                        return ask.check(&answer);
                     }
                     Err(AttemptError::Io) if was_pooled => continue,
                     Err(e) => return Err(e),

@@ -76,6 +76,23 @@ pub enum ResolveError {
     AllFailed,
 }
 
+/// One question on its way to an upstream: the encoded query, its ID and
+/// question (every answer is checked against them) and the attempt's deadline.
+pub(super) struct Ask<'a> {
+    query: &'a [u8],
+    id: u16,
+    qname: &'a Name,
+    qtype: u16,
+    deadline: tokio::time::Instant,
+}
+
+impl Ask<'_> {
+    /// Parse and check an answer to this question.
+    fn check(&self, bytes: &[u8]) -> Result<Message, AttemptError> {
+        sanitize::check_response(bytes, self.id, self.qname, self.qtype)
+    }
+}
+
 /// Why one attempt at one upstream failed (the next upstream is tried).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum AttemptError {
@@ -231,18 +248,18 @@ impl Upstreams {
         edns.set_max_payload(wire::OUR_UDP_SIZE);
         msg.set_edns(edns);
         let bytes = msg.to_vec().map_err(|_| AttemptError::Bad)?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let ask = Ask { query: &bytes, id, qname, qtype, deadline: tokio::time::Instant::now() + self.timeout };
         let resp = match &u.transport {
             Transport::Udp(tcp) => {
-                let r = udp::exchange(u.addr, &bytes, id, qname, qtype, deadline).await?;
+                let r = udp::exchange(u.addr, &ask).await?;
                 if r.metadata.truncation {
-                    tcp.exchange(&bytes, id, qname, qtype, deadline).await?
+                    tcp.exchange(&ask).await?
                 } else {
                     r
                 }
             }
-            Transport::Framed(f) => f.exchange(&bytes, id, qname, qtype, deadline).await?,
-            Transport::Https(d) => d.exchange(&bytes, id, qname, qtype, deadline).await?,
+            Transport::Framed(f) => f.exchange(&ask).await?,
+            Transport::Https(d) => d.exchange(&ask).await?,
         };
         sanitize::sanitize(&resp, qname, qtype)
     }

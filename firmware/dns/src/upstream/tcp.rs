@@ -2,11 +2,9 @@
 //! RFC 7766): plain TCP (also the retry of a truncated UDP answer) and
 //! DNS-over-TLS (RFC 7858). Connections are pooled per upstream.
 
-use super::sanitize::check_response;
 use super::tls::TlsClient;
-use super::{AttemptError, POOL};
+use super::{Ask, AttemptError, POOL};
 use hickory_proto::op::Message;
-use hickory_proto::rr::Name;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,15 +45,12 @@ impl Framed {
         }
     }
 
-    /// One query and its answer, checked against `id` and the question.
+    /// One query and its answer, checked against the question asked.
     pub(super) async fn exchange(
         &self,
-        query: &[u8],
-        id: u16,
-        qname: &Name,
-        qtype: u16,
-        deadline: tokio::time::Instant,
+        ask: &Ask<'_>,
     ) -> Result<Message, AttemptError> {
+        let (query, deadline) = (ask.query, ask.deadline);
         // A pooled connection may have been closed by the server: one retry
         // on a fresh connection.
         for fresh in [false, true] {
@@ -77,7 +72,7 @@ impl Framed {
             };
             match r {
                 Ok(bytes) => {
-                    let m = check_response(&bytes, id, qname, qtype)?;
+                    let m = ask.check(&bytes)?;
                     let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                     if idle.len() < POOL {
                         idle.push(conn);

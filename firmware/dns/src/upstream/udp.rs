@@ -2,22 +2,14 @@
 //! connected to the upstream so the kernel drops datagrams from any other
 //! source; datagrams with the wrong ID or question are ignored, not fatal.
 
-use super::sanitize::check_response;
-use super::AttemptError;
+use super::{Ask, AttemptError};
 use hickory_proto::op::Message;
-use hickory_proto::rr::Name;
 use std::net::SocketAddr;
 use tokio::net::UdpSocket;
 
-/// Send `query` to `addr` and wait until `deadline` for the matching answer.
-pub(super) async fn exchange(
-    addr: SocketAddr,
-    query: &[u8],
-    id: u16,
-    qname: &Name,
-    qtype: u16,
-    deadline: tokio::time::Instant,
-) -> Result<Message, AttemptError> {
+/// Send the query to `addr` and wait until the deadline for the matching answer.
+pub(super) async fn exchange(addr: SocketAddr, ask: &Ask<'_>) -> Result<Message, AttemptError> {
+    let (query, deadline) = (ask.query, ask.deadline);
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -35,7 +27,7 @@ pub(super) async fn exchange(
             .map_err(|_| AttemptError::Timeout)??;
         // A datagram with the wrong ID or question is ignored (it may be a
         // spoofing attempt); keep waiting for the real answer until the deadline.
-        match check_response(&buf[..n], id, qname, qtype) {
+        match ask.check(&buf[..n]) {
             Ok(m) => return Ok(m),
             Err(AttemptError::Rcode) => return Err(AttemptError::Rcode),
             Err(_) => continue,
