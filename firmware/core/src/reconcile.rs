@@ -213,8 +213,11 @@ impl Engine {
                     r.errors.push(e.to_string());
                     if verified {
                         // A setting isolation depends on did not take: do not
-                        // bring the tunnel up on top of it.
-                        self.fail_closed = Some(format!("{e}; the tunnel is down until it is set"));
+                        // bring the tunnel up on top of it, and take back the
+                        // forwarding that may already be on (best effort; the
+                        // tunnel goes down below either way).
+                        self.fail_closed = Some(format!("{e}; forwarding is off and the tunnel is down until it is set"));
+                        let _ = crate::sysctl::apply(&self.paths.proc_sys, &firewall::sysctls(spec, false));
                     }
                 }
             }
