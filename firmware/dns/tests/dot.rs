@@ -9,35 +9,15 @@ use palisade_dns::{Engine, Server};
 use palisade_dns_testauth::TestAuthority;
 use std::sync::Arc;
 
+/// The CA (for the resolver's trust) and the server side of a test certificate.
 struct Pki {
     ca_pem: String,
     server: Arc<rustls::ServerConfig>,
 }
 
 fn pki(name: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        server: Arc::new(server),
-    }
+    let p = common::pki(name);
+    Pki { server: common::server_config(&p), ca_pem: p.ca_pem }
 }
 
 async fn resolver_via_tls(
