@@ -42,26 +42,28 @@ fn classify(e: &std::io::Error) -> Outcome {
     }
 }
 
-/// A socket for `dst`, bound to source `src` when given (any port).
-fn socket_from(src: Option<IpAddr>, dst: SocketAddr, ty: Type, proto: SockProto) -> std::io::Result<Socket> {
+/// A socket for `dst`, bound to `src` when given (port 0: any port).
+fn socket_from(src: Option<SocketAddr>, dst: SocketAddr, ty: Type, proto: SockProto) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(dst), ty, Some(proto))?;
-    if let Some(ip) = src {
+    if let Some(src) = src {
         // Freebind: a spoofing probe may use a source the host does not own.
         // Transparent: the route lookup accepts a non-local source (root only).
-        if ip.is_ipv4() {
+        // Reuse: a chosen port may still be in TIME_WAIT or bound elsewhere.
+        if src.is_ipv4() {
             s.set_freebind_v4(true).ok();
             s.set_ip_transparent_v4(true).ok();
         } else {
             s.set_freebind_v6(true).ok();
             s.set_ip_transparent_v6(true).ok();
         }
-        s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+        s.set_reuse_address(true).ok();
+        s.bind(&SockAddr::from(src))?;
     }
     Ok(s)
 }
 
 fn tcp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<Socket> {
-    socket_from(src, dst, Type::STREAM, SockProto::TCP)
+    socket_from(src.map(|ip| SocketAddr::new(ip, 0)), dst, Type::STREAM, SockProto::TCP)
 }
 
 /// TCP connect (optionally from source address `src`) with a timeout.
@@ -119,13 +121,25 @@ pub fn http_get_path(
     }
 }
 
-fn udp_socket(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<UdpSocket> {
+fn udp_socket(src: Option<SocketAddr>, dst: SocketAddr) -> std::io::Result<UdpSocket> {
     socket_from(src, dst, Type::DGRAM, SockProto::UDP).map(Into::into)
 }
 
 /// Send one datagram (optionally from `src`) and wait for one answer.
 pub fn udp_exchange(
     src: Option<IpAddr>,
+    dst: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Outcome {
+    udp_exchange_from(src.map(|ip| SocketAddr::new(ip, 0)), dst, payload, timeout)
+}
+
+/// Like [`udp_exchange`] from exactly `src` (address and port) when given.
+/// An ICMP port unreachable comes back as [`Outcome::Refused`]: proof that
+/// the datagram was delivered to a host with no socket on that port.
+pub fn udp_exchange_from(
+    src: Option<SocketAddr>,
     dst: SocketAddr,
     payload: &[u8],
     timeout: Duration,
@@ -150,7 +164,7 @@ pub fn udp_exchange(
 
 /// Fire one datagram and do not wait (for spoofing tests: the receiver's log tells).
 pub fn udp_send(src: Option<IpAddr>, dst: SocketAddr, payload: &[u8]) -> Result<(), String> {
-    let u = udp_socket(src, dst).map_err(|e| e.to_string())?;
+    let u = udp_socket(src.map(|ip| SocketAddr::new(ip, 0)), dst).map_err(|e| e.to_string())?;
     u.send_to(payload, dst)
         .map(|_| ())
         .map_err(|e| e.to_string())

@@ -3,7 +3,7 @@
 
 use crate::probe::Outcome;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// One's-complement sum over 16-bit words (the Internet checksum, RFC 1071).
@@ -86,41 +86,12 @@ pub fn send_tcp(
         .map_err(|e| format!("send to {dst}: {e}"))
 }
 
-fn classify(e: &std::io::Error) -> Outcome {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        TimedOut | WouldBlock => Outcome::Timeout,
-        ConnectionRefused => Outcome::Refused,
-        _ => Outcome::Error(e.to_string()),
-    }
-}
-
 /// One datagram from exactly `src` (address and port, e.g. a DHCP server's
 /// port 67) to `dst`, waiting for an answer. An ICMP port unreachable comes
 /// back as [`Outcome::Refused`]: proof that the datagram was delivered to a
 /// host that has no socket on that port.
 pub fn udp_from(src: SocketAddr, dst: SocketAddr, payload: &[u8], timeout: Duration) -> Outcome {
-    let s = match Socket::new(Domain::for_address(dst), Type::DGRAM, Some(Protocol::UDP)) {
-        Ok(s) => s,
-        Err(e) => return Outcome::Error(e.to_string()),
-    };
-    let _ = s.set_reuse_address(true);
-    if let Err(e) = s.bind(&SockAddr::from(src)) {
-        return Outcome::Error(format!("bind {src}: {e}"));
-    }
-    let u: UdpSocket = s.into();
-    let _ = u.set_read_timeout(Some(timeout));
-    if let Err(e) = u.connect(dst) {
-        return Outcome::Error(e.to_string());
-    }
-    if let Err(e) = u.send(payload) {
-        return classify(&e);
-    }
-    let mut buf = [0u8; 2048];
-    match u.recv(&mut buf) {
-        Ok(n) => Outcome::Answered(String::from_utf8_lossy(&buf[..n]).into_owned()),
-        Err(e) => classify(&e),
-    }
+    crate::probe::udp_exchange_from(Some(src), dst, payload, timeout)
 }
 
 /// One ICMP echo from source address `src` (busybox `ping -I`).
