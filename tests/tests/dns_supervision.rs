@@ -40,24 +40,38 @@ fn v4() -> SocketAddr {
     SocketAddr::new(addr::NODE_TUN_V4.into(), 53)
 }
 
-#[test]
-#[ignore = "root: run by tests/run.sh"]
-fn resolver_that_cannot_start_is_retried_and_reported() {
+/// A bed with one client and palisaded whose default tier uses the list
+/// `ads.txt` (written with `content`, or absent), the client handshaken.
+fn node_with_list(content: Option<&str>) -> (TestBed, Palisade, PathBuf) {
     let mut bed = TestBed::new(1, bins()).expect("build test bed");
     let list = bed.dir.path().join("ads.txt");
+    if let Some(text) = content {
+        std::fs::write(&list, text).unwrap();
+    }
     let opts = NodeOptions {
         extra_toml: list_toml(&list),
         ..NodeOptions::default()
     };
-    // The list does not exist yet: the resolver cannot load its policy.
     let p = Palisade::start(&mut bed, &opts).expect("start palisaded");
     bed.wait_handshake(1, Duration::from_secs(10))
         .expect("handshake");
-    let c = &bed.clients[0];
-    let ask = |name: &str| {
-        c.ns.enter(|| probe::dns_udp(v4(), name, 1, T))
-            .expect("enter client netns")
-    };
+    (bed, p, list)
+}
+
+/// An A query for `name` from the client, through the tunnel.
+fn ask(bed: &TestBed, name: &str) -> Result<probe::DnsAnswer, palisade_tests::Outcome> {
+    bed.clients[0]
+        .ns
+        .enter(|| probe::dns_udp(v4(), name, 1, T))
+        .expect("enter client netns")
+}
+
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn resolver_that_cannot_start_is_retried_and_reported() {
+    // The list does not exist yet: the resolver cannot load its policy.
+    let (bed, p, list) = node_with_list(None);
+    let ask = |name: &str| ask(&bed, name);
 
     let s = status(&p, &bed);
     let d = &s["dns"];
@@ -165,21 +179,8 @@ impl Drop for FifoGuard {
 #[test]
 #[ignore = "root: run by tests/run.sh"]
 fn stuck_reload_holds_up_neither_queries_nor_the_control_socket() {
-    let mut bed = TestBed::new(1, bins()).expect("build test bed");
-    let list = bed.dir.path().join("ads.txt");
-    std::fs::write(&list, "||ads.example.test^\n").unwrap();
-    let opts = NodeOptions {
-        extra_toml: list_toml(&list),
-        ..NodeOptions::default()
-    };
-    let p = Palisade::start(&mut bed, &opts).expect("start palisaded");
-    bed.wait_handshake(1, Duration::from_secs(10))
-        .expect("handshake");
-    let c = &bed.clients[0];
-    let ask = |name: &str| {
-        c.ns.enter(|| probe::dns_udp(v4(), name, 1, T))
-            .expect("enter client netns")
-    };
+    let (bed, p, list) = node_with_list(Some("||ads.example.test^\n"));
+    let ask = |name: &str| ask(&bed, name);
     palisade_tests::wait_until(Duration::from_secs(10), "resolver answering", || {
         ask("www.example.test").ok()
     })
