@@ -224,41 +224,14 @@ impl TestAuthority {
                 tokio::spawn(serve_stream(s, st.clone()));
             }
         }));
-        let mut tls_addr = None;
-        let mut doh_addr = None;
-        if let Some(cfg) = tls.clone() {
-            let l = TcpListener::bind(SocketAddr::new(bind.ip(), 0)).await?;
-            doh_addr = Some(l.local_addr()?);
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let st = stats.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Ok((s, _)) = l.accept().await {
-                    let acceptor = acceptor.clone();
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        if let Ok(s) = acceptor.accept(s).await {
-                            serve_doh(s, st).await;
-                        }
-                    });
-                }
-            }));
-        }
+        let (mut tls_addr, mut doh_addr) = (None, None);
         if let Some(cfg) = tls {
-            let l = TcpListener::bind(SocketAddr::new(bind.ip(), 0)).await?;
-            tls_addr = Some(l.local_addr()?);
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let st = stats.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Ok((s, _)) = l.accept().await {
-                    let acceptor = acceptor.clone();
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        if let Ok(s) = acceptor.accept(s).await {
-                            serve_stream(s, st).await;
-                        }
-                    });
-                }
-            }));
+            let (addr, task) = tls_listener(bind, cfg.clone(), stats.clone(), serve_doh).await?;
+            doh_addr = Some(addr);
+            tasks.push(task);
+            let (addr, task) = tls_listener(bind, cfg, stats.clone(), serve_stream).await?;
+            tls_addr = Some(addr);
+            tasks.push(task);
         }
         Ok(TestAuthority {
             udp: udp_addr,
@@ -273,6 +246,34 @@ impl TestAuthority {
     pub fn queries(&self) -> u64 {
         self.stats.queries.load(Ordering::Relaxed)
     }
+}
+
+/// A TLS listener on a fresh port of `bind`'s address: every accepted,
+/// handshaken connection is served by `serve` on its own task.
+async fn tls_listener<F, Fut>(
+    bind: SocketAddr,
+    cfg: Arc<rustls::ServerConfig>,
+    stats: Arc<AuthStats>,
+    serve: F,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)>
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Arc<AuthStats>) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind(SocketAddr::new(bind.ip(), 0)).await?;
+    let addr = l.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, st) = (acceptor.clone(), stats.clone());
+            tokio::spawn(async move {
+                if let Ok(s) = acceptor.accept(s).await {
+                    serve(s, st).await;
+                }
+            });
+        }
+    });
+    Ok((addr, task))
 }
 
 async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
