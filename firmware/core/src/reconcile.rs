@@ -184,15 +184,14 @@ impl Engine {
             _ => false,
         };
         let mut fail_closed = None;
-        if in_force {
-            r.firewall_verified = true;
-        } else {
+        let mut verified = in_force;
+        if !in_force {
             match self.fw.apply(&rules) {
                 Ok(fp) => {
                     self.fw_fingerprint = Some(fp);
                     self.fw_rules = Some(rules);
                     r.firewall_applied = true;
-                    r.firewall_verified = true;
+                    verified = true;
                 }
                 Err(e) => {
                     self.fw_fingerprint = None;
@@ -203,7 +202,6 @@ impl Engine {
                 }
             }
         }
-        let verified = r.firewall_verified;
         self.fail_closed = fail_closed;
 
         if self.manage_host {
