@@ -14,12 +14,15 @@
 //! - [`kmod`]: module names, `modules.dep` and load plans, the one implementation
 //!   used by the image builder (what goes into the image) and by palisaded (what
 //!   it loads at boot).
+//! - [`entries`]: systemd-boot loader.conf and the Boot Loader Specification entries
+//!   with boot counting, rendered alike by the image builder and by an update on the node.
 
 use std::path::{Path, PathBuf};
 
 pub use embedded_hal::digital::{InputPin, OutputPin};
 use serde::{Deserialize, Serialize};
 
+pub mod entries;
 pub mod kmod;
 pub mod qemu;
 

@@ -14,7 +14,6 @@
 
 mod cpio;
 mod elf;
-mod entries;
 mod layout;
 mod overlay;
 mod sbom;

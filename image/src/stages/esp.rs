@@ -11,7 +11,7 @@ use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use super::Build;
-use crate::entries::{self, Slot};
+use palisade_board::entries::{self, Slot};
 use crate::util::{hex, run_tool, sorted_dir};
 use crate::{layout, overlay};
 
