@@ -146,6 +146,14 @@ pub struct GuestOptions {
     /// (e.g. `module_blacklist=nft_masq`: an image whose nft NAT module
     /// cannot load).
     pub extra_cmdline: Option<String>,
+    /// Appended to the node config (e.g. an `[update]` section).
+    pub extra_toml: String,
+    /// The fleet's TUF root metadata, put on the config drive
+    /// (`palisade/fleet-root.json`) for the update client.
+    pub fleet_root: Option<PathBuf>,
+    /// Let the guest reboot (QEMU keeps running across reboots; updates need
+    /// it). Default: QEMU exits when the guest reboots.
+    pub allow_reboot: bool,
 }
 
 /// A sparse copy of `image` in `dir` (every test works on its own disk).
@@ -289,6 +297,7 @@ pub fn guest_node_toml(bed: &TestBed, opts: &GuestOptions) -> String {
     if !opts.blocklist.is_empty() {
         s.push_str("[dns.list.ads]\npath = \"/var/lib/palisade/ads.txt\"\n\n[dns.tier.default]\nlists = [\"ads\"]\n");
     }
+    s.push_str(&opts.extra_toml);
     s
 }
 
@@ -351,6 +360,15 @@ impl Vm {
             self.console_text().contains(needle).then(|| self.started.elapsed())
         })
         .with_context(|| format!("console so far:\n{}", tail(&self.console_text(), 40)))
+    }
+
+    /// Wait (bounded) until `needle` has appeared `n` times on the console
+    /// (counting across the guest's reboots); returns the time since QEMU started.
+    pub fn wait_console_count(&self, needle: &str, n: usize, within: Duration) -> Result<Duration> {
+        wait_until(within, &format!("console: {needle:?} x{n}"), || {
+            (self.console_text().matches(needle).count() >= n).then(|| self.started.elapsed())
+        })
+        .with_context(|| format!("console so far:\n{}", tail(&self.console_text(), 60)))
     }
 
     /// Run a QEMU monitor command (Unix socket) and wait until QEMU has run it.
@@ -416,8 +434,13 @@ impl Guest {
         let toml = dir.join("guest-node.toml");
         std::fs::write(&toml, guest_node_toml(bed, opts))?;
         let cfg = dir.join("config-drive.img");
-        run_cmd(Command::new(workspace().join("qemu/mkconfigdrive.sh")).arg(&toml).arg(&cfg))?;
-        let vm = Vm::start(bed, &disk, Some(&cfg), true)?;
+        let mut mk = Command::new(workspace().join("qemu/mkconfigdrive.sh"));
+        mk.arg(&toml).arg(&cfg);
+        if let Some(root) = &opts.fleet_root {
+            mk.arg(root);
+        }
+        run_cmd(&mut mk)?;
+        let vm = Vm::start(bed, &disk, Some(&cfg), !opts.allow_reboot)?;
         for c in &bed.clients {
             c.connect(&node_key.public_key)?;
         }

@@ -15,6 +15,7 @@ pub mod ns;
 pub mod palisade;
 pub mod probe;
 pub mod qr;
+pub mod update;
 pub mod wg;
 
 pub use bed::{addr, sa, Bins, Client, TestBed};

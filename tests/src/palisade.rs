@@ -85,6 +85,8 @@ pub struct NodeOptions {
     /// Start without waiting for the nft table (a node expected to fail
     /// closed from the start never loads it).
     pub no_table_expected: bool,
+    /// Extra palisaded arguments (e.g. the update overrides `--update-slots`).
+    pub extra_args: Vec<String>,
 }
 
 /// The egress blocked list the bed uses: the product default minus the
@@ -169,6 +171,7 @@ pub struct Palisade {
     pub path_prefix: Option<PathBuf>,
     pub no_table_expected: bool,
     pub reconcile_secs: u64,
+    pub extra_args: Vec<String>,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub config: PathBuf,
@@ -199,6 +202,7 @@ impl Palisade {
             path_prefix: opts.path_prefix.clone(),
             no_table_expected: opts.no_table_expected,
             reconcile_secs: opts.reconcile_secs.unwrap_or(2),
+            extra_args: opts.extra_args.clone(),
             state_dir,
             run_dir,
             config,
@@ -215,19 +219,25 @@ impl Palisade {
     pub fn spawn(&mut self, bed: &mut TestBed) -> Result<()> {
         let d = self.bins.palisaded.to_string_lossy().into_owned();
         let secs = self.reconcile_secs.to_string();
-        let argv = [
+        let (config, state, run) = (
+            self.config.to_string_lossy().into_owned(),
+            self.state_dir.to_string_lossy().into_owned(),
+            self.run_dir.to_string_lossy().into_owned(),
+        );
+        let mut argv = vec![
             d.as_str(),
             "--config",
-            &self.config.to_string_lossy(),
+            &config,
             "--state-dir",
-            &self.state_dir.to_string_lossy(),
+            &state,
             "--run-dir",
-            &self.run_dir.to_string_lossy(),
+            &run,
             // The product default (2 s) unless a test says otherwise: drift
             // repair is tested as shipped.
             "--reconcile-secs",
             &secs,
         ];
+        argv.extend(self.extra_args.iter().map(String::as_str));
         let log = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
         let path = match &self.path_prefix {
             Some(d) => format!("{}:{}", d.display(), std::env::var("PATH").unwrap_or_default()),

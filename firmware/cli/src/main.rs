@@ -50,6 +50,38 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DnsCmd,
     },
+    /// Signed A/B updates (docs/updates.md).
+    Update {
+        #[command(subcommand)]
+        cmd: UpdateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// Installed version, the update journal, progress, the last check and refusal.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Poll the repository now.
+    Check,
+    /// Install from a repository URL (http://, https://, file:///), a repository
+    /// directory (e.g. a USB copy), or an image file that must be a signed target
+    /// of the node's repository. Verified like a scheduled update; progress is
+    /// shown while the slot is written.
+    Apply {
+        source: String,
+        /// Install this version (default: the newest image for this board).
+        #[arg(long)]
+        version: Option<String>,
+        /// Write the slot and its boot entry but do not reboot.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Print the final status as JSON instead of progress.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,10 +133,14 @@ fn main() {
 }
 
 /// Exit status by the kind of refusal, for scripts: 2 invalid config, 3 no
-/// such peer, 4 not available yet (no config loaded, resolver down), 5 bad
-/// request, 1 anything else (the socket, the system).
+/// such peer, 4 not available yet (no config loaded, resolver down, an install
+/// already running), 5 bad request, 6 update refused (the reason is printed and
+/// in `palisade update status`), 1 anything else (the socket, the system).
 fn exit_code(e: &anyhow::Error) -> i32 {
     use palisade_core::control::{ControlError, ErrorKind};
+    if e.downcast_ref::<UpdateRefused>().is_some() {
+        return 6;
+    }
     match e.downcast_ref::<ControlError>() {
         Some(ControlError::Refused { kind: Some(kind), .. }) => match kind {
             ErrorKind::InvalidConfig => 2,
@@ -212,6 +248,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_client_config(&c, key.as_deref().map(String::as_str), !*no_qr)?;
         }
+        Cmd::Update { cmd: UpdateCmd::Status { json } } => {
+            let v = req(&cli, &Request::UpdateStatus)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_update_status(&v);
+            }
+        }
+        Cmd::Update { cmd: UpdateCmd::Check } => {
+            req(&cli, &Request::UpdateCheck)?;
+            eprintln!("checking; see `palisade update status`");
+        }
+        Cmd::Update { cmd: UpdateCmd::Apply { source, version, no_reboot, json } } => {
+            let before = req(&cli, &Request::UpdateStatus)?;
+            req(&cli, &Request::UpdateApply { source: source.clone(), version: version.clone(), reboot: !*no_reboot })?;
+            follow_apply(&cli, &before, *json)?;
+        }
         Cmd::Dns { cmd: DnsCmd::Stats { json } } => {
             let v = req(&cli, &Request::DnsStats)?;
             if *json {
@@ -222,6 +275,112 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// An update the node refused (or whose install failed).
+#[derive(Debug)]
+struct UpdateRefused(String);
+
+impl std::fmt::Display for UpdateRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "update refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for UpdateRefused {}
+
+fn print_update_status(v: &Value) {
+    let j = &v["journal"];
+    println!("installed   {} (slot {}, board {})", v["installed"].as_str().unwrap_or("-"), v["booted_slot"].as_str().unwrap_or("-"), v["board"].as_str().unwrap_or("-"));
+    println!("phase       {}", phase_text(&j["phase"]));
+    if let Some(f) = j["failed"].as_array().filter(|f| !f.is_empty()) {
+        let f: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
+        println!("failed      {} (never installed again)", f.join(", "));
+    }
+    if let Some(p) = v["progress"].as_object() {
+        println!("progress    {} {}/{} bytes", p["stage"].as_str().unwrap_or("-"), p["done"], p["total"]);
+    }
+    let c = &v["last_check"];
+    if !c.is_null() {
+        if c["ok"] == true {
+            println!("last check  {} ok: rollout {}, images {}", c["at"].as_str().unwrap_or("-"), c["rollout"].as_str().unwrap_or("none"), c["images"]);
+        } else {
+            println!("last check  {} FAILED ({}): {}", c["at"].as_str().unwrap_or("-"), c["kind"].as_str().unwrap_or("-"), c["error"].as_str().unwrap_or("-"));
+        }
+    }
+    if let Some(n) = v["next_check"].as_str() {
+        println!("next check  {n}");
+    }
+    let r = &j["last_refusal"];
+    if !r.is_null() {
+        println!("refused     {} ({}): {}", r["at"].as_str().unwrap_or("-"), r["kind"].as_str().unwrap_or("-"), r["message"].as_str().unwrap_or("-"));
+    }
+}
+
+/// The journal phase as one line (`writing 0.2.0 to slot b`).
+fn phase_text(p: &Value) -> String {
+    let Some((name, body)) = p.as_object().and_then(|o| o.iter().next()) else {
+        return p.as_str().unwrap_or("-").to_lowercase();
+    };
+    let ver = body["version"].as_str().unwrap_or("?");
+    let slot = body["slot"].as_str().unwrap_or("?");
+    match name.as_str() {
+        "Staging" => format!("downloading {ver}"),
+        "Writing" => format!("writing {ver} to slot {slot}"),
+        "Written" => format!("{ver} written to slot {slot}, boot entry next"),
+        "Switched" => format!("{ver} in slot {slot}, rebooting at {}", body["reboot_at"].as_str().unwrap_or("once asked")),
+        "Trial" => format!("trial boot of {ver} from slot {slot} (blessed when healthy)"),
+        other => other.to_lowercase(),
+    }
+}
+
+/// Follows an install started by `update apply` until it ends, with a
+/// progress bar on a terminal; errors with the refusal when it failed.
+fn follow_apply(cli: &Cli, before: &Value, json: bool) -> anyhow::Result<()> {
+    let refusal_before = before["journal"]["last_refusal"].clone();
+    let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut last_stage = String::new();
+    let v = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let v = req(cli, &Request::UpdateStatus)?;
+        if let Some(p) = v["progress"].as_object() {
+            let stage = p["stage"].as_str().unwrap_or("").to_string();
+            match &bar {
+                Some(b) => {
+                    b.set_message(stage.clone());
+                    b.set_length(p["total"].as_u64().unwrap_or(0));
+                    b.set_position(p["done"].as_u64().unwrap_or(0));
+                }
+                None if !json && stage != last_stage => eprintln!("{stage}..."),
+                None => {}
+            }
+            last_stage = stage;
+        }
+        if v["busy"] != true {
+            break v;
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    let r = &v["journal"]["last_refusal"];
+    if !r.is_null() && *r != refusal_before {
+        return Err(UpdateRefused(format!("{}: {}", r["kind"].as_str().unwrap_or("-"), r["message"].as_str().unwrap_or("-"))).into());
+    }
+    if !json {
+        println!("{}", phase_text(&v["journal"]["phase"]));
     }
     Ok(())
 }

@@ -37,6 +37,26 @@ pub enum Request {
         peer: String,
     },
     DnsStats,
+    /// The update journal, progress and the last check (docs/updates.md).
+    UpdateStatus,
+    /// Poll the repository now instead of at the next interval.
+    UpdateCheck,
+    /// Install from `source`: a repository URL (`http://`, `https://`,
+    /// `file:///`), a repository directory, or an image file that must be a
+    /// signed target of the node's repository. Returns once the install has
+    /// started; progress and the outcome are in `UpdateStatus`.
+    UpdateApply {
+        source: String,
+        #[serde(default)]
+        version: Option<String>,
+        /// Reboot into the new slot as soon as it is written (default true).
+        #[serde(default = "default_true")]
+        reboot: bool,
+    },
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What kind of failure a refused request met: stable on the wire, so

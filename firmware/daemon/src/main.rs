@@ -6,6 +6,7 @@ mod dns;
 mod dns_supervisor;
 mod init;
 mod supervisor;
+mod update;
 
 use anyhow::Context;
 use clap::Parser;
@@ -26,6 +27,22 @@ pub struct Args {
     /// Seconds between reconcile passes (drift repair).
     #[arg(long, default_value_t = 2)]
     pub reconcile_secs: u64,
+    /// Updates: slot A and B devices, comma-separated (default: the GPT
+    /// partitions `palisade-a`, `palisade-b`). Namespace tests give files.
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub update_slots: Option<Vec<PathBuf>>,
+    /// Updates: the ESP as a directory (default: the `esp` partition, mounted when needed).
+    #[arg(long)]
+    pub esp_dir: Option<PathBuf>,
+    /// Updates: the slot this system booted from (default: `palisade.slot=` on the kernel command line).
+    #[arg(long)]
+    pub booted_slot: Option<String>,
+    /// Updates: the running root's os-release (its VERSION_ID is the installed version).
+    #[arg(long, default_value = "/etc/os-release")]
+    pub os_release: PathBuf,
+    /// Updates: the running root's board file (its name selects the images).
+    #[arg(long, default_value = "/usr/share/palisade/board.toml")]
+    pub board_file: PathBuf,
 }
 
 /// Log filter from `spec` (EnvFilter syntax: PALISADE_LOG, default info).

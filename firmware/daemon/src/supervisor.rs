@@ -5,6 +5,7 @@
 //! (`dns_supervisor.rs`: restarts with backoff, canary every 10 s).
 
 use crate::dns_supervisor::DnsSupervisor;
+use crate::update::{self, ApplyRequest, Layout, NodeView, Updater};
 use crate::Args;
 use anyhow::Context;
 use palisade_core::config::PeerSection;
@@ -23,6 +24,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 type Shared = Arc<Mutex<Engine>>;
 type Dns = Arc<DnsSupervisor>;
+/// The update subsystem, when this system can update itself.
+type Updates = Option<Arc<Updater>>;
 
 /// Bring the resolver in line with the engine's current spec (start,
 /// reload, restart or stop it). Errors leave a running resolver as it was.
@@ -114,7 +117,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         })
     };
-    let control_task = tokio::spawn(control_server(listener, engine.clone(), dns.clone(), ControlLimits::default()));
+    let updates: Updates = match Layout::discover(&args) {
+        Ok(layout) => match Updater::open(layout) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::error!("updates unavailable: {e:#}");
+                None
+            }
+        },
+        Err(why) => {
+            tracing::info!("updates unavailable: {why}");
+            None
+        }
+    };
+    let update_task = updates.clone().map(|u| {
+        let engine = engine.clone();
+        tokio::spawn(u.run(move || {
+            let engine = engine.clone();
+            Box::pin(async move { node_view(&engine).await })
+        }))
+    });
+    let control_task = tokio::spawn(control_server(listener, engine.clone(), dns.clone(), updates, ControlLimits::default()));
 
     loop {
         tokio::select! {
@@ -142,6 +165,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("stopping; firewall table left in place");
     control_task.abort();
     dns_task.abort();
+    if let Some(t) = update_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&sock_path);
     dns.shutdown().await;
     Ok(())
@@ -206,7 +232,7 @@ impl Waiting {
 }
 
 /// Accept control connections within `limits` (see [`ControlLimits`]).
-async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, limits: ControlLimits) {
+async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, updates: Updates, limits: ControlLimits) {
     let slots = Arc::new(Semaphore::new(limits.max_conns));
     let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
@@ -234,9 +260,9 @@ async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, limits
                 }
             }
         };
-        let (w, engine, dns) = (waiting.clone(), engine.clone(), dns.clone());
+        let (w, engine, dns, updates) = (waiting.clone(), engine.clone(), dns.clone(), updates.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, permit, w, engine, dns, limits).await {
+            if let Err(e) = serve(stream, permit, w, engine, dns, updates, limits).await {
                 tracing::debug!("control connection: {e}");
             }
         });
@@ -249,6 +275,7 @@ async fn serve(
     waiting: Arc<Mutex<Waiting>>,
     engine: Shared,
     dns: Dns,
+    updates: Updates,
     limits: ControlLimits,
 ) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
@@ -268,7 +295,7 @@ async fn serve(
         return Ok(());
     }
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(req, &engine, &dns).await,
+        Ok(req) => handle(req, &engine, &dns, &updates).await,
         Err(e) => Response::err(ErrorKind::BadRequest, format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp)?;
@@ -303,7 +330,44 @@ fn refused(e: EngineError) -> Response {
     Response::err(e.kind(), e.to_string())
 }
 
-async fn handle(req: Request, engine: &Shared, dns: &Dns) -> Response {
+/// What the update task needs from the engine's current spec.
+async fn node_view(engine: &Shared) -> Option<NodeView> {
+    blocking(engine, |e| {
+        let spec = e.spec()?.clone();
+        let key = e.status()["wireguard"]["public_key"].as_str()?.to_string();
+        Some(NodeView {
+            update: spec.update.clone(),
+            identity: palisade_update::schedule::NodeIdentity { id: update::node_id(&key), region: spec.node.region.clone() },
+        })
+    })
+    .await
+}
+
+fn handle_update(req: Request, updates: &Updates) -> Response {
+    let Some(u) = updates else {
+        return Response::err(ErrorKind::Unavailable, "updates are unavailable on this system (see the supervisor's log: no A/B slots, ESP or version)");
+    };
+    match req {
+        Request::UpdateStatus => Response::ok(u.status()),
+        Request::UpdateCheck => {
+            u.check_now();
+            Response::ok(serde_json::json!("checking"))
+        }
+        Request::UpdateApply { source, version, reboot } => {
+            let version = match version.as_deref().map(semver::Version::parse).transpose() {
+                Ok(v) => v,
+                Err(e) => return Response::err(ErrorKind::BadRequest, format!("version: {e}")),
+            };
+            match u.request_apply(ApplyRequest { source, version, reboot }) {
+                Ok(()) => Response::ok(serde_json::json!("started")),
+                Err(e) => Response::err(ErrorKind::Unavailable, e),
+            }
+        }
+        _ => Response::err(ErrorKind::BadRequest, "not an update request"),
+    }
+}
+
+async fn handle(req: Request, engine: &Shared, dns: &Dns, updates: &Updates) -> Response {
     match req {
         Request::Status => {
             let mut v = blocking(engine, |e| e.status()).await;
@@ -345,5 +409,6 @@ async fn handle(req: Request, engine: &Shared, dns: &Dns) -> Response {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(ErrorKind::Unavailable, e),
         },
+        r @ (Request::UpdateStatus | Request::UpdateCheck | Request::UpdateApply { .. }) => handle_update(r, updates),
     }
 }

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub management: ManagementSection,
     #[serde(default)]
     pub dns: DnsSection,
+    #[serde(default)]
+    pub update: UpdateSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -211,6 +213,41 @@ impl Default for ManagementSection {
 
 fn default_mgmt_ports() -> Vec<u16> {
     vec![22, 9100]
+}
+
+/// `[update]`: where the node pulls signed updates from (docs/updates.md).
+/// Without `repository` the node never updates by itself; `palisade update
+/// apply` still works with a repository URL.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSection {
+    /// Base URL of the TUF repository (`http://`, `https://` or `file://`);
+    /// metadata under `metadata/`, targets under `targets/`.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// Seconds between polls (a random 0..20 % is added to each).
+    #[serde(default = "default_update_poll")]
+    pub poll_secs: u64,
+    /// Install by the signed rollout schedule. `false`: only `palisade update apply`.
+    #[serde(default = "default_true")]
+    pub auto: bool,
+    /// PEM CA bundle for an `https://` repository (default: the Web PKI roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpdateSection {
+    fn default() -> Self {
+        UpdateSection { repository: None, poll_secs: default_update_poll(), auto: true, ca_file: None }
+    }
+}
+
+fn default_update_poll() -> u64 {
+    300
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where an error was found: file, line (1-based, when known) and field path.

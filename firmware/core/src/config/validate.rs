@@ -2,7 +2,7 @@
 //! errors, each naming file, line and field.
 
 use super::{
-    line_of, AllowRule, ConfigError, DnsSection, Location, ManagementSection, NodeConfig,
+    line_of, AllowRule, ConfigError, DnsSection, Location, ManagementSection, NodeConfig, UpdateSection,
     NodeSection, PresharedKey, Protocol, PublicKey, UplinkSection, WgBackend,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -21,6 +21,7 @@ pub struct NodeSpec {
     pub egress: EgressSpec,
     pub management: ManagementSection,
     pub dns: DnsSection,
+    pub update: UpdateSection,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -416,6 +417,17 @@ impl NodeConfig {
             }
         }
 
+        if let Some(url) = &self.update.repository {
+            if !["http://", "https://", "file:///"].iter().any(|p| url.starts_with(p)) {
+                let at = e.at("update", None, "repository");
+                e.push(at, format!("'{url}' is not an http://, https:// or file:/// URL"));
+            }
+        }
+        if !(5..=86_400).contains(&self.update.poll_secs) {
+            let at = e.at("update", None, "poll_secs");
+            e.push(at, "poll_secs must be 5..=86400");
+        }
+
         // DNS references.
         for (tname, tier) in &self.dns.tiers {
             for l in &tier.lists {
@@ -454,6 +466,7 @@ impl NodeConfig {
             egress: EgressSpec { blocked: blocked_all, allow: self.egress.allow.clone() },
             management: self.management.clone(),
             dns: self.dns.clone(),
+            update: self.update.clone(),
         })
     }
 }

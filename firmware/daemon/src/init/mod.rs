@@ -39,8 +39,19 @@ mod seed;
 pub use bless::bless_boot_entry;
 pub use boot::{boot, STATE_DIR};
 pub use cmdline::Cmdline;
+pub use mounts::{find_partition, mount_erofs_ro, mount_vfat, unmount};
+pub use seed::FLEET_ROOT;
 pub use power::power_off;
 pub use reaper::spawn_reaper;
+
+/// True when PID 1 is palisaded (this binary): only then may the supervisor
+/// ask it to reboot (a supervisor run by hand or in a test never signals the
+/// host's init).
+pub fn pid1_is_palisaded() -> bool {
+    let me = std::fs::read_link("/proc/self/exe").ok();
+    let init = std::fs::read_link("/proc/1/exe").ok();
+    me.is_some() && me == init
+}
 
 /// True when this process is PID 1.
 pub fn is_pid1() -> bool {

@@ -149,6 +149,36 @@ pub fn mount_esp(target: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// The ESP at `target` by device path (the update subsystem, which mounts it
+/// at its own place so PID 1's bless on /efi never meets it).
+pub fn mount_vfat(dev: &Path, target: &Path) -> anyhow::Result<()> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
+    mount(Some(dev), target, Some("vfat"), flags, Some("umask=0077,shortname=mixed"))
+        .with_context(|| format!("mount {} (vfat) on {}", dev.display(), target.display()))
+}
+
+/// A freshly written slot, read-only. A block device is mounted directly; a
+/// regular file (a slot stand-in in namespace tests on a host) through a loop
+/// device with `mount -o loop`, which the node never needs.
+pub fn mount_erofs_ro(dev: &Path, target: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if std::fs::metadata(dev)?.file_type().is_block_device() {
+        return mount(Some(dev), target, Some("erofs"), flags, None::<&str>)
+            .with_context(|| format!("mount {} (erofs) on {}", dev.display(), target.display()));
+    }
+    let st = std::process::Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro,nodev,nosuid,noexec"])
+        .arg(dev)
+        .arg(target)
+        .status()
+        .context("running mount")?;
+    if !st.success() {
+        bail!("mount -o loop {} on {}: {st}", dev.display(), target.display());
+    }
+    Ok(())
+}
+
 pub fn unmount(target: &Path) -> anyhow::Result<()> {
     umount2(target, MntFlags::empty()).with_context(|| format!("unmount {}", target.display()))
 }

@@ -102,6 +102,9 @@ fn is_partition_of(name: &str, disk: &str) -> bool {
             .all(|c| c.is_ascii_digit())
 }
 
+/// The fleet's TUF root metadata, as the config drive and the state partition name it.
+pub const FLEET_ROOT: &str = "fleet-root.json";
+
 const DRIVE_MNT: &str = "/run/palisade-config-drive";
 
 /// Looks for a config drive; returns the device name after copying its config to `dest`.
@@ -119,6 +122,16 @@ fn from_drive(dest: &Path) -> Option<String> {
                 .into_iter()
                 .find(|p| p.is_file());
             let ok = found.is_some_and(|f| install(&f, dest).is_ok());
+            // The fleet's trusted TUF root for updates (docs/updates.md) may come
+            // along; the update client starts trusting it from the next poll.
+            let root = mnt.join("palisade").join(FLEET_ROOT);
+            if ok && root.is_file() {
+                if let Some(state) = dest.parent() {
+                    if let Err(e) = install(&root, &state.join(FLEET_ROOT)) {
+                        super::console(&format!("config drive: cannot install {FLEET_ROOT}: {e}"));
+                    }
+                }
+            }
             let _ = umount2(mnt, MntFlags::empty());
             if ok {
                 return Some(dev);
@@ -134,7 +147,9 @@ fn install(src: &Path, dest: &Path) -> std::io::Result<()> {
     if std::fs::metadata(src)?.len() > 4 << 20 {
         return Err(std::io::Error::other("config larger than 4 MiB"));
     }
-    let tmp = dest.with_extension("toml.new");
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
     std::fs::copy(src, &tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     std::fs::File::open(&tmp)?.sync_all()?;
