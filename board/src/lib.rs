@@ -258,6 +258,32 @@ impl BoardDef {
         Ok(())
     }
 
+    /// The board with `extra` appended to its kernel command line (a space between;
+    /// unchanged if `extra` is blank). What the image builder installs as
+    /// `/usr/share/palisade/board.toml` when given `--cmdline`, so a node writing a
+    /// boot entry after an update keeps the same command line.
+    pub fn with_extra_cmdline(&self, extra: &str) -> BoardDef {
+        let mut d = self.clone();
+        let extra = extra.trim();
+        if !extra.is_empty() {
+            d.cmdline = if d.cmdline.trim().is_empty() {
+                extra.to_string()
+            } else {
+                format!("{} {extra}", d.cmdline.trim())
+            };
+        }
+        d
+    }
+
+    /// The definition as TOML that [`BoardDef::from_str`] reads back to an equal
+    /// value (comments of the original file are not kept).
+    pub fn to_toml(&self) -> Result<String, BoardError> {
+        toml::to_string(self).map_err(|e| BoardError::Parse {
+            path: PathBuf::from(format!("{}.toml", self.name)),
+            message: e.to_string(),
+        })
+    }
+
     /// The console device name without speed (`ttyS0`).
     pub fn console_device(&self) -> &str {
         self.console.split(',').next().unwrap_or(&self.console)

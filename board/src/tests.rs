@@ -47,6 +47,27 @@ state = 8
 "#;
 
 #[test]
+fn board_toml_round_trips_with_extra_cmdline() {
+    let def = BoardDef::load(&boards_dir(), "qemu-x86_64").unwrap();
+    let text = def.to_toml().unwrap();
+    assert_eq!(BoardDef::from_str(&text, Path::new("x.toml")).unwrap(), def);
+
+    let ext = def.with_extra_cmdline("  palisade.health_timeout=10 ");
+    assert_eq!(
+        ext.cmdline,
+        format!("{} palisade.health_timeout=10", def.cmdline)
+    );
+    let back = BoardDef::from_str(&ext.to_toml().unwrap(), Path::new("x.toml")).unwrap();
+    assert_eq!(back, ext);
+    assert_eq!(back.packages, def.packages);
+    assert_eq!(back.partitions, def.partitions);
+    // Blank extra: unchanged; an empty board cmdline gets no leading space.
+    assert_eq!(def.with_extra_cmdline(" "), def);
+    let min = BoardDef::from_str(MIN, Path::new("x.toml")).unwrap();
+    assert_eq!(min.with_extra_cmdline("a=1").cmdline, "a=1");
+}
+
+#[test]
 fn minimal_parses() {
     let d = BoardDef::from_str(MIN, Path::new("x.toml")).unwrap();
     assert!(d.packages.is_empty());

@@ -6,9 +6,10 @@
 //! packages (apt-get download, cached, sha256 recorded) -> dpkg-deb -x -> root tree
 //! (palisaded/palisade static-pie, busybox, nft and ip with exactly the shared
 //! objects they need, kernel modules + depmod, rootfs/ overlay, seed config) ->
-//! input digest and partition layout -> erofs root -> initramfs (newc,
-//! reproducible) -> ESP (systemd-boot, BLS entries with boot counting) -> ext4 state
-//! -> GPT disk (sfdisk) -> qcow2, manifest.json and sbom.spdx.json. Every timestamp
+//! initramfs (newc, reproducible) -> kernel + initramfs into the root tree -> input
+//! digest and partition layout -> erofs root -> ESP (systemd-boot, BLS entries with
+//! boot counting) -> ext4 state -> GPT disk (sfdisk) -> the slot image (update
+//! payload) -> qcow2, manifest.json and sbom.spdx.json. Every timestamp
 //! is SOURCE_DATE_EPOCH and every UUID/serial is derived from the inputs, so two
 //! builds give the same bytes.
 
@@ -73,6 +74,17 @@ struct BuildArgs {
     /// Keep the work directory (out/work) for inspection.
     #[arg(long)]
     keep_work: bool,
+    /// Image version (semver): os-release, entry titles, output names, manifest
+    /// [default: the workspace package version].
+    #[arg(long, value_name = "SEMVER")]
+    version: Option<semver::Version>,
+    /// Appended to the board's kernel command line, in the boot entries and in the
+    /// installed /usr/share/palisade/board.toml (e.g. `palisade.health_timeout=10`).
+    #[arg(long, value_name = "EXTRA", default_value = "")]
+    cmdline: String,
+    /// The fleet's TUF root.json, installed at /etc/palisade/fleet/root.json.
+    #[arg(long, value_name = "FILE")]
+    fleet_root: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -137,12 +149,29 @@ fn inputs(a: &BuildArgs) -> Result<Inputs> {
         .lists
         .clone()
         .or_else(|| Some(ws.join("configs/lists")).filter(|p| p.is_dir()));
+    let fleet_root = match &a.fleet_root {
+        Some(p) => {
+            let bytes = fs::read(p).with_context(|| format!("--fleet-root {}", p.display()))?;
+            stages::rootfs::check_fleet_root(&bytes)
+                .with_context(|| format!("--fleet-root {}", p.display()))?;
+            Some(bytes)
+        }
+        None => None,
+    };
+    if a.cmdline.contains('\n') {
+        anyhow::bail!("--cmdline must be one line");
+    }
     Ok(Inputs {
         ws,
         board,
         board_text,
         epoch,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: a
+            .version
+            .as_ref()
+            .map_or_else(|| env!("CARGO_PKG_VERSION").to_string(), |v| v.to_string()),
+        cmdline_extra: a.cmdline.trim().to_string(),
+        fleet_root,
         out,
         work,
         cache,
@@ -167,10 +196,100 @@ fn build(a: &BuildArgs) -> Result<()> {
     for (f, h, s) in &b.outputs {
         println!("{f}  {s} bytes  sha256 {h}");
     }
+    if let Some((f, h, s)) = &b.update {
+        println!("{f}  {s} bytes  sha256 {h}  (update payload)");
+    }
+    let root = b.root_len.unwrap_or(0);
+    let slot = b.part_size("palisade-a").unwrap_or(0);
     println!(
-        "root.erofs {} bytes; manifest.json, sbom.spdx.json in {}",
-        b.root_len.unwrap_or(0),
+        "root.erofs {root} bytes ({:.1} MiB) in a {} MiB slot, {:.0} % free; manifest.json, sbom.spdx.json in {}",
+        root as f64 / f64::from(1 << 20),
+        slot >> 20,
+        headroom(root, slot),
         b.inp.out.display()
     );
+    if headroom(root, slot) < 25.0 {
+        eprintln!(
+            "palisade-image: warning: less than 25 % of the slot is free for updates to grow: raise partitions.slot in the board file"
+        );
+    }
     Ok(())
+}
+
+/// Percent of `slot` not used by `used`.
+fn headroom(used: u64, slot: u64) -> f64 {
+    if slot == 0 {
+        return 0.0;
+    }
+    100.0 * (1.0 - used as f64 / slot as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_parses_the_update_options() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "palisade-image",
+            "build",
+            "--version",
+            "1.2.3-rc.1",
+            "--cmdline",
+            "palisade.health_timeout=10",
+            "--fleet-root",
+            "root.json",
+        ])
+        .unwrap();
+        let Cmd::Build(a) = cli.cmd;
+        assert_eq!(a.version.unwrap().to_string(), "1.2.3-rc.1");
+        assert_eq!(a.cmdline, "palisade.health_timeout=10");
+        assert_eq!(a.fleet_root.unwrap(), Path::new("root.json"));
+        // Not semver: refused by the parser.
+        assert!(Cli::try_parse_from(["palisade-image", "build", "--version", "1.2"]).is_err());
+        // The top-level --version still prints the tool's version.
+        let Err(e) = Cli::try_parse_from(["palisade-image", "--version"]) else {
+            panic!("--version did not print the version");
+        };
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn fleet_root_refused_unless_tuf_json() {
+        let d = tempfile::tempdir().unwrap();
+        let bad = d.path().join("root.json");
+        fs::write(&bad, "not json").unwrap();
+        let out = d.path().join("out");
+        let cli = Cli::try_parse_from([
+            "palisade-image".as_ref(),
+            "build".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cache".as_ref(),
+            d.path().join("cache").as_os_str(),
+            "--fleet-root".as_ref(),
+            bad.as_os_str(),
+        ])
+        .unwrap();
+        let Cmd::Build(a) = cli.cmd;
+        let Err(e) = inputs(&a) else {
+            panic!("a fleet root that is not JSON was accepted");
+        };
+        assert!(format!("{e:#}").contains("not JSON"), "{e:#}");
+        fs::write(&bad, r#"{"signed": {}, "signatures": []}"#).unwrap();
+        let inp = inputs(&a).unwrap();
+        assert_eq!(
+            inp.fleet_root.as_deref(),
+            Some(&fs::read(&bad).unwrap()[..])
+        );
+        assert_eq!(inp.version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn headroom_percent() {
+        assert!((headroom(24 << 20, 32 << 20) - 25.0).abs() < 1e-9);
+        assert_eq!(headroom(1, 0), 0.0);
+    }
 }

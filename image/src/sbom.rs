@@ -21,7 +21,9 @@ pub struct BuildRecord {
     pub modules: Vec<String>,
     pub libs: Vec<String>,
     pub outputs: Vec<(String, String, u64)>, // (file, sha256, size)
-    pub slot_sizes: Vec<(String, u64)>,      // (partition, bytes used)
+    /// The slot image (update payload): (file, sha256, size).
+    pub update: Option<(String, String, u64)>,
+    pub slot_sizes: Vec<(String, u64)>, // (partition, bytes used)
     pub layout: Layout,
 }
 
@@ -45,6 +47,7 @@ pub fn manifest(r: &BuildRecord) -> Value {
         })).collect::<Vec<_>>(),
         "disk_guid": r.layout.disk_guid,
         "outputs": r.outputs.iter().map(|(f, h, s)| json!({"file": f, "sha256": h, "size": s})).collect::<Vec<_>>(),
+        "update": r.update.as_ref().map(|(f, h, s)| json!({"file": f, "sha256": h, "size": s})),
     })
 }
 
@@ -180,6 +183,47 @@ pub fn spdx(r: &BuildRecord, ws: &Path) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn record(update: Option<(String, String, u64)>) -> BuildRecord {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let board = BoardDef::load(&ws.join("board/boards"), "qemu-x86_64").unwrap();
+        BuildRecord {
+            layout: Layout::new(board.partitions, &[7; 32]),
+            board,
+            version: "1.2.3".into(),
+            epoch: 1_700_000_000,
+            debs: Vec::new(),
+            binaries: Vec::new(),
+            modules: Vec::new(),
+            libs: Vec::new(),
+            outputs: vec![(
+                "palisade-qemu-x86_64-1.2.3.raw".into(),
+                "aa".repeat(32),
+                1 << 20,
+            )],
+            update,
+            slot_sizes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn manifest_records_the_update_payload() {
+        let m = manifest(&record(Some((
+            "palisade-qemu-x86_64-1.2.3.img".into(),
+            "bb".repeat(32),
+            4096,
+        ))));
+        assert_eq!(m["version"], "1.2.3");
+        assert_eq!(
+            m["update"],
+            json!({"file": "palisade-qemu-x86_64-1.2.3.img", "sha256": "bb".repeat(32), "size": 4096})
+        );
+        // Not one of the disk outputs: those stay the raw (and qcow2).
+        assert_eq!(m["outputs"].as_array().unwrap().len(), 1);
+        assert!(manifest(&record(None))["update"].is_null());
+    }
+
     #[test]
     fn iso8601_known_dates() {
         assert_eq!(super::iso8601(0), "1970-01-01T00:00:00Z");

@@ -7,13 +7,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
 
 use super::Build;
-use palisade_board::entries::{self, Slot};
 use crate::util::{hex, run_tool, sorted_dir};
 use crate::{layout, overlay};
+use palisade_board::entries::{self, Slot};
 
 pub fn run(b: &mut Build) -> Result<()> {
     let inp = &b.inp;
@@ -42,6 +42,17 @@ pub fn run(b: &mut Build) -> Result<()> {
         entries::loader_conf().as_bytes(),
         0o644,
     )?;
+    // Room for a second kernel directory: during an update the old slot's and the
+    // new slot's kernels are both on the ESP.
+    let esp_size = b.part_size("esp")?;
+    let pair = fs::metadata(&vmlinuz)?.len() + fs::metadata(&initrd)?.len();
+    let need = 2 * pair + 2 * fs::metadata(&sdboot)?.len() + ESP_SLACK;
+    if need > esp_size {
+        bail!(
+            "the ESP ({esp_size} bytes) cannot hold two kernel directories of {pair} bytes \
+             plus systemd-boot (needs {need}): raise partitions.esp in the board file"
+        );
+    }
     // One content-addressed kernel directory, shared by both slots of a fresh image.
     let mut kh = Sha256::new();
     kh.update(fs::read(&vmlinuz)?);
@@ -61,7 +72,7 @@ pub fn run(b: &mut Build) -> Result<()> {
             slot.fresh_generation(),
             &kdir,
             &board.console,
-            &board.cmdline,
+            &inp.cmdline(),
         );
         overlay::install_bytes(
             &esp_dir,
@@ -78,6 +89,9 @@ pub fn run(b: &mut Build) -> Result<()> {
         inp.epoch,
     )
 }
+
+/// FAT overhead and loader files, on top of the kernels and systemd-boot.
+const ESP_SLACK: u64 = 2 << 20;
 
 /// Sets every mtime and atime under `dir` (and `dir`'s own) to the epoch.
 fn set_mtimes(dir: &Path, epoch: u64) -> Result<()> {

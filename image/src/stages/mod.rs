@@ -12,12 +12,14 @@
 //! | `binaries` | [`binaries`] | static palisaded + palisade (built, or `--bin-dir`) |
 //! | `rootfs`, `overlay` | [`rootfs`] | `work/root/`: binaries, busybox, nft, ip + libs; rootfs/, seed, lists, board file |
 //! | `modules` | [`modules`] | kernel modules + depmod in the root, `/etc/palisade/modules` |
+//! | `initramfs` | [`initramfs`] | `work/initrd.img` |
+//! | `bootfiles` | [`rootfs`] | kernel + initramfs in the root (`usr/lib/palisade/boot/`) |
 //! | `identity` | [`identity`] | the input digest and the partition [`Layout`] (GUIDs) |
 //! | `erofs` | [`erofs`] | `work/root.erofs` |
-//! | `initramfs` | [`initramfs`] | `work/initrd.img` |
 //! | `esp` | [`esp`] | `work/esp/`, `work/esp.vfat` |
 //! | `state` | [`state`] | `work/state.ext4` |
 //! | `disk` | [`disk`] | `out/palisade-<board>-<version>.raw` |
+//! | `payload` | [`outputs`] | `out/palisade-<board>-<version>.img` (the slot image, the update payload) |
 //! | `qcow2`, `record` | [`outputs`] | the qcow2, manifest.json, sbom.spdx.json, the stable symlink |
 
 use std::path::{Path, PathBuf};
@@ -51,7 +53,14 @@ pub struct Inputs {
     pub board_text: Vec<u8>,
     /// SOURCE_DATE_EPOCH: every timestamp in the image.
     pub epoch: u64,
+    /// Image version (semver): os-release, entry titles, output names, manifest.
     pub version: String,
+    /// `--cmdline`: appended to the board's kernel command line in the entries and
+    /// in the installed board.toml (empty: none).
+    pub cmdline_extra: String,
+    /// `--fleet-root`: the fleet's TUF root.json (checked JSON), installed at
+    /// [`FLEET_ROOT`] in the root tree.
+    pub fleet_root: Option<Vec<u8>>,
     /// Output directory (absolute).
     pub out: PathBuf,
     /// Scratch directory (absolute; `out/work`).
@@ -68,7 +77,36 @@ pub struct Inputs {
     pub qcow2: bool,
 }
 
+/// The kernel in the root tree: a slot carries its own kernel and initramfs, which
+/// a node installing the slot as an update copies to the ESP.
+pub const ROOT_VMLINUZ: &str = "usr/lib/palisade/boot/vmlinuz";
+/// The initramfs in the root tree (same bytes as on the ESP).
+pub const ROOT_INITRD: &str = "usr/lib/palisade/boot/initrd.img";
+/// The installed board definition (with `--cmdline` appended to its cmdline).
+pub const ROOT_BOARD: &str = "usr/share/palisade/board.toml";
+/// The fleet's TUF root metadata, if `--fleet-root` was given.
+pub const FLEET_ROOT: &str = "etc/palisade/fleet/root.json";
+
 impl Inputs {
+    /// The kernel command line of the entries: the board's plus `--cmdline`.
+    pub fn cmdline(&self) -> String {
+        self.board.with_extra_cmdline(&self.cmdline_extra).cmdline
+    }
+    /// The bytes installed as [`ROOT_BOARD`]: the board file as is, or, with
+    /// `--cmdline`, the board re-serialized with the extended cmdline.
+    pub fn installed_board(&self) -> Result<Vec<u8>> {
+        if self.cmdline_extra.trim().is_empty() {
+            return Ok(self.board_text.clone());
+        }
+        let def = self.board.with_extra_cmdline(&self.cmdline_extra);
+        Ok(format!(
+            "# board/boards/{}.toml as built, with --cmdline \"{}\" appended to cmdline.\n{}",
+            self.board.name,
+            self.cmdline_extra.trim(),
+            def.to_toml()?
+        )
+        .into_bytes())
+    }
     /// Where package `name` is extracted.
     pub fn pkg(&self, name: &str) -> PathBuf {
         self.work.join("pkgs").join(name)
@@ -118,6 +156,10 @@ impl Inputs {
     pub fn raw(&self) -> PathBuf {
         self.out.join(format!("{}.raw", self.image_name()))
     }
+    /// The slot image output (the update payload): the bytes of `root.erofs`.
+    pub fn slot_img(&self) -> PathBuf {
+        self.out.join(format!("{}.img", self.image_name()))
+    }
 }
 
 /// The build context: the inputs plus what the stages have produced so far.
@@ -142,6 +184,8 @@ pub struct Build {
     pub root_len: Option<u64>,
     /// `disk`, `qcow2`: the disk files written to `out/`.
     pub images: Vec<PathBuf>,
+    /// `payload`: `(file, sha256, size)` of the slot image (the update payload).
+    pub update: Option<(String, String, u64)>,
     /// `record`: `(file, sha256, size)` of each disk file.
     pub outputs: Vec<(String, String, u64)>,
 }
@@ -159,6 +203,7 @@ impl Build {
             layout: None,
             root_len: None,
             images: Vec::new(),
+            update: None,
             outputs: Vec::new(),
         }
     }
@@ -229,6 +274,16 @@ pub const STAGES: &[Stage] = &[
         run: rootfs::overlay,
     },
     Stage {
+        name: "initramfs",
+        what: "making the initramfs",
+        run: initramfs::run,
+    },
+    Stage {
+        name: "bootfiles",
+        what: "installing the kernel and initramfs in the root tree",
+        run: rootfs::boot_files,
+    },
+    Stage {
         name: "identity",
         what: "deriving GUIDs and the partition layout from the inputs",
         run: identity::run,
@@ -237,11 +292,6 @@ pub const STAGES: &[Stage] = &[
         name: "erofs",
         what: "making the erofs root (lz4hc)",
         run: erofs::run,
-    },
-    Stage {
-        name: "initramfs",
-        what: "making the initramfs",
-        run: initramfs::run,
     },
     Stage {
         name: "esp",
@@ -257,6 +307,11 @@ pub const STAGES: &[Stage] = &[
         name: "disk",
         what: "writing the GPT disk",
         run: disk::run,
+    },
+    Stage {
+        name: "payload",
+        what: "writing the slot image (update payload)",
+        run: outputs::payload,
     },
     Stage {
         name: "qcow2",
@@ -349,6 +404,8 @@ pub(crate) mod testutil {
             board_text,
             epoch: 1_700_000_000,
             version: "0.0.0-test".into(),
+            cmdline_extra: String::new(),
+            fleet_root: None,
             work: out.join("work"),
             out,
             cache: dir.join("cache"),
@@ -388,7 +445,66 @@ mod tests {
             assert!(pos("identity") < pos(s), "{s} needs the layout");
         }
         assert!(pos("modules") < pos("erofs") && pos("overlay") < pos("erofs"));
+        // The slot carries its own kernel and initramfs: both are in the root tree
+        // before it becomes the erofs image.
+        assert!(pos("initramfs") < pos("bootfiles") && pos("bootfiles") < pos("erofs"));
+        assert!(pos("erofs") < pos("esp") && pos("initramfs") < pos("esp"));
+        assert!(pos("disk") < pos("payload") && pos("payload") < pos("record"));
         assert!(pos("disk") < pos("qcow2") && pos("qcow2") < pos("record"));
+    }
+
+    #[test]
+    fn stage_order_is_the_documented_one() {
+        let names: Vec<_> = STAGES.iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "fetch",
+                "extract",
+                "binaries",
+                "rootfs",
+                "modules",
+                "overlay",
+                "initramfs",
+                "bootfiles",
+                "identity",
+                "erofs",
+                "esp",
+                "state",
+                "disk",
+                "payload",
+                "qcow2",
+                "record"
+            ]
+        );
+    }
+
+    #[test]
+    fn erofs_before_bootfiles_says_which_stage_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Build::new(testutil::inputs(d.path()));
+        // No initramfs yet: bootfiles names it.
+        let e = (rootfs::boot_files)(&mut b).unwrap_err();
+        assert!(format!("{e:#}").contains("`initramfs` stage"), "{e:#}");
+        // A root without the kernel: erofs names bootfiles (before needing the layout).
+        std::fs::create_dir_all(b.inp.root()).unwrap();
+        let e = (erofs::run)(&mut b).unwrap_err();
+        assert!(format!("{e:#}").contains("`bootfiles` stage"), "{e:#}");
+    }
+
+    #[test]
+    fn cmdline_extra_goes_into_entries_and_installed_board() {
+        let d = tempfile::tempdir().unwrap();
+        let mut inp = testutil::inputs(d.path());
+        assert_eq!(inp.cmdline(), inp.board.cmdline);
+        assert_eq!(inp.installed_board().unwrap(), inp.board_text);
+        inp.cmdline_extra = "palisade.health_timeout=10".into();
+        let want = format!("{} palisade.health_timeout=10", inp.board.cmdline);
+        assert_eq!(inp.cmdline(), want);
+        let text = String::from_utf8(inp.installed_board().unwrap()).unwrap();
+        let back = BoardDef::from_str(&text, Path::new("board.toml")).unwrap();
+        assert_eq!(back.cmdline, want);
+        assert_eq!(back, inp.board.with_extra_cmdline(&inp.cmdline_extra));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Stages `qcow2` and `record`: the qcow2 copy of the disk (unless `--no-qcow2`),
-//! then manifest.json and sbom.spdx.json (what went in, what came out, with the
-//! hashes of the disk files) and the stable `palisade-<board>.raw` symlink.
+//! Stages `payload`, `qcow2` and `record`: the slot image (the update payload,
+//! `palisade-<board>-<version>.img`: the erofs root, the bytes written to both
+//! slots), the qcow2 copy of the disk (unless `--no-qcow2`), then manifest.json
+//! and sbom.spdx.json (what went in, what came out, with the hashes of the disk
+//! files and of the payload) and the stable `palisade-<board>.raw` symlink.
 
 use std::fs;
 use std::process::Command;
@@ -10,6 +12,29 @@ use anyhow::{bail, Context, Result};
 use super::Build;
 use crate::sbom::{self, BuildRecord};
 use crate::util::{run_tool, sha256_file};
+
+/// `payload`: copies the root image to `out/` and records its hash and size.
+pub fn payload(b: &mut Build) -> Result<()> {
+    let len = b
+        .root_len
+        .context("no root image: the `erofs` stage has not run")?;
+    let img = b.inp.slot_img();
+    fs::copy(b.inp.root_img(), &img)
+        .with_context(|| format!("copy the root image to {}", img.display()))?;
+    if fs::metadata(&img)?.len() != len {
+        bail!(
+            "{} changed size after the `erofs` stage",
+            b.inp.root_img().display()
+        );
+    }
+    let name = img
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    b.update = Some((name, sha256_file(&img)?, len));
+    Ok(())
+}
 
 /// `qcow2`: `qemu-img convert` of the raw disk.
 pub fn qcow2(b: &mut Build) -> Result<()> {
@@ -62,6 +87,11 @@ pub fn record(b: &mut Build) -> Result<()> {
         modules: b.modules.clone(),
         libs: b.libs.clone(),
         outputs: outputs.clone(),
+        update: Some(
+            b.update
+                .clone()
+                .context("no slot image: the `payload` stage has not run")?,
+        ),
         slot_sizes: vec![
             (
                 "root.erofs".into(),

@@ -6,18 +6,23 @@
 //! DT_NEEDED chain names. No iproute2: palisaded sets links, addresses and
 //! routes over netlink.
 //!
-//! `overlay`: `rootfs/`, the seed config, the DNS lists, the board file and
-//! os-release.
+//! `overlay`: `rootfs/`, the seed config, the DNS lists, the board file (with
+//! `--cmdline` appended to its cmdline), os-release and, with `--fleet-root`, the
+//! fleet's TUF root.json.
+//!
+//! `bootfiles`: the kernel and the initramfs in the root tree
+//! (`usr/lib/palisade/boot/`), so a slot image carries what a node needs to boot
+//! it after writing it as an update.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::binaries::NODE_BINARIES;
-use super::Build;
+use super::{Build, FLEET_ROOT, ROOT_BOARD, ROOT_INITRD, ROOT_VMLINUZ};
 use crate::util::{file_record, run_tool, sorted_dir};
 use crate::{elf, overlay};
 
@@ -106,7 +111,7 @@ pub fn applets(list: &str) -> Vec<&str> {
     v
 }
 
-/// `overlay`: rootfs/, seed config, lists, board definition, os-release.
+/// `overlay`: rootfs/, seed config, lists, board definition, os-release, fleet root.
 pub fn overlay(b: &mut Build) -> Result<()> {
     let inp = &b.inp;
     let root = inp.root();
@@ -125,12 +130,11 @@ pub fn overlay(b: &mut Build) -> Result<()> {
         overlay::mkdirs(&root, Path::new("etc/palisade/lists"))?;
         overlay::copy_overlay(l, &root.join("etc/palisade/lists"))?;
     }
-    overlay::install_bytes(
-        &root,
-        Path::new("usr/share/palisade/board.toml"),
-        &inp.board_text,
-        0o644,
-    )?;
+    overlay::install_bytes(&root, Path::new(ROOT_BOARD), &inp.installed_board()?, 0o644)?;
+    if let Some(fr) = &inp.fleet_root {
+        check_fleet_root(fr).context("--fleet-root")?;
+        overlay::install_bytes(&root, Path::new(FLEET_ROOT), fr, 0o644)?;
+    }
     overlay::install_bytes(
         &root,
         Path::new("usr/lib/os-release"),
@@ -138,6 +142,34 @@ pub fn overlay(b: &mut Build) -> Result<()> {
         0o644,
     )?;
     overlay::install_symlink(&root, Path::new("etc/os-release"), "../usr/lib/os-release")?;
+    Ok(())
+}
+
+/// Accepts TUF root metadata only if it is a JSON object with `signed` and
+/// `signatures` (signatures are checked by the node's update client, not here).
+pub fn check_fleet_root(bytes: &[u8]) -> Result<()> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).context("the fleet root is not JSON")?;
+    for key in ["signed", "signatures"] {
+        if v.get(key).is_none() {
+            bail!("the fleet root has no `{key}` key: expected a TUF root.json");
+        }
+    }
+    Ok(())
+}
+
+/// `bootfiles`: the kernel and the initramfs (the same bytes as on the ESP) in
+/// the root tree.
+pub fn boot_files(b: &mut Build) -> Result<()> {
+    let inp = &b.inp;
+    let initrd = inp.initrd();
+    if !initrd.is_file() {
+        bail!("no {}: the `initramfs` stage has not run", initrd.display());
+    }
+    let root = inp.root();
+    overlay::install_file(&root, Path::new(ROOT_VMLINUZ), &inp.vmlinuz(), 0o644)
+        .with_context(|| format!("kernel {}", inp.vmlinuz().display()))?;
+    overlay::install_file(&root, Path::new(ROOT_INITRD), &initrd, 0o644)?;
     Ok(())
 }
 
@@ -258,8 +290,70 @@ mod tests {
             fs::read_link(root.join("etc/os-release")).unwrap(),
             Path::new("../usr/lib/os-release")
         );
-        assert!(fs::read_to_string(root.join("usr/lib/os-release"))
-            .unwrap()
-            .contains("IMAGE_ID=qemu-x86_64\n"));
+        let osr = fs::read_to_string(root.join("usr/lib/os-release")).unwrap();
+        assert!(osr.contains("IMAGE_ID=qemu-x86_64\n"), "{osr}");
+        assert!(osr.contains("VERSION_ID=0.0.0-test\n"), "{osr}");
+        assert!(
+            !root.join(FLEET_ROOT).exists(),
+            "no --fleet-root, no root.json"
+        );
+    }
+
+    #[test]
+    fn overlay_with_version_cmdline_and_fleet_root() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Build::new(super::super::testutil::inputs(d.path()));
+        b.inp.version = "1.2.3".into();
+        b.inp.cmdline_extra = "palisade.health_timeout=10".into();
+        let fr = br#"{"signed": {"_type": "root"}, "signatures": []}"#.to_vec();
+        b.inp.fleet_root = Some(fr.clone());
+        overlay(&mut b).unwrap();
+        let root = b.inp.root();
+        let osr = fs::read_to_string(root.join("usr/lib/os-release")).unwrap();
+        assert!(osr.contains("VERSION_ID=1.2.3\n"), "{osr}");
+        let board = fs::read_to_string(root.join(ROOT_BOARD)).unwrap();
+        let def = palisade_board::BoardDef::from_str(&board, Path::new("board.toml")).unwrap();
+        assert!(
+            def.cmdline.ends_with(" palisade.health_timeout=10"),
+            "{}",
+            def.cmdline
+        );
+        assert_eq!(def.cmdline, b.inp.cmdline());
+        assert_eq!(fs::read(root.join(FLEET_ROOT)).unwrap(), fr);
+    }
+
+    #[test]
+    fn fleet_root_must_be_tuf_json() {
+        assert!(check_fleet_root(br#"{"signed": {}, "signatures": []}"#).is_ok());
+        for (bad, why) in [
+            (&b"not json"[..], "not JSON"),
+            (&b"signed = 1"[..], "not JSON"),
+            (&br#"{"signed": {}}"#[..], "`signatures`"),
+            (&br#"[1, 2]"#[..], "`signed`"),
+        ] {
+            let e = check_fleet_root(bad).unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{e:#}");
+        }
+        // The overlay stage refuses it too, before installing anything of it.
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Build::new(super::super::testutil::inputs(d.path()));
+        b.inp.fleet_root = Some(b"garbage".to_vec());
+        let e = overlay(&mut b).unwrap_err();
+        assert!(format!("{e:#}").contains("--fleet-root"), "{e:#}");
+        assert!(!b.inp.root().join(FLEET_ROOT).exists());
+    }
+
+    #[test]
+    fn boot_files_stage_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Build::new(super::super::testutil::inputs(d.path()));
+        let vmlinuz = b.inp.vmlinuz();
+        fs::create_dir_all(vmlinuz.parent().unwrap()).unwrap();
+        fs::write(&vmlinuz, b"kernel").unwrap();
+        fs::write(b.inp.initrd(), b"initrd").unwrap();
+        boot_files(&mut b).unwrap();
+        let root = b.inp.root();
+        assert_eq!(fs::read(root.join(ROOT_VMLINUZ)).unwrap(), b"kernel");
+        assert_eq!(fs::read(root.join(ROOT_INITRD)).unwrap(), b"initrd");
     }
 }
