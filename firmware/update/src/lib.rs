@@ -6,4 +6,8 @@
 //! signed [`rollout::RolloutPolicy`]). The modules:
 //!
 //! - [`rollout`]: the rollout policy format (shared with `palisade-fleet`).
+//! - [`refusal`]: why an update was not installed, as stable kinds.
+//! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
+pub mod refusal;
 pub mod rollout;
+pub mod schedule;
