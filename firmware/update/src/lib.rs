@@ -7,7 +7,9 @@
 //!
 //! - [`rollout`]: the rollout policy format (shared with `palisade-fleet`).
 //! - [`refusal`]: why an update was not installed, as stable kinds.
+//! - [`journal`]: the update journal, an explicit state machine saved after every step.
 //! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
+pub mod journal;
 pub mod refusal;
 pub mod rollout;
 pub mod schedule;
