@@ -8,6 +8,8 @@
 //! - [`rollout`]: the rollout policy format (shared with `palisade-fleet`).
 //! - [`refusal`]: why an update was not installed, as stable kinds.
 //! - [`journal`]: the update journal, an explicit state machine saved after every step.
+//! - [`slot`]: writing a staged image into the inactive slot (head last, hash
+//!   of the bytes written, read-back).
 //! - [`store`]: the allowlisted state store (sled on the state partition) and
 //!   loading/saving the journal.
 //! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
@@ -15,4 +17,5 @@ pub mod journal;
 pub mod refusal;
 pub mod rollout;
 pub mod schedule;
+pub mod slot;
 pub mod store;
