@@ -1,8 +1,12 @@
 //! systemd-boot configuration: loader.conf and one Boot Loader Specification entry
-//! per slot, with boot counting (`palisade-a+3.conf`).
+//! per slot, with boot counting (`palisade-a+3.conf`), and the parsing of those
+//! counted file names shared by blessing (palisaded) and updates.
 
-/// A slot, `a` or `b`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// A slot, `a` or `b` (serde: the letter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Slot {
     A,
     B,
@@ -27,6 +31,41 @@ impl Slot {
             Slot::B => 1,
         }
     }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.letter())
+    }
+}
+
+/// The boot-counting parts of an entry file name `palisade-a+2-1.conf`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// `palisade-a`
+    pub id: String,
+    /// Tries left.
+    pub left: u32,
+    /// Tries done.
+    pub done: u32,
+}
+
+/// Parses `ID+LEFT[-DONE].conf`; `None` for an entry without a counter.
+pub fn parse_counted(file: &str) -> Option<Counted> {
+    let stem = file.strip_suffix(".conf")?;
+    let (id, counter) = stem.rsplit_once('+')?;
+    let (left, done) = match counter.split_once('-') {
+        Some((l, d)) => (l.parse().ok()?, d.parse().ok()?),
+        None => (counter.parse().ok()?, 0),
+    };
+    if id.is_empty() {
+        return None;
+    }
+    Some(Counted {
+        id: id.to_string(),
+        left,
+        done,
+    })
 }
 
 /// Boot tries a new entry gets.
@@ -95,6 +134,23 @@ mod tests {
             kernel_dir("k", "0123456789abcdef"),
             "palisade/k-0123456789ab"
         );
+    }
+
+    #[test]
+    fn slot_serde_is_the_letter() {
+        assert_eq!(serde_json::to_string(&Slot::B).unwrap(), "\"b\"");
+        assert_eq!(serde_json::from_str::<Slot>("\"a\"").unwrap(), Slot::A);
+        assert!(serde_json::from_str::<Slot>("\"A\"").is_err());
+    }
+
+    #[test]
+    fn parses_counters() {
+        let c = parse_counted("palisade-a+2-1.conf").unwrap();
+        assert_eq!((c.id.as_str(), c.left, c.done), ("palisade-a", 2, 1));
+        assert_eq!(parse_counted("palisade-b+3.conf").unwrap().left, 3);
+        assert_eq!(parse_counted("palisade-a.conf"), None);
+        assert_eq!(parse_counted("palisade-a+x.conf"), None);
+        assert_eq!(parse_counted("+1.conf"), None);
     }
 
     #[test]

@@ -6,4 +6,19 @@
 //! signed [`rollout::RolloutPolicy`]). The modules:
 //!
 //! - [`rollout`]: the rollout policy format (shared with `palisade-fleet`).
+//! - [`refusal`]: why an update was not installed, as stable kinds.
+//! - [`esp`]: boot entries on the mounted ESP (remove before writing a slot,
+//!   install a boot-counted entry after), kernel directories and their cleanup.
+//! - [`journal`]: the update journal, an explicit state machine saved after every step.
+//! - [`slot`]: writing a staged image into the inactive slot (head last, hash
+//!   of the bytes written, read-back).
+//! - [`store`]: the allowlisted state store (sled on the state partition) and
+//!   loading/saving the journal.
+//! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
+pub mod esp;
+pub mod journal;
+pub mod refusal;
 pub mod rollout;
+pub mod schedule;
+pub mod slot;
+pub mod store;

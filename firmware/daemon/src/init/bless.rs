@@ -7,32 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-/// The boot-counting parts of an entry file name `palisade-a+2-1.conf`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counted {
-    /// `palisade-a`
-    pub id: String,
-    pub left: u32,
-    pub done: u32,
-}
-
-/// Parses `ID+LEFT[-DONE].conf`; `None` for an entry without a counter.
-pub fn parse_counted(file: &str) -> Option<Counted> {
-    let stem = file.strip_suffix(".conf")?;
-    let (id, counter) = stem.rsplit_once('+')?;
-    let (left, done) = match counter.split_once('-') {
-        Some((l, d)) => (l.parse().ok()?, d.parse().ok()?),
-        None => (counter.parse().ok()?, 0),
-    };
-    if id.is_empty() {
-        return None;
-    }
-    Some(Counted {
-        id: id.to_string(),
-        left,
-        done,
-    })
-}
+pub use palisade_board::entries::{parse_counted, Counted};
 
 /// What to do for `slot` given the entry files present (pure).
 #[derive(Debug, Clone, PartialEq, Eq)]
