@@ -6,4 +6,9 @@
 //! signed [`rollout::RolloutPolicy`]). The modules:
 //!
 //! - [`rollout`]: the rollout policy format (shared with `palisade-fleet`).
+//! - [`repo`]: the repository client (load and verify metadata, list images,
+//!   read the rollout policy, download a target verified); [`transport`]: how
+//!   it fetches (`file://`, `http://`, `https://`).
 pub mod rollout;
+pub mod repo;
+pub mod transport;
