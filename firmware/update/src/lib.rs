@@ -9,6 +9,6 @@
 //! - [`repo`]: the repository client (load and verify metadata, list images,
 //!   read the rollout policy, download a target verified); [`transport`]: how
 //!   it fetches (`file://`, `http://`, `https://`).
-pub mod rollout;
 pub mod repo;
+pub mod rollout;
 pub mod transport;

@@ -127,8 +127,14 @@ pub enum RepoError {
     #[error("target {name} is {length} bytes, more than the {cap} allowed; publish a smaller image or raise the cap")]
     TooLarge { name: String, length: u64, cap: u64 },
     /// A target shorter than its signed length.
-    #[error("target {name} truncated: got {got} of {expected} bytes; the mirror's copy is incomplete")]
-    Truncated { name: String, got: u64, expected: u64 },
+    #[error(
+        "target {name} truncated: got {got} of {expected} bytes; the mirror's copy is incomplete"
+    )]
+    Truncated {
+        name: String,
+        got: u64,
+        expected: u64,
+    },
     /// A target whose bytes differ from the signed hash.
     #[error("target {name} does not match its signed hash: {detail}; the mirror's copy is corrupt or tampered")]
     HashMismatch { name: String, detail: String },
@@ -303,22 +309,17 @@ impl Repo {
         tokio::fs::create_dir_all(&cfg.datastore)
             .await
             .map_err(|e| RepoError::io(&cfg.datastore, e))?;
-        let transport =
-            NodeTransport::new(cfg.ca_file.as_deref(), cfg.timeout).map_err(|e| {
-                RepoError::Config {
-                    detail: e.to_string(),
-                }
-            })?;
-        let inner = RepositoryLoader::new(
-            &root,
-            src.metadata_url.clone(),
-            src.targets_url.clone(),
-        )
-        .transport(transport)
-        .datastore(&cfg.datastore)
-        .load()
-        .await
-        .map_err(|e| classify(&e, None))?;
+        let transport = NodeTransport::new(cfg.ca_file.as_deref(), cfg.timeout).map_err(|e| {
+            RepoError::Config {
+                detail: e.to_string(),
+            }
+        })?;
+        let inner = RepositoryLoader::new(&root, src.metadata_url.clone(), src.targets_url.clone())
+            .transport(transport)
+            .datastore(&cfg.datastore)
+            .load()
+            .await
+            .map_err(|e| classify(&e, None))?;
         Ok(Repo { inner })
     }
 
@@ -480,8 +481,9 @@ where
 /// An error in the middle of a target's stream: short streams are
 /// `truncated` (tough only sees a hash mismatch at the end).
 fn target_error(e: &ToughError, name: &str, got: u64, expected: u64) -> RepoError {
+    let short_stream = matches!(innermost_tough(e), Some(ToughError::HashMismatch { .. }));
     match classify(e, Some(name)) {
-        RepoError::HashMismatch { .. } if got < expected => RepoError::Truncated {
+        RepoError::HashMismatch { .. } if short_stream && got < expected => RepoError::Truncated {
             name: name.to_string(),
             got,
             expected,
@@ -523,10 +525,19 @@ mod tests {
 
     #[test]
     fn from_base_layout() {
-        for b in ["http://127.0.0.1:8000/fleet", "http://127.0.0.1:8000/fleet/"] {
+        for b in [
+            "http://127.0.0.1:8000/fleet",
+            "http://127.0.0.1:8000/fleet/",
+        ] {
             let s = RepoSource::from_base(&Url::parse(b).unwrap()).unwrap();
-            assert_eq!(s.metadata_url.as_str(), "http://127.0.0.1:8000/fleet/metadata/");
-            assert_eq!(s.targets_url.as_str(), "http://127.0.0.1:8000/fleet/targets/");
+            assert_eq!(
+                s.metadata_url.as_str(),
+                "http://127.0.0.1:8000/fleet/metadata/"
+            );
+            assert_eq!(
+                s.targets_url.as_str(),
+                "http://127.0.0.1:8000/fleet/targets/"
+            );
         }
     }
 
@@ -538,7 +549,10 @@ mod tests {
         }))
         .unwrap();
         let i = parse_image("images/qemu-x86_64/1.2.0.img", &t).unwrap();
-        assert_eq!((i.board.as_str(), i.version.to_string()), ("qemu-x86_64", "1.2.0".into()));
+        assert_eq!(
+            (i.board.as_str(), i.version.to_string()),
+            ("qemu-x86_64", "1.2.0".into())
+        );
         for bad in [
             "images/b/1.2.img",
             "images/b/01.2.0.img",

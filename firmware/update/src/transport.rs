@@ -152,7 +152,9 @@ impl NodeTransport {
         };
         let tcp = timeout(self.connect_timeout.min(self.total_timeout), connect)
             .await
-            .map_err(|_| other(format!("connect timed out after {:?}", self.connect_timeout).into()))?
+            .map_err(|_| {
+                other(format!("connect timed out after {:?}", self.connect_timeout).into())
+            })?
             .map_err(|e| other(e.into()))?;
         let _ = tcp.set_nodelay(true);
         let authority = match url.port() {
@@ -337,13 +339,18 @@ mod tests {
     #[tokio::test]
     async fn ok_body() {
         let a = one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        assert_eq!(get(&transport(), format!("http://{a}/x")).await.unwrap(), b"hello");
+        assert_eq!(
+            get(&transport(), format!("http://{a}/x")).await.unwrap(),
+            b"hello"
+        );
     }
 
     #[tokio::test]
     async fn not_found_is_file_not_found() {
         let a = one_shot(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-        let e = get(&transport(), format!("http://{a}/x")).await.unwrap_err();
+        let e = get(&transport(), format!("http://{a}/x"))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), TransportErrorKind::FileNotFound);
     }
 
@@ -352,7 +359,9 @@ mod tests {
         let a = one_shot(
             b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
         );
-        let e = get(&transport(), format!("http://{a}/x")).await.unwrap_err();
+        let e = get(&transport(), format!("http://{a}/x"))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), TransportErrorKind::Other);
     }
 
