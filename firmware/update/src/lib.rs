@@ -6,6 +6,9 @@
 //! signed [`rollout::RolloutPolicy`]). The modules:
 //!
 //! - [`rollout`]: the rollout policy format (shared with `palisade-fleet`).
+//! - [`repo`]: the repository client (load and verify metadata, list images,
+//!   read the rollout policy, download a target verified); [`transport`]: how
+//!   it fetches (`file://`, `http://`, `https://`).
 //! - [`refusal`]: why an update was not installed, as stable kinds.
 //! - [`esp`]: boot entries on the mounted ESP (remove before writing a slot,
 //!   install a boot-counted entry after), kernel directories and their cleanup.
@@ -18,7 +21,9 @@
 pub mod esp;
 pub mod journal;
 pub mod refusal;
+pub mod repo;
 pub mod rollout;
 pub mod schedule;
 pub mod slot;
 pub mod store;
+pub mod transport;
