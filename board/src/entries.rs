@@ -19,6 +19,13 @@ impl Slot {
             Slot::B => "b",
         }
     }
+    /// The other slot (the inactive one, when this one is booted).
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
     /// GPT partition name of the slot's root.
     pub fn partlabel(self) -> String {
         format!("palisade-{}", self.letter())

@@ -319,20 +319,18 @@ fn print_update_status(v: &Value) {
     }
 }
 
-/// The journal phase as one line (`writing 0.2.0 to slot b`).
+/// The journal phase as one line (`writing 0.2.0 to slot b`); the journal
+/// serialises it as `{"state": "writing", "version": .., "slot": ..}`.
 fn phase_text(p: &Value) -> String {
-    let Some((name, body)) = p.as_object().and_then(|o| o.iter().next()) else {
-        return p.as_str().unwrap_or("-").to_lowercase();
-    };
-    let ver = body["version"].as_str().unwrap_or("?");
-    let slot = body["slot"].as_str().unwrap_or("?");
-    match name.as_str() {
-        "Staging" => format!("downloading {ver}"),
-        "Writing" => format!("writing {ver} to slot {slot}"),
-        "Written" => format!("{ver} written to slot {slot}, boot entry next"),
-        "Switched" => format!("{ver} in slot {slot}, rebooting at {}", body["reboot_at"].as_str().unwrap_or("once asked")),
-        "Trial" => format!("trial boot of {ver} from slot {slot} (blessed when healthy)"),
-        other => other.to_lowercase(),
+    let ver = p["version"].as_str().unwrap_or("?");
+    let slot = p["slot"].as_str().unwrap_or("?");
+    match p["state"].as_str().unwrap_or("-") {
+        "staging" => format!("downloading {ver}"),
+        "writing" => format!("writing {ver} to slot {slot}"),
+        "written" => format!("{ver} written to slot {slot}, boot entry next"),
+        "switched" => format!("{ver} in slot {slot}, rebooting at {}", p["reboot_at"].as_str().unwrap_or("once asked")),
+        "trial" => format!("trial boot of {ver} from slot {slot} (blessed when healthy)"),
+        other => other.to_string(),
     }
 }
 

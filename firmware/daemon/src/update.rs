@@ -62,6 +62,11 @@ pub struct Layout {
     /// through that stage, `written` between the slot write and the entry
     /// switch, so the test can cut the power at a known point.
     pub test_pause: Option<String>,
+    /// Benchmark hook (`palisade.bench_slot_write=ROUNDS` on the kernel
+    /// command line, bench/update only): time writing the inactive slot with
+    /// palisaded's verified writer against busybox `dd`, same bytes, same
+    /// device, alternating; the inactive slot's entry is removed first.
+    pub bench_rounds: Option<u32>,
 }
 
 impl Layout {
@@ -116,6 +121,7 @@ impl Layout {
             None => cmd.slot().ok_or("no palisade.slot= on the kernel command line")?.to_string(),
         };
         let test_pause = cmd.get("palisade.update_test_pause").map(str::to_string);
+        let bench_rounds = cmd.get("palisade.bench_slot_write").and_then(|r| r.parse().ok());
         let booted = match booted.as_str() {
             "a" => Slot::A,
             "b" => Slot::B,
@@ -140,16 +146,26 @@ impl Layout {
             installed,
             can_reboot: std::os::unix::process::parent_id() == 1 && crate::init::pid1_is_palisaded(),
             test_pause,
+            bench_rounds,
         })
     }
 }
 
-/// The `VERSION_ID` of an os-release file.
+/// The `VERSION_ID` of an os-release file, as a semantic version.
 pub fn os_release_version(text: &str) -> Option<Version> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("VERSION_ID="))
-        .map(|v| v.trim().trim_matches('"'))
-        .and_then(|v| Version::parse(v).ok())
+    esp::os_release_version(text).and_then(|v| Version::parse(&v).ok())
+}
+
+/// A journal phase in words, for the console (`writing 0.2.0 to slot b`).
+pub fn phase_text(p: &Phase) -> String {
+    match p {
+        Phase::Idle => "idle".into(),
+        Phase::Staging { version } => format!("downloading {version}"),
+        Phase::Writing { version, slot } => format!("writing {version} to slot {slot}"),
+        Phase::Written { version, slot, .. } => format!("{version} written to slot {slot}"),
+        Phase::Switched { version, slot, .. } => format!("{version} in slot {slot}, reboot pending"),
+        Phase::Trial { version, slot } => format!("trial boot of {version} in slot {slot}"),
+    }
 }
 
 /// What a running install has done so far (for `palisade update status`).
@@ -206,7 +222,7 @@ fn getrandom_bytes(b: &mut [u8]) -> std::io::Result<()> {
 }
 
 fn refusal(kind: RefusalKind, message: impl Into<String>) -> Refusal {
-    Refusal { kind, message: message.into() }
+    Refusal::new(kind, message)
 }
 
 fn from_repo(e: &RepoError) -> Refusal {
@@ -217,7 +233,7 @@ impl Updater {
     pub fn open(layout: Layout) -> anyhow::Result<Arc<Updater>> {
         let store = SledStore::open(&layout.state_dir.join("store"))
             .context("opening the state store")?;
-        let journal = store::load_journal(&store)?.unwrap_or_default();
+        let journal = store::load_journal(&store)?;
         Ok(Arc::new(Updater {
             layout,
             store,
@@ -237,7 +253,7 @@ impl Updater {
     /// Applies `ev` to the journal and saves it (flushed) before returning.
     fn record(&self, ev: Event) -> anyhow::Result<()> {
         let mut j = self.journal.lock().expect("journal poisoned");
-        let next = j.clone().handle(ev, Utc::now())?;
+        let next = j.handle(ev, Utc::now())?;
         store::save_journal(&self.store, &next)?;
         *j = next;
         Ok(())
@@ -294,7 +310,7 @@ impl Updater {
             Phase::Trial { .. } => {
                 return Err("this boot is on trial (not blessed yet); install after it is".into())
             }
-            other => return Err(format!("an update is in progress: {other:?}")),
+            other => return Err(format!("an update is in progress: {}", phase_text(&other))),
         }
         *p = Some(req);
         drop(p);
@@ -322,17 +338,17 @@ impl Updater {
         let after = self.journal();
         // One line per boot for the operator (and the power-cut tests).
         tracing::info!(
-            "update: journal after boot from slot {} ({}): {:?} -> {:?}, installed {}, failed [{}]",
+            "update: journal after boot from slot {} ({}): {} -> {}, installed {}, failed [{}]",
             self.layout.booted.letter(),
             if blessed { "blessed" } else { "on trial" },
-            before,
-            after.phase,
+            phase_text(&before),
+            phase_text(&after.phase),
             after.installed.as_ref().map(|v| v.to_string()).unwrap_or_else(|| self.layout.installed.to_string()),
             after.failed.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
         );
         if let Some(r) = &after.last_refusal {
             if matches!(before, Phase::Switched { .. } | Phase::Trial { .. }) && r.kind == RefusalKind::FailedBefore {
-                tracing::warn!("update: {}", r.message);
+                tracing::warn!("update: rolled back ({}): {}", r.kind.as_str(), r.message);
             }
         }
         std::fs::write(&marker, b"")?;
@@ -343,6 +359,11 @@ impl Updater {
     pub async fn run(self: Arc<Self>, view: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<NodeView>> + Send>> + Send + Sync) {
         if let Err(e) = tokio::task::block_in_place(|| self.after_boot()) {
             tracing::error!("update: after boot: {e:#}");
+        }
+        if let Some(rounds) = self.layout.bench_rounds {
+            if let Err(e) = tokio::task::block_in_place(|| self.bench_slot_write(rounds)) {
+                tracing::error!("bench: slot write: {e:#}");
+            }
         }
         let mut failures = 0u32;
         loop {
@@ -427,7 +448,7 @@ impl Updater {
     fn client_config(&self) -> Result<ClientConfig, Refusal> {
         let root = self.layout.fleet_root().ok_or_else(|| {
             refusal(
-                RefusalKind::BadSignature,
+                RefusalKind::Config,
                 format!(
                     "no trusted fleet root: put {STATE_FLEET_ROOT} on the config drive (palisade/{STATE_FLEET_ROOT}) or build the image with --fleet-root"
                 ),
@@ -444,7 +465,8 @@ impl Updater {
     async fn load_repo(&self, url: &str, ca: Option<&Path>) -> Result<Repo, Refusal> {
         let mut cfg = self.client_config()?;
         cfg.ca_file = ca.map(Path::to_path_buf);
-        let src = RepoSource::from_base(url).map_err(|e| from_repo(&e))?;
+        let base = url::Url::parse(url).map_err(|e| refusal(RefusalKind::Config, format!("repository URL {url}: {e}")))?;
+        let src = RepoSource::from_base(&base).map_err(|e| from_repo(&e))?;
         Repo::load(&src, &cfg).await.map_err(|e| from_repo(&e))
     }
 
@@ -522,7 +544,13 @@ impl Updater {
                     return false;
                 }
             };
-            (format!("file://{}", abs.display()), None)
+            match url::Url::from_directory_path(&abs) {
+                Ok(u) => (u.to_string(), None),
+                Err(()) => {
+                    self.refuse(refusal(RefusalKind::Config, format!("{} is not an absolute directory", abs.display())), None);
+                    return false;
+                }
+            }
         } else if local.is_file() {
             match view.and_then(|v| v.update.repository.clone()) {
                 Some(u) => (u, Some(local.to_path_buf())),
@@ -681,6 +709,50 @@ impl Updater {
                 false
             }
         }
+    }
+
+    /// The slot-write benchmark (see [`Layout::bench_rounds`]): the running
+    /// slot's bytes (its first 32 MiB) staged in RAM, written to the inactive
+    /// slot `rounds` times by `dd` (bs=1M, conv=fsync) and by
+    /// [`slot::write_slot`] (hashing, fdatasync, read-back check), alternating.
+    fn bench_slot_write(&self, rounds: u32) -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        let (from, to) = (self.layout.slot_dev(self.layout.booted), self.layout.slot_dev(self.layout.booted.other()));
+        let len = (32u64 << 20).min(slot::device_size(from)?).min(slot::device_size(to)?);
+        let staged = self.layout.run_dir.join("bench-slot.img");
+        let mut buf = vec![0u8; len as usize];
+        std::fs::File::open(from)?.read_exact(&mut buf)?;
+        std::fs::File::create(&staged)?.write_all(&buf)?;
+        let expected = Expected { length: len, sha256: Sha256::digest(&buf).into() };
+        drop(buf);
+        self.layout.with_esp(|e| Ok(esp::remove_slot_entries(e, self.layout.booted.other())?))?;
+        let (mut dd, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..rounds.max(1) {
+            let t = std::time::Instant::now();
+            let st = std::process::Command::new("busybox")
+                .arg("dd")
+                .arg(format!("if={}", staged.display()))
+                .arg(format!("of={}", to.display()))
+                .args(["bs=1M", "conv=fsync"])
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(st.success(), "dd: {st}");
+            dd.push(len as f64 / t.elapsed().as_secs_f64() / 1e6);
+            let t = std::time::Instant::now();
+            slot::write_slot(&staged, to, &expected, &mut |_, _| {})?;
+            ours.push(len as f64 / t.elapsed().as_secs_f64() / 1e6);
+        }
+        let _ = std::fs::remove_file(&staged);
+        let fmt = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            format!("median {:.1} MB/s (min {:.1}, max {:.1})", v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        tracing::warn!(
+            "bench: slot write of {len} bytes, {rounds} rounds: dd {}; palisaded {} (hash, fdatasync, read-back check)",
+            fmt(&mut dd),
+            fmt(&mut ours)
+        );
+        Ok(())
     }
 
     /// Mounts the freshly written slot read-only for `f` (its kernel, initramfs

@@ -45,11 +45,19 @@ pub enum RefusalKind {
     Busy,
     /// The rollout policy does not validate (see `schedule::validate`).
     InvalidPolicy,
+    /// A signed target that does not parse (e.g. a malformed rollout.json).
+    Invalid,
+    /// The node's own update settings are unusable (trusted root, CA file, URL).
+    Config,
+    /// The system clock is earlier than a time the node already recorded.
+    Clock,
+    /// A local file (metadata store, staging file) could not be read or written.
+    Io,
 }
 
 impl RefusalKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RefusalKind; 15] = [
+    pub const ALL: [RefusalKind; 19] = [
         RefusalKind::Unreachable,
         RefusalKind::BadSignature,
         RefusalKind::Expired,
@@ -65,6 +73,10 @@ impl RefusalKind {
         RefusalKind::WriteFailed,
         RefusalKind::Busy,
         RefusalKind::InvalidPolicy,
+        RefusalKind::Invalid,
+        RefusalKind::Config,
+        RefusalKind::Clock,
+        RefusalKind::Io,
     ];
 
     /// The stable kebab-case name (`"bad-signature"`), equal to the serde form.
@@ -85,6 +97,10 @@ impl RefusalKind {
             RefusalKind::WriteFailed => "write-failed",
             RefusalKind::Busy => "busy",
             RefusalKind::InvalidPolicy => "invalid-policy",
+            RefusalKind::Invalid => "invalid",
+            RefusalKind::Config => "config",
+            RefusalKind::Clock => "clock",
+            RefusalKind::Io => "io",
         }
     }
 }

@@ -179,6 +179,26 @@ impl RepoError {
         }
     }
 
+    /// The refusal kind this error is reported as (the same string as [`kind`](Self::kind)).
+    pub fn refusal_kind(&self) -> crate::refusal::RefusalKind {
+        use crate::refusal::RefusalKind as K;
+        match self {
+            RepoError::Unreachable { .. } => K::Unreachable,
+            RepoError::BadSignature { .. } => K::BadSignature,
+            RepoError::Expired { .. } => K::Expired,
+            RepoError::Rollback { .. } => K::Rollback,
+            RepoError::MixAndMatch { .. } => K::MixAndMatch,
+            RepoError::TooLarge { .. } => K::TooLarge,
+            RepoError::Truncated { .. } => K::Truncated,
+            RepoError::HashMismatch { .. } => K::HashMismatch,
+            RepoError::NotATarget { .. } => K::NotATarget,
+            RepoError::Invalid { .. } => K::Invalid,
+            RepoError::Config { .. } => K::Config,
+            RepoError::Clock { .. } => K::Clock,
+            RepoError::Io { .. } => K::Io,
+        }
+    }
+
     fn io(path: &Path, source: std::io::Error) -> RepoError {
         RepoError::Io {
             path: path.to_path_buf(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-pub use palisade_board::entries::{parse_counted, Counted};
+pub use palisade_board::entries::parse_counted;
 
 /// What to do for `slot` given the entry files present (pure).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +98,7 @@ pub fn booted_entry_is_counted() -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_board::entries::Counted;
 
     fn v(x: &[&str]) -> Vec<String> {
         x.iter().map(|s| s.to_string()).collect()

@@ -79,7 +79,12 @@ pub fn boot() -> anyhow::Result<BootEnv> {
     }
     console(&format!(
         "Palisade {} | node {} | slot {} | config from {} | state {} | boot {} ms",
-        env!("CARGO_PKG_VERSION"),
+        // The image's version (an update changes it; the binary may be the same).
+        std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|t| crate::update::os_release_version(&t))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
         node_name,
         cmd.slot().unwrap_or("?"),
         source.describe(),

@@ -40,7 +40,6 @@ pub use bless::bless_boot_entry;
 pub use boot::{boot, STATE_DIR};
 pub use cmdline::Cmdline;
 pub use mounts::{find_partition, mount_erofs_ro, mount_vfat, unmount};
-pub use seed::FLEET_ROOT;
 pub use power::power_off;
 pub use reaper::spawn_reaper;
 

@@ -103,7 +103,7 @@ fn is_partition_of(name: &str, disk: &str) -> bool {
 }
 
 /// The fleet's TUF root metadata, as the config drive and the state partition name it.
-pub const FLEET_ROOT: &str = "fleet-root.json";
+pub const FLEET_ROOT: &str = crate::update::STATE_FLEET_ROOT;
 
 const DRIVE_MNT: &str = "/run/palisade-config-drive";
 

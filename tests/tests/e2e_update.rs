@@ -1,0 +1,298 @@
+//! Signed A/B updates of the real image under QEMU: a repository published
+//! with `palisade-fleet` and served by a test host on the bed's internet
+//! (203.0.113.80:8000), nodes polling it every 5 s.
+//!
+//! - A -> B -> A': two updates in a row, each from the rollout, each a real
+//!   write of the inactive slot partition, a boot-counted entry, a reboot and
+//!   a bless; the client's traffic resumes, the node key and config survive.
+//! - A version whose health gate fails (an image whose NAT module cannot load)
+//!   is tried, falls back to the good slot within its tries, is recorded as
+//!   failed and is not installed again.
+//! - Power cuts (QEMU killed) during the download, during the slot write,
+//!   between the write and the entry switch, during the first boot of the new
+//!   slot and before its bless: every time the node comes back serving from a
+//!   good slot with a consistent journal.
+//!
+//! Needs `PALISADE_IMAGE` (tests/run.sh builds it) and the node binaries the
+//! image build made (target/x86_64-unknown-linux-gnu/node), from which the
+//! update payloads are built with other versions.
+
+use palisade_tests::guest::{image_path, workspace, Esp, Guest, GuestOptions, Vm};
+use palisade_tests::update::Fleet;
+use palisade_tests::{addr, probe, sa, wait_until, Bins, Proc, TestBed};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BOARD: &str = "qemu-x86_64";
+const REPO_PORT: u16 = 8000;
+
+fn bins() -> Bins {
+    Bins { testhost: env!("CARGO_BIN_EXE_pal-testhost").into() }
+}
+
+/// Builds an update payload (the slot image) of `version` from the node
+/// binaries the suite's image build made.
+fn build_payload(out: &Path, version: &str, cmdline: Option<&str>) -> PathBuf {
+    let ws = workspace();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| ws.join("target"));
+    let bin_dir = target.join("x86_64-unknown-linux-gnu/node");
+    let cache = std::env::var_os("PALISADE_DEB_CACHE").map(PathBuf::from).unwrap_or_else(|| ws.join("out/debs"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.args(["run", "-q", "--locked", "-p", "palisade-image", "--", "build", "--board", BOARD, "--no-qcow2", "--version", version])
+        .arg("--out")
+        .arg(out)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--cache")
+        .arg(&cache)
+        .current_dir(&ws);
+    if let Some(x) = cmdline {
+        c.args(["--cmdline", x]);
+    }
+    let st = c.status().expect("run palisade-image");
+    assert!(st.success(), "building the {version} payload failed");
+    let img = out.join(format!("palisade-{BOARD}-{version}.img"));
+    assert!(img.is_file(), "{} missing", img.display());
+    img
+}
+
+/// The repository served over HTTP by a test host on the bed's internet.
+fn serve(bed: &TestBed, repo: &Path) -> Proc {
+    let th = env!("CARGO_BIN_EXE_pal-testhost");
+    let log = bed.dir.path().join("repo-http.log");
+    let spec = format!("http-dir:{}:{REPO_PORT}:{}", addr::WEB_V4, repo.display());
+    bed.inet
+        .spawn_ready("repo-http", bed.dir.path(), &[th, "serve", "--log", &log.to_string_lossy(), &spec], "ready", Duration::from_secs(5))
+        .expect("serve the repository")
+}
+
+fn update_toml() -> String {
+    format!("[update]\nrepository = \"http://{}:{REPO_PORT}\"\npoll_secs = 5\n", addr::WEB_V4)
+}
+
+/// One UDP echo through the tunnel from client 1 to the web host.
+fn echo_through_tunnel(bed: &TestBed) -> bool {
+    let c = &bed.clients[0];
+    c.ns
+        .enter(|| probe::udp_exchange(None, sa(addr::WEB_V4, addr::ECHO_UDP), b"upd", Duration::from_millis(300)))
+        .map(|o| matches!(o, palisade_tests::Outcome::Answered(_)))
+        .unwrap_or(false)
+}
+
+/// Waits until client 1's traffic flows through the node again.
+fn wait_serving(bed: &TestBed, vm: &Vm, what: &str) {
+    wait_until(Duration::from_secs(120), what, || echo_through_tunnel(bed).then_some(()))
+        .unwrap_or_else(|e| panic!("{e:#}\nconsole:\n{}", vm.console_text()));
+}
+
+/// The distinct node public keys the supervisor announced on the console.
+fn node_keys(console: &str) -> Vec<String> {
+    let mut v: Vec<String> = console
+        .lines()
+        .filter_map(|l| l.split("wireguard public key ").nth(1))
+        .map(|k| k.trim().to_string())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn updates_a_to_b_to_a_prime_and_a_failing_version_rolls_back_for_good() {
+    let image = image_path().expect("image to test");
+    let bed = TestBed::new_for_guest(1, bins()).expect("test bed");
+    let work = bed.dir.path().join("upd");
+    std::fs::create_dir_all(&work).unwrap();
+    let fleet = Fleet::init(&work.join("fleet")).expect("repo init");
+    let t0 = Instant::now();
+    let b = build_payload(&work.join("out-b"), "0.2.0", None);
+    println!("payload 0.2.0 built in {:.1} s", t0.elapsed().as_secs_f64());
+    fleet.add_image(&b, BOARD, "0.2.0").unwrap();
+    fleet.rollout_now("0.2.0").unwrap();
+    let _server = serve(&bed, &fleet.repo);
+
+    let opts = GuestOptions {
+        extra_toml: update_toml(),
+        fleet_root: Some(fleet.root()),
+        allow_reboot: true,
+        ..Default::default()
+    };
+    let mut guest = Guest::boot(&bed, &image, &opts).expect("boot");
+    bed.wait_handshake(1, Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("{e:#}\nconsole:\n{}", guest.console_text()));
+    guest.wait_console("update: installing 0.2.0", Duration::from_secs(120)).unwrap();
+
+    // A -> B, with the client's view of the switch: the last echo before the
+    // reboot and the first after it.
+    let mut last_ok: Option<Instant> = None;
+    let mut gap: Option<Duration> = None;
+    let mut rebooting_at: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(420);
+    loop {
+        assert!(Instant::now() < deadline, "A -> B did not complete\nconsole:\n{}", guest.console_text());
+        let ok = echo_through_tunnel(&bed);
+        let now = Instant::now();
+        let text = guest.console_text();
+        if rebooting_at.is_none() && text.contains("update: rebooting into slot b") {
+            rebooting_at = Some(now);
+        }
+        if ok {
+            if let (Some(r), Some(l), None) = (rebooting_at, last_ok, gap) {
+                if l <= r || now.duration_since(l) > Duration::from_secs(2) {
+                    gap = Some(now.duration_since(l));
+                }
+            }
+            last_ok = Some(now);
+        }
+        if gap.is_some() && text.contains("update: slot b blessed; the update is complete") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gap = gap.expect("measured");
+    println!("A -> B: client downtime (last echo before the reboot -> first after): {:.1} s", gap.as_secs_f64());
+    let text = guest.console_text();
+    assert!(text.contains("Palisade 0.2.0 | node"), "banner of 0.2.0 on slot b:\n{text}");
+    assert!(text.contains("| slot b |"), "{text}");
+    assert!(text.contains("boot entry blessed: palisade-b+"), "{text}");
+    assert_eq!(node_keys(&text).len(), 1, "the node key survived the update: {:?}", node_keys(&text));
+    assert!(text.contains("config from config drive") || text.contains("config from state"), "{text}");
+    wait_serving(&bed, &guest, "client traffic through 0.2.0");
+
+    // B -> A': a newer build written into slot A.
+    let a2 = build_payload(&work.join("out-a2"), "0.3.0", None);
+    fleet.add_image(&a2, BOARD, "0.3.0").unwrap();
+    fleet.rollout_now("0.3.0").unwrap();
+    guest.wait_console("update: installing 0.3.0", Duration::from_secs(120)).unwrap();
+    guest.wait_console("update: slot a blessed; the update is complete", Duration::from_secs(420)).unwrap();
+    let text = guest.console_text();
+    assert!(text.contains("Palisade 0.3.0 | node"), "{text}");
+    assert_eq!(text.matches("| slot a |").count(), 2, "{text}");
+    assert_eq!(node_keys(&text).len(), 1, "{:?}", node_keys(&text));
+    wait_serving(&bed, &guest, "client traffic through 0.3.0");
+
+    // A version that cannot pass its health gate: NAT cannot load, the node
+    // fails closed, the entry runs out of tries, slot A boots again.
+    let bad = build_payload(&work.join("out-bad"), "0.4.0", Some("module_blacklist=nft_masq palisade.health_timeout=10"));
+    fleet.add_image(&bad, BOARD, "0.4.0").unwrap();
+    fleet.rollout_now("0.4.0").unwrap();
+    guest.wait_console("update: installing 0.4.0", Duration::from_secs(120)).unwrap();
+    let back = guest
+        .wait_console("failed [0.4.0]", Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("0.4.0 tried and rolled back to slot a, {:.0} s after QEMU start", back.as_secs_f64());
+    let text = guest.console_text();
+    assert!(text.contains("not healthy"), "{text}");
+    assert!(text.matches("| slot b |").count() >= 2, "0.4.0 booted in slot b: {text}");
+    wait_serving(&bed, &guest, "client traffic after the rollback");
+    // Several polls later it has not been installed again.
+    std::thread::sleep(Duration::from_secs(20));
+    let text = guest.console_text();
+    assert_eq!(text.matches("update: installing 0.4.0").count(), 1, "0.4.0 retried:\n{text}");
+    assert!(text.contains("failed-before"), "the refusal is recorded:\n{text}");
+    guest.kill();
+}
+
+/// Replaces `palisade.update_test_pause=...` on slot A's entry (the disk is
+/// not running).
+fn set_pause(disk: &Path, point: Option<&str>, scratch: &Path) {
+    let esp = Esp::of(disk).unwrap();
+    let name = esp.entries().unwrap().into_iter().find(|e| e.starts_with("palisade-a")).expect("slot A entry");
+    let path = format!("loader/entries/{name}");
+    let text = esp.read(&path).unwrap();
+    let mut out = String::new();
+    for l in text.lines() {
+        if let Some(opts) = l.strip_prefix("options ") {
+            let mut o: Vec<&str> = opts.split_whitespace().filter(|w| !w.starts_with("palisade.update_test_pause=")).collect();
+            let p = point.map(|p| format!("palisade.update_test_pause={p}"));
+            if let Some(p) = &p {
+                o.push(p);
+            }
+            out.push_str(&format!("options {}\n", o.join(" ")));
+        } else {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    esp.write(&path, &out, scratch).unwrap();
+}
+
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn power_cuts_at_every_update_step_leave_a_serving_node_and_a_consistent_journal() {
+    let image = image_path().expect("image to test");
+    let bed = TestBed::new_for_guest(1, bins()).expect("test bed");
+    let work = bed.dir.path().join("upd");
+    std::fs::create_dir_all(&work).unwrap();
+    let fleet = Fleet::init(&work.join("fleet")).expect("repo init");
+    let b = build_payload(&work.join("out-b"), "0.2.0", None);
+    fleet.add_image(&b, BOARD, "0.2.0").unwrap();
+    fleet.rollout_now("0.2.0").unwrap();
+    let _server = serve(&bed, &fleet.repo);
+    let opts = GuestOptions {
+        extra_toml: update_toml(),
+        fleet_root: Some(fleet.root()),
+        allow_reboot: true,
+        extra_cmdline: Some("palisade.update_test_pause=download".into()),
+        ..Default::default()
+    };
+    let mut guest = Guest::boot(&bed, &image, &opts).expect("boot");
+    let disk = guest.disk.clone();
+    let cfg = bed.dir.path().join("config-drive.img");
+
+    // Cuts inside the install, on the running slot A.
+    let mut boots = 1;
+    for (point, next) in [("download", Some("write")), ("write", Some("written")), ("written", None)] {
+        guest
+            .wait_console(&format!("update: test pause at {point}"), Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        guest.kill();
+        let esp = Esp::of(&disk).unwrap();
+        let entries = esp.entries().unwrap();
+        assert!(
+            !entries.iter().any(|e| e.starts_with("palisade-b")),
+            "power cut at {point}: slot B must have no boot entry while its bytes change: {entries:?}"
+        );
+        set_pause(&disk, next, bed.dir.path());
+        guest.vm = Vm::start(&bed, &disk, Some(&cfg), false).expect("restart after the cut");
+        boots += 1;
+        guest
+            .wait_console("palisade-init: ready", Duration::from_secs(240))
+            .unwrap_or_else(|e| panic!("after the cut at {point}: {e:#}"));
+        let text = guest.console_text();
+        assert!(text.contains("| slot a |"), "after the cut at {point} slot A serves:\n{text}");
+        assert!(
+            text.contains("journal after boot from slot a (blessed)") && text.contains("-> idle"),
+            "after the cut at {point} the journal is back to Idle:\n{text}"
+        );
+        wait_serving(&bed, &guest, &format!("serving after the cut at {point}"));
+        println!("power cut at {point}: back serving from slot A (boot {boots})");
+    }
+
+    // Cuts in the new slot's first boots: the tries are spent one by one
+    // and the last one blesses (rauc #683: no stranding).
+    guest.wait_console("update: rebooting into slot b", Duration::from_secs(300)).unwrap();
+    guest.wait_console("| slot b |", Duration::from_secs(240)).unwrap();
+    guest.kill();
+    println!("power cut during the first boot of slot B");
+    guest.vm = Vm::start(&bed, &disk, Some(&cfg), false).expect("restart");
+    guest.wait_console("update: journal after boot from slot b (on trial)", Duration::from_secs(240)).unwrap();
+    guest.kill();
+    println!("power cut on slot B before its bless");
+    let entries = Esp::of(&disk).unwrap().entries().unwrap();
+    assert!(entries.iter().any(|e| e.starts_with("palisade-b+")), "slot B still on trial: {entries:?}");
+    guest.vm = Vm::start(&bed, &disk, Some(&cfg), false).expect("restart");
+    guest
+        .wait_console("update: slot b blessed; the update is complete", Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let text = guest.console_text();
+    assert!(text.contains("Palisade 0.2.0 | node"), "{text}");
+    wait_serving(&bed, &guest, "serving from slot B after the cuts");
+    let entries = Esp::of(&disk).unwrap().entries().unwrap();
+    guest.kill();
+    let entries_now = Esp::of(&disk).unwrap().entries().unwrap();
+    assert!(entries_now.contains(&"palisade-b.conf".to_string()), "{entries:?} / {entries_now:?}");
+}
