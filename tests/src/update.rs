@@ -119,7 +119,7 @@ pub fn fake_slot_image(dir: &Path, version: &str, pad_bytes: usize) -> Result<Pa
     std::fs::copy(workspace().join("board/boards/qemu-x86_64.toml"), tree.join("usr/share/palisade/board.toml"))?;
     std::fs::write(tree.join("etc/os-release"), format!("NAME=Palisade\nID=palisade\nVERSION_ID={version}\n"))?;
     let img = dir.join(format!("palisade-qemu-x86_64-{version}.img"));
-    run_cmd(Command::new("mkfs.erofs").arg("-q").arg("-T0").arg(&img).arg(&tree))?;
+    run_cmd(Command::new("mkfs.erofs").arg("-d0").arg("-T0").arg(&img).arg(&tree))?;
     Ok(img)
 }
 

@@ -85,8 +85,9 @@ fn edit_json(p: &Path, f: impl FnOnce(&mut Value)) {
     std::fs::write(p, serde_json::to_vec(&v).unwrap()).unwrap();
 }
 
-/// The one file under `dir` whose name ends with `suffix` (consistent
-/// snapshots prefix target files with their hash).
+/// The file under `dir` whose name ends with `suffix` (consistent snapshots
+/// prefix target files with their hash, metadata with its version); of
+/// several, the highest version.
 fn find_file(dir: &Path, suffix: &str) -> PathBuf {
     let mut found = Vec::new();
     for e in walk(dir) {
@@ -94,8 +95,11 @@ fn find_file(dir: &Path, suffix: &str) -> PathBuf {
             found.push(e);
         }
     }
-    assert!(!found.is_empty(), "no file ending {suffix} under {}", dir.display());
-    found.remove(0)
+    let version = |p: &PathBuf| -> u64 {
+        let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        name.split('.').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    found.into_iter().max_by_key(version).unwrap_or_else(|| panic!("no file ending {suffix} under {}", dir.display()))
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -197,8 +201,8 @@ fn refused_updates_write_nothing_and_a_good_one_writes_slot_b_and_its_entry() {
         ("hash mismatch", url(&hash_mismatch), "hash-mismatch"),
         ("truncated", url(&truncated), "truncated"),
         ("not a signed target", stray.display().to_string(), "not-a-target"),
-        ("too large for the slot", url(&too_large), "too-large"),
         ("expired timestamp", url(&expired), "expired"),
+        ("too large for the slot", url(&too_large), "too-large"),
     ];
     for (what, source, kind) in &cases {
         let (code, got, err) = apply(&p, &bed, source);
