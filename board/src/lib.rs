@@ -3,10 +3,11 @@
 //! Two halves:
 //! - [`BoardDef`]: the per-board TOML in `board/boards/<name>.toml` (kernel package,
 //!   modules, console, partition sizes, pinned Debian packages). The host-side image
-//!   builder reads it and installs it as `/usr/share/palisade/board.toml`, but
-//!   palisaded does not read that file yet (that comes with the board issue): on
-//!   the node, the board reaches palisaded only through what the builder derived
-//!   from it (kernel command line, `/etc/palisade/modules`, partition layout).
+//!   builder reads it and installs it as `/usr/share/palisade/board.toml`; on the
+//!   node palisaded's update subsystem reads it (the board whose images to take,
+//!   and a new slot's console and command line), the rest reaches palisaded
+//!   through what the builder derived from it (`/etc/palisade/modules`, the
+//!   partition layout).
 //! - [`Board`]: the node's hardware as embedded-hal concepts — a status LED (an
 //!   [`OutputPin`]), a reset button (an [`InputPin`]), a hardware watchdog and a
 //!   console — with the [`qemu::QemuX86_64`] implementation. Not used by palisaded

@@ -251,8 +251,13 @@ impl TestBed {
     }
 
     /// Create tap `name` in the internet namespace, on br0. QEMU must run in that
-    /// namespace (`bed.inet.command("qemu-system-x86_64")`) to open it.
+    /// namespace (`bed.inet.command("qemu-system-x86_64")`) to open it. A tap of
+    /// that name left by an earlier QEMU of this bed (a guest restarted after a
+    /// power cut) is reused.
     pub fn add_tap(&self, name: &str) -> Result<()> {
+        if self.inet.ip(&["link", "show", "dev", name]).is_ok() {
+            return Ok(());
+        }
         self.inet
             .ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
         self.inet
