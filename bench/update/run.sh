@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Slot write throughput in the guest: palisaded's verified slot writer against
-# busybox `dd bs=1M conv=fsync` of the same bytes to the same partition, in the
-# same boot of the same QEMU guest (TCG, virtio-blk), alternating, ROUNDS each.
-# palisaded's writer also hashes every byte, fdatasyncs, drops the page cache
-# and reads the slot back to check it: its figure is the whole verified write.
+# Slot write throughput in the guest: palisaded's slot writer against busybox
+# `dd bs=1M conv=fsync` of the same bytes to the same partition, in the same
+# boot of the same QEMU guest (TCG, virtio-blk), alternating, ROUNDS each.
+# palisaded writes a verified in-memory image (hashed as it was downloaded),
+# head last, then fdatasync: "write" is that, like for like with dd; "write +
+# read-back check" adds dropping the page cache and reading the slot back to
+# compare it byte for byte.
 #
 #   sudo bench/update/run.sh [ROUNDS]     (default 5)
 #

@@ -148,11 +148,8 @@ fn publish_and_node_reads_it() {
         assert_eq!((p.waves, p.soak_minutes), (2, 30));
         assert_eq!(p.regions["eu"], vec!["n1", "n2"]);
         let mut prog = |_: u64, _: u64| {};
-        let staged = node
-            .fetch_to(&imgs[0], &t.path().join("staged"), 1 << 20, &mut prog)
-            .await
-            .unwrap();
-        assert_eq!(staged.sha256, imgs[0].sha256);
+        let got = node.fetch_image(&imgs[0], 1 << 20, &mut prog).await.unwrap();
+        assert_eq!(got.sha256(), imgs[0].sha256);
 
         // An already expired timestamp is refused by the node.
         let (c, _, _) = fleet(

@@ -42,7 +42,8 @@ fn serve_tcp(l: TcpListener, log: Arc<Mutex<std::fs::File>>) {
     }
 }
 
-fn handle_tcp(mut s: TcpStream, log: &Mutex<std::fs::File>) {
+/// The connection's (local, peer) addresses as logged (IPv4-mapped shown as IPv4).
+fn ends(s: &TcpStream) -> (String, String) {
     let peer = s
         .peer_addr()
         .map(|a| canonical(a.ip()).to_string())
@@ -51,6 +52,11 @@ fn handle_tcp(mut s: TcpStream, log: &Mutex<std::fs::File>) {
         .local_addr()
         .map(|a| SocketAddr::new(canonical(a.ip()), a.port()).to_string())
         .unwrap_or_default();
+    (local, peer)
+}
+
+fn handle_tcp(mut s: TcpStream, log: &Mutex<std::fs::File>) {
+    let (local, peer) = ends(&s);
     log_line(log, &format!("tcp {local} {peer}"));
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = Vec::new();
@@ -102,14 +108,7 @@ fn resolve(root: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
 }
 
 fn handle_http_dir(mut s: TcpStream, root: &std::path::Path, log: &Mutex<std::fs::File>) {
-    let peer = s
-        .peer_addr()
-        .map(|a| canonical(a.ip()).to_string())
-        .unwrap_or_default();
-    let local = s
-        .local_addr()
-        .map(|a| SocketAddr::new(canonical(a.ip()), a.port()).to_string())
-        .unwrap_or_default();
+    let (local, peer) = ends(&s);
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];

@@ -140,6 +140,24 @@ pub fn booted_esp(dir: &Path) -> Result<PathBuf> {
     Ok(esp)
 }
 
+/// palisaded's update overrides for a node whose slots are the files `slot_a`
+/// and `slot_b`, booted from A, with its ESP as the directory `esp`, the
+/// installed version from `os_release`, and the qemu-x86_64 board file.
+pub fn node_update_args(slot_a: &Path, slot_b: &Path, esp: &Path, os_release: &Path) -> Vec<String> {
+    vec![
+        "--update-slots".into(),
+        format!("{},{}", slot_a.display(), slot_b.display()),
+        "--esp-dir".into(),
+        esp.display().to_string(),
+        "--booted-slot".into(),
+        "a".into(),
+        "--os-release".into(),
+        os_release.display().to_string(),
+        "--board-file".into(),
+        workspace().join("board/boards/qemu-x86_64.toml").display().to_string(),
+    ]
+}
+
 /// SHA-256 of a file, hex.
 pub fn file_digest(p: &Path) -> Result<String> {
     let mut h = Sha256::new();

@@ -8,7 +8,7 @@
 //! default 3) rounds of at most 420 s each.
 
 use palisade_tests::palisade::{NodeOptions, Palisade};
-use palisade_tests::update::{fake_slot_image, Fleet};
+use palisade_tests::update::{fake_slot_image, node_update_args, Fleet};
 use palisade_tests::{Bins, TestBed};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,6 @@ fn bench_time_to_detect_a_published_update_at_the_default_poll_interval() {
     std::fs::create_dir_all(bed.dir.path().join("state")).unwrap();
     std::fs::copy(fleet.root(), bed.dir.path().join("state/fleet-root.json")).unwrap();
     std::fs::write(dir.join("os-release"), "VERSION_ID=0.1.0\n").unwrap();
-    let ws = palisade_tests::guest::workspace();
-    let slots = format!("{},{}", dir.join("a.img").display(), dir.join("b.img").display());
     for s in ["a.img", "b.img"] {
         std::fs::write(dir.join(s), vec![0u8; 1 << 20]).unwrap();
     }
@@ -38,18 +36,7 @@ fn bench_time_to_detect_a_published_update_at_the_default_poll_interval() {
     let opts = NodeOptions {
         // The product default interval: no poll_secs.
         extra_toml: format!("\n[update]\nrepository = \"file://{}\"\nauto = false\n", fleet.repo.display()),
-        extra_args: vec![
-            "--update-slots".into(),
-            slots,
-            "--esp-dir".into(),
-            dir.join("esp").display().to_string(),
-            "--booted-slot".into(),
-            "a".into(),
-            "--os-release".into(),
-            dir.join("os-release").display().to_string(),
-            "--board-file".into(),
-            ws.join("board/boards/qemu-x86_64.toml").display().to_string(),
-        ],
+        extra_args: node_update_args(&dir.join("a.img"), &dir.join("b.img"), &dir.join("esp"), &dir.join("os-release")),
         ..Default::default()
     };
     let p = Palisade::start(&mut bed, &opts).expect("palisaded");

@@ -157,10 +157,9 @@ fn node_keys(console: &str) -> Vec<String> {
     v
 }
 
-#[test]
-#[ignore = "root: run by tests/run.sh"]
-fn updates_a_to_b_to_a_prime_and_a_failing_version_rolls_back_for_good() {
-    let image = image_path().expect("image to test");
+/// A bed with one client, a repository publishing 0.2.0 to everyone, served
+/// on the bed's internet, and guest options that poll it every 5 s.
+fn update_bed() -> (TestBed, Fleet, Proc, GuestOptions) {
     let bed = TestBed::new_for_guest(1, bins()).expect("test bed");
     let work = bed.dir.path().join("upd");
     std::fs::create_dir_all(&work).unwrap();
@@ -170,14 +169,22 @@ fn updates_a_to_b_to_a_prime_and_a_failing_version_rolls_back_for_good() {
     println!("payload 0.2.0 built in {:.1} s", t0.elapsed().as_secs_f64());
     fleet.add_image(&b, BOARD, "0.2.0").unwrap();
     fleet.rollout_now("0.2.0").unwrap();
-    let _server = serve(&bed, &fleet.repo);
-
+    let server = serve(&bed, &fleet.repo);
     let opts = GuestOptions {
         extra_toml: update_toml(),
         fleet_root: Some(fleet.root()),
         allow_reboot: true,
         ..Default::default()
     };
+    (bed, fleet, server, opts)
+}
+
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn updates_a_to_b_to_a_prime_and_a_failing_version_rolls_back_for_good() {
+    let image = image_path().expect("image to test");
+    let (bed, fleet, _server, opts) = update_bed();
+    let work = bed.dir.path().join("upd");
     let mut guest = Guest::boot(&bed, &image, &opts).expect("boot");
     bed.wait_handshake(1, Duration::from_secs(240))
         .unwrap_or_else(|e| panic!("{e:#}\nconsole:\n{}", guest.console_text()));
@@ -264,21 +271,8 @@ fn set_pause(disk: &Path, point: Option<&str>, scratch: &Path) {
 #[ignore = "root: run by tests/run.sh"]
 fn power_cuts_at_every_update_step_leave_a_serving_node_and_a_consistent_journal() {
     let image = image_path().expect("image to test");
-    let bed = TestBed::new_for_guest(1, bins()).expect("test bed");
-    let work = bed.dir.path().join("upd");
-    std::fs::create_dir_all(&work).unwrap();
-    let fleet = Fleet::init(&work.join("fleet")).expect("repo init");
-    let b = build_payload(&work.join("out-b"), "0.2.0", None);
-    fleet.add_image(&b, BOARD, "0.2.0").unwrap();
-    fleet.rollout_now("0.2.0").unwrap();
-    let _server = serve(&bed, &fleet.repo);
-    let opts = GuestOptions {
-        extra_toml: update_toml(),
-        fleet_root: Some(fleet.root()),
-        allow_reboot: true,
-        extra_cmdline: Some("palisade.update_test_pause=download".into()),
-        ..Default::default()
-    };
+    let (bed, _fleet, _server, opts) = update_bed();
+    let opts = GuestOptions { extra_cmdline: Some("palisade.update_test_pause=download".into()), ..opts };
     let mut guest = Guest::boot(&bed, &image, &opts).expect("boot");
     let disk = guest.disk.clone();
     let cfg = bed.dir.path().join("config-drive.img");

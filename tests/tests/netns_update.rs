@@ -8,7 +8,7 @@
 //! (tests/tests/e2e_update.rs).
 
 use palisade_tests::palisade::{NodeOptions, Palisade};
-use palisade_tests::update::{booted_esp, fake_slot_image, file_digest, tree_digest, Fleet};
+use palisade_tests::update::{booted_esp, fake_slot_image, file_digest, node_update_args, tree_digest, Fleet};
 use palisade_tests::{Bins, TestBed};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -41,19 +41,7 @@ impl Layout {
     }
 
     fn args(&self, dir: &Path) -> Vec<String> {
-        let ws = palisade_tests::guest::workspace();
-        vec![
-            "--update-slots".into(),
-            format!("{},{}", self.slot_a.display(), self.slot_b.display()),
-            "--esp-dir".into(),
-            self.esp.display().to_string(),
-            "--booted-slot".into(),
-            "a".into(),
-            "--os-release".into(),
-            dir.join("os-release").display().to_string(),
-            "--board-file".into(),
-            ws.join("board/boards/qemu-x86_64.toml").display().to_string(),
-        ]
+        node_update_args(&self.slot_a, &self.slot_b, &self.esp, &dir.join("os-release"))
     }
 
     /// What must not change when an update is refused.

@@ -328,7 +328,10 @@ fn phase_text(p: &Value) -> String {
         "staging" => format!("downloading {ver}"),
         "writing" => format!("writing {ver} to slot {slot}"),
         "written" => format!("{ver} written to slot {slot}, boot entry next"),
-        "switched" => format!("{ver} in slot {slot}, rebooting at {}", p["reboot_at"].as_str().unwrap_or("once asked")),
+        "switched" => match p["reboot_at"].as_str() {
+            Some(at) => format!("{ver} in slot {slot}, rebooting at {at}"),
+            None => format!("{ver} in slot {slot}; it boots at the next reboot"),
+        },
         "trial" => format!("trial boot of {ver} from slot {slot} (blessed when healthy)"),
         other => other.to_string(),
     }

@@ -1,5 +1,5 @@
 //! The update subsystem (docs/updates.md): polls the node's signed repository,
-//! asks the rollout schedule when to move, stages the image in RAM (verified by
+//! asks the rollout schedule when to move, keeps the image in memory (verified by
 //! TUF and hashed again by us), writes it into the inactive slot, installs that
 //! slot's boot entry with boot counting and asks PID 1 to reboot at the node's
 //! time. After the reboot the health gate in PID 1 blesses the entry, or the
@@ -24,7 +24,7 @@ use palisade_update::journal::{Event, Journal, Phase};
 use palisade_update::refusal::{Refusal, RefusalKind};
 use palisade_update::repo::{ClientConfig, ImageTarget, Repo, RepoError, RepoSource};
 use palisade_update::schedule::{self, NodeIdentity, Plan};
-use palisade_update::slot::{self, Expected};
+use palisade_update::slot::{self, Expected, VerifiedImage};
 use palisade_update::store::{self, SledStore};
 use semver::Version;
 use serde_json::json;
@@ -163,7 +163,8 @@ pub fn phase_text(p: &Phase) -> String {
         Phase::Staging { version } => format!("downloading {version}"),
         Phase::Writing { version, slot } => format!("writing {version} to slot {slot}"),
         Phase::Written { version, slot, .. } => format!("{version} written to slot {slot}"),
-        Phase::Switched { version, slot, .. } => format!("{version} in slot {slot}, reboot pending"),
+        Phase::Switched { version, slot, reboot_at: Some(at) } => format!("{version} in slot {slot}, reboot at {at}"),
+        Phase::Switched { version, slot, reboot_at: None } => format!("{version} in slot {slot}, boots at the next reboot"),
         Phase::Trial { version, slot } => format!("trial boot of {version} in slot {slot}"),
     }
 }
@@ -223,6 +224,16 @@ fn getrandom_bytes(b: &mut [u8]) -> std::io::Result<()> {
 
 fn refusal(kind: RefusalKind, message: impl Into<String>) -> Refusal {
     Refusal::new(kind, message)
+}
+
+fn slot_refusal(e: &slot::SlotError) -> Refusal {
+    use slot::SlotError as E;
+    let kind = match e {
+        E::TooLarge { .. } => RefusalKind::TooLarge,
+        E::HashMismatch { .. } | E::LengthMismatch { .. } => RefusalKind::HashMismatch,
+        E::Io { .. } | E::ReadBack { .. } => RefusalKind::WriteFailed,
+    };
+    refusal(kind, e.to_string())
 }
 
 fn from_repo(e: &RepoError) -> Refusal {
@@ -403,7 +414,8 @@ impl Updater {
                 return Step::Again(Some(Duration::from_secs(5)));
             }
             Phase::Switched { slot, version, reboot_at } => {
-                let at = reboot_at.unwrap_or(now);
+                // None: installed with `--no-reboot`; the next reboot switches.
+                let Some(at) = reboot_at else { return Step::Again(None) };
                 if at <= now {
                     self.reboot_into(slot, &version);
                     return Step::Again(Some(Duration::from_secs(60)));
@@ -605,63 +617,68 @@ impl Updater {
             self.refuse(r, Some(target.version.clone()));
             return false;
         }
+        let reboot_at = req.reboot.then(Utc::now);
         let ok = match &file {
-            Some(f) => self.install_from_file(f, &target).await,
-            None => self.install(&repo, &target, None).await,
+            Some(f) => self.install_from_file(f, &target, reboot_at).await,
+            None => self.install(&repo, &target, reboot_at).await,
         };
         if ok && !req.reboot {
-            tracing::info!("update: {} written to slot {}; reboot to switch", target.version, self.layout.booted.other().letter());
+            tracing::info!("update: {} written to slot {}; it boots at the next reboot", target.version, self.layout.booted.other().letter());
         }
         ok
     }
 
-    /// Download (into RAM), then write. Returns whether the slot was switched.
+    /// The inactive slot's size (the cap on what may be installed).
+    fn slot_cap(&self, v: &Version) -> Option<u64> {
+        let dev = self.layout.slot_dev(self.layout.booted.other());
+        match slot::device_size(dev) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.refuse(refusal(RefusalKind::WriteFailed, format!("slot {}: {e}", dev.display())), Some(v.clone()));
+                None
+            }
+        }
+    }
+
+    /// Download (into RAM, verified), then write. Returns whether the slot was switched.
     async fn install(&self, repo: &Repo, target: &ImageTarget, reboot_at: Option<DateTime<Utc>>) -> bool {
         let v = target.version.clone();
-        let slot_dev = self.layout.slot_dev(self.layout.booted.other()).to_path_buf();
-        let cap = match slot::device_size(&slot_dev) {
-            Ok(c) => c,
-            Err(e) => {
-                self.refuse(refusal(RefusalKind::WriteFailed, format!("slot {}: {e}", slot_dev.display())), Some(v));
-                return false;
-            }
-        };
+        let Some(cap) = self.slot_cap(&v) else { return false };
         if let Err(e) = self.record(Event::StageStarted { version: v.clone() }) {
             tracing::error!("update: journal: {e:#}");
             return false;
         }
-        let stage_dir = self.layout.run_dir.join("update");
-        let _ = std::fs::create_dir_all(&stage_dir);
-        let staged_path = stage_dir.join("image.staged");
-        let _ = std::fs::remove_file(&staged_path);
         self.set_progress("download", 0, target.length);
         let mut prog = |d: u64, t: u64| self.set_progress("download", d, t);
-        let staged = match repo.fetch_to(target, &staged_path, cap, &mut prog).await {
-            Ok(s) => s,
+        match repo.fetch_image(target, cap, &mut prog).await {
+            Ok(img) => self.write_and_switch(&img, &v, reboot_at),
             Err(e) => {
                 self.refuse(from_repo(&e), Some(v));
-                return false;
+                false
             }
-        };
-        let expected = Expected { length: staged.length, sha256: target.sha256 };
-        let r = self.write_and_switch(&staged.path, &expected, &v, reboot_at);
-        let _ = std::fs::remove_file(&staged.path);
-        r
+        }
     }
 
-    /// A local file that matched a signed target: staged by copying (hashed
-    /// again on the way into the slot).
-    async fn install_from_file(&self, file: &Path, target: &ImageTarget) -> bool {
+    /// A local file that matched a signed target: read into RAM and hashed
+    /// again (it must still be the signed bytes), then written.
+    async fn install_from_file(&self, file: &Path, target: &ImageTarget, reboot_at: Option<DateTime<Utc>>) -> bool {
         let v = target.version.clone();
+        let Some(cap) = self.slot_cap(&v) else { return false };
         if let Err(e) = self.record(Event::StageStarted { version: v.clone() }) {
             tracing::error!("update: journal: {e:#}");
             return false;
         }
         let expected = Expected { length: target.length, sha256: target.sha256 };
-        self.write_and_switch(file, &expected, &v, None)
+        match tokio::task::block_in_place(|| VerifiedImage::read_file(file, &expected, cap)) {
+            Ok(img) => self.write_and_switch(&img, &v, reboot_at),
+            Err(e) => {
+                self.refuse(slot_refusal(&e), Some(v));
+                false
+            }
+        }
     }
 
-    fn write_and_switch(&self, staged: &Path, expected: &Expected, v: &Version, reboot_at: Option<DateTime<Utc>>) -> bool {
+    fn write_and_switch(&self, img: &VerifiedImage, v: &Version, reboot_at: Option<DateTime<Utc>>) -> bool {
         let slot = self.layout.booted.other();
         let dev = self.layout.slot_dev(slot).to_path_buf();
         let r = tokio::task::block_in_place(|| -> Result<(), Refusal> {
@@ -672,19 +689,16 @@ impl Updater {
             self.layout
                 .with_esp(|e| Ok(esp::remove_slot_entries(e, slot)?))
                 .map_err(|e| fail("removing the inactive slot's boot entry", &e))?;
-            self.set_progress("write", 0, expected.length);
+            self.set_progress("write", 0, img.len());
             let mut prog = |d: u64, t: u64| self.set_progress("write", d, t);
-            let rep = slot::write_slot(staged, &dev, expected, &mut prog).map_err(|e| match e {
-                slot::SlotError::TooLarge { .. } => refusal(RefusalKind::TooLarge, e.to_string()),
-                slot::SlotError::HashMismatch { .. } => refusal(RefusalKind::HashMismatch, e.to_string()),
-                other => fail("writing the slot", &other),
-            })?;
+            let rep = slot::write_slot(img, &dev, &mut prog).map_err(|e| slot_refusal(&e))?;
             tracing::info!(
-                "update: wrote {} bytes to slot {} in {:.2} s ({:.1} MB/s), sha256 verified, read back verified",
+                "update: wrote {} bytes (sha256 verified) to slot {} in {:.2} s ({:.1} MB/s), read back identical in {:.2} s",
                 rep.bytes,
                 slot.letter(),
-                rep.seconds,
-                rep.bytes as f64 / rep.seconds.max(1e-6) / 1e6
+                rep.write_seconds,
+                rep.bytes as f64 / rep.write_seconds.max(1e-6) / 1e6,
+                rep.seconds - rep.write_seconds
             );
             self.record(Event::Written { version: v.clone(), slot, sha256: rep.sha256_hex.clone() })
                 .map_err(|e| fail("journal", &e))?;
@@ -724,9 +738,9 @@ impl Updater {
         std::fs::File::open(from)?.read_exact(&mut buf)?;
         std::fs::File::create(&staged)?.write_all(&buf)?;
         let expected = Expected { length: len, sha256: Sha256::digest(&buf).into() };
-        drop(buf);
+        let img = VerifiedImage::check(buf, &expected)?;
         self.layout.with_esp(|e| Ok(esp::remove_slot_entries(e, self.layout.booted.other())?))?;
-        let (mut dd, mut ours) = (Vec::new(), Vec::new());
+        let (mut dd, mut ours, mut verified) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds.max(1) {
             let t = std::time::Instant::now();
             let st = std::process::Command::new("busybox")
@@ -738,9 +752,9 @@ impl Updater {
                 .status()?;
             anyhow::ensure!(st.success(), "dd: {st}");
             dd.push(len as f64 / t.elapsed().as_secs_f64() / 1e6);
-            let t = std::time::Instant::now();
-            slot::write_slot(&staged, to, &expected, &mut |_, _| {})?;
-            ours.push(len as f64 / t.elapsed().as_secs_f64() / 1e6);
+            let rep = slot::write_slot(&img, to, &mut |_, _| {})?;
+            ours.push(len as f64 / rep.write_seconds / 1e6);
+            verified.push(len as f64 / rep.seconds / 1e6);
         }
         let _ = std::fs::remove_file(&staged);
         let fmt = |v: &mut Vec<f64>| {
@@ -748,9 +762,10 @@ impl Updater {
             format!("median {:.1} MB/s (min {:.1}, max {:.1})", v[v.len() / 2], v[0], v[v.len() - 1])
         };
         tracing::warn!(
-            "bench: slot write of {len} bytes, {rounds} rounds: dd {}; palisaded {} (hash, fdatasync, read-back check)",
+            "bench: slot write of {len} bytes, {rounds} rounds: dd {}; palisaded write {}; palisaded write + read-back check {}",
             fmt(&mut dd),
-            fmt(&mut ours)
+            fmt(&mut ours),
+            fmt(&mut verified)
         );
         Ok(())
     }

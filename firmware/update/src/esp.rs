@@ -16,12 +16,11 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use palisade_board::entries::{self, parse_counted, Slot};
 use palisade_board::{BoardDef, BoardError};
-use sha2::{Digest, Sha256};
 
 use crate::slot::hex;
 
@@ -301,12 +300,19 @@ fn install_with(
     })?;
 
     // The builder's digest: sha256(vmlinuz bytes ++ initrd bytes).
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
     for p in [&vmlinuz, &initrd] {
         let mut f = File::open(p).map_err(io_err(p, "open"))?;
-        io::copy(&mut f, &mut h).map_err(io_err(p, "read"))?;
+        loop {
+            let n = f.read(&mut buf).map_err(io_err(p, "read"))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
     }
-    let kdir = entries::kernel_dir(&board.kernel.release, &hex(&h.finalize()));
+    let kdir = entries::kernel_dir(&board.kernel.release, &hex(h.finish().as_ref()));
 
     let edir = entries_dir(esp);
     let files = list_dir(&edir)?;
@@ -374,6 +380,7 @@ fn install_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     const BOARD: &str = include_str!("../../../board/boards/qemu-x86_64.toml");
 

@@ -14,18 +14,16 @@
 //! older metadata after a reboot. Every refusal is a [`RepoError`] whose
 //! [`RepoError::kind`] is a stable string (the update journal's refusal kinds).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use semver::Version;
-use sha2::{Digest, Sha256};
 use tough::error::Error as ToughError;
 use tough::{RepositoryLoader, TargetName, TransportError, TransportErrorKind};
 use url::Url;
 
+use crate::slot::{Expected, VerifiedImage};
 use crate::rollout::{RolloutPolicy, ROLLOUT_TARGET};
 use crate::transport::NodeTransport;
 
@@ -88,17 +86,6 @@ pub struct ImageTarget {
     /// Signed length in bytes.
     pub length: u64,
     /// Signed SHA-256.
-    pub sha256: [u8; 32],
-}
-
-/// A verified download.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Staged {
-    /// Where the bytes are.
-    pub path: PathBuf,
-    /// How many.
-    pub length: u64,
-    /// Their SHA-256 (equal to the signed one).
     pub sha256: [u8; 32],
 }
 
@@ -397,17 +384,17 @@ impl Repo {
         self.images(board).into_iter().find(|i| &i.sha256 == sha256)
     }
 
-    /// Download `target` into the new file `dest` (mode 0600), verified
-    /// (length and hash, by tough and again here), synced. Refused before any
-    /// byte is fetched if its signed length exceeds `cap`. `progress(done,
-    /// total)` is called after each chunk. On any error `dest` is removed.
-    pub async fn fetch_to(
+    /// Download `target` into memory, verified (length and hash, by tough as
+    /// it streams and again here over exactly the bytes kept): the
+    /// [`VerifiedImage`] that `slot::write_slot` writes. Refused before any
+    /// byte is fetched if its signed length exceeds `cap` (the slot's size).
+    /// `progress(done, total)` is called after each chunk.
+    pub async fn fetch_image(
         &self,
         target: &ImageTarget,
-        dest: &Path,
         cap: u64,
         progress: &mut (dyn FnMut(u64, u64) + Send),
-    ) -> Result<Staged, RepoError> {
+    ) -> Result<VerifiedImage, RepoError> {
         if target.length > cap {
             return Err(RepoError::TooLarge {
                 name: target.name.clone(),
@@ -436,32 +423,21 @@ impl Repo {
             .ok_or_else(|| RepoError::NotATarget {
                 name: target.name.clone(),
             })?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dest)
-            .map_err(|e| RepoError::io(dest, e))?;
-        let r = stream_into(stream, &mut file, target, dest, progress).await;
-        if r.is_err() {
-            drop(file);
-            let _ = std::fs::remove_file(dest);
-        }
-        r
+        stream_into(stream, target, progress).await
     }
 }
 
 async fn stream_into<S>(
     mut stream: S,
-    file: &mut std::fs::File,
     target: &ImageTarget,
-    dest: &Path,
     progress: &mut (dyn FnMut(u64, u64) + Send),
-) -> Result<Staged, RepoError>
+) -> Result<VerifiedImage, RepoError>
 where
     S: futures_core::Stream<Item = Result<tough::Bytes, ToughError>> + Unpin,
 {
-    let mut hasher = Sha256::new();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    // The signed length was checked against the cap before the first byte.
+    let mut bytes = Vec::with_capacity(target.length as usize);
     let mut done: u64 = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| target_error(&e, &target.name, done, target.length))?;
@@ -473,10 +449,9 @@ where
             });
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).map_err(|e| RepoError::io(dest, e))?;
+        bytes.extend_from_slice(&chunk);
         progress(done, target.length);
     }
-    let sha256: [u8; 32] = hasher.finalize().into();
     if done < target.length {
         return Err(RepoError::Truncated {
             name: target.name.clone(),
@@ -484,17 +459,10 @@ where
             expected: target.length,
         });
     }
-    if sha256 != target.sha256 {
-        return Err(RepoError::HashMismatch {
-            name: target.name.clone(),
-            detail: "SHA-256 differs".into(),
-        });
-    }
-    file.sync_all().map_err(|e| RepoError::io(dest, e))?;
-    Ok(Staged {
-        path: dest.to_path_buf(),
-        length: done,
-        sha256,
+    let expected = Expected { length: target.length, sha256: target.sha256 };
+    VerifiedImage::hashed(bytes, hasher, &expected).map_err(|e| RepoError::HashMismatch {
+        name: target.name.clone(),
+        detail: e.to_string(),
     })
 }
 

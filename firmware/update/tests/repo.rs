@@ -68,9 +68,9 @@ async fn load_err(src: &RepoSource, cfg: &ClientConfig) -> RepoError {
         .expect_err("load must be refused")
 }
 
-async fn fetch(repo: &Repo, t: &ImageTarget, dest: &Path, cap: u64) -> Result<(), RepoError> {
+async fn fetch(repo: &Repo, t: &ImageTarget, cap: u64) -> Result<(), RepoError> {
     let mut p = |_d: u64, _t: u64| {};
-    repo.fetch_to(t, dest, cap, &mut p).await.map(|_| ())
+    repo.fetch_image(t, cap, &mut p).await.map(|_| ())
 }
 
 #[tokio::test]
@@ -107,30 +107,16 @@ async fn fetch_ok_and_rollout_over_file_and_http() {
         let p = repo.rollout().await.unwrap().unwrap();
         assert_eq!((p.waves, p.soak_minutes), (3, 60));
 
-        let dest = fx.base.join(format!("staged{i}"));
         let mut last = (0, 0);
         let mut progress = |d: u64, t: u64| last = (d, t);
-        let staged = repo
-            .fetch_to(&images[0], &dest, 1 << 20, &mut progress)
+        let got = repo
+            .fetch_image(&images[0], 1 << 20, &mut progress)
             .await
             .unwrap();
-        assert_eq!(staged.sha256, sha256(&img));
-        assert_eq!(staged.length, img.len() as u64);
+        assert_eq!(got.sha256(), sha256(&img));
+        assert_eq!(got.len(), img.len() as u64);
         assert_eq!(last, (img.len() as u64, img.len() as u64));
-        assert_eq!(std::fs::read(&dest).unwrap(), img);
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        // dest must be new: a second fetch to the same path is refused.
-        assert_eq!(
-            fetch(&repo, &images[0], &dest, 1 << 20)
-                .await
-                .unwrap_err()
-                .kind(),
-            "io"
-        );
+        assert_eq!(got.as_bytes(), &img[..]);
     }
 }
 
@@ -315,10 +301,8 @@ async fn too_large_refused_before_download() {
     std::fs::remove_file(target_file(&fx.repo, IMG, &img)).unwrap();
     for (i, src) in srcs.iter().enumerate() {
         let repo = Repo::load(src, &fx.cfg(&format!("l{i}"))).await.unwrap();
-        let dest = fx.base.join(format!("big{i}"));
-        let e = fetch(&repo, &t, &dest, 1000).await.unwrap_err();
+        let e = fetch(&repo, &t, 1000).await.unwrap_err();
         assert_eq!(e.kind(), "too-large", "{e}");
-        assert!(!dest.exists());
     }
 }
 
@@ -330,10 +314,8 @@ async fn truncated_target() {
     std::fs::write(target_file(&fx.repo, IMG, &img), &img[..img.len() / 2]).unwrap();
     for (i, src) in srcs.iter().enumerate() {
         let repo = Repo::load(src, &fx.cfg(&format!("t{i}"))).await.unwrap();
-        let dest = fx.base.join(format!("trunc{i}"));
-        let e = fetch(&repo, &t, &dest, 1 << 20).await.unwrap_err();
+        let e = fetch(&repo, &t, 1 << 20).await.unwrap_err();
         assert_eq!(e.kind(), "truncated", "{e}");
-        assert!(!dest.exists(), "partial file removed");
     }
 }
 
@@ -347,10 +329,8 @@ async fn corrupted_target_same_length() {
     std::fs::write(target_file(&fx.repo, IMG, &img), &bad).unwrap();
     for (i, src) in srcs.iter().enumerate() {
         let repo = Repo::load(src, &fx.cfg(&format!("h{i}"))).await.unwrap();
-        let dest = fx.base.join(format!("corrupt{i}"));
-        let e = fetch(&repo, &t, &dest, 1 << 20).await.unwrap_err();
+        let e = fetch(&repo, &t, 1 << 20).await.unwrap_err();
         assert_eq!(e.kind(), "hash-mismatch", "{e}");
-        assert!(!dest.exists(), "partial file removed");
     }
 }
 
@@ -363,10 +343,8 @@ async fn longer_target_is_refused() {
     long.extend_from_slice(b"trailing junk");
     std::fs::write(target_file(&fx.repo, IMG, &img), &long).unwrap();
     let repo = Repo::load(&srcs[1], &fx.cfg("long")).await.unwrap();
-    let dest = fx.base.join("long");
-    let e = fetch(&repo, &t, &dest, 1 << 20).await.unwrap_err();
+    let e = fetch(&repo, &t, 1 << 20).await.unwrap_err();
     assert_eq!(e.kind(), "hash-mismatch", "{e}");
-    assert!(!dest.exists());
 }
 
 #[tokio::test]
@@ -377,7 +355,7 @@ async fn unlisted_name_is_not_a_target() {
     let repo = Repo::load(&srcs[0], &fx.cfg("n")).await.unwrap();
     t.name = "images/qemu-x86_64/9.9.9.img".into();
     t.version = semver::Version::new(9, 9, 9);
-    let e = fetch(&repo, &t, &fx.base.join("n"), 1 << 20)
+    let e = fetch(&repo, &t, 1 << 20)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), "not-a-target", "{e}");
