@@ -249,3 +249,57 @@ fn refused_updates_write_nothing_and_a_good_one_writes_slot_b_and_its_entry() {
     let o = p.cli(&bed, &["update", "apply", &url(&fleet.repo), "--no-reboot"]).unwrap();
     assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The repository cannot be reached (nothing listens on its port): the node
+/// keeps serving its client, reports `unreachable`, and retries after 5, then
+/// 10 s (the backoff), not at the poll interval and not in a tight loop.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn unreachable_repository_is_retried_with_backoff_while_the_node_serves() {
+    let mut bed = TestBed::new(1, bins()).expect("test bed");
+    let dir = bed.dir.path().join("upd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = Layout::new(&dir);
+    let fleet = Fleet::init(&dir.join("fleet")).expect("repo init");
+    std::fs::create_dir_all(bed.dir.path().join("state")).unwrap();
+    std::fs::copy(fleet.root(), bed.dir.path().join("state/fleet-root.json")).unwrap();
+    // Port 9 of the web host: the host answers with a TCP reset.
+    let config_extra = format!("\n[update]\nrepository = \"http://{}:9\"\npoll_secs = 300\n", palisade_tests::addr::WEB_V4);
+    let opts = NodeOptions { extra_args: layout.args(&dir), extra_toml: config_extra, ..Default::default() };
+    let p = Palisade::start(&mut bed, &opts).expect("palisaded");
+
+    // Three failed checks, and the gaps between them.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    palisade_tests::wait_until(Duration::from_secs(60), "three failed checks", || {
+        let st = status(&p, &bed);
+        let c = &st["last_check"];
+        if c["ok"] == false {
+            let at = c["at"].as_str().unwrap_or_default().to_string();
+            if seen.last().map(|(a, _)| a != &at).unwrap_or(true) {
+                seen.push((at, st["next_check"].as_str().unwrap_or_default().to_string()));
+            }
+        }
+        (seen.len() >= 3).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {seen:?}"));
+    let st = status(&p, &bed);
+    assert_eq!(st["last_check"]["kind"], "unreachable", "{st}");
+    assert_eq!(st["journal"]["last_refusal"]["kind"], "unreachable", "{st}");
+    let ts = |s: &str| chrono_secs(s);
+    let gaps: Vec<f64> = seen.windows(2).map(|w| ts(&w[1].0) - ts(&w[0].0)).collect();
+    println!("failed checks at {seen:?}, gaps {gaps:?} s");
+    assert!((4.0..8.0).contains(&gaps[0]), "first retry after about 5 s: {gaps:?}");
+    assert!((9.0..14.0).contains(&gaps[1]), "second retry after about 10 s: {gaps:?}");
+    // Meanwhile the client's traffic flows through the node.
+    let c = &bed.clients[0];
+    let o = c
+        .ns
+        .enter(|| palisade_tests::probe::udp_exchange(None, palisade_tests::sa(palisade_tests::addr::WEB_V4, palisade_tests::addr::ECHO_UDP), b"x", Duration::from_secs(2)))
+        .unwrap();
+    assert!(matches!(o, palisade_tests::Outcome::Answered(_)), "{o:?}");
+}
+
+/// Seconds since the epoch of an RFC 3339 time as palisaded prints it.
+fn chrono_secs(s: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_micros() as f64 / 1e6).unwrap_or_else(|e| panic!("{s}: {e}"))
+}

@@ -94,7 +94,7 @@ pub struct ImageTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     /// The repository could not be reached or a file was missing on it.
-    #[error("repository unreachable: {detail}; check the uplink and the repository URL (the node retries on its next poll)")]
+    #[error("repository unreachable: {detail}; check the uplink and the repository URL, and for https the server's certificate against [update] ca_file (the node retries on its next poll)")]
     Unreachable { detail: String },
     /// Metadata not signed by the threshold of keys the trusted root names.
     #[error("bad signature: {detail}; the repository is not signed by this fleet's keys (wrong repository, or tampered metadata)")]
