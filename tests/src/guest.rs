@@ -136,6 +136,49 @@ pub fn debugfs_write(disk: &Path, offset: u64, src: &Path, dst_name: &str) -> Re
     Ok(())
 }
 
+/// The content of `/path` in the ext4 filesystem at `offset` in `disk`.
+pub fn debugfs_read(disk: &Path, offset: u64, path: &str) -> Result<Vec<u8>> {
+    let target = format!("{}?offset={offset}", disk.display());
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}"), &target])
+        .output()
+        .context("run debugfs (e2fsprogs)")?;
+    if !out.status.success() {
+        bail!("debugfs cat {path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+/// Every path in the ext4 filesystem at `offset` in `disk` (directories end
+/// in `/`), sorted; `lost+found` left out.
+pub fn debugfs_tree(disk: &Path, offset: u64) -> Result<Vec<String>> {
+    let target = format!("{}?offset={offset}", disk.display());
+    let mut out = Vec::new();
+    let mut dirs = vec![String::new()];
+    while let Some(d) = dirs.pop() {
+        let o = Command::new("debugfs")
+            .args(["-R", &format!("ls -p /{d}"), &target])
+            .output()
+            .context("run debugfs (e2fsprogs)")?;
+        // Lines like `/12/040755/0/0/name//`: inode, mode, uid, gid, name, size.
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            let f: Vec<&str> = l.split('/').collect();
+            if f.len() < 6 || matches!(f[5], "" | "." | ".." | "lost+found") {
+                continue;
+            }
+            let path = format!("{d}{}", f[5]);
+            if f[2].starts_with("04") {
+                out.push(format!("{path}/"));
+                dirs.push(format!("{path}/"));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// What the guest node runs with.
 #[derive(Debug, Clone, Default)]
 pub struct GuestOptions {

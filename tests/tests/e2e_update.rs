@@ -17,7 +17,7 @@
 //! image build made (target/x86_64-unknown-linux-gnu/node), from which the
 //! update payloads are built with other versions.
 
-use palisade_tests::guest::{image_path, workspace, Esp, Guest, GuestOptions, Vm};
+use palisade_tests::guest::{debugfs_read, debugfs_tree, guest_node_toml, image_path, partition, workspace, Esp, Guest, GuestOptions, Vm};
 use palisade_tests::update::Fleet;
 use palisade_tests::{addr, probe, sa, wait_until, Bins, Proc, TestBed};
 use std::path::{Path, PathBuf};
@@ -232,7 +232,25 @@ fn updates_a_to_b_to_a_prime_and_a_failing_version_rolls_back_for_good() {
     let text = guest.console_text();
     assert_eq!(text.matches("update: installing 0.4.0").count(), 1, "0.4.0 retried:\n{text}");
     assert!(text.contains("failed-before"), "the refusal is recorded:\n{text}");
+    let disk = guest.disk.clone();
     guest.kill();
+
+    // Three updates later the state partition holds what it held (config,
+    // node key) plus the update's allowlisted files, and nothing else.
+    let (off, _) = partition(&disk, "state").unwrap();
+    let toml = String::from_utf8(debugfs_read(&disk, off, "/node.toml").unwrap()).unwrap();
+    assert_eq!(toml, guest_node_toml(&bed, &opts), "node.toml survived");
+    let key = debugfs_read(&disk, off, "/wg0.key").unwrap();
+    assert_eq!(String::from_utf8_lossy(&key).trim(), std::fs::read_to_string(&guest.node_key.private_key_file).unwrap().trim(), "node key survived");
+    let files = debugfs_tree(&disk, off).unwrap();
+    println!("state partition: {files:?}");
+    for f in &files {
+        let allowed = ["node.toml", "wg0.key", "fleet-root.json", "store/", "tuf/"]
+            .iter()
+            .any(|a| f == a || (a.ends_with('/') && f.starts_with(a)));
+        assert!(allowed, "{f} on the state partition is not on the allowlist: {files:?}");
+    }
+    assert!(files.iter().any(|f| f.starts_with("store/")) && files.iter().any(|f| f.starts_with("tuf/")), "{files:?}");
 }
 
 /// Boots the disk again after a power cut (the old console kept aside, so

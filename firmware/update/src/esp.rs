@@ -198,6 +198,28 @@ fn max_generation(dir: &Path, files: &[String]) -> Result<u32, EspError> {
 }
 
 /// Kernel directories (`palisade/<name>`) the entry files reference.
+/// Removes the kernel directories under `pdir` that none of the entry
+/// `files` (in `edir`) references, except `keep`; returns their ESP paths.
+fn remove_unreferenced(pdir: &Path, edir: &Path, files: &[String], keep: &str) -> Result<Vec<String>, EspError> {
+    let referenced = referenced_kernel_dirs(edir, files)?;
+    let mut removed = Vec::new();
+    if !pdir.is_dir() {
+        return Ok(removed);
+    }
+    for name in list_dir(pdir)? {
+        let p = pdir.join(&name);
+        if name == keep || referenced.contains(&name) || !p.is_dir() {
+            continue;
+        }
+        fs::remove_dir_all(&p).map_err(io_err(&p, "remove"))?;
+        removed.push(format!("palisade/{name}"));
+    }
+    if !removed.is_empty() {
+        sync_dir(pdir)?;
+    }
+    Ok(removed)
+}
+
 fn referenced_kernel_dirs(dir: &Path, files: &[String]) -> Result<BTreeSet<String>, EspError> {
     let mut out = BTreeSet::new();
     for f in files.iter().filter(|f| f.ends_with(".conf")) {
@@ -327,20 +349,29 @@ fn install_with(
     );
 
     let kpath = esp.join(&kdir);
-    let needed = file_len(&vmlinuz)? + file_len(&initrd)? + text.len() as u64 + SPACE_SLACK;
+    let pdir = esp.join("palisade");
+    let new_name = kdir.trim_start_matches("palisade/").to_string();
+    // Room first: kernel directories that only this slot's (outgoing)
+    // entries used go before the new one is copied, so the ESP needs room
+    // for two kernels (one per slot), never three.
+    let other: Vec<String> = files.iter().filter(|f| !is_slot_entry(f, slot)).cloned().collect();
+    let mut removed = remove_unreferenced(&pdir, &edir, &other, &new_name)?;
+    // Files are renamed into place whole, so present means complete (same
+    // directory name, same content): nothing to copy again.
+    let present = kpath.join("vmlinuz").is_file() && kpath.join("initrd.img").is_file();
+    let copy = if present { 0 } else { file_len(&vmlinuz)? + file_len(&initrd)? };
+    let needed = copy + text.len() as u64 + SPACE_SLACK;
     let available = free_bytes(esp)?;
     if needed > available {
         return Err(EspError::NoSpace { needed, available });
     }
-
-    // Kernel directory: always rewritten (same name means same content), so a
-    // directory left half-copied by a power cut is repaired.
-    let pdir = esp.join("palisade");
-    fs::create_dir_all(&kpath).map_err(io_err(&kpath, "create"))?;
-    write_atomic(&kpath.join("vmlinuz"), Content::File(&vmlinuz))?;
-    write_atomic(&kpath.join("initrd.img"), Content::File(&initrd))?;
-    sync_dir(&kpath)?;
-    sync_dir(&pdir)?;
+    if !present {
+        fs::create_dir_all(&kpath).map_err(io_err(&kpath, "create"))?;
+        write_atomic(&kpath.join("vmlinuz"), Content::File(&vmlinuz))?;
+        write_atomic(&kpath.join("initrd.img"), Content::File(&initrd))?;
+        sync_dir(&kpath)?;
+        sync_dir(&pdir)?;
+    }
 
     let file = format!("{}+{tries}.conf", entry_id(slot));
     write_atomic(&edir.join(&file), Content::Bytes(text.as_bytes()))?;
@@ -354,20 +385,7 @@ fn install_with(
 
     // Garbage: kernel directories no remaining entry references.
     let files = list_dir(&edir)?;
-    let referenced = referenced_kernel_dirs(&edir, &files)?;
-    let new_name = kdir.trim_start_matches("palisade/").to_string();
-    let mut removed = Vec::new();
-    for name in list_dir(&pdir)? {
-        let p = pdir.join(&name);
-        if name == new_name || referenced.contains(&name) || !p.is_dir() {
-            continue;
-        }
-        fs::remove_dir_all(&p).map_err(io_err(&p, "remove"))?;
-        removed.push(format!("palisade/{name}"));
-    }
-    if !removed.is_empty() {
-        sync_dir(&pdir)?;
-    }
+    removed.extend(remove_unreferenced(&pdir, &edir, &files, &new_name)?);
     Ok(InstalledEntry {
         file,
         kernel_dir: kdir,
@@ -592,6 +610,40 @@ mod tests {
             Err(EspError::InvalidTries(0))
         ));
         assert_eq!(tree_hash(&esp), before);
+    }
+
+    /// Bytes of every file under `dir`.
+    fn used(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { used(&p) } else { fs::metadata(&p).unwrap().len() })
+            .sum()
+    }
+
+    #[test]
+    fn an_esp_with_room_for_two_kernels_takes_a_third_version() {
+        // A -> B -> A' with a new kernel each time, on an ESP that holds two
+        // kernels and little more: the kernel only the outgoing slot used goes
+        // before the new one is copied.
+        let d = tempfile::tempdir().unwrap();
+        let esp = d.path().join("esp");
+        let old = fresh_esp(&esp);
+        let k = |n: u8| vec![n; 4000];
+        let capacity = used(&esp) + 2 * 4000 + 2 * 10 + 4096 + SPACE_SLACK;
+        let probe = |p: &Path| -> Result<u64, EspError> { Ok(capacity.saturating_sub(used(p))) };
+        for (i, (slot, version)) in [(Slot::B, "0.2.0"), (Slot::A, "0.3.0"), (Slot::B, "0.4.0")].into_iter().enumerate() {
+            let root = d.path().join(format!("root-{version}"));
+            new_root(&root, version, &k(i as u8 + 1));
+            remove_slot_entries(&esp, slot).unwrap();
+            let e = install_with(&esp, slot, &root, 3, &probe).unwrap_or_else(|e| panic!("{version}: {e}"));
+            assert_eq!(e.version, version);
+            let dirs = list_dir(&esp.join("palisade")).unwrap();
+            assert_eq!(dirs.len(), 2, "{version}: one kernel per slot: {dirs:?}");
+            if i == 0 {
+                assert!(dirs.contains(&old.trim_start_matches("palisade/").to_string()), "A still boots the old one");
+            }
+        }
     }
 
     #[test]
