@@ -25,7 +25,7 @@ use palisade_update::refusal::{Refusal, RefusalKind};
 use palisade_update::repo::{ClientConfig, ImageTarget, Repo, RepoError, RepoSource};
 use palisade_update::schedule::{self, NodeIdentity, Plan};
 use palisade_update::slot::{self, Expected, VerifiedImage};
-use palisade_update::store::{self, SledStore};
+use palisade_update::store::{self, FileStore};
 use semver::Version;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -194,7 +194,7 @@ pub struct NodeView {
 
 pub struct Updater {
     layout: Layout,
-    store: SledStore,
+    store: FileStore,
     journal: Mutex<Journal>,
     progress: Mutex<Option<Progress>>,
     pending: Mutex<Option<ApplyRequest>>,
@@ -242,7 +242,7 @@ fn from_repo(e: &RepoError) -> Refusal {
 
 impl Updater {
     pub fn open(layout: Layout) -> anyhow::Result<Arc<Updater>> {
-        let store = SledStore::open(&layout.state_dir.join("store"))
+        let store = FileStore::open(&layout.state_dir.join("store"))
             .context("opening the state store")?;
         let journal = store::load_journal(&store)?;
         Ok(Arc::new(Updater {

@@ -15,7 +15,7 @@
 //! - [`journal`]: the update journal, an explicit state machine saved after every step.
 //! - [`slot`]: writing a staged image into the inactive slot (head last, hash
 //!   of the bytes written, read-back).
-//! - [`store`]: the allowlisted state store (sled on the state partition) and
+//! - [`store`]: the allowlisted state store (one atomically replaced file per key on the state partition) and
 //!   loading/saving the journal.
 //! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
 pub mod esp;

@@ -1,25 +1,31 @@
-//! The state store: a few allowlisted values on the state partition, kept in
-//! one sled database. Only the keys of [`Key`] can be read or written, so
-//! nothing else (client data in particular) can end up in it by accident.
+//! The state store: a few allowlisted values on the state partition, one file
+//! per key. Only the keys of [`Key`] can be read or written, so nothing else
+//! (client data in particular) can end up in it by accident.
 //!
-//! [`SledStore::put`] flushes before it returns: a write the caller saw succeed
-//! survives a power cut (tested by SIGKILLing a child process right after
-//! `put`). sled runs with a 256 KiB cache, 64 KiB segments and no background
-//! flusher. The state partition is 16 MiB; after 1000 journal writes the
-//! database directory measured 245 161 bytes (about 240 KiB; the `stays_small`
-//! test prints the figure and fails above 2 MiB).
+//! [`FileStore::put`] writes `<key>.json.new`, fsyncs it, renames it over
+//! `<key>.json` and fsyncs the directory before it returns: a write the caller
+//! saw succeed survives a power cut, and a cut mid-write leaves the previous
+//! value (rename is atomic). A sled database was used first, as DESIGN.md
+//! planned; the QEMU power-cut test (`e2e_update`) showed it losing a
+//! committed write: the journal's "blessed" record, flushed with
+//! `Db::flush()` (fsync) and logged as done, was gone after QEMU was killed
+//! a few seconds later, and the next boot read the phase before it
+//! (`trial boot of 0.2.0 in slot b`). Atomic files have no such recovery
+//! step to get wrong, and one small file per key is all this needs.
 //!
 //! The journal is stored as JSON under [`Key::UpdateJournal`]. A missing value
 //! is a fresh journal; a value that does not parse is an error naming the key —
 //! never silently reset, the caller decides.
 
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::journal::Journal;
 
 /// The allowlisted keys. More will come (node identity, last good config,
-/// grants, revocation list); each gets a fixed byte name here.
+/// grants, revocation list); each gets a fixed name here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Key {
@@ -28,34 +34,30 @@ pub enum Key {
 }
 
 impl Key {
-    /// The key's fixed name in the database.
-    pub fn name(self) -> &'static [u8] {
-        match self {
-            Key::UpdateJournal => b"update-journal",
-        }
-    }
-
-    /// The name as text, for errors.
+    /// The key's fixed name (its file is `<name>.json`).
     pub fn as_str(self) -> &'static str {
         match self {
             Key::UpdateJournal => "update-journal",
         }
+    }
+
+    fn file(self) -> String {
+        format!("{}.json", self.as_str())
     }
 }
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be opened (missing directory, corrupt, locked by
-    /// another process).
+    /// The store directory could not be created or used.
     #[error("state store {dir}: cannot open: {source}")]
-    Open { dir: PathBuf, source: sled::Error },
-    /// Reading, writing or flushing a key failed.
+    Open { dir: PathBuf, source: std::io::Error },
+    /// Reading or writing a key failed.
     #[error("state store: {op} `{key}`: {source}")]
     Io {
         key: &'static str,
         op: &'static str,
-        source: sled::Error,
+        source: std::io::Error,
     },
     /// The stored value does not parse. Not reset: the caller decides (e.g.
     /// report it and start a fresh journal explicitly).
@@ -71,57 +73,54 @@ pub trait Store {
     fn put(&self, key: Key, value: &[u8]) -> Result<(), StoreError>;
 }
 
-/// The sled store on the state partition.
-pub struct SledStore {
-    db: sled::Db,
+/// The store on the state partition: one file per key in one directory.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    /// One writer at a time (the temporary file name is per key).
+    write: Mutex<()>,
 }
 
-/// sled's page cache, bytes.
-const CACHE_BYTES: u64 = 256 * 1024;
-/// sled's log segment size, bytes (a power of two; the default 512 KiB makes the
-/// directory grow by several segments on a 16 MiB partition).
-const SEGMENT_BYTES: usize = 64 * 1024;
-
-impl SledStore {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .segment_size(SEGMENT_BYTES)
-            .mode(sled::Mode::LowSpace)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| StoreError::Open {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-        Ok(SledStore { db })
+impl FileStore {
+    /// Opens (or creates, mode 0700) the store directory `dir`.
+    pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let open = |source| StoreError::Open { dir: dir.to_path_buf(), source };
+        if !dir.is_dir() {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(open)?;
+        }
+        File::open(dir).map_err(open)?;
+        Ok(FileStore { dir: dir.to_path_buf(), write: Mutex::new(()) })
     }
 }
 
-impl Store for SledStore {
+impl Store for FileStore {
     fn get(&self, key: Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db
-            .get(key.name())
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|source| StoreError::Io {
-                key: key.as_str(),
-                op: "read",
-                source,
-            })
+        match fs::read(self.dir.join(key.file())) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { key: key.as_str(), op: "read", source }),
+        }
     }
 
     fn put(&self, key: Key, value: &[u8]) -> Result<(), StoreError> {
-        let io = |op| {
-            move |source| StoreError::Io {
-                key: key.as_str(),
-                op,
-                source,
-            }
-        };
-        self.db.insert(key.name(), value).map_err(io("write"))?;
-        self.db.flush().map_err(io("flush"))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |op| move |source| StoreError::Io { key: key.as_str(), op, source };
+        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.dir.join(key.file());
+        let tmp = self.dir.join(format!("{}.new", key.file()));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create"))?;
+        f.write_all(value).map_err(io("write"))?;
+        f.sync_all().map_err(io("fsync"))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io("rename"))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("fsync the directory of"))?;
         Ok(())
     }
 }
@@ -259,17 +258,32 @@ mod tests {
     }
 
     #[test]
-    fn sled_round_trip_across_reopen() {
+    fn file_round_trip_across_reopen() {
         let d = tempfile::tempdir().unwrap();
         {
-            let s = SledStore::open(d.path()).unwrap();
+            let s = FileStore::open(d.path()).unwrap();
             assert_eq!(load_journal(&s).unwrap(), Journal::new());
             save_journal(&s, &journal(1)).unwrap();
         }
-        let s = SledStore::open(d.path()).unwrap();
+        let s = FileStore::open(d.path()).unwrap();
         let j = load_journal(&s).unwrap();
         assert!(matches!(j.phase, Phase::Writing { .. }));
         assert_eq!(j, journal(1));
+        // Only the key's file is left (no temporary).
+        let names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["update-journal.json"]);
+    }
+
+    #[test]
+    fn a_cut_before_the_rename_keeps_the_previous_value() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        save_journal(&s, &journal(1)).unwrap();
+        // What a power cut between write and rename leaves: a temporary file.
+        std::fs::write(d.path().join("update-journal.json.new"), b"{\"phase\":").unwrap();
+        assert_eq!(load_journal(&FileStore::open(d.path()).unwrap()).unwrap(), journal(1));
+        save_journal(&s, &journal(2)).unwrap();
+        assert_eq!(load_journal(&s).unwrap(), journal(2));
     }
 
     #[test]
@@ -277,23 +291,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let e = SledStore::open(&file.join("db")).err().unwrap();
+        let e = FileStore::open(&file.join("db")).err().unwrap();
         assert!(e.to_string().contains("not-a-dir"), "{e}");
     }
 
     #[test]
     fn stays_small() {
         let d = tempfile::tempdir().unwrap();
-        let s = SledStore::open(d.path()).unwrap();
+        let s = FileStore::open(d.path()).unwrap();
         for n in 0..1000 {
             save_journal(&s, &journal(n)).unwrap();
         }
         let size = dir_size(d.path());
-        drop(s);
-        let reopened = dir_size(d.path());
-        println!("sled directory after 1000 journal writes: {size} bytes ({reopened} after close)");
-        assert!(size < 2 * 1024 * 1024, "{size} bytes");
-        let s = SledStore::open(d.path()).unwrap();
+        println!("store directory after 1000 journal writes: {size} bytes");
+        assert!(size < 16 * 1024, "{size} bytes");
+        let s = FileStore::open(d.path()).unwrap();
         assert_eq!(load_journal(&s).unwrap(), journal(999));
     }
 
@@ -306,7 +318,7 @@ mod tests {
         let Some(dir) = std::env::var_os(CHILD_ENV) else {
             return;
         };
-        let s = SledStore::open(Path::new(&dir)).unwrap();
+        let s = FileStore::open(Path::new(&dir)).unwrap();
         save_journal(&s, &journal(42)).unwrap();
         use std::io::Write;
         let mut out = std::io::stdout();
@@ -342,7 +354,7 @@ mod tests {
         assert!(seen, "child never reported its put ({status})");
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(nix::libc::SIGKILL));
-        let s = SledStore::open(d.path()).unwrap();
+        let s = FileStore::open(d.path()).unwrap();
         assert_eq!(load_journal(&s).unwrap(), journal(42));
     }
 }
