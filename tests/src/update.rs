@@ -45,12 +45,12 @@ impl Fleet {
     /// `repo init` in `dir/repo` with keys in `dir/keys`.
     pub fn init(dir: &Path) -> Result<Fleet> {
         let f = Fleet { bin: fleet_bin()?, repo: dir.join("repo"), keys: dir.join("keys") };
-        f.run(&["repo", "init"])?;
+        f.fleet(&["repo", "init"])?;
         Ok(f)
     }
 
     /// `palisade-fleet ARGS --repo R --keys K --json`; the parsed JSON output.
-    pub fn run(&self, args: &[&str]) -> Result<serde_json::Value> {
+    pub fn fleet(&self, args: &[&str]) -> Result<serde_json::Value> {
         let out = Command::new(&self.bin)
             .args(args)
             .arg("--repo")
@@ -73,12 +73,12 @@ impl Fleet {
 
     pub fn add_image(&self, file: &Path, board: &str, version: &str) -> Result<()> {
         let f = file.to_string_lossy();
-        self.run(&["image", "add", &f, "--board", board, "--version", version]).map(|_| ())
+        self.fleet(&["image", "add", &f, "--board", board, "--version", version]).map(|_| ())
     }
 
     /// A rollout of `version` to everyone now (one wave, no soak, no window).
     pub fn rollout_now(&self, version: &str) -> Result<()> {
-        self.run(&["rollout", "set", "--version", version, "--waves", "1", "--soak-minutes", "0", "--start", "now"])
+        self.fleet(&["rollout", "set", "--version", version, "--waves", "1", "--soak-minutes", "0", "--start", "now"])
             .map(|_| ())
     }
 

@@ -149,7 +149,7 @@ fn refused_updates_write_nothing_and_a_good_one_writes_slot_b_and_its_entry() {
     let expired = {
         let f = Fleet { repo: variants.join("expired"), ..fleet.clone() };
         fleet.snapshot(&f.repo).unwrap();
-        f.run(&["refresh", "--timestamp-expires-at", "2020-01-01T00:00:00Z"]).unwrap();
+        f.fleet(&["refresh", "--timestamp-expires-at", "2020-01-01T00:00:00Z"]).unwrap();
         f.repo.clone()
     };
     let too_large = {
@@ -213,7 +213,7 @@ fn refused_updates_write_nothing_and_a_good_one_writes_slot_b_and_its_entry() {
     let newer = fake_slot_image(&dir, "0.2.1", 1 << 20).unwrap();
     fleet.add_image(&newer, BOARD, "0.2.1").unwrap();
     // Past the versions the variants above were published at.
-    fleet.run(&["sign"]).unwrap();
+    fleet.fleet(&["sign"]).unwrap();
     p.cli_ok(&bed, &["update", "check"]).unwrap();
     palisade_tests::wait_until(Duration::from_secs(20), "a check of the newer repository", || {
         let st = status(&p, &bed);
