@@ -1,8 +1,9 @@
 //! The supervisor loop: one engine behind a mutex, driven by the control
 //! socket, SIGHUP and a timer. Engine calls block (netlink, nft), so they
-//! run on the blocking pool. Beside it run two tasks: the control socket
-//! server (bounded, see [`ControlLimits`]) and the DNS resolver's supervisor
-//! (`dns_supervisor.rs`: restarts with backoff, canary every 10 s).
+//! run on the blocking pool. Beside it run three tasks: the control socket
+//! server (bounded, see [`ControlLimits`]), the DNS resolver's supervisor
+//! (`dns_supervisor.rs`: restarts with backoff, canary every 10 s) and, where
+//! the system has A/B slots, the update task (`update.rs`).
 
 use crate::dns_supervisor::DnsSupervisor;
 use crate::update::{self, ApplyRequest, Layout, NodeView, Updater};
