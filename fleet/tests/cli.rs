@@ -225,23 +225,16 @@ fn exit_codes_for_bad_input() {
     }
     let man = t.path().join("manifest.json");
     std::fs::write(&man, r#"{"outputs":[{"path":"slot.img","sha256":"00"}]}"#).unwrap();
-    let (c, _, _) = fleet(
-        &[
+    let add_with_manifest = || {
+        fleet(
             &[
-                "image",
-                "add",
-                i,
-                "--board",
-                "b",
-                "--version",
-                "1.0.0",
-                "--manifest",
-                man.to_str().unwrap(),
-            ][..],
-            &rk,
-        ]
-        .concat(),
-    );
+                &["image", "add", i, "--board", "b", "--version", "1.0.0", "--manifest", man.to_str().unwrap()][..],
+                &rk,
+            ]
+            .concat(),
+        )
+    };
+    let (c, _, _) = add_with_manifest();
     assert_eq!(c, 2);
     let sha = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"; // sha256("x")
     std::fs::write(
@@ -249,23 +242,7 @@ fn exit_codes_for_bad_input() {
         format!(r#"{{"outputs":[{{"path":"slot.img","sha256":"{sha}"}}]}}"#),
     )
     .unwrap();
-    let (c, v, _) = fleet(
-        &[
-            &[
-                "image",
-                "add",
-                i,
-                "--board",
-                "b",
-                "--version",
-                "1.0.0",
-                "--manifest",
-                man.to_str().unwrap(),
-            ][..],
-            &rk,
-        ]
-        .concat(),
-    );
+    let (c, v, _) = add_with_manifest();
     assert_eq!(c, 0, "{v}");
     // Unknown flag: usage, 2, still one JSON object.
     let (c, v, _) = fleet(&["status", "--repo", r, "--bogus"]);
