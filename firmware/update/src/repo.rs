@@ -147,26 +147,15 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    /// Stable kebab-case name of the refusal (maps onto `RefusalKind`).
+    /// Stable kebab-case name of the refusal ([`RefusalKind::as_str`] of
+    /// [`refusal_kind`](Self::refusal_kind)).
+    ///
+    /// [`RefusalKind::as_str`]: crate::refusal::RefusalKind::as_str
     pub fn kind(&self) -> &'static str {
-        match self {
-            RepoError::Unreachable { .. } => "unreachable",
-            RepoError::BadSignature { .. } => "bad-signature",
-            RepoError::Expired { .. } => "expired",
-            RepoError::Rollback { .. } => "rollback",
-            RepoError::MixAndMatch { .. } => "mix-and-match",
-            RepoError::TooLarge { .. } => "too-large",
-            RepoError::Truncated { .. } => "truncated",
-            RepoError::HashMismatch { .. } => "hash-mismatch",
-            RepoError::NotATarget { .. } => "not-a-target",
-            RepoError::Invalid { .. } => "invalid",
-            RepoError::Config { .. } => "config",
-            RepoError::Clock { .. } => "clock",
-            RepoError::Io { .. } => "io",
-        }
+        self.refusal_kind().as_str()
     }
 
-    /// The refusal kind this error is reported as (the same string as [`kind`](Self::kind)).
+    /// The refusal kind this error is reported as.
     pub fn refusal_kind(&self) -> crate::refusal::RefusalKind {
         use crate::refusal::RefusalKind as K;
         match self {
