@@ -294,7 +294,7 @@ impl std::error::Error for UpdateRefused {}
 fn print_update_status(v: &Value) {
     let j = &v["journal"];
     println!("installed   {} (slot {}, board {})", v["installed"].as_str().unwrap_or("-"), v["booted_slot"].as_str().unwrap_or("-"), v["board"].as_str().unwrap_or("-"));
-    println!("phase       {}", phase_text(&j["phase"]));
+    println!("phase       {}", v["phase_text"].as_str().unwrap_or("-"));
     if let Some(f) = j["failed"].as_array().filter(|f| !f.is_empty()) {
         let f: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
         println!("failed      {} (never installed again)", f.join(", "));
@@ -316,24 +316,6 @@ fn print_update_status(v: &Value) {
     let r = &j["last_refusal"];
     if !r.is_null() {
         println!("refused     {} ({}): {}", r["at"].as_str().unwrap_or("-"), r["kind"].as_str().unwrap_or("-"), r["message"].as_str().unwrap_or("-"));
-    }
-}
-
-/// The journal phase as one line (`writing 0.2.0 to slot b`); the journal
-/// serialises it as `{"state": "writing", "version": .., "slot": ..}`.
-fn phase_text(p: &Value) -> String {
-    let ver = p["version"].as_str().unwrap_or("?");
-    let slot = p["slot"].as_str().unwrap_or("?");
-    match p["state"].as_str().unwrap_or("-") {
-        "staging" => format!("downloading {ver}"),
-        "writing" => format!("writing {ver} to slot {slot}"),
-        "written" => format!("{ver} written to slot {slot}, boot entry next"),
-        "switched" => match p["reboot_at"].as_str() {
-            Some(at) => format!("{ver} in slot {slot}, rebooting at {at}"),
-            None => format!("{ver} in slot {slot}; it boots at the next reboot"),
-        },
-        "trial" => format!("trial boot of {ver} from slot {slot} (blessed when healthy)"),
-        other => other.to_string(),
     }
 }
 
@@ -381,7 +363,7 @@ fn follow_apply(cli: &Cli, before: &Value, json: bool) -> anyhow::Result<()> {
         return Err(UpdateRefused(format!("{}: {}", r["kind"].as_str().unwrap_or("-"), r["message"].as_str().unwrap_or("-"))).into());
     }
     if !json {
-        println!("{}", phase_text(&v["journal"]["phase"]));
+        println!("{}", v["phase_text"].as_str().unwrap_or("-"));
     }
     Ok(())
 }

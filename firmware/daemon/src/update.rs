@@ -156,19 +156,6 @@ pub fn os_release_version(text: &str) -> Option<Version> {
     esp::os_release_version(text).and_then(|v| Version::parse(&v).ok())
 }
 
-/// A journal phase in words, for the console (`writing 0.2.0 to slot b`).
-pub fn phase_text(p: &Phase) -> String {
-    match p {
-        Phase::Idle => "idle".into(),
-        Phase::Staging { version } => format!("downloading {version}"),
-        Phase::Writing { version, slot } => format!("writing {version} to slot {slot}"),
-        Phase::Written { version, slot, .. } => format!("{version} written to slot {slot}"),
-        Phase::Switched { version, slot, reboot_at: Some(at) } => format!("{version} in slot {slot}, reboot at {at}"),
-        Phase::Switched { version, slot, reboot_at: None } => format!("{version} in slot {slot}, boots at the next reboot"),
-        Phase::Trial { version, slot } => format!("trial boot of {version} in slot {slot}"),
-    }
-}
-
 /// What a running install has done so far (for `palisade update status`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Progress {
@@ -301,6 +288,7 @@ impl Updater {
             "installed": self.layout.installed.to_string(),
             "booted_slot": self.layout.booted.letter(),
             "board": self.layout.board,
+            "phase_text": j.phase.to_string(),
             "journal": j,
             "busy": self.progress.lock().expect("progress poisoned").is_some()
                 || self.pending.lock().expect("pending poisoned").is_some(),
@@ -321,7 +309,7 @@ impl Updater {
             Phase::Trial { .. } => {
                 return Err("this boot is on trial (not blessed yet); install after it is".into())
             }
-            other => return Err(format!("an update is in progress: {}", phase_text(&other))),
+            other => return Err(format!("an update is in progress: {}", other)),
         }
         *p = Some(req);
         drop(p);
@@ -352,8 +340,8 @@ impl Updater {
             "update: journal after boot from slot {} ({}): {} -> {}, installed {}, failed [{}]",
             self.layout.booted.letter(),
             if blessed { "blessed" } else { "on trial" },
-            phase_text(&before),
-            phase_text(&after.phase),
+            before,
+            after.phase,
             after.installed.as_ref().map(|v| v.to_string()).unwrap_or_else(|| self.layout.installed.to_string()),
             after.failed.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
         );

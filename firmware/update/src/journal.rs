@@ -87,12 +87,22 @@ impl Phase {
     }
 }
 
+/// The phase in words, as the console and `palisade update status` show it
+/// (`writing 0.2.0 to slot b`).
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.target() {
-            None => f.write_str(self.name()),
-            Some((v, None)) => write!(f, "{} {v}", self.name()),
-            Some((v, Some(s))) => write!(f, "{} {v} (slot {s})", self.name()),
+        match self {
+            Phase::Idle => f.write_str("idle"),
+            Phase::Staging { version } => write!(f, "downloading {version}"),
+            Phase::Writing { version, slot } => write!(f, "writing {version} to slot {slot}"),
+            Phase::Written { version, slot, .. } => write!(f, "{version} written to slot {slot}"),
+            Phase::Switched { version, slot, reboot_at: Some(at) } => {
+                write!(f, "{version} in slot {slot}, reboot at {at}")
+            }
+            Phase::Switched { version, slot, reboot_at: None } => {
+                write!(f, "{version} in slot {slot}, boots at the next reboot")
+            }
+            Phase::Trial { version, slot } => write!(f, "trial boot of {version} in slot {slot}"),
         }
     }
 }
@@ -397,6 +407,25 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use proptest::prelude::*;
+
+    #[test]
+    fn phases_in_words() {
+        // The console lines the power-cut test reads are made of these.
+        let v = Version::new(0, 2, 0);
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let cases = [
+            (Phase::Idle, "idle".to_string()),
+            (Phase::Staging { version: v.clone() }, "downloading 0.2.0".into()),
+            (Phase::Writing { version: v.clone(), slot: Slot::B }, "writing 0.2.0 to slot b".into()),
+            (Phase::Written { version: v.clone(), slot: Slot::B, sha256: "00".repeat(32) }, "0.2.0 written to slot b".into()),
+            (Phase::Switched { version: v.clone(), slot: Slot::B, reboot_at: Some(at) }, format!("0.2.0 in slot b, reboot at {at}")),
+            (Phase::Switched { version: v.clone(), slot: Slot::A, reboot_at: None }, "0.2.0 in slot a, boots at the next reboot".into()),
+            (Phase::Trial { version: v, slot: Slot::B }, "trial boot of 0.2.0 in slot b".into()),
+        ];
+        for (p, text) in cases {
+            assert_eq!(p.to_string(), text);
+        }
+    }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 3, 1, 2, 0, 0).unwrap()
