@@ -17,8 +17,11 @@
 //!   of the bytes written, read-back).
 //! - [`store`]: the allowlisted state store (one atomically replaced file per key on the state partition) and
 //!   loading/saving the journal.
+//! - [`fleet`]: fleet trust formats (delegated roles and their paths, grants,
+//!   revocations, the enrolment bundle and serial protocol).
 //! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
 pub mod esp;
+pub mod fleet;
 pub mod journal;
 pub mod refusal;
 pub mod repo;

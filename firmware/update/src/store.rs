@@ -24,13 +24,24 @@ use std::sync::Mutex;
 
 use crate::journal::Journal;
 
-/// The allowlisted keys. More will come (node identity, last good config,
-/// grants, revocation list); each gets a fixed name here.
+/// The allowlisted keys; each has a fixed name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Key {
     /// The update journal ([`Journal`], JSON).
     UpdateJournal,
+    /// The node's identity key (ed25519, PKCS#8), made on the node at first
+    /// boot; it never leaves the node.
+    Identity,
+    /// The enrolment bundle the node accepted (fleet root, repositories,
+    /// name, region, mesh).
+    Enrolment,
+    /// The last verified fleet state (config, grants, issuer keys,
+    /// revocations, list digests) and the metadata versions they came with.
+    FleetState,
+    /// Set when this node was revoked: it stays stopped across reboots
+    /// until it is enrolled again.
+    Revoked,
 }
 
 impl Key {
@@ -38,6 +49,10 @@ impl Key {
     pub fn as_str(self) -> &'static str {
         match self {
             Key::UpdateJournal => "update-journal",
+            Key::Identity => "identity",
+            Key::Enrolment => "enrolment",
+            Key::FleetState => "fleet-state",
+            Key::Revoked => "revoked",
         }
     }
 
