@@ -7,6 +7,10 @@
 #                         without --tap the guest has no network at all
 #     --mac MAC           uplink MAC (default 52:54:00:50:41:01)
 #     --serial LOG        serial console to LOG (default: stdio)
+#     --serial-pty        with --serial: the console is also a pty (its path is
+#                         printed on stderr: "char device redirected to /dev/pts/N
+#                         (label ser0)"), which a host tool opens like a USB serial
+#                         adapter (palisade-fleet enrol --serial); LOG records output
 #     --pidfile FILE      QEMU writes its pid here (kill it by that pid)
 #     --monitor SOCK      QEMU monitor on a Unix socket (e.g. `sendkey ctrl-alt-delete`)
 #     --config-drive IMG  attach IMG read-only as a config drive (qemu/mkconfigdrive.sh)
@@ -21,16 +25,17 @@
 # The script execs QEMU, so its pid is QEMU's pid. No user networking is used.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 image=$1; shift
-netns= tap= mac=52:54:00:50:41:01 serial= pidfile= monitor= cfgdrive= vars= mem=512 smp=2 snapshot= noreboot=
+netns= tap= mac=52:54:00:50:41:01 serial= pidfile= monitor= cfgdrive= vars= mem=512 smp=2 snapshot= noreboot= serialpty=
 while [ $# -gt 0 ]; do
     case "$1" in
         --netns) netns=$2; shift 2 ;;
         --tap) tap=$2; shift 2 ;;
         --mac) mac=$2; shift 2 ;;
         --serial) serial=$2; shift 2 ;;
+        --serial-pty) serialpty=1; shift ;;
         --pidfile) pidfile=$2; shift 2 ;;
         --monitor) monitor=$2; shift 2 ;;
         --config-drive) cfgdrive=$2; shift 2 ;;
@@ -75,7 +80,13 @@ if [ -n "$tap" ]; then
 else
     args+=(-nic none)
 fi
-if [ -n "$serial" ]; then args+=(-serial "file:$serial"); else args+=(-serial stdio); fi
+if [ -n "$serial" ] && [ -n "$serialpty" ]; then
+    args+=(-chardev "pty,id=ser0,logfile=$serial" -serial chardev:ser0)
+elif [ -n "$serial" ]; then
+    args+=(-serial "file:$serial")
+else
+    args+=(-serial stdio)
+fi
 [ -n "$pidfile" ] && args+=(-pidfile "$pidfile")
 [ -n "$monitor" ] && args+=(-monitor "unix:$monitor,server,nowait")
 [ -n "$cfgdrive" ] && args+=(-drive "if=virtio,format=raw,readonly=on,file=$cfgdrive")

@@ -373,6 +373,7 @@ impl Vm {
             tap,
             "--serial".into(),
             console.display().to_string(),
+            "--serial-pty".into(),
             "--pidfile".into(),
             pidfile.display().to_string(),
             "--monitor".into(),
@@ -390,6 +391,19 @@ impl Vm {
         // internet namespace, where the tap is.
         let qemu = bed.inet.spawn("qemu", dir, &argv)?;
         Ok(Vm { qemu, disk: disk.to_path_buf(), console, monitor, started })
+    }
+
+    /// The host side of the guest's serial console, a pty (QEMU names it
+    /// on stderr once it has started).
+    pub fn serial_pty(&self) -> Result<PathBuf> {
+        wait_until(Duration::from_secs(30), "QEMU's serial pty", || {
+            let log = self.qemu.log_text();
+            log.lines().rev().find_map(|l| {
+                let rest = l.strip_prefix("char device redirected to ")?;
+                let (path, label) = rest.split_once(' ')?;
+                (label == "(label ser0)").then(|| PathBuf::from(path))
+            })
+        })
     }
 
     pub fn console_text(&self) -> String {

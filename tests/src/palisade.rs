@@ -215,8 +215,16 @@ impl Palisade {
         Ok(p)
     }
 
-    /// Start (or restart) the daemon process and wait until it is serving.
-    pub fn spawn(&mut self, bed: &mut TestBed) -> Result<()> {
+    /// Start (or restart) the daemon process and wait only for its control
+    /// socket (a revoked node serves no tunnel and no table of its own).
+    pub fn spawn_socket_only(&mut self, bed: &mut TestBed) -> Result<()> {
+        let _ = std::fs::remove_file(self.socket());
+        self.start_process(bed)?;
+        let sock = self.socket();
+        wait_until(Duration::from_secs(15), "palisaded: control socket", || sock.exists().then_some(()))
+    }
+
+    fn start_process(&mut self, bed: &mut TestBed) -> Result<()> {
         let d = self.bins.palisaded.to_string_lossy().into_owned();
         let secs = self.reconcile_secs.to_string();
         let (config, state, run) = (
@@ -250,6 +258,12 @@ impl Palisade {
             &[("PALISADE_LOG", &log), ("PATH", &path)],
         )?;
         bed.node_procs.palisaded = Some(proc);
+        Ok(())
+    }
+
+    /// Start (or restart) the daemon process and wait until it is serving.
+    pub fn spawn(&mut self, bed: &mut TestBed) -> Result<()> {
+        self.start_process(bed)?;
         let sock = self.socket();
         let ifn = bed.node_if.clone();
         let r = wait_until(

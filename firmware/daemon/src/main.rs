@@ -4,6 +4,7 @@
 
 mod dns;
 mod dns_supervisor;
+mod fleet;
 mod init;
 mod supervisor;
 mod update;
@@ -43,6 +44,15 @@ pub struct Args {
     /// Updates: the running root's board file (its name selects the images).
     #[arg(long, default_value = "/usr/share/palisade/board.toml")]
     pub board_file: PathBuf,
+    /// Fleet: seconds between polls of the repository for this node's
+    /// config, grants, revocations and lists (each interval is shortened by
+    /// up to 20 % jitter, never lengthened).
+    #[arg(long, default_value_t = 60)]
+    pub fleet_poll_secs: u64,
+    /// Fleet: serve the enrolment line protocol on this serial device (the
+    /// node: the kernel's serial `console=`).
+    #[arg(long)]
+    pub enrol_console: Option<PathBuf>,
 }
 
 /// Log filter from `spec` (EnvFilter syntax: PALISADE_LOG, default info).

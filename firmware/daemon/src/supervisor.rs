@@ -6,6 +6,7 @@
 //! the system has A/B slots, the update task (`update.rs`).
 
 use crate::dns_supervisor::DnsSupervisor;
+use crate::fleet::Fleet;
 use crate::update::{self, ApplyRequest, Layout, NodeView, Updater};
 use crate::Args;
 use anyhow::Context;
@@ -23,26 +24,37 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::signal::unix::{signal, SignalKind};
 
-type Shared = Arc<Mutex<Engine>>;
-type Dns = Arc<DnsSupervisor>;
+pub(crate) type Shared = Arc<Mutex<Engine>>;
+pub(crate) type Dns = Arc<DnsSupervisor>;
+/// The fleet subsystem (identity, enrolment, fleet sync).
+type FleetRef = Option<Arc<Fleet>>;
 /// The update subsystem, when this system can update itself.
 type Updates = Option<Arc<Updater>>;
 
 /// Bring the resolver in line with the engine's current spec (start,
 /// reload, restart or stop it). Errors leave a running resolver as it was.
-async fn sync_dns(engine: &Shared, dns: &Dns) -> Result<(), String> {
-    let spec = blocking(engine, |e| e.spec().cloned()).await;
+pub(crate) async fn sync_dns(engine: &Shared, dns: &Dns) -> Result<(), String> {
+    let spec = blocking(engine, served_spec).await;
     dns.apply(spec.as_ref()).await
 }
 
-async fn blocking<T: Send + 'static>(engine: &Shared, f: impl FnOnce(&mut Engine) -> T + Send + 'static) -> T {
+/// The spec DNS serves: none while the node is revoked.
+fn served_spec(e: &mut Engine) -> Option<palisade_core::config::NodeSpec> {
+    if e.revoked() {
+        None
+    } else {
+        e.spec().cloned()
+    }
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(engine: &Shared, f: impl FnOnce(&mut Engine) -> T + Send + 'static) -> T {
     let e = engine.clone();
     tokio::task::spawn_blocking(move || f(&mut e.lock().expect("engine poisoned")))
         .await
         .expect("engine task panicked")
 }
 
-fn log_report(what: &str, r: &Report) {
+pub(crate) fn log_report(what: &str, r: &Report) {
     if r.firewall_drift {
         tracing::warn!("{what}: firewall table was changed outside palisaded; restored");
     }
@@ -81,6 +93,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )));
 
     let dns: Dns = Arc::new(DnsSupervisor::default());
+    let fleet: FleetRef = match Fleet::open(&args.state_dir, &args.run_dir, Duration::from_secs(args.fleet_poll_secs.clamp(1, 86400))) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::error!("fleet unavailable: {e:#}");
+            None
+        }
+    };
+    // A revoked node locks down before its first reconcile: no tunnel, not
+    // even for a moment, until it is enrolled again.
+    if fleet.as_ref().is_some_and(|f| f.is_revoked()) {
+        let r = blocking(&engine, |e| e.set_revoked(true)).await;
+        log_report("revoked", &r);
+    }
     match blocking(&engine, |e| e.reload()).await {
         Ok(r) => log_report("start", &r),
         Err(e) => tracing::error!("start: {e}"),
@@ -114,10 +139,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 t.tick().await;
-                dns.tick(|| blocking(&engine, |e| e.spec().cloned())).await;
+                dns.tick(|| blocking(&engine, served_spec)).await;
             }
         })
     };
+    let fleet_task = fleet.clone().map(|f| {
+        if let Some(dev) = args.enrol_console.clone() {
+            crate::fleet::spawn_console(f.clone(), dev);
+        }
+        tokio::spawn(f.run(engine.clone(), dns.clone()))
+    });
     let updates: Updates = match Layout::discover(&args) {
         Ok(layout) => match Updater::open(layout) {
             Ok(u) => Some(u),
@@ -133,12 +164,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let update_task = updates.clone().map(|u| {
         let engine = engine.clone();
+        let fleet = fleet.clone();
         tokio::spawn(u.run(move || {
-            let engine = engine.clone();
-            Box::pin(async move { node_view(&engine).await })
+            let (engine, fleet) = (engine.clone(), fleet.clone());
+            Box::pin(async move { node_view(&engine, fleet.as_deref()).await })
         }))
     });
-    let control_task = tokio::spawn(control_server(listener, engine.clone(), dns.clone(), updates, ControlLimits::default()));
+    let control_task = tokio::spawn(control_server(listener, engine.clone(), dns.clone(), updates, fleet, ControlLimits::default()));
 
     loop {
         tokio::select! {
@@ -167,6 +199,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     control_task.abort();
     dns_task.abort();
     if let Some(t) = update_task {
+        t.abort();
+    }
+    if let Some(t) = fleet_task {
         t.abort();
     }
     let _ = std::fs::remove_file(&sock_path);
@@ -233,7 +268,7 @@ impl Waiting {
 }
 
 /// Accept control connections within `limits` (see [`ControlLimits`]).
-async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, updates: Updates, limits: ControlLimits) {
+async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, updates: Updates, fleet: FleetRef, limits: ControlLimits) {
     let slots = Arc::new(Semaphore::new(limits.max_conns));
     let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
@@ -261,9 +296,9 @@ async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, update
                 }
             }
         };
-        let (w, engine, dns, updates) = (waiting.clone(), engine.clone(), dns.clone(), updates.clone());
+        let (w, engine, dns, updates, fleet) = (waiting.clone(), engine.clone(), dns.clone(), updates.clone(), fleet.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, permit, w, engine, dns, updates, limits).await {
+            if let Err(e) = serve(stream, permit, w, engine, dns, updates, fleet, limits).await {
                 tracing::debug!("control connection: {e}");
             }
         });
@@ -277,6 +312,7 @@ async fn serve(
     engine: Shared,
     dns: Dns,
     updates: Updates,
+    fleet: FleetRef,
     limits: ControlLimits,
 ) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
@@ -296,7 +332,7 @@ async fn serve(
         return Ok(());
     }
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(req, &engine, &dns, &updates).await,
+        Ok(req) => handle(req, &engine, &dns, &updates, &fleet).await,
         Err(e) => Response::err(ErrorKind::BadRequest, format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp)?;
@@ -332,16 +368,38 @@ fn refused(e: EngineError) -> Response {
 }
 
 /// What the update task needs from the engine's current spec.
-async fn node_view(engine: &Shared) -> Option<NodeView> {
-    blocking(engine, |e| {
+/// The node id is the fleet identity's (the WireGuard key's hash where
+/// the fleet subsystem is unavailable).
+async fn node_view(engine: &Shared, fleet: Option<&Fleet>) -> Option<NodeView> {
+    let fleet_id = fleet.map(Fleet::node_id);
+    blocking(engine, move |e| {
         let spec = e.spec()?.clone();
-        let key = e.status()["wireguard"]["public_key"].as_str()?.to_string();
+        let id = match fleet_id {
+            Some(id) => id,
+            None => update::node_id(e.status()["wireguard"]["public_key"].as_str()?),
+        };
         Some(NodeView {
             update: spec.update.clone(),
-            identity: palisade_update::schedule::NodeIdentity { id: update::node_id(&key), region: spec.node.region.clone() },
+            identity: palisade_update::schedule::NodeIdentity { id, region: spec.node.region.clone() },
         })
     })
     .await
+}
+
+fn handle_fleet(req: Request, fleet: &FleetRef) -> Response {
+    let Some(f) = fleet else {
+        return Response::err(ErrorKind::Unavailable, "the fleet subsystem is unavailable (see the supervisor's log: the state store could not be opened)");
+    };
+    match req {
+        Request::Identity => Response::ok(f.identity_json()),
+        Request::FleetStatus => Response::ok(f.status_json()),
+        Request::FactoryReset { confirm: true } => match f.factory_reset() {
+            Ok(node) => Response::ok(serde_json::json!({"node_id": node})),
+            Err(e) => Response::err(ErrorKind::System, e),
+        },
+        Request::FactoryReset { confirm: false } => Response::err(ErrorKind::BadRequest, "factory reset needs confirm: true"),
+        _ => Response::err(ErrorKind::BadRequest, "not a fleet request"),
+    }
 }
 
 fn handle_update(req: Request, updates: &Updates) -> Response {
@@ -368,7 +426,7 @@ fn handle_update(req: Request, updates: &Updates) -> Response {
     }
 }
 
-async fn handle(req: Request, engine: &Shared, dns: &Dns, updates: &Updates) -> Response {
+async fn handle(req: Request, engine: &Shared, dns: &Dns, updates: &Updates, fleet: &FleetRef) -> Response {
     match req {
         Request::Status => {
             let mut v = blocking(engine, |e| e.status()).await;
@@ -411,5 +469,6 @@ async fn handle(req: Request, engine: &Shared, dns: &Dns, updates: &Updates) -> 
             Err(e) => Response::err(ErrorKind::Unavailable, e),
         },
         r @ (Request::UpdateStatus | Request::UpdateCheck | Request::UpdateApply { .. }) => handle_update(r, updates),
+        r @ (Request::Identity | Request::FleetStatus | Request::FactoryReset { .. }) => handle_fleet(r, fleet),
     }
 }

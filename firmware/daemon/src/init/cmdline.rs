@@ -28,6 +28,11 @@ impl Cmdline {
             .and_then(|(_, v)| v.as_deref())
     }
 
+    /// Every value given for `key`, in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.args.iter().filter(|(k, _)| k == key).filter_map(|(_, v)| v.as_deref()).collect()
+    }
+
     /// The booted slot, `a` or `b`.
     pub fn slot(&self) -> Option<&str> {
         self.get("palisade.slot").filter(|s| *s == "a" || *s == "b")

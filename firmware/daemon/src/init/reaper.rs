@@ -25,12 +25,21 @@ pub fn spawn_reaper() {
     power_off(reboot)
 }
 
-fn supervisor_command(env: &BootEnv) -> std::process::Command {
+/// The supervisor's arguments: the boot paths, the serial console for
+/// enrolment, and the fleet poll interval when the command line sets one
+/// (`palisade.fleet_poll=SECS`, a test hook: production polls every 60 s).
+fn supervisor_command(env: &BootEnv, cmd: &super::Cmdline) -> std::process::Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/sbin/palisaded"));
     let mut c = std::process::Command::new(exe);
     c.arg("--state-dir").arg(&env.state_dir);
     c.arg("--config").arg(&env.config);
     c.arg("--run-dir").arg(&env.run_dir);
+    if let Some(dev) = crate::fleet::console_device(cmd) {
+        c.arg("--enrol-console").arg(dev);
+    }
+    if let Some(secs) = cmd.get("palisade.fleet_poll").and_then(|v| v.parse::<u64>().ok()) {
+        c.arg("--fleet-poll-secs").arg(secs.to_string());
+    }
     c
 }
 
@@ -91,7 +100,8 @@ fn reaper_loop(env: &BootEnv) -> bool {
 }
 
 fn spawn_supervisor(env: &BootEnv) -> Option<std::process::Child> {
-    match supervisor_command(env).spawn() {
+    let cmd = super::Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    match supervisor_command(env, &cmd).spawn() {
         Ok(c) => Some(c),
         Err(e) => {
             console(&format!("cannot start the supervisor: {e}"));
@@ -195,7 +205,8 @@ mod tests {
             config: "/s/node.toml".into(),
             run_dir: "/r".into(),
         };
-        let c = supervisor_command(&env);
+        let cmd = super::super::Cmdline::parse("console=ttyS0,115200 palisade.fleet_poll=3 quiet");
+        let c = supervisor_command(&env, &cmd);
         let args: Vec<_> = c
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -208,7 +219,11 @@ mod tests {
                 "--config",
                 "/s/node.toml",
                 "--run-dir",
-                "/r"
+                "/r",
+                "--enrol-console",
+                "/dev/ttyS0",
+                "--fleet-poll-secs",
+                "3"
             ]
         );
     }

@@ -132,6 +132,16 @@ fn from_drive(dest: &Path) -> Option<String> {
                     }
                 }
             }
+            // An enrolment bundle (docs/fleet.md): palisaded accepts it
+            // while the node is not enrolled, then deletes it.
+            let bundle = mnt.join("palisade").join(crate::fleet::STATE_ENROL_BUNDLE);
+            if bundle.is_file() {
+                if let Some(state) = dest.parent() {
+                    if let Err(e) = install(&bundle, &state.join(crate::fleet::STATE_ENROL_BUNDLE)) {
+                        super::console(&format!("config drive: cannot install {}: {e}", crate::fleet::STATE_ENROL_BUNDLE));
+                    }
+                }
+            }
             let _ = umount2(mnt, MntFlags::empty());
             if ok {
                 return Some(dev);

@@ -1,0 +1,615 @@
+//! Fleet trust on the node (docs/fleet.md): the node's identity, enrolment
+//! (serial console or config drive), and the fleet task that pulls the
+//! node's desired state from the signed repository and applies it.
+//!
+//! - Identity: an ed25519 key made on the node at first boot (state store,
+//!   `identity`); the node id is derived from its public key.
+//! - Enrolment: accepted only while the node is not enrolled, from the
+//!   serial console's line protocol ([`spawn_console`]) or from
+//!   `enrol.json` in the state directory (copied there from a config drive).
+//! - The fleet task polls the repository every `poll` (minus up to 20 %
+//!   jitter, so the interval never exceeds it), verifies config, grants,
+//!   issuer keys, revocations and lists through their owning roles, keeps
+//!   the verified state in the store, and applies it through the engine
+//!   (hot: unchanged peers keep their sessions). Grants expire on the
+//!   node's own clock, online or not. A revoked node locks itself down and
+//!   stays locked down across reboots until it is enrolled again.
+//!
+//! Nothing client-identifying is logged: grant counts, never keys.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_core::config::PeerSection;
+use palisade_core::reconcile::FleetConfig;
+use palisade_update::enrol::{self, Responder};
+use palisade_update::fleet::{config_target, EnrolmentBundle};
+use palisade_update::identity::Identity;
+use palisade_update::repo::{ClientConfig, Repo, RepoError, RepoSource};
+use palisade_update::store::{FileStore, Key, Store};
+use palisade_update::sync::{self, Evaluated, FleetState, Verifier};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::supervisor::{blocking, Dns, Shared};
+
+/// The enrolment bundle from a config drive, in the state directory.
+pub const STATE_ENROL_BUNDLE: &str = "enrol.json";
+/// Where verified DNS lists from the repository are kept (tmpfs).
+pub const LISTS_DIR: &str = "lists";
+
+/// The fleet subsystem's state.
+pub struct Fleet {
+    store: FileStore,
+    state_dir: PathBuf,
+    run_dir: PathBuf,
+    identity: Mutex<Identity>,
+    poll: Duration,
+    status: Mutex<FleetStatus>,
+    verifier: Mutex<Verifier>,
+    /// Fingerprint of what was last given to the engine (config text and
+    /// peers), so an unchanged poll costs no re-validation.
+    applied: Mutex<Option<[u8; 32]>>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default, Clone)]
+struct FleetStatus {
+    last_check: Option<String>,
+    last_error: Option<(String, String)>,
+    config: Option<Value>,
+    grants_active: usize,
+    grants_rejected: usize,
+    next_expiry: Option<i64>,
+    lists: Vec<String>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+}
+
+/// `poll` minus a jitter of 0..20 %: a fleet does not poll in step, and no
+/// interval is longer than `poll` (the 60 s revocation bound holds).
+fn jittered_down(poll: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    let frac = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
+    poll.saturating_sub(poll.mul_f64(0.2 * frac))
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+impl Fleet {
+    /// Opens the store and the identity (made on first boot).
+    pub fn open(state_dir: &Path, run_dir: &Path, poll: Duration) -> anyhow::Result<Arc<Fleet>> {
+        use anyhow::Context;
+        let store = FileStore::open(&state_dir.join("store")).context("opening the state store")?;
+        let (identity, created) = Identity::load_or_create(&store).context("node identity")?;
+        if created {
+            tracing::info!("fleet: identity created: node {}", identity.node_id());
+        }
+        tracing::info!("fleet: node {} identity key {}", identity.node_id(), identity.public_key_b64());
+        Ok(Arc::new(Fleet {
+            store,
+            state_dir: state_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            identity: Mutex::new(identity),
+            poll,
+            status: Mutex::new(FleetStatus::default()),
+            verifier: Mutex::new(Verifier::default()),
+            applied: Mutex::new(None),
+            wake: Notify::new(),
+        }))
+    }
+
+    pub fn node_id(&self) -> String {
+        self.identity.lock().expect("identity poisoned").node_id()
+    }
+
+    fn enrolment(&self) -> Option<EnrolmentBundle> {
+        match enrol::enrolment(&self.store) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("fleet: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        matches!(self.store.get(Key::Revoked), Ok(Some(_)))
+    }
+
+    /// `palisade identity`.
+    pub fn identity_json(&self) -> Value {
+        let id = self.identity.lock().expect("identity poisoned");
+        let b = self.enrolment();
+        json!({
+            "node_id": id.node_id(),
+            "public_key": id.public_key_b64(),
+            "enrolled": b.is_some(),
+            "revoked": self.is_revoked(),
+            "name": b.as_ref().map(|b| b.name.clone()),
+            "region": b.as_ref().map(|b| b.region.clone()),
+        })
+    }
+
+    /// `palisade fleet status`.
+    pub fn status_json(&self) -> Value {
+        let s = self.status.lock().expect("status poisoned").clone();
+        let b = self.enrolment();
+        json!({
+            "node_id": self.node_id(),
+            "enrolled": b.is_some(),
+            "revoked": self.is_revoked(),
+            "repository": b.as_ref().and_then(|b| b.repositories.first().cloned()),
+            "poll_secs": self.poll.as_secs(),
+            "last_check": s.last_check,
+            "last_error": s.last_error.map(|(k, m)| json!({"kind": k, "message": m})),
+            "config": s.config,
+            "grants": {
+                "active": s.grants_active,
+                "rejected": s.grants_rejected,
+                "next_expiry": s.next_expiry.map(rfc3339),
+            },
+            "lists": s.lists,
+        })
+    }
+
+    /// Accept an enrolment (serial console or config drive).
+    fn accept(&self, bundle: &EnrolmentBundle) -> Result<(), enrol::EnrolRefusal> {
+        let id = self.identity.lock().expect("identity poisoned");
+        enrol::accept(&self.store, &id, bundle)?;
+        drop(id);
+        self.enrolled(bundle);
+        Ok(())
+    }
+
+    /// After an enrolment was saved: the fleet root for the repository
+    /// clients, then wake the fleet task.
+    fn enrolled(&self, bundle: &EnrolmentBundle) {
+        let root = self.state_dir.join(crate::update::STATE_FLEET_ROOT);
+        match serde_json::to_vec_pretty(&bundle.fleet_root) {
+            Ok(bytes) => {
+                if let Err(e) = write_atomic(&root, &bytes) {
+                    tracing::error!("fleet: writing {}: {e}", root.display());
+                }
+            }
+            Err(e) => tracing::error!("fleet: fleet root: {e}"),
+        }
+        tracing::info!("fleet: enrolled as {} (region {}), node {}", bundle.name, bundle.region, self.node_id());
+        self.wake.notify_one();
+    }
+
+    /// An enrolment bundle left in the state directory by a config drive.
+    fn enrol_from_state(&self) {
+        let path = self.state_dir.join(STATE_ENROL_BUNDLE);
+        let Ok(bytes) = std::fs::read(&path) else { return };
+        let r = serde_json::from_slice::<EnrolmentBundle>(&bytes)
+            .map_err(|e| format!("invalid: {e}"))
+            .and_then(|b| self.accept(&b).map_err(|r| format!("{}: {}", r.kind, r.reason)));
+        match r {
+            Ok(()) => tracing::info!("fleet: enrolment from {} accepted", path.display()),
+            Err(e) => tracing::error!("fleet: enrolment from {} refused: {e}", path.display()),
+        }
+        // Consumed either way: a refused bundle is not retried on every boot.
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Wake the task now (enrolment, `palisade fleet check`).
+    pub fn check_now(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Factory reset of the fleet state: the node forgets its enrolment and
+    /// its fleet state and gets a new identity; it can then be enrolled
+    /// again. A revoked node stays locked down until that enrolment.
+    pub fn factory_reset(&self) -> Result<String, String> {
+        enrol::factory_reset_enrolment(&self.store).map_err(|e| e.to_string())?;
+        Identity::wipe(&self.store).map_err(|e| e.to_string())?;
+        let (id, _) = Identity::load_or_create(&self.store).map_err(|e| e.to_string())?;
+        let node = id.node_id();
+        *self.identity.lock().expect("identity poisoned") = id;
+        *self.applied.lock().expect("applied poisoned") = None;
+        let _ = std::fs::remove_file(self.state_dir.join(crate::update::STATE_FLEET_ROOT));
+        tracing::warn!("fleet: factory reset: enrolment and fleet state cleared; new identity node {node}");
+        Ok(node)
+    }
+
+    fn set_error(&self, kind: &str, message: String) {
+        tracing::warn!("fleet: refused: {kind}: {message}");
+        self.status.lock().expect("status poisoned").last_error = Some((kind.to_string(), message));
+    }
+
+    /// The fleet task: never returns.
+    pub async fn run(self: Arc<Self>, engine: Shared, dns: Dns) {
+        if self.is_revoked() {
+            tracing::warn!("fleet: this node is revoked; it stays stopped until it is enrolled again");
+            self.lock_down(&engine, &dns).await;
+        }
+        self.enrol_from_state();
+        // Serve the last verified state before the first poll: a reboot with
+        // the repository unreachable keeps serving.
+        if self.enrolment().is_some() && !self.is_revoked() {
+            match FleetState::load(&self.store) {
+                Ok(Some(state)) => {
+                    tracing::info!("fleet: serving the last verified fleet state");
+                    self.apply(&engine, &dns, &state).await;
+                }
+                Ok(None) => {}
+                Err(e) => self.set_error("io", e.to_string()),
+            }
+        }
+        loop {
+            let delay = self.step(&engine, &dns).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// One round; returns the time to the next.
+    async fn step(&self, engine: &Shared, dns: &Dns) -> Duration {
+        if self.enrolment().is_none() {
+            // Not enrolled: a bundle from a config drive (or put in the
+            // state directory) is looked for every few seconds; the serial
+            // console's enrolment wakes us.
+            self.enrol_from_state();
+        }
+        let Some(bundle) = self.enrolment() else {
+            return Duration::from_secs(5);
+        };
+        if self.is_revoked() {
+            return Duration::from_secs(3600);
+        }
+        self.unlock_if_enrolled(engine, dns).await;
+        let node_id = self.node_id();
+        let previous = FleetState::load(&self.store).ok().flatten();
+        match self.fetch(&bundle, &node_id, previous.as_ref()).await {
+            Ok(state) => {
+                self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
+                if previous.as_ref() != Some(&state) {
+                    if let Err(e) = state.save(&self.store) {
+                        self.set_error("io", e.to_string());
+                    }
+                }
+                self.status.lock().expect("status poisoned").last_error = None;
+                self.apply(engine, dns, &state).await;
+            }
+            Err(e) => {
+                self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
+                self.set_error(e.kind(), e.to_string());
+                // Grants still expire offline: evaluate the kept state.
+                if let Some(state) = previous {
+                    self.apply(engine, dns, &state).await;
+                }
+            }
+        }
+        let wait = jittered_down(self.poll);
+        let expiry = self.status.lock().expect("status poisoned").next_expiry;
+        match expiry {
+            Some(at) => {
+                let until = Duration::from_secs((at - now_unix()).max(0) as u64 + 1);
+                wait.min(until)
+            }
+            None => wait,
+        }
+    }
+
+    async fn fetch(&self, bundle: &EnrolmentBundle, node_id: &str, previous: Option<&FleetState>) -> Result<FleetState, RepoError> {
+        let ca = match &bundle.ca_pem {
+            Some(pem) => {
+                let p = self.run_dir.join("fleet-ca.pem");
+                write_atomic(&p, pem.as_bytes()).map_err(|e| RepoError::Io { path: p.clone(), source: e })?;
+                Some(p)
+            }
+            None => None,
+        };
+        let cfg = ClientConfig {
+            trusted_root: self.state_dir.join(crate::update::STATE_FLEET_ROOT),
+            datastore: self.state_dir.join("tuf").join("fleet"),
+            ca_file: ca,
+            timeout: Duration::from_secs(20),
+        };
+        let mut last = None;
+        for url in &bundle.repositories {
+            let base = match url::Url::parse(url) {
+                Ok(u) => u,
+                Err(e) => {
+                    last = Some(RepoError::Config { detail: format!("repository URL {url}: {e}") });
+                    continue;
+                }
+            };
+            let r = async {
+                let src = RepoSource::from_base(&base)?;
+                let repo = Repo::load(&src, &cfg).await?;
+                sync::fetch(&repo, node_id, previous).await
+            }
+            .await;
+            match r {
+                Ok(s) => return Ok(s),
+                // Only an unreachable mirror moves on to the next one: a
+                // refusal (signature, rollback, role) is the answer.
+                Err(e @ RepoError::Unreachable { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(RepoError::Config { detail: "the enrolment names no repository".into() }))
+    }
+
+    /// Evaluate `state` now and bring the node in line with it.
+    async fn apply(&self, engine: &Shared, dns: &Dns, state: &FleetState) {
+        let node_id = self.node_id();
+        let ev: Evaluated = {
+            let mut v = self.verifier.lock().expect("verifier poisoned");
+            v.evaluate(state, &node_id, now_unix())
+        };
+        if ev.revoked_self {
+            tracing::warn!("fleet: node {node_id} revoked by the fleet; tunnel down, keys wiped, firewall drop-all, DNS off");
+            if let Err(e) = self.store.put(Key::Revoked, b"{}") {
+                tracing::error!("fleet: recording the revocation: {e}");
+            }
+            self.lock_down(engine, dns).await;
+            if let Err(e) = enrol::factory_reset_enrolment(&self.store) {
+                tracing::error!("fleet: clearing the enrolment: {e}");
+            }
+            if let Err(e) = Identity::wipe(&self.store) {
+                tracing::error!("fleet: wiping the identity key: {e}");
+            }
+            let _ = std::fs::remove_file(self.state_dir.join(crate::update::STATE_FLEET_ROOT));
+            *self.applied.lock().expect("applied poisoned") = None;
+            // A fresh identity, so the node can be enrolled again (as a new
+            // node: the revoked id stays revoked).
+            match Identity::load_or_create(&self.store) {
+                Ok((id, _)) => {
+                    tracing::info!("fleet: new identity node {} (not enrolled)", id.node_id());
+                    *self.identity.lock().expect("identity poisoned") = id;
+                }
+                Err(e) => tracing::error!("fleet: new identity: {e}"),
+            }
+            return;
+        }
+        {
+            let mut s = self.status.lock().expect("status poisoned");
+            s.grants_active = ev.peers.len();
+            s.grants_rejected = ev.rejected.len();
+            s.next_expiry = ev.next_expiry;
+            s.lists = ev.lists.keys().cloned().collect();
+        }
+        let Some(text) = ev.config_text.clone() else {
+            return;
+        };
+        let lists_changed = match self.write_lists(&ev.lists) {
+            Ok(changed) => changed,
+            Err(e) => {
+                self.set_error("io", format!("writing DNS lists: {e}"));
+                false
+            }
+        };
+        let peers: Vec<PeerSection> = ev
+            .peers
+            .iter()
+            .map(|g| PeerSection {
+                name: format!("grant-{}", g.jti),
+                public_key: g.public_key.clone(),
+                addresses: g.addresses.clone(),
+                tier: g.tier.clone(),
+                preshared_key: None,
+            })
+            .collect();
+        let fp = {
+            let keys: Vec<&[u8]> = peers.iter().flat_map(|p| [p.name.as_bytes(), p.public_key.as_bytes()]).collect();
+            let addrs = format!("{:?}", peers.iter().map(|p| (&p.addresses, &p.tier)).collect::<Vec<_>>());
+            let mut parts = vec![text.as_bytes(), addrs.as_bytes()];
+            parts.extend(keys);
+            sha256(&parts)
+        };
+        if *self.applied.lock().expect("applied poisoned") == Some(fp) {
+            if lists_changed {
+                if let Err(e) = crate::supervisor::sync_dns(engine, dns).await {
+                    self.set_error("invalid", format!("DNS lists: {e}"));
+                }
+            }
+            return;
+        }
+        let cfg = FleetConfig { source: PathBuf::from(format!("fleet:{}", config_target(&node_id))), text, peers };
+        let n = cfg.peers.len();
+        let started = std::time::Instant::now();
+        match blocking(engine, move |e| e.set_fleet(Some(cfg))).await {
+            Ok(r) => {
+                *self.applied.lock().expect("applied poisoned") = Some(fp);
+                let sha = state.config_sha256().unwrap_or_default();
+                self.status.lock().expect("status poisoned").config = Some(json!({
+                    "sha256": sha,
+                    "role_version": state.config_role_version(),
+                    "applied_at": rfc3339(now_unix()),
+                }));
+                tracing::info!(
+                    "fleet: config {} applied, {n} grant(s) active, {} rejected, {} peer change(s) in {} ms",
+                    &sha[..sha.len().min(12)],
+                    ev.rejected.len(),
+                    r.wg_peer_changes,
+                    started.elapsed().as_millis()
+                );
+                if let Err(e) = crate::supervisor::sync_dns(engine, dns).await {
+                    self.set_error("invalid", format!("DNS: {e}"));
+                }
+            }
+            Err(e) => self.set_error("invalid-config", e.to_string()),
+        }
+    }
+
+    /// Write verified lists to the run directory (atomically, each); true
+    /// when any changed.
+    fn write_lists(&self, lists: &BTreeMap<String, Vec<u8>>) -> std::io::Result<bool> {
+        let dir = self.run_dir.join(LISTS_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let mut changed = false;
+        for (name, bytes) in lists {
+            let p = dir.join(format!("{name}.txt"));
+            if std::fs::read(&p).ok().as_deref() != Some(bytes.as_slice()) {
+                write_atomic(&p, bytes)?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn lock_down(&self, engine: &Shared, dns: &Dns) {
+        let r = blocking(engine, |e| {
+            let r = e.set_revoked(true);
+            // The fleet's config and grants are forgotten: a later
+            // enrolment starts from the node's own config.
+            let _ = e.set_fleet(None);
+            r
+        })
+        .await;
+        crate::supervisor::log_report("revoked", &r);
+        dns.shutdown().await;
+    }
+
+    /// Enrolled again after a revocation: leave the lockdown.
+    async fn unlock_if_enrolled(&self, engine: &Shared, dns: &Dns) {
+        if self.is_revoked() || !blocking(engine, |e| e.revoked()).await {
+            return;
+        }
+        let r = blocking(engine, |e| e.set_revoked(false)).await;
+        crate::supervisor::log_report("enrolled again", &r);
+        tracing::info!("fleet: enrolled again; the lockdown is lifted");
+        if let Err(e) = crate::supervisor::sync_dns(engine, dns).await {
+            tracing::error!("fleet: DNS: {e}");
+        }
+    }
+
+    /// Handle one line from the serial console; the reply to write, if any.
+    fn console_line(&self, responder: &mut Responder, line: &str) -> Option<String> {
+        let id = self.identity.lock().expect("identity poisoned");
+        let (reply, accepted) = responder.handle_line(line, &self.store, &id)?;
+        drop(id);
+        if let Some(b) = accepted {
+            self.enrolled(&b);
+        }
+        Some(reply)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The serial console device from the kernel command line (`console=ttyS0,115200`:
+/// the last `console=` naming a serial port).
+pub fn console_device(cmdline: &crate::init::Cmdline) -> Option<PathBuf> {
+    cmdline
+        .all("console")
+        .into_iter()
+        .rev()
+        .map(|v| v.split(',').next().unwrap_or_default().to_string())
+        .find(|d| d.starts_with("ttyS") || d.starts_with("ttyAMA") || d.starts_with("ttyUSB"))
+        .map(|d| PathBuf::from("/dev").join(d))
+}
+
+/// Serve the enrolment line protocol on the serial console `dev`, in a
+/// thread of its own (blocking reads). Input is switched to non-canonical,
+/// no echo; output processing stays as it is, so the console's log lines
+/// are unchanged.
+pub fn spawn_console(fleet: Arc<Fleet>, dev: PathBuf) {
+    std::thread::Builder::new()
+        .name("enrol-console".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                if let Err(e) = serve_console(&fleet, &dev) {
+                    tracing::warn!("fleet: serial console {}: {e}", dev.display());
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        })
+        .expect("spawning the console thread");
+}
+
+fn serve_console(fleet: &Fleet, dev: &Path) -> std::io::Result<()> {
+    use nix::sys::termios::{self, LocalFlags, SetArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc_o_noctty()).open(dev)?;
+    let mut t = termios::tcgetattr(&f).map_err(std::io::Error::from)?;
+    t.local_flags.remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ISIG | LocalFlags::IEXTEN);
+    t.control_chars[termios::SpecialCharacterIndices::VMIN as usize] = 1;
+    t.control_chars[termios::SpecialCharacterIndices::VTIME as usize] = 0;
+    termios::tcsetattr(&f, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
+    tracing::info!("fleet: enrolment protocol on {}", dev.display());
+    let mut responder = Responder::new();
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = f.read(&mut chunk)?;
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        for &b in &chunk[..n] {
+            if b == b'\n' || b == b'\r' {
+                if !buf.is_empty() {
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    buf.clear();
+                    if let Some(reply) = fleet.console_line(&mut responder, &line) {
+                        f.write_all(reply.as_bytes())?;
+                        f.flush()?;
+                    }
+                }
+            } else if buf.len() < 1 << 20 {
+                buf.push(b);
+            } else {
+                // An endless line is not a protocol line: drop it.
+                buf.clear();
+            }
+        }
+    }
+}
+
+fn libc_o_noctty() -> i32 {
+    nix::fcntl::OFlag::O_NOCTTY.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_never_exceeds_the_interval() {
+        for _ in 0..200 {
+            let d = jittered_down(Duration::from_secs(60));
+            assert!(d <= Duration::from_secs(60) && d >= Duration::from_secs(48), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn console_from_cmdline() {
+        let c = crate::init::Cmdline::parse("console=tty0 console=ttyS0,115200 quiet");
+        assert_eq!(console_device(&c), Some(PathBuf::from("/dev/ttyS0")));
+        let c = crate::init::Cmdline::parse("console=tty0 quiet");
+        assert_eq!(console_device(&c), None);
+    }
+}

@@ -1,0 +1,103 @@
+//! Fleet-trust test support: `palisade-fleet`'s fleet commands (issuer,
+//! node configs, grants, revocations, lists, key rotation, enrolment
+//! bundles) on a test repository, and what the node reports about them.
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+use crate::update::Fleet;
+
+impl Fleet {
+    /// `issuer init`: the grant issuer's key and `jwks.json`.
+    pub fn issuer_init(&self) -> Result<()> {
+        self.fleet(&["issuer", "init"]).map(|_| ())
+    }
+
+    /// `enrol --bundle-out`: the enrolment bundle for node `node_id` (a
+    /// config drive's `palisade/enrol.json`).
+    pub fn enrol_bundle(&self, node_id: &str, repository: &str, name: &str, region: &str, out: &Path) -> Result<()> {
+        let o = out.to_string_lossy();
+        self.fleet(&[
+            "enrol",
+            "--bundle-out",
+            &o,
+            "--node-id",
+            node_id,
+            "--repository",
+            repository,
+            "--node-name",
+            name,
+            "--region",
+            region,
+        ])
+        .map(|_| ())
+    }
+
+    /// `config set --node ID FILE`.
+    pub fn config_set(&self, node_id: &str, text: &str, dir: &Path) -> Result<()> {
+        let f = dir.join(format!("config-{node_id}.toml"));
+        std::fs::write(&f, text)?;
+        let fs = f.to_string_lossy();
+        self.fleet(&["config", "set", "--node", node_id, &fs, "--force"]).map(|_| ())
+    }
+
+    /// `grant issue`; returns the grant id.
+    pub fn grant_issue(&self, node_id: &str, peer: &str, addresses: &[String], expires: &str) -> Result<String> {
+        let mut args: Vec<&str> = vec!["grant", "issue", "--node", node_id, "--peer", peer, "--expires", expires];
+        for a in addresses {
+            args.extend(["--address", a.as_str()]);
+        }
+        let v = self.fleet(&args)?;
+        jti_of(&v).ok_or_else(|| anyhow!("grant issue printed no grant id: {v}"))
+    }
+
+    /// `revoke ARGS` (`--grant JTI`, `--client KEY`, `--node ID`).
+    pub fn revoke(&self, args: &[&str]) -> Result<()> {
+        let mut a = vec!["revoke"];
+        a.extend_from_slice(args);
+        self.fleet(&a).map(|_| ())
+    }
+
+    /// `sign-as ROLE TARGET FILE` (test hook: a role signing outside its paths).
+    pub fn sign_as(&self, role: &str, target: &str, file: &Path) -> Result<()> {
+        let f = file.to_string_lossy();
+        self.fleet(&["sign-as", role, target, &f]).map(|_| ())
+    }
+
+    /// `keys rotate ROLE`.
+    pub fn rotate(&self, role: &str) -> Result<()> {
+        self.fleet(&["keys", "rotate", role]).map(|_| ())
+    }
+
+    /// `list set NAME FILE`.
+    pub fn list_set(&self, name: &str, file: &Path) -> Result<()> {
+        let f = file.to_string_lossy();
+        self.fleet(&["list", "set", name, &f]).map(|_| ())
+    }
+
+    /// The content-addressed file of `target` in the repository (the
+    /// newest, by modification time, if several).
+    pub fn target_file(&self, target: &str) -> Result<PathBuf> {
+        let (dir, name) = match target.rsplit_once('/') {
+            Some((d, n)) => (self.repo.join("targets").join(d), n.to_string()),
+            None => (self.repo.join("targets"), target.to_string()),
+        };
+        let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(&format!(".{name}")))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        found.sort();
+        found.pop().map(|(_, p)| p).ok_or_else(|| anyhow!("no file for target {target} under {}", dir.display()))
+    }
+}
+
+/// The grant id in `grant issue`'s JSON output.
+fn jti_of(v: &Value) -> Option<String> {
+    ["jti", "id", "grant_id"]
+        .iter()
+        .find_map(|k| v[*k].as_str().or_else(|| v["grant"][*k].as_str()))
+        .map(str::to_string)
+}
