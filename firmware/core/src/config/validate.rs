@@ -122,6 +122,8 @@ struct Site {
 
 struct Errors<'a> {
     sources: &'a [Source],
+    /// Every peer, across sources (to name peers that have no text).
+    peers: &'a [super::PeerSection],
     out: Vec<ConfigError>,
 }
 
@@ -138,8 +140,16 @@ impl<'a> Errors<'a> {
     fn locate(&self, section: &str, index: Option<usize>, field: &str) -> Location {
         // Peers can come from the peers file: index counts across sources.
         if section == "peer" {
-            let mut i = index.unwrap_or(0);
+            let all = index.unwrap_or(0);
+            let mut i = all;
             for (file, text, n) in self.sources {
+                if i < *n && text.is_empty() {
+                    // Peers given as values (fleet grants): no text to find
+                    // a line in, so the peer is named instead.
+                    let name = self.peers.get(all).map(|p| p.name.as_str()).unwrap_or_default();
+                    let field = if field.is_empty() { String::new() } else { format!(".{field}") };
+                    return Location { file: file.clone(), line: None, field: format!("peer '{name}'{field}") };
+                }
                 if i < *n {
                     return Location {
                         file: file.clone(),
@@ -216,7 +226,7 @@ impl NodeConfig {
     }
 
     pub(super) fn validate_with_sources(&self, sources: &[Source]) -> Result<NodeSpec, ConfigError> {
-        let mut e = Errors { sources, out: Vec::new() };
+        let mut e = Errors { sources, peers: &self.peers, out: Vec::new() };
 
         let n = &self.node.name;
         if n.is_empty() || n.len() > 63 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
