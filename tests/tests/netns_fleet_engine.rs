@@ -2,7 +2,7 @@
 //! WireGuard interface (wireguard-go: this host kernel has no WireGuard
 //! module; the image's kernel backend deletes its interface the same way,
 //! over netlink), driven in process inside the bed's node namespace
-//! (docs/security.md S19):
+//! (docs/security.md S11, "Revoked lockdown"):
 //!
 //! - a fleet config applied hot: a grant added leaves the other client's
 //!   session alone;

@@ -352,7 +352,7 @@ pub fn fallback() -> Ruleset {
     }
 }
 
-/// The table of a node the fleet revoked (docs/security.md S19): the same
+/// The table of a node the fleet revoked (docs/security.md S11, "Revoked lockdown"): the same
 /// table name, every filter hook dropping by policy, loopback the only
 /// exception. Nothing reaches the node, nothing is forwarded, the node
 /// sends nothing; no NAT chain, no sets, never a `log` statement. Loaded
