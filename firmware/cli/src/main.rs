@@ -521,8 +521,9 @@ fn print_status(v: &Value) {
     );
     let f = &v["firewall"];
     println!(
-        "firewall    {} {}",
+        "firewall    {}{} {}",
         f["table"].as_str().unwrap_or("-"),
+        if f["mode"] == "lockdown" { " (LOCKDOWN)" } else { "" },
         match (f["loaded"].as_bool(), f["verified"].as_bool()) {
             (Some(true), Some(true)) => "loaded, verified",
             (Some(true), _) => "loaded, NOT verified",
