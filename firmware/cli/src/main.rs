@@ -674,6 +674,48 @@ mod tests {
         assert!(t.contains("revoked     YES") && t.contains("lists       none"), "{t}");
     }
 
+    /// Run the CLI with `args` against a one-shot control socket that
+    /// answers `resp`; returns what `run` returned and the request line sent.
+    fn against_fake_daemon(resp: &'static str, args: &[&str]) -> (anyhow::Result<()>, String) {
+        use std::io::{BufRead, Write};
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("palisade-cli-sock-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let h = std::thread::spawn(move || {
+            let (c, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+            (&c).write_all(format!("{resp}\n").as_bytes()).unwrap();
+            line
+        });
+        let mut argv = vec!["palisade", "--socket", sock.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let r = run(Cli::try_parse_from(argv).unwrap());
+        let line = h.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (r, line.trim().to_string())
+    }
+
+    #[test]
+    fn identity_and_fleet_status_send_their_requests_and_map_refusals() {
+        let id = r#"{"ok":true,"data":{"node_id":"0123456789abcdef","public_key":"PUB=","enrolled":false,"name":null,"region":null}}"#;
+        let (r, sent) = against_fake_daemon(id, &["identity", "--json"]);
+        r.unwrap();
+        assert_eq!(sent, r#"{"cmd":"identity"}"#);
+        let (r, sent) = against_fake_daemon(r#"{"ok":true,"data":{"enrolled":true,"revoked":false}}"#, &["fleet", "status"]);
+        r.unwrap();
+        assert_eq!(sent, r#"{"cmd":"fleet-status"}"#);
+        // A refusal keeps its kind: peers of a fleet-managed node exit 7.
+        let refused = r#"{"ok":false,"error":"peers of this node come from the fleet repository","kind":"fleet-managed","data":null}"#;
+        let (r, _) = against_fake_daemon(refused, &["peers", "remove", "x"]);
+        let e = r.unwrap_err();
+        assert_eq!(exit_code(&e), 7);
+        assert!(e.to_string().contains("fleet repository"), "{e}");
+    }
+
     #[test]
     fn dns_status_lines() {
         let j = |v: &str| serde_json::from_str::<Value>(v).unwrap();
