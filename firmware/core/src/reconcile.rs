@@ -241,8 +241,7 @@ impl Engine {
                     // No key: the lockdown table stays; the next reload retries.
                     let msg = e.to_string();
                     self.fail_closed = Some(format!("{msg}; the lockdown table stays until a key can be made"));
-                    let mut r = Report { errors: vec![msg], ..Default::default() };
-                    r.firewall_verified = false;
+                    let r = Report { errors: vec![msg], ..Default::default() };
                     self.last = Some((SystemTime::now(), r.clone()));
                     r
                 }
