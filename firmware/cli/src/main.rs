@@ -55,6 +55,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UpdateCmd,
     },
+    /// The node's identity: node id and identity public key (for enrolment).
+    Identity {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fleet trust: enrolment, the repository, config, grants and lists.
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Enrolment, revocation, the last check, the applied config, grant counts and lists.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,7 +154,8 @@ fn main() {
 /// Exit status by the kind of refusal, for scripts: 2 invalid config, 3 no
 /// such peer, 4 not available yet (no config loaded, resolver down, an install
 /// already running), 5 bad request, 6 update refused (the reason is printed and
-/// in `palisade update status`), 1 anything else (the socket, the system).
+/// in `palisade update status`), 7 fleet-managed (the change belongs in the
+/// fleet repository), 1 anything else (the socket, the system).
 fn exit_code(e: &anyhow::Error) -> i32 {
     use palisade_core::control::{ControlError, ErrorKind};
     if e.downcast_ref::<UpdateRefused>().is_some() {
@@ -148,6 +168,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             ErrorKind::Unavailable => 4,
             ErrorKind::BadRequest => 5,
             ErrorKind::System => 1,
+            ErrorKind::FleetManaged => 7,
         },
         _ => 1,
     }
@@ -264,6 +285,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let before = req(&cli, &Request::UpdateStatus)?;
             req(&cli, &Request::UpdateApply { source: source.clone(), version: version.clone(), reboot: !*no_reboot })?;
             follow_apply(&cli, &before, *json)?;
+        }
+        Cmd::Identity { json } => {
+            let v = req(&cli, &Request::Identity)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", identity_text(&v));
+            }
+        }
+        Cmd::Fleet { cmd: FleetCmd::Status { json } } => {
+            let v = req(&cli, &Request::FleetStatus)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", fleet_status_text(&v));
+            }
         }
         Cmd::Dns { cmd: DnsCmd::Stats { json } } => {
             let v = req(&cli, &Request::DnsStats)?;
@@ -387,6 +424,81 @@ fn read_secret(path: &std::path::Path) -> anyhow::Result<Zeroizing<String>> {
     Ok(key)
 }
 
+/// A JSON value as one word for the readable views: strings bare, null
+/// and absent as `-`, anything else as JSON.
+fn word(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        other => other.to_string(),
+    }
+}
+
+fn identity_text(v: &Value) -> String {
+    let mut s = String::new();
+    s += &format!("node id     {}\n", word(&v["node_id"]));
+    s += &format!("public key  {}\n", word(&v["public_key"]));
+    s += &format!("enrolled    {}\n", word(&v["enrolled"]));
+    if !v["name"].is_null() || !v["region"].is_null() {
+        s += &format!("name        {} ({})\n", word(&v["name"]), word(&v["region"]));
+    }
+    s
+}
+
+/// `palisade fleet status`: every field the daemon sends, missing ones as
+/// `-`, fields this CLI does not know listed at the end as they came.
+fn fleet_status_text(v: &Value) -> String {
+    const KNOWN: [&str; 10] = ["enrolled", "revoked", "repository", "last_check", "last_error", "config", "grants", "lists", "poll_secs", "node_id"];
+    let mut s = String::new();
+    let mut line = |k: &str, val: String| s += &format!("{k:<11} {val}\n");
+    line("enrolled", word(&v["enrolled"]));
+    if v["revoked"] == true {
+        line("revoked", "YES: locked down (no tunnel, no key, nothing forwarded) until re-enrolled".into());
+    } else {
+        line("revoked", word(&v["revoked"]));
+    }
+    line("repository", word(&v["repository"]));
+    let poll = match &v["poll_secs"] {
+        Value::Null => "-".to_string(),
+        p => format!("every {} s", word(p)),
+    };
+    line("last check", format!("{} (polling {poll})", word(&v["last_check"])));
+    let e = &v["last_error"];
+    if e.is_object() {
+        line("last error", format!("{}: {}", word(&e["kind"]), word(&e["message"])));
+    } else if !e.is_null() {
+        line("last error", word(e));
+    }
+    let c = &v["config"];
+    if c.is_object() {
+        line(
+            "config",
+            format!("sha256 {} (configs role version {}), applied {}", word(&c["sha256"]), word(&c["role_version"]), word(&c["applied_at"])),
+        );
+    } else {
+        line("config", word(c));
+    }
+    let g = &v["grants"];
+    if g.is_object() {
+        line("grants", format!("{} active, {} rejected, next expiry {}", word(&g["active"]), word(&g["rejected"]), word(&g["next_expiry"])));
+    } else {
+        line("grants", word(g));
+    }
+    let lists = match &v["lists"] {
+        Value::Array(a) if a.is_empty() => "none".to_string(),
+        Value::Array(a) => a.iter().map(word).collect::<Vec<_>>().join(", "),
+        other => word(other),
+    };
+    line("lists", lists);
+    if let Some(m) = v.as_object() {
+        for (k, x) in m.iter().filter(|(k, _)| !KNOWN.contains(&k.as_str())) {
+            line(k, word(x));
+        }
+    }
+    s
+}
+
 fn print_status(v: &Value) {
     let node = &v["node"];
     println!("node        {} ({})", node["name"].as_str().unwrap_or("-"), node["region"].as_str().unwrap_or("-"));
@@ -409,14 +521,18 @@ fn print_status(v: &Value) {
     );
     let f = &v["firewall"];
     println!(
-        "firewall    {} {}",
+        "firewall    {}{} {}",
         f["table"].as_str().unwrap_or("-"),
+        if f["mode"] == "lockdown" { " (LOCKDOWN)" } else { "" },
         match (f["loaded"].as_bool(), f["verified"].as_bool()) {
             (Some(true), Some(true)) => "loaded, verified",
             (Some(true), _) => "loaded, NOT verified",
             _ => "NOT LOADED",
         }
     );
+    if v["revoked"] == true {
+        println!("revoked     YES: lockdown table, no tunnel, no key (see `palisade fleet status`)");
+    }
     match v["fail_closed"].as_str() {
         Some(why) => println!("forwarding  OFF (fail-closed): {why}"),
         None => println!("forwarding  on"),
@@ -518,7 +634,86 @@ mod tests {
         assert_eq!(exit_code(&refused(ErrorKind::NotFound)), 3);
         assert_eq!(exit_code(&refused(ErrorKind::Unavailable)), 4);
         assert_eq!(exit_code(&refused(ErrorKind::BadRequest)), 5);
+        assert_eq!(exit_code(&refused(ErrorKind::FleetManaged)), 7);
         assert_eq!(exit_code(&anyhow::anyhow!("socket gone")), 1);
+    }
+
+    #[test]
+    fn identity_and_fleet_status_are_readable_and_tolerate_missing_fields() {
+        let id = serde_json::json!({"node_id": "0123456789abcdef", "public_key": "PUB=", "enrolled": false, "name": null, "region": null});
+        assert_eq!(identity_text(&id), "node id     0123456789abcdef\npublic key  PUB=\nenrolled    no\n");
+        let id = serde_json::json!({"node_id": "0123456789abcdef", "public_key": "PUB=", "enrolled": true, "name": "edge-1", "region": "eu"});
+        assert!(identity_text(&id).ends_with("enrolled    yes\nname        edge-1 (eu)\n"));
+
+        let full = serde_json::json!({
+            "enrolled": true, "revoked": false, "repository": "https://repo.example.test/",
+            "last_check": "2026-11-30T03:00:00Z", "last_error": {"kind": "expired", "message": "timestamp expired"},
+            "config": {"sha256": "ab12", "role_version": 7, "applied_at": "2026-11-30T02:59:00Z"},
+            "grants": {"active": 120, "rejected": 2, "next_expiry": "2026-12-01T00:00:00Z"},
+            "lists": ["ads", "family"], "poll_secs": 60, "mesh": "up"
+        });
+        let t = fleet_status_text(&full);
+        for want in [
+            "enrolled    yes\n",
+            "revoked     no\n",
+            "repository  https://repo.example.test/\n",
+            "last check  2026-11-30T03:00:00Z (polling every 60 s)\n",
+            "last error  expired: timestamp expired\n",
+            "config      sha256 ab12 (configs role version 7), applied 2026-11-30T02:59:00Z\n",
+            "grants      120 active, 2 rejected, next expiry 2026-12-01T00:00:00Z\n",
+            "lists       ads, family\n",
+            "mesh        up\n",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        // A node that is not enrolled sends little; nothing panics, gaps show as '-'.
+        let t = fleet_status_text(&serde_json::json!({"enrolled": false}));
+        assert!(t.contains("repository  -\n") && t.contains("grants      -\n") && t.contains("lists       -\n"), "{t}");
+        assert!(!t.contains("last error"), "{t}");
+        let t = fleet_status_text(&serde_json::json!({"enrolled": true, "revoked": true, "lists": []}));
+        assert!(t.contains("revoked     YES") && t.contains("lists       none"), "{t}");
+    }
+
+    /// Run the CLI with `args` against a one-shot control socket that
+    /// answers `resp`; returns what `run` returned and the request line sent.
+    fn against_fake_daemon(resp: &'static str, args: &[&str]) -> (anyhow::Result<()>, String) {
+        use std::io::{BufRead, Write};
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("palisade-cli-sock-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let h = std::thread::spawn(move || {
+            let (c, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+            (&c).write_all(format!("{resp}\n").as_bytes()).unwrap();
+            line
+        });
+        let mut argv = vec!["palisade", "--socket", sock.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let r = run(Cli::try_parse_from(argv).unwrap());
+        let line = h.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (r, line.trim().to_string())
+    }
+
+    #[test]
+    fn identity_and_fleet_status_send_their_requests_and_map_refusals() {
+        let id = r#"{"ok":true,"data":{"node_id":"0123456789abcdef","public_key":"PUB=","enrolled":false,"name":null,"region":null}}"#;
+        let (r, sent) = against_fake_daemon(id, &["identity", "--json"]);
+        r.unwrap();
+        assert_eq!(sent, r#"{"cmd":"identity"}"#);
+        let (r, sent) = against_fake_daemon(r#"{"ok":true,"data":{"enrolled":true,"revoked":false}}"#, &["fleet", "status"]);
+        r.unwrap();
+        assert_eq!(sent, r#"{"cmd":"fleet-status"}"#);
+        // A refusal keeps its kind: peers of a fleet-managed node exit 7.
+        let refused = r#"{"ok":false,"error":"peers of this node come from the fleet repository","kind":"fleet-managed","data":null}"#;
+        let (r, _) = against_fake_daemon(refused, &["peers", "remove", "x"]);
+        let e = r.unwrap_err();
+        assert_eq!(exit_code(&e), 7);
+        assert!(e.to_string().contains("fleet repository"), "{e}");
     }
 
     #[test]

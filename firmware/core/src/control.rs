@@ -53,6 +53,23 @@ pub enum Request {
         #[serde(default = "default_true")]
         reboot: bool,
     },
+    /// The node's identity: `{"node_id", "public_key", "enrolled", "name",
+    /// "region"}`. `node_id` is derived from the identity public key (the
+    /// ed25519 key made on the node at first boot, which never leaves it);
+    /// `name` and `region` are the fleet's (null before enrolment).
+    Identity,
+    /// Fleet trust state: `{"enrolled", "revoked", "repository",
+    /// "last_check", "last_error": {"kind", "message"}, "config": {"sha256",
+    /// "role_version", "applied_at"}, "grants": {"active", "rejected",
+    /// "next_expiry"}, "lists": [names], "poll_secs"}`. Aggregates only:
+    /// counts of grants, never a client's key or address.
+    FleetStatus,
+    /// Forget the enrolment and the identity and return to factory state
+    /// (answered later; refused unless `confirm` is true).
+    FactoryReset {
+        #[serde(default)]
+        confirm: bool,
+    },
 }
 
 fn default_true() -> bool {
@@ -74,6 +91,9 @@ pub enum ErrorKind {
     Unavailable,
     /// A file or the kernel refused (I/O, netlink, nft).
     System,
+    /// The node is fleet-managed: the change belongs in the fleet
+    /// repository (e.g. peers are client grants), not on the node.
+    FleetManaged,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,5 +170,24 @@ mod tests {
             r#"{"ok":false,"error":"node.toml:3: bad","kind":"invalid-config","data":null}"#
         );
         assert_eq!(serde_json::to_string(&Response::ok(serde_json::json!(1))).unwrap(), r#"{"ok":true,"data":1}"#);
+    }
+
+    #[test]
+    fn fleet_requests_have_stable_shapes() {
+        let cases = [
+            (Request::Identity, r#"{"cmd":"identity"}"#),
+            (Request::FleetStatus, r#"{"cmd":"fleet-status"}"#),
+            (Request::FactoryReset { confirm: true }, r#"{"cmd":"factory-reset","confirm":true}"#),
+        ];
+        for (req, wire) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), req);
+        }
+        // A reset is never confirmed by default, and unknown fields are refused.
+        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"factory-reset"}"#).unwrap(), Request::FactoryReset { confirm: false });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"fleet_status"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"factory-reset","confirm":"yes"}"#).is_err());
+        let e = Response::err(ErrorKind::FleetManaged, "peers come from the fleet");
+        assert!(serde_json::to_string(&e).unwrap().contains(r#""kind":"fleet-managed""#));
     }
 }

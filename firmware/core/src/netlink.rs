@@ -38,6 +38,7 @@ pub enum Op {
     SetUp,
     SetDown,
     SetMtu(u32),
+    DeleteLink,
     ReplaceAddress(IpNet),
     ReplaceDefaultRoute { gateway: IpAddr, metric: u32 },
 }
@@ -51,6 +52,7 @@ impl fmt::Display for Op {
             Op::SetUp => write!(f, "set link up"),
             Op::SetDown => write!(f, "set link down"),
             Op::SetMtu(m) => write!(f, "set mtu {m}"),
+            Op::DeleteLink => write!(f, "delete link"),
             Op::ReplaceAddress(a) => write!(f, "add address {a}"),
             Op::ReplaceDefaultRoute { gateway, metric } => {
                 write!(f, "replace default route via {gateway} metric {metric}")
@@ -357,6 +359,24 @@ pub fn set_mtu(dev: &str, mtu: u32) -> Result<(), NetlinkError> {
     set_link(dev, Op::SetMtu(mtu), |m| {
         m.attributes.push(LinkAttribute::Mtu(mtu))
     })
+}
+
+/// Delete `dev` (the revoked lockdown deletes the tunnel; a userspace
+/// WireGuard exits when its tun device goes). Returns whether it existed.
+pub fn delete_link(dev: &str) -> Result<bool, NetlinkError> {
+    let Some(state) = link_state(dev)? else {
+        return Ok(false);
+    };
+    let mut msg = LinkMessage::default();
+    msg.header.index = state.index;
+    match request(RouteNetlinkMessage::DelLink(msg), 0) {
+        Ok(_) => Ok(true),
+        // Gone between the read and the delete: deleted all the same.
+        Err(e) => match e.at(dev, Op::DeleteLink) {
+            NetlinkError::NoSuchInterface { .. } => Ok(false),
+            e => Err(e),
+        },
+    }
 }
 
 /// The addresses (with prefix length) on `dev`, both families, every scope

@@ -4,6 +4,11 @@
 //!
 //! A config that fails validation is refused and the last good spec keeps
 //! being enforced.
+//!
+//! The desired state comes from the config file and the peers file, or,
+//! once the node is enrolled, from the fleet repository ([`Engine::set_fleet`]).
+//! A node the fleet revoked ([`Engine::set_revoked`]) is locked down: the
+//! lockdown table, forwarding off, no WireGuard interface and no key.
 
 use crate::config::{self, ConfigError, NodeSpec, PeerSection, PeersFile, PrivateKey};
 use crate::firewall::{self, Firewall};
@@ -33,7 +38,9 @@ impl Paths {
         }
     }
 
-    fn key_file(&self, spec: &NodeSpec) -> PathBuf {
+    /// The node's WireGuard private key file (the state partition's `wg0.key`
+    /// unless the config names another).
+    pub fn key_file(&self, spec: &NodeSpec) -> PathBuf {
         self.state_dir.join(&spec.wg.private_key_file)
     }
 }
@@ -64,6 +71,9 @@ pub enum EngineError {
     PrefixFull(Ipv4Net),
     #[error("no valid config loaded yet")]
     NotLoaded,
+    /// Peers are changed in the fleet repository, not on the node.
+    #[error("peers of this node come from the fleet repository — use `palisade-fleet grant issue/revoke`")]
+    FleetManaged,
 }
 
 impl EngineError {
@@ -74,8 +84,32 @@ impl EngineError {
             EngineError::Config { .. } | EngineError::PrefixFull(_) => ErrorKind::InvalidConfig,
             EngineError::NoSuchPeer(_) | EngineError::PeerInConfig { .. } => ErrorKind::NotFound,
             EngineError::NotLoaded => ErrorKind::Unavailable,
+            EngineError::FleetManaged => ErrorKind::FleetManaged,
             EngineError::Key { .. } | EngineError::KeyFile { .. } | EngineError::Wg(_) | EngineError::Io { .. } | EngineError::Serialize(_) => ErrorKind::System,
         }
+    }
+}
+
+/// Desired state from the fleet repository: the node's config text and its
+/// peers (from its client grants), in place of node.toml and peers.toml.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// Names the config text in errors, e.g. `fleet:nodes/<id>/config.toml`.
+    pub source: PathBuf,
+    pub text: String,
+    pub peers: Vec<PeerSection>,
+}
+
+/// What errors in a [`FleetConfig`]'s peers name as their source.
+pub const FLEET_PEERS_SOURCE: &str = "fleet:grants";
+
+/// The `fail_closed` reason while the node is revoked.
+pub const REVOKED_REASON: &str = "node revoked by the fleet";
+
+impl FleetConfig {
+    /// Validate into a spec, exactly as a config file would be.
+    pub fn spec(&self) -> Result<NodeSpec, ConfigError> {
+        config::load_from_text(&self.source, &self.text, &self.peers, Path::new(FLEET_PEERS_SOURCE))
     }
 }
 
@@ -108,6 +142,10 @@ pub struct Engine {
     fw_fingerprint: Option<String>,
     /// Why the node is failing closed (the firewall is not verified), if it is.
     fail_closed: Option<String>,
+    /// Desired state from the fleet repository instead of the files.
+    fleet: Option<FleetConfig>,
+    /// Revoked by the fleet: locked down until re-enrolled.
+    revoked: bool,
     pub last: Option<(SystemTime, Report)>,
     pub last_config_error: Option<String>,
 }
@@ -124,6 +162,8 @@ impl Engine {
             fw_rules: None,
             fw_fingerprint: None,
             fail_closed: Some("no valid config loaded yet".into()),
+            fleet: None,
+            revoked: false,
             last: None,
             last_config_error: None,
         }
@@ -133,12 +173,87 @@ impl Engine {
         self.spec.as_ref()
     }
 
+    /// The desired state from its source: the fleet config when there is
+    /// one, else the config file and the peers file.
     fn load(&self) -> Result<NodeSpec, ConfigError> {
-        config::load(&self.paths.config, Some(&self.paths.peers_file))
+        match &self.fleet {
+            Some(f) => f.spec(),
+            None => config::load(&self.paths.config, Some(&self.paths.peers_file)),
+        }
+    }
+
+    /// Whether the desired state comes from the fleet repository.
+    pub fn fleet_managed(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    /// Desired state from the fleet repository instead of the config file
+    /// and the peers file. Validated exactly like a file (errors name the
+    /// source and line); a refused one changes nothing and the running spec
+    /// stays. `None` goes back to the files (validated the same way: if they
+    /// are refused, the node stays fleet-managed). Applied hot: peers whose
+    /// configuration is unchanged get no operation, so their sessions stay.
+    pub fn set_fleet(&mut self, cfg: Option<FleetConfig>) -> Result<Report, EngineError> {
+        let spec = match &cfg {
+            Some(f) => f.spec(),
+            None => config::load(&self.paths.config, Some(&self.paths.peers_file)),
+        };
+        match spec {
+            Ok(spec) => {
+                self.fleet = cfg;
+                self.last_config_error = None;
+                self.install(spec)
+            }
+            Err(error) => {
+                self.last_config_error = Some(error.to_string());
+                Err(EngineError::Config { error, running: self.spec.is_some() })
+            }
+        }
+    }
+
+    /// Whether the node is revoked (locked down).
+    pub fn revoked(&self) -> bool {
+        self.revoked
+    }
+
+    /// Revoke (lock down) or un-revoke the node. While revoked every pass
+    /// enforces the lockdown: the lockdown table (`firewall::render_lockdown`,
+    /// read back and repaired like the normal one), forwarding off, the
+    /// WireGuard interface deleted and the private key file destroyed. The
+    /// tunnel never comes back while revoked; `reload` and `set_fleet` store
+    /// the spec without applying it. Leaving (on re-enrolment) installs the
+    /// stored spec with a new key (the old one is gone).
+    pub fn set_revoked(&mut self, revoked: bool) -> Report {
+        let was = self.revoked;
+        self.revoked = revoked;
+        if revoked || !was {
+            // Dropping the key zeroes it.
+            if revoked {
+                self.key = None;
+            }
+            return self.reconcile();
+        }
+        self.fail_closed = Some("no valid config loaded yet".into());
+        match self.spec.clone() {
+            Some(spec) => match self.install(spec) {
+                Ok(r) => r,
+                Err(e) => {
+                    // No key: the lockdown table stays; the next reload retries.
+                    let msg = e.to_string();
+                    self.fail_closed = Some(format!("{msg}; the lockdown table stays until a key can be made"));
+                    let r = Report { errors: vec![msg], ..Default::default() };
+                    self.last = Some((SystemTime::now(), r.clone()));
+                    r
+                }
+            },
+            None => self.reconcile(),
+        }
     }
 
     /// Re-read the config. On error nothing changes: the last good spec stays
-    /// in force and the error is returned (and kept for `status`).
+    /// in force and the error is returned (and kept for `status`). While
+    /// fleet-managed this re-validates the fleet config (node.toml and
+    /// peers.toml are not read).
     pub fn reload(&mut self) -> Result<Report, EngineError> {
         match self.load() {
             Ok(spec) => {
@@ -153,6 +268,12 @@ impl Engine {
     }
 
     fn install(&mut self, spec: NodeSpec) -> Result<Report, EngineError> {
+        if self.revoked {
+            // Stored for re-enrolment; no key is loaded or made.
+            self.spec = Some(spec);
+            self.key = None;
+            return Ok(self.reconcile());
+        }
         let key_path = self.paths.key_file(&spec);
         let key = PrivateKey::load_or_generate(&key_path).map_err(|source| EngineError::KeyFile { path: key_path.clone(), source })?;
         self.key = Some(key);
@@ -162,6 +283,9 @@ impl Engine {
 
     /// One idempotent pass over WireGuard, link, sysctls and firewall.
     pub fn reconcile(&mut self) -> Report {
+        if self.revoked {
+            return self.reconcile_lockdown();
+        }
         let started = Instant::now();
         let mut r = Report::default();
         let (Some(spec), Some(key)) = (self.spec.as_ref(), self.key.as_ref()) else {
@@ -174,34 +298,10 @@ impl Engine {
         // way round.
         let facts = if self.manage_host { observe_uplinks(spec) } else { firewall::HostFacts::default() };
         let rules = firewall::render(spec, &facts);
-        let live = self.fw.fingerprint();
-        let in_force = match (&live, &self.fw_fingerprint) {
-            (Ok(Some(l)), Some(f)) if l == f => self.fw_rules.as_ref() == Some(&rules),
-            (Ok(Some(_)), Some(_)) | (Ok(None), Some(_)) => {
-                r.firewall_drift = true;
-                false
-            }
-            _ => false,
+        let (verified, fail_closed) = match enforce_table(self.fw.as_ref(), &mut self.fw_rules, &mut self.fw_fingerprint, rules, &mut r) {
+            Ok(()) => (true, None),
+            Err(msg) => (false, Some(format!("{msg}; forwarding is off and the tunnel is down until a verified table is live"))),
         };
-        let mut fail_closed = None;
-        let mut verified = in_force;
-        if !in_force {
-            match self.fw.apply(&rules) {
-                Ok(fp) => {
-                    self.fw_fingerprint = Some(fp);
-                    self.fw_rules = Some(rules);
-                    r.firewall_applied = true;
-                    verified = true;
-                }
-                Err(e) => {
-                    self.fw_fingerprint = None;
-                    self.fw_rules = None;
-                    let msg = format!("firewall: {e}");
-                    fail_closed = Some(format!("{msg}; forwarding is off and the tunnel is down until a verified table is live"));
-                    r.errors.push(msg);
-                }
-            }
-        }
         self.fail_closed = fail_closed;
 
         if self.manage_host {
@@ -266,9 +366,49 @@ impl Engine {
         r
     }
 
+    /// One pass of the revoked lockdown: the lockdown table (verified, drift
+    /// repaired), forwarding off, the tunnel deleted, the key file destroyed.
+    /// Idempotent; needs no spec for the table and forwarding (the interface
+    /// and the key file are named by the stored spec, when there is one).
+    fn reconcile_lockdown(&mut self) -> Report {
+        let started = Instant::now();
+        let mut r = Report::default();
+        self.key = None;
+        self.fail_closed = Some(REVOKED_REASON.into());
+        // The table first: nothing passes from here on, whatever else fails.
+        let _ = enforce_table(self.fw.as_ref(), &mut self.fw_rules, &mut self.fw_fingerprint, firewall::render_lockdown(), &mut r);
+        if self.manage_host {
+            let settings = match &self.spec {
+                Some(spec) => firewall::sysctls(spec, false),
+                None => firewall::forwarding_off(),
+            };
+            match crate::sysctl::apply(&self.paths.proc_sys, &settings) {
+                Ok(n) => r.sysctl_changes = n,
+                Err(e) => r.errors.push(e.to_string()),
+            }
+        }
+        if let Some(spec) = &self.spec {
+            match self.wg.delete(&spec.wg.interface) {
+                Ok(existed) => r.wg_interface_changed = existed,
+                Err(e) => r.errors.push(format!("wireguard: {e}")),
+            }
+            let key_path = self.paths.key_file(spec);
+            if let Err(e) = destroy_file(&key_path) {
+                r.errors.push(format!("private key {}: {e}", key_path.display()));
+            }
+        }
+        r.duration_us = started.elapsed().as_micros() as u64;
+        self.last = Some((SystemTime::now(), r.clone()));
+        r
+    }
+
     /// What a reload would change, from the pure planners, touching nothing.
+    /// While revoked a reload applies nothing, and the plan says so.
     pub fn plan(&self) -> Result<Vec<String>, EngineError> {
         let spec = self.load().map_err(|error| EngineError::Config { error, running: false })?;
+        if self.revoked {
+            return Ok(vec![format!("= {REVOKED_REASON}: the lockdown stays; a reload stores the config and applies nothing")]);
+        }
         let mut out = Vec::new();
         let node_pub = match &self.key {
             Some(k) => k.public_key(),
@@ -306,6 +446,9 @@ impl Engine {
     /// Add a peer to the peers file, validated together with the config.
     /// Addresses are allocated from the tunnel prefixes when not given.
     pub fn add_peer(&mut self, mut peer: PeerSection) -> Result<Report, EngineError> {
+        if self.fleet_managed() {
+            return Err(EngineError::FleetManaged);
+        }
         let spec = self.load().map_err(|error| EngineError::Config { error, running: self.spec.is_some() })?;
         if peer.addresses.is_empty() {
             peer.addresses = allocate(&spec)?;
@@ -317,6 +460,9 @@ impl Engine {
 
     /// Remove a peer (by name or public key) from the peers file.
     pub fn remove_peer(&mut self, which: &str) -> Result<Report, EngineError> {
+        if self.fleet_managed() {
+            return Err(EngineError::FleetManaged);
+        }
         let mut file = read_peers(&self.paths.peers_file)?;
         let before = file.peers.len();
         file.peers.retain(|p| p.name != which && p.public_key != which);
@@ -363,11 +509,14 @@ impl Engine {
         let fw_live = self.fw.fingerprint();
         let fw_error = fw_live.as_ref().err().map(|e| e.to_string());
         let fw_live = fw_live.ok().flatten();
-        let verified = fw_live.is_some() && fw_live == self.fw_fingerprint && self.fail_closed.is_none();
+        let table_live = fw_live.is_some() && fw_live == self.fw_fingerprint;
+        let verified = table_live && self.fail_closed.is_none();
         serde_json::json!({
             "node": self.spec.as_ref().map(|s| serde_json::json!({"name": s.node.name, "region": s.node.region})),
             "version": env!("CARGO_PKG_VERSION"),
             "config_error": self.last_config_error,
+            "config_source": if self.fleet.is_some() { "fleet" } else { "files" },
+            "revoked": self.revoked,
             "wireguard": self.spec.as_ref().map(|s| serde_json::json!({
                 "interface": s.wg.interface,
                 "backend": s.wg.backend.to_string(),
@@ -383,13 +532,15 @@ impl Engine {
             "firewall": {
                 "table": format!("inet {}", firewall::TABLE),
                 "loaded": fw_live.is_some(),
-                "verified": verified,
+                // Revoked: whether the lockdown table is the live one.
+                "verified": if self.revoked { table_live } else { verified },
+                "mode": if self.revoked { "lockdown" } else { "normal" },
                 "error": fw_error,
             },
             // Forwarding and the tunnel follow the verified table; when it is
             // not live the node fails closed and this says why.
             "forwarding": verified,
-            "fail_closed": if verified { None } else {
+            "fail_closed": if self.revoked { Some(REVOKED_REASON.to_string()) } else if verified { None } else {
                 Some(self.fail_closed.clone().unwrap_or_else(|| "the live firewall table differs from the verified one; the next reconcile pass restores it".into()))
             },
             "last_reconcile": self.last.as_ref().map(|(t, r)| serde_json::json!({
@@ -459,6 +610,66 @@ fn observe_uplinks(spec: &NodeSpec) -> firewall::HostFacts {
         }
     }
     facts
+}
+
+/// Make `rules` the live table unless it already is (the live fingerprint
+/// is the one loaded and the render is unchanged): apply, read back,
+/// verify. Records drift and the apply in `r`; on failure forgets the
+/// stored table and returns the message (also pushed to `r.errors`).
+fn enforce_table(
+    fw: &dyn Firewall,
+    fw_rules: &mut Option<firewall::Ruleset>,
+    fw_fingerprint: &mut Option<String>,
+    rules: firewall::Ruleset,
+    r: &mut Report,
+) -> Result<(), String> {
+    let live = fw.fingerprint();
+    let in_force = match (&live, &*fw_fingerprint) {
+        (Ok(Some(l)), Some(f)) if l == f => fw_rules.as_ref() == Some(&rules),
+        (Ok(Some(_)), Some(_)) | (Ok(None), Some(_)) => {
+            r.firewall_drift = true;
+            false
+        }
+        _ => false,
+    };
+    if in_force {
+        return Ok(());
+    }
+    match fw.apply(&rules) {
+        Ok(fp) => {
+            *fw_fingerprint = Some(fp);
+            *fw_rules = Some(rules);
+            r.firewall_applied = true;
+            Ok(())
+        }
+        Err(e) => {
+            *fw_fingerprint = None;
+            *fw_rules = None;
+            let msg = format!("firewall: {e}");
+            r.errors.push(msg.clone());
+            Err(msg)
+        }
+    }
+}
+
+/// Overwrite a secret file with zeros, sync, unlink, sync the directory.
+/// A missing file is already destroyed.
+fn destroy_file(path: &Path) -> std::io::Result<()> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all(&vec![0u8; usize::try_from(len).unwrap_or(0).min(1 << 20)])?;
+        f.sync_all()?;
+    }
+    std::fs::remove_file(path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn read_peers(path: &Path) -> Result<PeersFile, EngineError> {
@@ -643,4 +854,223 @@ mod tests {
             }
         }
     }
+
+    /// Shares a fake with the test while the engine owns it.
+    struct Shared<T>(std::sync::Arc<T>);
+
+    impl<T: WgControl> WgControl for Shared<T> {
+        fn observe(&self, iface: &str) -> Result<wg::ObservedDevice, wg::WgError> {
+            self.0.observe(iface)
+        }
+        fn apply(&self, iface: &str, plan: &WgPlan, key: &PrivateKey) -> Result<(), wg::WgError> {
+            self.0.apply(iface, plan, key)
+        }
+        fn delete(&self, iface: &str) -> Result<bool, wg::WgError> {
+            self.0.delete(iface)
+        }
+    }
+
+    impl<T: Firewall> Firewall for Shared<T> {
+        fn apply(&self, rules: &firewall::Ruleset) -> Result<String, firewall::FirewallError> {
+            self.0.apply(rules)
+        }
+        fn fingerprint(&self) -> Result<Option<String>, firewall::FirewallError> {
+            self.0.fingerprint()
+        }
+    }
+
+    type Fakes = (std::sync::Arc<RecordingWg>, std::sync::Arc<RecordingFirewall>);
+
+    fn shared_engine(dir: &Path) -> (Engine, Fakes) {
+        std::fs::write(dir.join("node.toml"), include_str!("../../../configs/node.toml")).unwrap();
+        let wg = std::sync::Arc::new(RecordingWg::default());
+        let fw = std::sync::Arc::new(RecordingFirewall::default());
+        let e = Engine::new(Paths::new(dir, None), Box::new(Shared(wg.clone())), Box::new(Shared(fw.clone())), false);
+        (e, (wg, fw))
+    }
+
+    /// The example config split as the fleet carries it: the text without
+    /// `[[peer]]` tables, and the peers as values (from grants).
+    fn fleet_example() -> FleetConfig {
+        let text = include_str!("../../../configs/node.toml");
+        let (head, rest) = text.split_at(text.find("[[peer]]").unwrap());
+        let tail = &rest[rest.find("[egress]").unwrap()..];
+        let peers = config::parse_peers(&rest[..rest.find("[egress]").unwrap()], Path::new("x")).unwrap();
+        FleetConfig { source: PathBuf::from("fleet:nodes/0123456789abcdef/config.toml"), text: format!("{head}{tail}"), peers }
+    }
+
+    fn peer(name: &str, key: [u8; 32], addr: &str) -> PeerSection {
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+        PeerSection { name: name.into(), public_key: key, addresses: vec![addr.parse().unwrap()], tier: None, preshared_key: None }
+    }
+
+    #[test]
+    fn fleet_config_replaces_the_files_hot_and_is_validated_like_them() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut e, (wg, _fw)) = shared_engine(d.path());
+        e.reload().unwrap();
+        let applied = wg.applied.lock().unwrap().len();
+        // The same desired state from the fleet: nothing to do, sessions stay.
+        let r = e.set_fleet(Some(fleet_example())).unwrap();
+        assert!(e.fleet_managed());
+        assert_eq!((r.wg_peer_changes, r.wg_interface_changed), (0, false), "{r:?}");
+        assert_eq!(wg.applied.lock().unwrap().len(), applied, "no WireGuard operation at all");
+        assert_eq!(e.status()["config_source"], "fleet");
+
+        // node.toml is no longer read: breaking it changes nothing.
+        std::fs::write(d.path().join("node.toml"), "garbage = [").unwrap();
+        e.reload().expect("reload re-validates the fleet config, not node.toml");
+        assert!(e.plan().unwrap().is_empty(), "{:?}", e.plan());
+
+        // One more grant: exactly one peer change.
+        let mut f = fleet_example();
+        f.peers.push(peer("grant-3", [7; 32], "10.66.0.9/32"));
+        let r = e.set_fleet(Some(f.clone())).unwrap();
+        assert_eq!((r.wg_peer_changes, r.wg_interface_changed), (1, false), "{r:?}");
+        let good = e.spec().unwrap().clone();
+
+        // A bad text is refused with its source and line; nothing changes.
+        let mut bad = f.clone();
+        bad.text = bad.text.replace("listen_port = 51820", "listen_port = 0");
+        let err = e.set_fleet(Some(bad)).unwrap_err();
+        assert_eq!(err.kind(), crate::control::ErrorKind::InvalidConfig);
+        let msg = err.to_string();
+        assert!(msg.contains("fleet:nodes/0123456789abcdef/config.toml:16: wireguard.listen_port"), "{msg}");
+        assert!(msg.contains("last good config keeps running"), "{msg}");
+        assert_eq!(e.spec().unwrap(), &good);
+        // A bad grant names the grants and the peer.
+        let mut bad = f.clone();
+        bad.peers.push(peer("grant-4", [8; 32], "10.66.0.9/32"));
+        let msg = e.set_fleet(Some(bad)).unwrap_err().to_string();
+        assert!(msg.contains("fleet:grants: peer 'grant-4'.addresses: 10.66.0.9/32 overlaps the AllowedIPs of peer 'grant-3'"), "{msg}");
+        assert_eq!(e.spec().unwrap(), &good);
+        e.reload().expect("the refused candidates did not replace the stored fleet config");
+        assert_eq!(e.spec().unwrap(), &good);
+
+        // Peers are the fleet's.
+        let err = e.add_peer(peer("local", [9; 32], "10.66.0.10/32")).unwrap_err();
+        assert_eq!(err.kind(), crate::control::ErrorKind::FleetManaged);
+        assert!(err.to_string().contains("palisade-fleet grant issue/revoke"), "{err}");
+        assert_eq!(e.remove_peer("laptop-1").unwrap_err().kind(), crate::control::ErrorKind::FleetManaged);
+        assert!(!d.path().join("peers.toml").exists());
+
+        // Back to the files: refused while they are broken (still fleet), then taken.
+        assert!(e.set_fleet(None).unwrap_err().to_string().contains("node.toml"));
+        assert!(e.fleet_managed());
+        std::fs::write(d.path().join("node.toml"), include_str!("../../../configs/node.toml")).unwrap();
+        let r = e.set_fleet(None).unwrap();
+        assert!(!e.fleet_managed());
+        assert_eq!(r.wg_peer_changes, 1, "grant-3 goes: {r:?}");
+    }
+
+    /// 10k peers through set_fleet with the fake backends. Prints the time;
+    /// no timed assertion (the machine decides), but validation and the
+    /// diff must stay linear-ish for this to finish in well under a second
+    /// in release.
+    #[test]
+    fn set_fleet_with_10k_peers() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut e, (wg, _fw)) = shared_engine(d.path());
+        e.reload().unwrap();
+        let mut f = fleet_example();
+        for i in 0..10_000u32 {
+            let mut k = [0x5au8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            let host = 10 + i;
+            let mut p = peer(&format!("grant-{i}"), k, &format!("10.66.{}.{}/32", host >> 8, host & 0xff));
+            p.addresses.push(format!("fd66::{:x}/128", host).parse().unwrap());
+            f.peers.push(p);
+        }
+        let t = Instant::now();
+        let r = e.set_fleet(Some(f.clone())).unwrap();
+        let first = t.elapsed();
+        assert_eq!(r.wg_peer_changes, 10_000, "{:?}", r.errors);
+        assert_eq!(wg.observe("wg0").unwrap().peers.len(), 10_002);
+        // The same again, one grant gone: one change.
+        f.peers.remove(5_000);
+        let t = Instant::now();
+        let r = e.set_fleet(Some(f)).unwrap();
+        let second = t.elapsed();
+        assert_eq!((r.wg_peer_changes, r.wg_interface_changed), (1, false));
+        // A refused 10k candidate is refused as fast (errors are located lazily).
+        let mut bad = fleet_example();
+        bad.peers = (0..10_000u32).map(|i| peer(&format!("dup-{i}"), [0x33; 32], &format!("10.66.1.{}/32", 2 + i % 200))).collect();
+        let t = Instant::now();
+        let err = e.set_fleet(Some(bad)).unwrap_err();
+        let refused = t.elapsed();
+        assert!(err.to_string().contains("duplicate public key"), "{}", &err.to_string()[..200]);
+        eprintln!("set_fleet 10k peers: first {first:?}, one removed {second:?}, refused candidate {refused:?}");
+    }
+
+    #[test]
+    fn revoked_locks_down_destroys_the_key_and_stays_down() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut e, (wg, fw)) = shared_engine(d.path());
+        e.reload().unwrap();
+        let key_file = d.path().join("wg0.key");
+        let old_key = std::fs::read_to_string(&key_file).unwrap();
+        assert!(wg.observe("wg0").unwrap().exists);
+
+        let r = e.set_revoked(true);
+        assert!(e.revoked());
+        assert!(r.firewall_applied && r.wg_interface_changed && r.errors.is_empty(), "{r:?}");
+        assert!(!r.firewall_verified, "forwarding is off");
+        assert!(!wg.observe("wg0").unwrap().exists, "the interface is deleted");
+        assert_eq!(*wg.deleted.lock().unwrap(), 1);
+        assert!(!key_file.exists(), "the key file is destroyed");
+        assert_eq!(fw.fingerprint().unwrap().unwrap(), firewall::render_lockdown().script());
+        let st = e.status();
+        assert_eq!(st["revoked"], true);
+        assert_eq!(st["forwarding"], false);
+        assert_eq!(st["fail_closed"], REVOKED_REASON);
+        assert_eq!(st["firewall"]["mode"], "lockdown");
+        assert_eq!(st["firewall"]["verified"], true, "the lockdown table is the live one: {st}");
+        assert!(st["wireguard"]["public_key"].is_null());
+
+        // Idempotent, and drift is repaired with the lockdown table.
+        let r = e.reconcile();
+        assert!(!r.firewall_applied && !r.wg_interface_changed && r.errors.is_empty(), "{r:?}");
+        *fw.live.lock().unwrap() = Some("flushed by someone".into());
+        let r = e.reconcile();
+        assert!(r.firewall_drift && r.firewall_applied, "{r:?}");
+        assert_eq!(fw.fingerprint().unwrap().unwrap(), firewall::render_lockdown().script());
+
+        // Reload and a new fleet config are stored, never applied.
+        let mut f = fleet_example();
+        f.peers.push(peer("grant-3", [7; 32], "10.66.0.9/32"));
+        e.reload().unwrap();
+        e.set_fleet(Some(f)).unwrap();
+        assert!(e.reconcile().errors.is_empty());
+        assert!(!wg.observe("wg0").unwrap().exists, "the tunnel never comes back while revoked");
+        assert!(!key_file.exists(), "no key is made while revoked");
+        assert_eq!(e.spec().unwrap().peers.len(), 3, "the spec is stored");
+        assert!(e.plan().unwrap()[0].contains(REVOKED_REASON));
+
+        // Re-enrolled: a new key, the normal table, the tunnel with the stored spec.
+        let r = e.set_revoked(false);
+        assert!(r.firewall_applied && r.firewall_verified && r.errors.is_empty(), "{r:?}");
+        let new_key = std::fs::read_to_string(&key_file).unwrap();
+        assert_ne!(new_key, old_key, "a new key after re-enrolment");
+        let obs = wg.observe("wg0").unwrap();
+        assert!(obs.exists && obs.peers.len() == 3, "{obs:?}");
+        let st = e.status();
+        assert_eq!((st["revoked"].clone(), st["forwarding"].clone()), (serde_json::json!(false), serde_json::json!(true)), "{st}");
+        assert_eq!(st["firewall"]["mode"], "normal");
+    }
+
+    #[test]
+    fn revoked_before_any_config_still_locks_down() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut e, (wg, fw)) = shared_engine(d.path());
+        let r = e.set_revoked(true);
+        assert!(r.firewall_applied, "{r:?}");
+        assert_eq!(fw.fingerprint().unwrap().unwrap(), firewall::render_lockdown().script());
+        // A key file left from before (the daemon restarted) goes once the spec names it.
+        std::fs::write(d.path().join("wg0.key"), PrivateKey::generate().public_key().to_base64()).unwrap();
+        e.reload().unwrap();
+        assert!(!d.path().join("wg0.key").exists());
+        assert!(!wg.observe("wg0").unwrap().exists);
+        assert_eq!(e.status()["fail_closed"], REVOKED_REASON);
+    }
+
 }

@@ -332,6 +332,21 @@ pub fn load_with_peers(path: &Path, peers: Option<(&Path, &str)>) -> Result<Node
     cfg.validate_with_sources(&sources)
 }
 
+/// A node config given as text rather than read from a file (the fleet
+/// repository's `nodes/<id>/config.toml`), plus peers given as values (the
+/// node's client grants). Validated exactly like [`load`]: errors in the
+/// text name `source` and the line; errors in `peers` name `peers_source`
+/// and the peer by its name (they have no text, so no line).
+pub fn load_from_text(source: &Path, text: &str, peers: &[PeerSection], peers_source: &Path) -> Result<NodeSpec, ConfigError> {
+    let mut cfg = NodeConfig::from_str(text, source)?;
+    let mut sources = vec![(source.to_path_buf(), text.to_string(), cfg.peers.len())];
+    if !peers.is_empty() {
+        sources.push((peers_source.to_path_buf(), String::new(), peers.len()));
+        cfg.peers.extend_from_slice(peers);
+    }
+    cfg.validate_with_sources(&sources)
+}
+
 /// The peers file written by `palisade peers add`: `[[peer]]` tables only.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]

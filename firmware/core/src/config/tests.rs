@@ -207,3 +207,28 @@ fn syntax_errors_name_the_field_when_the_line_shows_it() {
     assert_eq!(at("\"x\""), "");
     assert_eq!(at("[broken"), "");
 }
+
+/// A peers file of 5k peers that all share one key: every duplicate is
+/// reported with its own line, and locating them parses the file once (it
+/// used to parse it per error: quadratic).
+#[test]
+fn many_errors_in_a_big_peers_file_are_located_in_linear_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, GOOD).unwrap();
+    let k = crate::config::PrivateKey::generate().public_key();
+    let mut text = String::new();
+    for i in 0..5_000u32 {
+        let h = 10 + i;
+        text += &format!("[[peer]]\nname = \"p{i}\"\npublic_key = \"{k}\"\naddresses = [\"10.66.{}.{}/32\"]\n\n", h >> 8, h & 0xff);
+    }
+    let t = std::time::Instant::now();
+    let e = load_with_peers(&cfg, Some((Path::new("peers.toml"), &text))).unwrap_err();
+    eprintln!("5k-peer file with 4999 errors refused in {:?}", t.elapsed());
+    let ConfigError::Many(all) = &e else { panic!("{e}") };
+    assert_eq!(all.len(), 4_999);
+    // Peer i's public_key is on line 5 * i + 3.
+    let last = all.last().unwrap().to_string();
+    assert!(last.starts_with("peers.toml:24998: peer[4999].public_key: duplicate public key"), "{last}");
+    load_from_text(Path::new("fleet:x"), GOOD, &[], Path::new("fleet:grants")).expect("text entry point accepts the example");
+}

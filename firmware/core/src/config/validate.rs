@@ -2,7 +2,7 @@
 //! errors, each naming file, line and field.
 
 use super::{
-    line_of, AllowRule, ConfigError, DnsSection, Location, ManagementSection, NodeConfig, UpdateSection,
+    AllowRule, ConfigError, DnsSection, Location, ManagementSection, NodeConfig, UpdateSection,
     NodeSection, PresharedKey, Protocol, PublicKey, UplinkSection, WgBackend,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -120,8 +120,16 @@ struct Site {
     field: &'static str,
 }
 
+/// A source's text parsed once for locating errors, with the offsets of its
+/// line ends (parsing or counting lines per error would make a 10k-peer
+/// file with 10k errors quadratic).
+type Doc<'a> = std::cell::OnceCell<(Option<toml::Spanned<toml::de::DeTable<'a>>>, Vec<usize>)>;
+
 struct Errors<'a> {
     sources: &'a [Source],
+    docs: Vec<Doc<'a>>,
+    /// Every peer, across sources (to name peers that have no text).
+    peers: &'a [super::PeerSection],
     out: Vec<ConfigError>,
 }
 
@@ -138,25 +146,44 @@ impl<'a> Errors<'a> {
     fn locate(&self, section: &str, index: Option<usize>, field: &str) -> Location {
         // Peers can come from the peers file: index counts across sources.
         if section == "peer" {
-            let mut i = index.unwrap_or(0);
-            for (file, text, n) in self.sources {
+            let all = index.unwrap_or(0);
+            let mut i = all;
+            for (k, (file, text, n)) in self.sources.iter().enumerate() {
+                if i < *n && text.is_empty() {
+                    // Peers given as values (fleet grants): no text to find
+                    // a line in, so the peer is named instead.
+                    let name = self.peers.get(all).map(|p| p.name.as_str()).unwrap_or_default();
+                    let field = if field.is_empty() { String::new() } else { format!(".{field}") };
+                    return Location { file: file.clone(), line: None, field: format!("peer '{name}'{field}") };
+                }
                 if i < *n {
                     return Location {
                         file: file.clone(),
-                        line: find_line(text, section, Some(i), field),
+                        line: self.line(k, |d| find_offset(d, section, Some(i), field)),
                         field: format!("peer[{i}].{field}"),
                     };
                 }
                 i -= n;
             }
         }
-        let (file, text, _) = &self.sources[0];
+        let (file, _, _) = &self.sources[0];
         let name = match index {
             Some(i) => format!("{section}[{i}].{field}"),
             None if field.is_empty() => section.to_string(),
             None => format!("{section}.{field}"),
         };
-        Location { file: file.clone(), line: find_line(text, section, index, field), field: name }
+        Location { file: file.clone(), line: self.line(0, |d| find_offset(d, section, index, field)), field: name }
+    }
+
+    /// The 1-based line of the offset `find` gives in source `k`'s text.
+    fn line(&self, k: usize, find: impl FnOnce(&toml::Spanned<toml::de::DeTable<'a>>) -> Option<usize>) -> Option<usize> {
+        let text: &'a str = &self.sources[k].1;
+        let (doc, ends) = self.docs[k].get_or_init(|| {
+            let ends = text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i).collect();
+            (toml::de::DeTable::parse(text).ok(), ends)
+        });
+        let offset = find(doc.as_ref()?)?;
+        Some(ends.partition_point(|&nl| nl < offset) + 1)
     }
 
     fn push(&mut self, at: Site, message: impl Into<String>) {
@@ -165,13 +192,12 @@ impl<'a> Errors<'a> {
     }
 }
 
-/// Line of `field` inside the `index`-th `[section]`/`[[section]]` table
+/// Byte offset of `field` inside the `index`-th `[section]`/`[[section]]` table
 /// (dotted sections such as `egress.allow` or `dns.tier.NAME` are paths),
-/// from the TOML parser's spans; the table's own line when the field is not
+/// from the TOML parser's spans; the table's own offset when the field is not
 /// in the text (a missing required field, a default).
-fn find_line(text: &str, section: &str, index: Option<usize>, field: &str) -> Option<usize> {
-    use toml::de::{DeTable, DeValue};
-    let doc = DeTable::parse(text).ok()?;
+fn find_offset(doc: &toml::Spanned<toml::de::DeTable<'_>>, section: &str, index: Option<usize>, field: &str) -> Option<usize> {
+    use toml::de::DeValue;
     let mut table = doc.get_ref();
     let mut span = doc.span();
     for key in section.split('.') {
@@ -188,15 +214,15 @@ fn find_line(text: &str, section: &str, index: Option<usize>, field: &str) -> Op
         };
         table = match v {
             DeValue::Table(t) => t,
-            _ => return Some(line_of(text, span.start)),
+            _ => return Some(span.start),
         };
     }
     if !field.is_empty() {
         if let Some((k, _)) = table.get_key_value(field) {
-            return Some(line_of(text, k.span().start));
+            return Some(k.span().start);
         }
     }
-    Some(line_of(text, span.start))
+    Some(span.start)
 }
 
 fn is_canonical(net: &IpNet) -> bool {
@@ -216,7 +242,7 @@ impl NodeConfig {
     }
 
     pub(super) fn validate_with_sources(&self, sources: &[Source]) -> Result<NodeSpec, ConfigError> {
-        let mut e = Errors { sources, out: Vec::new() };
+        let mut e = Errors { sources, docs: sources.iter().map(|_| Doc::new()).collect(), peers: &self.peers, out: Vec::new() };
 
         let n = &self.node.name;
         if n.is_empty() || n.len() > 63 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {

@@ -352,6 +352,38 @@ pub fn fallback() -> Ruleset {
     }
 }
 
+/// The table of a node the fleet revoked (docs/security.md S11, "Revoked lockdown"): the same
+/// table name, every filter hook dropping by policy, loopback the only
+/// exception. Nothing reaches the node, nothing is forwarded, the node
+/// sends nothing; no NAT chain, no sets, never a `log` statement. Loaded
+/// and read back like the normal table, so drift is repaired the same way.
+pub fn render_lockdown() -> Ruleset {
+    let chain = |name: &'static str, rules: Vec<String>| ChainDef {
+        name,
+        hook: Some(match name {
+            "input" => "type filter hook input priority filter - 10",
+            "forward" => "type filter hook forward priority filter - 10",
+            _ => "type filter hook output priority filter - 10",
+        }),
+        policy_drop: true,
+        rules,
+    };
+    Ruleset {
+        sets: Vec::new(),
+        chains: vec![
+            chain("input", vec!["iif \"lo\" accept".into()]),
+            chain("forward", Vec::new()),
+            chain("output", vec!["oif \"lo\" accept".into()]),
+        ],
+    }
+}
+
+/// Forwarding off in both families: what a node without a spec (revoked
+/// before any config loaded) sets. With a spec, [`sysctls`]`(spec, false)`.
+pub fn forwarding_off() -> Vec<(String, &'static str, bool)> {
+    vec![("net/ipv4/ip_forward".to_string(), "0", true), ("net/ipv6/conf/all/forwarding".to_string(), "0", true)]
+}
+
 /// Kernel settings isolation and forwarding depend on, with the values
 /// palisaded sets and verifies. `(path under /proc/sys, value, required)`.
 ///

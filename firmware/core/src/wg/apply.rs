@@ -17,6 +17,8 @@ pub enum WgError {
     Configure { iface: String, source: std::io::Error },
     #[error("peer {peer} on {iface}: {source}")]
     Peer { iface: String, peer: PublicKey, source: std::io::Error },
+    #[error("deleting WireGuard interface {iface}: {source}")]
+    Delete { iface: String, source: crate::netlink::NetlinkError },
 }
 
 /// Side effects on a WireGuard interface. [`KernelWg`] is real;
@@ -24,6 +26,9 @@ pub enum WgError {
 pub trait WgControl: Send + Sync {
     fn observe(&self, iface: &str) -> Result<ObservedDevice, WgError>;
     fn apply(&self, iface: &str, plan: &WgPlan, key: &PrivateKey) -> Result<(), WgError>;
+    /// Delete the interface (not just down): its peers, sessions and key go
+    /// with it. Returns whether it existed. For the revoked lockdown.
+    fn delete(&self, iface: &str) -> Result<bool, WgError>;
 }
 
 /// Peers per netlink/UAPI request. Each peer is still its own entry (no
@@ -158,6 +163,26 @@ impl WgControl for KernelWg {
         }
         Ok(())
     }
+
+    fn delete(&self, iface: &str) -> Result<bool, WgError> {
+        ifname(iface)?;
+        let existed = crate::netlink::delete_link(iface).map_err(|source| WgError::Delete { iface: iface.into(), source })?;
+        if self.backend == Backend::Userspace {
+            // wireguard-go exits when its tun device goes and removes its UAPI
+            // socket; one left behind (a killed process) would still name the
+            // interface, so it goes too.
+            for dir in ["/var/run/wireguard", "/run/wireguard"] {
+                let sock = std::path::Path::new(dir).join(format!("{iface}.sock"));
+                match std::fs::remove_file(&sock) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(WgError::Configure { iface: iface.into(), source: e });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(existed)
+    }
 }
 
 /// In-memory WireGuard interface: applies plans to its own state and records
@@ -166,6 +191,8 @@ impl WgControl for KernelWg {
 pub struct RecordingWg {
     pub state: Mutex<ObservedDevice>,
     pub applied: Mutex<Vec<WgPlan>>,
+    /// How many times an existing interface was deleted.
+    pub deleted: Mutex<usize>,
     /// Every added peer is a connected client: endpoint, fresh handshake, traffic.
     connected: bool,
 }
@@ -195,11 +222,24 @@ impl WgControl for RecordingWg {
         if let Some(p) = plan.set_listen_port {
             s.listen_port = Some(p);
         }
+        // Removals and re-additions in one sweep: per-change retains would
+        // make a 10k-peer plan quadratic in the fake.
+        let gone: std::collections::HashSet<PublicKey> = plan
+            .peers
+            .iter()
+            .filter_map(|c| match c {
+                PeerChange::Remove(k) => Some(*k),
+                PeerChange::Add(p) => Some(p.public_key),
+                PeerChange::Update { .. } => None,
+            })
+            .collect();
+        if !gone.is_empty() {
+            s.peers.retain(|p| !gone.contains(&p.public_key));
+        }
         for c in &plan.peers {
             match c {
-                PeerChange::Remove(k) => s.peers.retain(|p| p.public_key != *k),
+                PeerChange::Remove(_) => {}
                 PeerChange::Add(p) => {
-                    s.peers.retain(|o| o.public_key != p.public_key);
                     let n = s.peers.len() as u8;
                     let client = self.connected.then(|| {
                         let ip = std::net::Ipv4Addr::new(198, 51, 100, 10u8.saturating_add(n));
@@ -229,5 +269,13 @@ impl WgControl for RecordingWg {
         }
         self.applied.lock().expect("poisoned").push(plan.clone());
         Ok(())
+    }
+
+    fn delete(&self, _iface: &str) -> Result<bool, WgError> {
+        let mut s = self.state.lock().expect("poisoned");
+        let existed = s.exists;
+        *s = ObservedDevice::default();
+        *self.deleted.lock().expect("poisoned") += usize::from(existed);
+        Ok(existed)
     }
 }
