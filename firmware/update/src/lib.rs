@@ -22,6 +22,7 @@
 //! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
 pub mod esp;
 pub mod fleet;
+pub mod grant;
 pub mod identity;
 pub mod journal;
 pub mod refusal;
