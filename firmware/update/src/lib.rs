@@ -20,6 +20,7 @@
 //! - [`fleet`]: fleet trust formats (delegated roles and their paths, grants,
 //!   revocations, the enrolment bundle and serial protocol).
 //! - [`schedule`]: the wave scheduler (pure): install or not, which wave, when to reboot.
+pub mod enrol;
 pub mod esp;
 pub mod fleet;
 pub mod grant;
