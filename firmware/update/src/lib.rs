@@ -32,4 +32,5 @@ pub mod rollout;
 pub mod schedule;
 pub mod slot;
 pub mod store;
+pub mod sync;
 pub mod transport;
