@@ -38,11 +38,17 @@ pub struct EnrolRefusal {
 
 impl EnrolRefusal {
     fn invalid(reason: impl Into<String>) -> EnrolRefusal {
-        EnrolRefusal { kind: "invalid", reason: reason.into() }
+        EnrolRefusal {
+            kind: "invalid",
+            reason: reason.into(),
+        }
     }
 
     fn io(e: StoreError) -> EnrolRefusal {
-        EnrolRefusal { kind: "io", reason: e.to_string() }
+        EnrolRefusal {
+            kind: "io",
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -54,7 +60,10 @@ pub fn enrolment(store: &dyn Store) -> Result<Option<EnrolmentBundle>, StoreErro
         None => Ok(None),
         Some(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| StoreError::Corrupt { key: key.as_str(), message: e.to_string() }),
+            .map_err(|e| StoreError::Corrupt {
+                key: key.as_str(),
+                message: e.to_string(),
+            }),
     }
 }
 
@@ -64,20 +73,33 @@ pub fn validate(identity: &Identity, bundle: &EnrolmentBundle) -> Result<(), Enr
     if bundle.node_id != identity.node_id() {
         return Err(EnrolRefusal {
             kind: "wrong-node",
-            reason: format!("the bundle is for node {}, this is node {}", bundle.node_id, identity.node_id()),
+            reason: format!(
+                "the bundle is for node {}, this is node {}",
+                bundle.node_id,
+                identity.node_id()
+            ),
         });
     }
     let bad = EnrolRefusal::invalid;
     if bundle.version != 1 {
-        return Err(bad(format!("version {} (this node reads version 1)", bundle.version)));
+        return Err(bad(format!(
+            "version {} (this node reads version 1)",
+            bundle.version
+        )));
     }
     if bundle.repositories.is_empty() || bundle.repositories.len() > MAX_REPOSITORIES {
-        return Err(bad(format!("1..={MAX_REPOSITORIES} repository URLs required, got {}", bundle.repositories.len())));
+        return Err(bad(format!(
+            "1..={MAX_REPOSITORIES} repository URLs required, got {}",
+            bundle.repositories.len()
+        )));
     }
     for r in &bundle.repositories {
         let u = url::Url::parse(r).map_err(|e| bad(format!("repository URL {r:?}: {e}")))?;
         if !matches!(u.scheme(), "http" | "https" | "file") {
-            return Err(bad(format!("repository URL {r:?}: scheme {} (http, https or file)", u.scheme())));
+            return Err(bad(format!(
+                "repository URL {r:?}: scheme {} (http, https or file)",
+                u.scheme()
+            )));
         }
     }
     if let Some(pem) = &bundle.ca_pem {
@@ -86,16 +108,23 @@ pub fn validate(identity: &Identity, bundle: &EnrolmentBundle) -> Result<(), Enr
         }
     }
     if !fleet::valid_name(&bundle.name) {
-        return Err(bad(format!("name {:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'", bundle.name)));
+        return Err(bad(format!(
+            "name {:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'",
+            bundle.name
+        )));
     }
     if !fleet::valid_name(&bundle.region) {
-        return Err(bad(format!("region {:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'", bundle.region)));
+        return Err(bad(format!(
+            "region {:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'",
+            bundle.region
+        )));
     }
     if bundle.mesh.len() > MAX_MESH {
         return Err(bad(format!("at most {MAX_MESH} mesh prefixes")));
     }
     for m in &bundle.mesh {
-        m.parse::<IpNet>().map_err(|_| bad(format!("mesh {m:?} is not a CIDR prefix")))?;
+        m.parse::<IpNet>()
+            .map_err(|_| bad(format!("mesh {m:?} is not a CIDR prefix")))?;
     }
     verify_root(&bundle.fleet_root).map_err(|e| bad(format!("fleet_root: {e}")))
 }
@@ -104,23 +133,39 @@ pub fn validate(identity: &Identity, bundle: &EnrolmentBundle) -> Result<(), Enr
 /// root keys.
 fn verify_root(v: &serde_json::Value) -> Result<(), String> {
     use tough::schema::{Root, Signed};
-    let root: Signed<Root> = serde_json::from_value(v.clone()).map_err(|e| format!("not TUF root metadata: {e}"))?;
-    root.signed.verify_role(&root).map_err(|e| format!("not signed by its own root keys: {e}"))
+    let root: Signed<Root> =
+        serde_json::from_value(v.clone()).map_err(|e| format!("not TUF root metadata: {e}"))?;
+    root.signed
+        .verify_role(&root)
+        .map_err(|e| format!("not signed by its own root keys: {e}"))
 }
 
 /// Accepts `bundle`: checks it ([`validate`]), refuses it if the node is
 /// enrolled already, then saves it and clears [`Key::Revoked`] (enrolling
 /// again is how a revoked node comes back).
-pub fn accept(store: &dyn Store, identity: &Identity, bundle: &EnrolmentBundle) -> Result<(), EnrolRefusal> {
-    if store.get(Key::Enrolment).map_err(EnrolRefusal::io)?.is_some() {
+pub fn accept(
+    store: &dyn Store,
+    identity: &Identity,
+    bundle: &EnrolmentBundle,
+) -> Result<(), EnrolRefusal> {
+    if store
+        .get(Key::Enrolment)
+        .map_err(EnrolRefusal::io)?
+        .is_some()
+    {
         return Err(EnrolRefusal {
             kind: "already-enrolled",
-            reason: format!("node {} is enrolled already; factory-reset its enrolment first", identity.node_id()),
+            reason: format!(
+                "node {} is enrolled already; factory-reset its enrolment first",
+                identity.node_id()
+            ),
         });
     }
     validate(identity, bundle)?;
     let bytes = serde_json::to_vec(bundle).map_err(|e| EnrolRefusal::invalid(e.to_string()))?;
-    store.put(Key::Enrolment, &bytes).map_err(EnrolRefusal::io)?;
+    store
+        .put(Key::Enrolment, &bytes)
+        .map_err(EnrolRefusal::io)?;
     store.remove(Key::Revoked).map_err(EnrolRefusal::io)?;
     Ok(())
 }
@@ -150,9 +195,17 @@ impl Responder {
     /// Handles one line from the console. `None`: not a protocol line
     /// (ignored). Otherwise the reply line ([`fleet::encode_line`]) and, when
     /// this line enrolled the node, the bundle it accepted.
-    pub fn handle_line(&mut self, line: &str, store: &dyn Store, identity: &Identity) -> Option<(String, Option<EnrolmentBundle>)> {
+    pub fn handle_line(
+        &mut self,
+        line: &str,
+        store: &dyn Store,
+        identity: &Identity,
+    ) -> Option<(String, Option<EnrolmentBundle>)> {
         let msg = fleet::decode_line::<HostMsg>(line)?;
-        let refused = |kind: &str, reason: String| NodeMsg::Refused { kind: kind.into(), reason };
+        let refused = |kind: &str, reason: String| NodeMsg::Refused {
+            kind: kind.into(),
+            reason,
+        };
         let (reply, accepted) = match msg {
             Err(e) => (refused("invalid", format!("not a host message: {e}")), None),
             Ok(HostMsg::Hello { nonce }) => match B64.decode(&nonce) {
@@ -168,16 +221,36 @@ impl Responder {
                     ),
                     Err(e) => (refused("io", e.to_string()), None),
                 },
-                _ => (refused("invalid", format!("nonce must be base64 of {}..={} bytes", NONCE_LEN.start(), NONCE_LEN.end())), None),
+                _ => (
+                    refused(
+                        "invalid",
+                        format!(
+                            "nonce must be base64 of {}..={} bytes",
+                            NONCE_LEN.start(),
+                            NONCE_LEN.end()
+                        ),
+                    ),
+                    None,
+                ),
             },
             Ok(HostMsg::Enrol { bundle }) => {
                 if self.accepted.as_ref() == Some(&bundle) {
-                    (NodeMsg::Enrolled { node_id: identity.node_id() }, None)
+                    (
+                        NodeMsg::Enrolled {
+                            node_id: identity.node_id(),
+                        },
+                        None,
+                    )
                 } else {
                     match accept(store, identity, &bundle) {
                         Ok(()) => {
                             self.accepted = Some(bundle.clone());
-                            (NodeMsg::Enrolled { node_id: identity.node_id() }, Some(bundle))
+                            (
+                                NodeMsg::Enrolled {
+                                    node_id: identity.node_id(),
+                                },
+                                Some(bundle),
+                            )
                         }
                         Err(r) => (refused(r.kind, r.reason), None),
                     }
@@ -219,12 +292,33 @@ pub(crate) mod tests {
             roles: HashMap::new(),
             _extra: HashMap::new(),
         };
-        for rt in [RoleType::Root, RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp] {
-            root.roles.insert(rt, RoleKeys { keyids: vec![id.clone()], threshold: NonZeroU64::new(1).unwrap(), _extra: HashMap::new() });
+        for rt in [
+            RoleType::Root,
+            RoleType::Targets,
+            RoleType::Snapshot,
+            RoleType::Timestamp,
+        ] {
+            root.roles.insert(
+                rt,
+                RoleKeys {
+                    keyids: vec![id.clone()],
+                    threshold: NonZeroU64::new(1).unwrap(),
+                    _extra: HashMap::new(),
+                },
+            );
         }
         let keys: Vec<Box<dyn KeySource>> = vec![Box::new(LocalKeySource { path })];
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let signed = rt.block_on(SignedRole::new(root.clone(), &KeyHolder::Root(root), &keys, &aws_lc_rs::rand::SystemRandom::new())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let signed = rt
+            .block_on(SignedRole::new(
+                root.clone(),
+                &KeyHolder::Root(root),
+                &keys,
+                &aws_lc_rs::rand::SystemRandom::new(),
+            ))
+            .unwrap();
         let mut v: serde_json::Value = serde_json::from_slice(signed.buffer()).unwrap();
         if signers == 0 {
             v["signatures"] = serde_json::json!([]);
@@ -237,7 +331,10 @@ pub(crate) mod tests {
             version: 1,
             node_id: id.node_id(),
             fleet_root: root_signed_by(1),
-            repositories: vec!["https://repo.example.test/fleet/".into(), "file:///media/usb/fleet".into()],
+            repositories: vec![
+                "https://repo.example.test/fleet/".into(),
+                "file:///media/usb/fleet".into(),
+            ],
             ca_pem: None,
             name: "exit-1".into(),
             region: "eu-west".into(),
@@ -272,18 +369,51 @@ pub(crate) mod tests {
     fn wrong_node_and_invalid_bundles_write_nothing() {
         let (s, id) = ident();
         let good = bundle(&id);
-        let cases: Vec<(&str, &str, Box<dyn Fn(&mut EnrolmentBundle)>)> = vec![
-            ("wrong-node", "node", Box::new(|b| b.node_id = "0123456789abcdef".into())),
+        type Edit = Box<dyn Fn(&mut EnrolmentBundle)>;
+        let cases: Vec<(&str, &str, Edit)> = vec![
+            (
+                "wrong-node",
+                "node",
+                Box::new(|b| b.node_id = "0123456789abcdef".into()),
+            ),
             ("invalid", "version", Box::new(|b| b.version = 2)),
-            ("invalid", "repository", Box::new(|b| b.repositories.clear())),
-            ("invalid", "repository URL", Box::new(|b| b.repositories = vec!["not a url".into()])),
-            ("invalid", "scheme", Box::new(|b| b.repositories = vec!["ftp://x.test/".into()])),
+            (
+                "invalid",
+                "repository",
+                Box::new(|b| b.repositories.clear()),
+            ),
+            (
+                "invalid",
+                "repository URL",
+                Box::new(|b| b.repositories = vec!["not a url".into()]),
+            ),
+            (
+                "invalid",
+                "scheme",
+                Box::new(|b| b.repositories = vec!["ftp://x.test/".into()]),
+            ),
             ("invalid", "name", Box::new(|b| b.name = "Exit_1".into())),
             ("invalid", "region", Box::new(|b| b.region = "".into())),
-            ("invalid", "mesh", Box::new(|b| b.mesh = vec!["10.0.0.0".into()])),
-            ("invalid", "ca_pem", Box::new(|b| b.ca_pem = Some("junk".into()))),
-            ("invalid", "fleet_root", Box::new(|b| b.fleet_root = serde_json::json!({"signed": {}}))),
-            ("invalid", "own root keys", Box::new(|b| b.fleet_root = root_signed_by(0))),
+            (
+                "invalid",
+                "mesh",
+                Box::new(|b| b.mesh = vec!["10.0.0.0".into()]),
+            ),
+            (
+                "invalid",
+                "ca_pem",
+                Box::new(|b| b.ca_pem = Some("junk".into())),
+            ),
+            (
+                "invalid",
+                "fleet_root",
+                Box::new(|b| b.fleet_root = serde_json::json!({"signed": {}})),
+            ),
+            (
+                "invalid",
+                "own root keys",
+                Box::new(|b| b.fleet_root = root_signed_by(0)),
+            ),
         ];
         for (kind, says, f) in cases {
             let mut b = good.clone();
@@ -319,12 +449,21 @@ pub(crate) mod tests {
     fn corrupt_enrolment_is_an_error() {
         let s = MemStore::new();
         s.put(Key::Enrolment, b"{").unwrap();
-        assert!(matches!(enrolment(&s), Err(StoreError::Corrupt { key: "enrolment", .. })));
+        assert!(matches!(
+            enrolment(&s),
+            Err(StoreError::Corrupt {
+                key: "enrolment",
+                ..
+            })
+        ));
     }
 
     fn reply(r: Option<(String, Option<EnrolmentBundle>)>) -> (NodeMsg, Option<EnrolmentBundle>) {
         let (line, b) = r.expect("a protocol line gets a reply");
-        assert!(line.starts_with(fleet::ENROL_PREFIX) && line.ends_with('\n'), "{line}");
+        assert!(
+            line.starts_with(fleet::ENROL_PREFIX) && line.ends_with('\n'),
+            "{line}"
+        );
         (fleet::decode_line::<NodeMsg>(&line).unwrap().unwrap(), b)
     }
 
@@ -332,11 +471,23 @@ pub(crate) mod tests {
     fn responder_hello_enrol_and_retries() {
         let (s, id) = ident();
         let mut r = Responder::new();
-        assert!(r.handle_line("[  3.1] random kernel output", &s, &id).is_none());
+        assert!(r
+            .handle_line("[  3.1] random kernel output", &s, &id)
+            .is_none());
         let nonce = [5u8; 32];
-        let hello = fleet::encode_line(&HostMsg::Hello { nonce: B64.encode(nonce) });
+        let hello = fleet::encode_line(&HostMsg::Hello {
+            nonce: B64.encode(nonce),
+        });
         let (m, _) = reply(r.handle_line(&format!("noise {hello}"), &s, &id));
-        let NodeMsg::Identity { node_id, public_key, proof, enrolled } = m else { panic!("{m:?}") };
+        let NodeMsg::Identity {
+            node_id,
+            public_key,
+            proof,
+            enrolled,
+        } = m
+        else {
+            panic!("{m:?}")
+        };
         assert_eq!((node_id.as_str(), enrolled), (id.node_id().as_str(), false));
         assert!(crate::identity::verify_proof(&public_key, &nonce, &proof));
         assert_eq!(fleet::node_id(&B64.decode(&public_key).unwrap()), node_id);
@@ -344,17 +495,36 @@ pub(crate) mod tests {
         let b = bundle(&id);
         let enrol = fleet::encode_line(&HostMsg::Enrol { bundle: b.clone() });
         let (m, accepted) = reply(r.handle_line(&enrol, &s, &id));
-        assert_eq!(m, NodeMsg::Enrolled { node_id: id.node_id() });
+        assert_eq!(
+            m,
+            NodeMsg::Enrolled {
+                node_id: id.node_id()
+            }
+        );
         assert_eq!(accepted, Some(b.clone()));
         assert_eq!(enrolment(&s).unwrap(), Some(b.clone()));
         // The host did not see the reply and resends: enrolled again, nothing new.
         let (m, accepted) = reply(r.handle_line(&enrol, &s, &id));
-        assert_eq!((m, accepted), (NodeMsg::Enrolled { node_id: id.node_id() }, None));
+        assert_eq!(
+            (m, accepted),
+            (
+                NodeMsg::Enrolled {
+                    node_id: id.node_id()
+                },
+                None
+            )
+        );
         // Another bundle (or a new session) is refused.
         let (m, _) = reply(Responder::new().handle_line(&enrol, &s, &id));
-        assert!(matches!(m, NodeMsg::Refused { ref kind, .. } if kind == "already-enrolled"), "{m:?}");
+        assert!(
+            matches!(m, NodeMsg::Refused { ref kind, .. } if kind == "already-enrolled"),
+            "{m:?}"
+        );
         let (m, _) = reply(r.handle_line(&hello, &s, &id));
-        assert!(matches!(m, NodeMsg::Identity { enrolled: true, .. }), "{m:?}");
+        assert!(
+            matches!(m, NodeMsg::Identity { enrolled: true, .. }),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -365,17 +535,31 @@ pub(crate) mod tests {
             "PALISADE-ENROL {not json".to_string(),
             "PALISADE-ENROL {\"msg\":\"launch\"}".to_string(),
             fleet::encode_line(&HostMsg::Hello { nonce: "!!".into() }),
-            fleet::encode_line(&HostMsg::Hello { nonce: B64.encode([1u8; 8]) }),
-            fleet::encode_line(&HostMsg::Hello { nonce: B64.encode([1u8; 65]) }),
+            fleet::encode_line(&HostMsg::Hello {
+                nonce: B64.encode([1u8; 8]),
+            }),
+            fleet::encode_line(&HostMsg::Hello {
+                nonce: B64.encode([1u8; 65]),
+            }),
         ] {
             let (m, b) = reply(r.handle_line(&line, &s, &id));
-            assert!(matches!(m, NodeMsg::Refused { ref kind, .. } if kind == "invalid"), "{line}: {m:?}");
+            assert!(
+                matches!(m, NodeMsg::Refused { ref kind, .. } if kind == "invalid"),
+                "{line}: {m:?}"
+            );
             assert!(b.is_none());
         }
         let mut wrong = bundle(&id);
         wrong.node_id = "0123456789abcdef".into();
-        let (m, b) = reply(r.handle_line(&fleet::encode_line(&HostMsg::Enrol { bundle: wrong }), &s, &id));
-        assert!(matches!(m, NodeMsg::Refused { ref kind, .. } if kind == "wrong-node"), "{m:?}");
+        let (m, b) = reply(r.handle_line(
+            &fleet::encode_line(&HostMsg::Enrol { bundle: wrong }),
+            &s,
+            &id,
+        ));
+        assert!(
+            matches!(m, NodeMsg::Refused { ref kind, .. } if kind == "wrong-node"),
+            "{m:?}"
+        );
         assert!(b.is_none());
         assert_eq!(s.get(Key::Enrolment).unwrap(), None);
     }

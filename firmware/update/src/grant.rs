@@ -22,7 +22,9 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use ipnet::IpNet;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse, ThumbprintHash};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse, ThumbprintHash,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use zeroize::Zeroizing;
 
@@ -69,13 +71,17 @@ impl GrantError {
             GrantError::Expired { .. } => "expired",
             GrantError::BadSignature { .. } => "bad-signature",
             GrantError::UnknownKey { .. } => "unknown-key",
-            GrantError::Invalid { .. } | GrantError::Jwks { .. } | GrantError::Key { .. } => "invalid",
+            GrantError::Invalid { .. } | GrantError::Jwks { .. } | GrantError::Key { .. } => {
+                "invalid"
+            }
         }
     }
 }
 
 fn invalid(detail: impl Into<String>) -> GrantError {
-    GrantError::Invalid { detail: detail.into() }
+    GrantError::Invalid {
+        detail: detail.into(),
+    }
 }
 
 /// A verified grant. Debug shows the grant id, tier and times; the client's
@@ -101,7 +107,10 @@ impl std::fmt::Debug for Grant {
         f.debug_struct("Grant")
             .field("jti", &self.jti)
             .field("public_key", &"[redacted]")
-            .field("addresses", &format_args!("[{} redacted]", self.addresses.len()))
+            .field(
+                "addresses",
+                &format_args!("[{} redacted]", self.addresses.len()),
+            )
             .field("tier", &self.tier)
             .field("iat", &self.iat)
             .field("exp", &self.exp)
@@ -119,10 +128,16 @@ impl Grant {
     /// `iat <= now + MAX_IAT_SKEW`.
     pub fn check_time(&self, now_unix: i64) -> Result<(), GrantError> {
         if self.exp <= now_unix {
-            return Err(GrantError::Expired { exp: self.exp, now: now_unix });
+            return Err(GrantError::Expired {
+                exp: self.exp,
+                now: now_unix,
+            });
         }
         if self.iat > now_unix.saturating_add(MAX_IAT_SKEW) {
-            return Err(invalid(format!("issued at {} is in the future (node clock {now_unix})", self.iat)));
+            return Err(invalid(format!(
+                "issued at {} is in the future (node clock {now_unix})",
+                self.iat
+            )));
         }
         Ok(())
     }
@@ -131,21 +146,46 @@ impl Grant {
         if c.jti.is_empty() || c.jti.len() > 128 {
             return Err(invalid("jti must be 1..=128 characters"));
         }
-        let public_key = parse_wg_key(&c.sub).ok_or_else(|| invalid(format!("grant {}: sub is not a WireGuard public key (32 bytes, base64)", c.jti)))?;
+        let public_key = parse_wg_key(&c.sub).ok_or_else(|| {
+            invalid(format!(
+                "grant {}: sub is not a WireGuard public key (32 bytes, base64)",
+                c.jti
+            ))
+        })?;
         if c.addresses.is_empty() || c.addresses.len() > MAX_ADDRESSES {
-            return Err(invalid(format!("grant {}: 1..={MAX_ADDRESSES} addresses required, got {}", c.jti, c.addresses.len())));
+            return Err(invalid(format!(
+                "grant {}: 1..={MAX_ADDRESSES} addresses required, got {}",
+                c.jti,
+                c.addresses.len()
+            )));
         }
         let mut addresses = Vec::with_capacity(c.addresses.len());
         for a in &c.addresses {
-            let net: IpNet = a.parse().map_err(|_| invalid(format!("grant {}: address #{} is not a CIDR prefix", c.jti, addresses.len() + 1)))?;
+            let net: IpNet = a.parse().map_err(|_| {
+                invalid(format!(
+                    "grant {}: address #{} is not a CIDR prefix",
+                    c.jti,
+                    addresses.len() + 1
+                ))
+            })?;
             addresses.push(net);
         }
         if let Some(t) = &c.tier {
             if t.is_empty() || t.len() > 64 {
-                return Err(invalid(format!("grant {}: tier must be 1..=64 characters", c.jti)));
+                return Err(invalid(format!(
+                    "grant {}: tier must be 1..=64 characters",
+                    c.jti
+                )));
             }
         }
-        Ok(Grant { jti: c.jti, public_key, addresses, tier: c.tier, iat: c.iat, exp: c.exp })
+        Ok(Grant {
+            jti: c.jti,
+            public_key,
+            addresses,
+            tier: c.tier,
+            iat: c.iat,
+            exp: c.exp,
+        })
     }
 }
 
@@ -189,20 +229,37 @@ impl Issuer {
         provider();
         let bad = |detail: String| GrantError::Jwks { detail };
         if bytes.len() > MAX_JWKS_LEN {
-            return Err(bad(format!("{} bytes, more than {MAX_JWKS_LEN}", bytes.len())));
+            return Err(bad(format!(
+                "{} bytes, more than {MAX_JWKS_LEN}",
+                bytes.len()
+            )));
         }
-        let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a JSON Web Key Set: {e}")))?;
+        let set: JwkSet = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("not a JSON Web Key Set: {e}")))?;
         let mut keys: Vec<(String, DecodingKey)> = Vec::with_capacity(set.keys.len());
         for (i, jwk) in set.keys.iter().enumerate() {
-            let kid = jwk.common.key_id.clone().filter(|k| !k.is_empty()).ok_or_else(|| bad(format!("key #{} has no kid", i + 1)))?;
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| bad(format!("key #{} has no kid", i + 1)))?;
             let name = format!("key {kid:?}");
             if keys.iter().any(|(k, _)| *k == kid) {
                 return Err(bad(format!("{name} is listed twice")));
             }
             if jwk.common.key_algorithm != Some(KeyAlgorithm::ES384) {
-                return Err(bad(format!("{name} has alg {:?}, not ES384", jwk.common.key_algorithm)));
+                return Err(bad(format!(
+                    "{name} has alg {:?}, not ES384",
+                    jwk.common.key_algorithm
+                )));
             }
-            if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
+            if jwk
+                .common
+                .public_key_use
+                .as_ref()
+                .is_some_and(|u| *u != PublicKeyUse::Signature)
+            {
                 return Err(bad(format!("{name} is not for signatures (use)")));
             }
             let AlgorithmParameters::EllipticCurve(ec) = &jwk.algorithm else {
@@ -213,7 +270,9 @@ impl Issuer {
             }
             let coord = |c: &str| B64URL.decode(c).ok().filter(|v| v.len() == 48);
             if coord(&ec.x).is_none() || coord(&ec.y).is_none() {
-                return Err(bad(format!("{name}: x and y must be 48 bytes each (base64url)")));
+                return Err(bad(format!(
+                    "{name}: x and y must be 48 bytes each (base64url)"
+                )));
             }
             let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("{name}: {e}")))?;
             keys.push((kid, key));
@@ -247,7 +306,10 @@ impl Issuer {
     /// `sync::Verifier` caches). Call [`Grant::check_time`] on the result.
     pub fn verify_signed(&self, jwt: &str) -> Result<Grant, GrantError> {
         if jwt.len() > MAX_GRANT_LEN {
-            return Err(invalid(format!("{} bytes, more than {MAX_GRANT_LEN}", jwt.len())));
+            return Err(invalid(format!(
+                "{} bytes, more than {MAX_GRANT_LEN}",
+                jwt.len()
+            )));
         }
         let header_b64 = jwt.split('.').next().unwrap_or_default();
         if jwt.split('.').count() != 3 {
@@ -265,23 +327,39 @@ impl Issuer {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| invalid("the header is not base64url JSON with an alg"))?;
         if h.alg != "ES384" {
-            return Err(GrantError::BadSignature { detail: format!("alg {:?}: only ES384 grants are accepted", h.alg) });
+            return Err(GrantError::BadSignature {
+                detail: format!("alg {:?}: only ES384 grants are accepted", h.alg),
+            });
         }
         let kid = h.kid.ok_or_else(|| invalid("the header has no kid"))?;
-        let key = self.keys.iter().find(|(k, _)| *k == kid).map(|(_, k)| k).ok_or(GrantError::UnknownKey { kid })?;
-        let data = jsonwebtoken::decode::<GrantClaims>(jwt, key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature | K::InvalidAlgorithm | K::InvalidEcdsaKey => GrantError::BadSignature { detail: e.to_string() },
-                _ => invalid(format!("claims: {e}")),
-            }
-        })?;
+        let key = self
+            .keys
+            .iter()
+            .find(|(k, _)| *k == kid)
+            .map(|(_, k)| k)
+            .ok_or(GrantError::UnknownKey { kid })?;
+        let data =
+            jsonwebtoken::decode::<GrantClaims>(jwt, key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature | K::InvalidAlgorithm | K::InvalidEcdsaKey => {
+                        GrantError::BadSignature {
+                            detail: e.to_string(),
+                        }
+                    }
+                    _ => invalid(format!("claims: {e}")),
+                }
+            })?;
         Grant::from_claims(data.claims)
     }
 
     /// Verifies every grant (as [`Issuer::verify`]), spread over
     /// `available_parallelism` threads; results in input order.
-    pub fn verify_all<S: AsRef<str> + Sync>(&self, jwts: &[S], now_unix: i64) -> Vec<Result<Grant, GrantError>> {
+    pub fn verify_all<S: AsRef<str> + Sync>(
+        &self,
+        jwts: &[S],
+        now_unix: i64,
+    ) -> Vec<Result<Grant, GrantError>> {
         par_map(jwts, |j| self.verify(j.as_ref(), now_unix))
     }
 }
@@ -290,7 +368,9 @@ impl Issuer {
 /// chunk each), results in input order. Small inputs stay on this thread.
 pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     const MIN_PER_THREAD: usize = 32;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let threads = threads.min(items.len() / MIN_PER_THREAD).max(1);
     if threads == 1 {
         return items.iter().map(&f).collect();
@@ -298,7 +378,10 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync)
     let chunk = items.len().div_ceil(threads);
     let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = items.chunks(chunk).map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>())).collect();
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+            .collect();
         let mut out = Vec::with_capacity(items.len());
         for h in handles {
             // A panic in `f` is a bug; carry it to the caller.
@@ -315,8 +398,12 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync)
 pub fn generate_issuer_key() -> Result<Zeroizing<Vec<u8>>, GrantError> {
     use ring::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
     let rng = ring::rand::SystemRandom::new();
-    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
-        .map_err(|_| GrantError::Key { detail: "cannot generate a P-384 key (system random source)".into() })?;
+    let doc =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).map_err(|_| {
+            GrantError::Key {
+                detail: "cannot generate a P-384 key (system random source)".into(),
+            }
+        })?;
     Ok(Zeroizing::new(doc.as_ref().to_vec()))
 }
 
@@ -324,7 +411,9 @@ pub fn generate_issuer_key() -> Result<Zeroizing<Vec<u8>>, GrantError> {
 /// `kid` the RFC 7638 SHA-256 thumbprint.
 pub fn jwk_for(pkcs8: &[u8]) -> Result<Jwk, GrantError> {
     provider();
-    let key_err = |e: jsonwebtoken::errors::Error| GrantError::Key { detail: format!("not an EC P-384 PKCS#8 key: {e}") };
+    let key_err = |e: jsonwebtoken::errors::Error| GrantError::Key {
+        detail: format!("not an EC P-384 PKCS#8 key: {e}"),
+    };
     let enc = EncodingKey::from_ec_der(pkcs8);
     let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::ES384).map_err(key_err)?;
     let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(key_err)?;
@@ -343,7 +432,10 @@ pub fn jwks_for(pkcs8: &[u8]) -> Result<(String, String), GrantError> {
 
 /// `jwks.json` with the public keys of several issuer keys (rotation).
 pub fn jwks_for_keys(pkcs8s: &[&[u8]]) -> Result<String, GrantError> {
-    let keys = pkcs8s.iter().map(|k| jwk_for(k)).collect::<Result<Vec<_>, _>>()?;
+    let keys = pkcs8s
+        .iter()
+        .map(|k| jwk_for(k))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(jwks_json(keys))
 }
 
@@ -357,7 +449,11 @@ pub fn sign_grant(pkcs8: &[u8], kid: &str, claims: &GrantClaims) -> Result<Strin
     provider();
     let mut header = Header::new(Algorithm::ES384);
     header.kid = Some(kid.to_string());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(pkcs8)).map_err(|e| GrantError::Key { detail: e.to_string() })
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(pkcs8)).map_err(|e| {
+        GrantError::Key {
+            detail: e.to_string(),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -373,7 +469,10 @@ pub(crate) mod tests {
         GrantClaims {
             jti: format!("g-{n}"),
             sub: B64.encode(k),
-            addresses: vec![format!("10.8.{}.{}/32", n / 250, n % 250 + 2), "fd00::2/128".into()],
+            addresses: vec![
+                format!("10.8.{}.{}/32", n / 250, n % 250 + 2),
+                "fd00::2/128".into(),
+            ],
             tier: Some("family".into()),
             iat: NOW - 60,
             exp: NOW + 3600,
@@ -400,8 +499,17 @@ pub(crate) mod tests {
         let g = issuer.verify(&jwt, NOW).unwrap();
         assert_eq!(g.jti, "g-7");
         assert_eq!(g.public_key_b64(), c.sub);
-        assert_eq!(g.addresses, vec!["10.8.0.9/32".parse::<IpNet>().unwrap(), "fd00::2/128".parse().unwrap()]);
-        assert_eq!((g.tier.as_deref(), g.iat, g.exp), (Some("family"), NOW - 60, NOW + 3600));
+        assert_eq!(
+            g.addresses,
+            vec![
+                "10.8.0.9/32".parse::<IpNet>().unwrap(),
+                "fd00::2/128".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (g.tier.as_deref(), g.iat, g.exp),
+            (Some("family"), NOW - 60, NOW + 3600)
+        );
         // Debug redacts the client.
         let dbg = format!("{g:?}");
         assert!(!dbg.contains(&c.sub) && !dbg.contains("10.8.0.9"), "{dbg}");
@@ -418,9 +526,13 @@ pub(crate) mod tests {
         assert!(issuer.verify(&jwt, NOW - 1).is_ok());
         let mut c = claims(2);
         c.iat = NOW + MAX_IAT_SKEW;
-        assert!(issuer.verify(&sign_grant(&k, &kid, &c).unwrap(), NOW).is_ok());
+        assert!(issuer
+            .verify(&sign_grant(&k, &kid, &c).unwrap(), NOW)
+            .is_ok());
         c.iat = NOW + MAX_IAT_SKEW + 1;
-        let e = issuer.verify(&sign_grant(&k, &kid, &c).unwrap(), NOW).unwrap_err();
+        let e = issuer
+            .verify(&sign_grant(&k, &kid, &c).unwrap(), NOW)
+            .unwrap_err();
         assert_eq!(e.kind(), "invalid", "{e}");
     }
 
@@ -431,13 +543,23 @@ pub(crate) mod tests {
         let parts: Vec<&str> = jwt.split('.').collect();
         let mut other = claims(1);
         other.addresses = vec!["0.0.0.0/0".into()];
-        let forged = format!("{}.{}.{}", parts[0], b64json(&serde_json::to_value(&other).unwrap()), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64json(&serde_json::to_value(&other).unwrap()),
+            parts[2]
+        );
         let e = issuer.verify(&forged, NOW).unwrap_err();
         assert_eq!(e.kind(), "bad-signature", "{e}");
         // A flipped signature byte, too.
         let mut sig = B64URL.decode(parts[2]).unwrap();
         sig[10] ^= 1;
-        let e = issuer.verify(&format!("{}.{}.{}", parts[0], parts[1], B64URL.encode(sig)), NOW).unwrap_err();
+        let e = issuer
+            .verify(
+                &format!("{}.{}.{}", parts[0], parts[1], B64URL.encode(sig)),
+                NOW,
+            )
+            .unwrap_err();
         assert_eq!(e.kind(), "bad-signature", "{e}");
     }
 
@@ -445,14 +567,18 @@ pub(crate) mod tests {
     fn another_key_under_a_known_kid_is_bad_signature() {
         let (_, kid, issuer) = key();
         let (k2, _, _) = key();
-        let e = issuer.verify(&sign_grant(&k2, &kid, &claims(1)).unwrap(), NOW).unwrap_err();
+        let e = issuer
+            .verify(&sign_grant(&k2, &kid, &claims(1)).unwrap(), NOW)
+            .unwrap_err();
         assert_eq!(e.kind(), "bad-signature", "{e}");
     }
 
     #[test]
     fn unknown_kid() {
         let (k, _, issuer) = key();
-        let e = issuer.verify(&sign_grant(&k, "someone-else", &claims(1)).unwrap(), NOW).unwrap_err();
+        let e = issuer
+            .verify(&sign_grant(&k, "someone-else", &claims(1)).unwrap(), NOW)
+            .unwrap_err();
         assert_eq!(e.kind(), "unknown-key", "{e}");
         assert!(e.to_string().contains("someone-else"), "{e}");
     }
@@ -461,7 +587,10 @@ pub(crate) mod tests {
     fn alg_none_and_hs384_are_refused() {
         let (_, kid, issuer) = key();
         let payload = b64json(&serde_json::to_value(claims(1)).unwrap());
-        let none = format!("{}.{payload}.", b64json(&serde_json::json!({"alg": "none", "kid": kid})));
+        let none = format!(
+            "{}.{payload}.",
+            b64json(&serde_json::json!({"alg": "none", "kid": kid}))
+        );
         let e = issuer.verify(&none, NOW).unwrap_err();
         assert_eq!(e.kind(), "bad-signature", "{e}");
         // HS384 keyed with the public key (the classic confusion).
@@ -469,7 +598,8 @@ pub(crate) mod tests {
         let mut h = Header::new(Algorithm::HS384);
         h.kid = Some(kid.clone());
         let secret = serde_json::to_vec(&jwks["keys"][0]).unwrap();
-        let hs = jsonwebtoken::encode(&h, &claims(1), &EncodingKey::from_secret(&secret).unwrap()).unwrap();
+        let hs = jsonwebtoken::encode(&h, &claims(1), &EncodingKey::from_secret(&secret).unwrap())
+            .unwrap();
         let e = issuer.verify(&hs, NOW).unwrap_err();
         assert_eq!(e.kind(), "bad-signature", "{e}");
         assert!(e.to_string().contains("HS384"), "{e}");
@@ -478,21 +608,31 @@ pub(crate) mod tests {
     #[test]
     fn bad_claims_are_invalid() {
         let (k, kid, issuer) = key();
-        let cases: Vec<(&str, Box<dyn Fn(&mut GrantClaims)>)> = vec![
+        type Edit = Box<dyn Fn(&mut GrantClaims)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("sub not base64", Box::new(|c| c.sub = "not a key".into())),
             ("sub 31 bytes", Box::new(|c| c.sub = B64.encode([1u8; 31]))),
-            ("address", Box::new(|c| c.addresses = vec!["10.0.0.300/32".into()])),
+            (
+                "address",
+                Box::new(|c| c.addresses = vec!["10.0.0.300/32".into()]),
+            ),
             ("no address", Box::new(|c| c.addresses.clear())),
             ("empty jti", Box::new(|c| c.jti.clear())),
         ];
         for (what, f) in cases {
             let mut c = claims(1);
             f(&mut c);
-            let e = issuer.verify(&sign_grant(&k, &kid, &c).unwrap(), NOW).unwrap_err();
+            let e = issuer
+                .verify(&sign_grant(&k, &kid, &c).unwrap(), NOW)
+                .unwrap_err();
             assert_eq!(e.kind(), "invalid", "{what}: {e}");
         }
         for garbage in ["", "a.b", "a.b.c", &"x".repeat(MAX_GRANT_LEN + 1)] {
-            assert_eq!(issuer.verify(garbage, NOW).unwrap_err().kind(), "invalid", "{garbage:.20}");
+            assert_eq!(
+                issuer.verify(garbage, NOW).unwrap_err().kind(),
+                "invalid",
+                "{garbage:.20}"
+            );
         }
     }
 
@@ -501,7 +641,9 @@ pub(crate) mod tests {
         use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
         let rng = ring::rand::SystemRandom::new();
         let p256 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let jwk = Jwk::from_encoding_key(&EncodingKey::from_ec_der(p256.as_ref()), Algorithm::ES256).unwrap();
+        let jwk =
+            Jwk::from_encoding_key(&EncodingKey::from_ec_der(p256.as_ref()), Algorithm::ES256)
+                .unwrap();
         let mut v = serde_json::to_value(&jwk).unwrap();
         v["kid"] = "p256".into();
         let set = serde_json::json!({"keys": [v.clone()]}).to_string();
@@ -509,7 +651,8 @@ pub(crate) mod tests {
         assert!(e.to_string().contains("ES384"), "{e}");
         // Claiming ES384 on a P-256 key does not help.
         v["alg"] = "ES384".into();
-        let e = Issuer::from_jwks(serde_json::json!({"keys": [v]}).to_string().as_bytes()).unwrap_err();
+        let e =
+            Issuer::from_jwks(serde_json::json!({"keys": [v]}).to_string().as_bytes()).unwrap_err();
         assert!(e.to_string().contains("P-384"), "{e}");
         let hmac = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","alg":"HS384","kid":"h"}]}"#;
         assert!(Issuer::from_jwks(hmac.as_bytes()).is_err());
@@ -518,23 +661,39 @@ pub(crate) mod tests {
         let mut set: serde_json::Value = serde_json::from_str(&one).unwrap();
         let k0 = set["keys"][0].clone();
         set["keys"].as_array_mut().unwrap().push(k0);
-        assert!(Issuer::from_jwks(set.to_string().as_bytes()).unwrap_err().to_string().contains("twice"));
+        assert!(Issuer::from_jwks(set.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         set["keys"][0].as_object_mut().unwrap().remove("kid");
-        assert!(Issuer::from_jwks(set.to_string().as_bytes()).unwrap_err().to_string().contains("no kid"));
-        assert_eq!(Issuer::from_jwks(b"not json").unwrap_err().kind(), "invalid");
+        assert!(Issuer::from_jwks(set.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("no kid"));
+        assert_eq!(
+            Issuer::from_jwks(b"not json").unwrap_err().kind(),
+            "invalid"
+        );
         // Rotation: two keys, both verify.
-        let (a, b) = (generate_issuer_key().unwrap(), generate_issuer_key().unwrap());
+        let (a, b) = (
+            generate_issuer_key().unwrap(),
+            generate_issuer_key().unwrap(),
+        );
         let issuer = Issuer::from_jwks(jwks_for_keys(&[&a, &b]).unwrap().as_bytes()).unwrap();
         for k in [&a, &b] {
             let kid = jwk_for(k).unwrap().common.key_id.unwrap();
-            assert!(issuer.verify(&sign_grant(k, &kid, &claims(3)).unwrap(), NOW).is_ok());
+            assert!(issuer
+                .verify(&sign_grant(k, &kid, &claims(3)).unwrap(), NOW)
+                .is_ok());
         }
     }
 
     #[test]
     fn verify_all_keeps_order_across_threads() {
         let (k, kid, issuer) = key();
-        let mut jwts: Vec<String> = (0..300).map(|n| sign_grant(&k, &kid, &claims(n)).unwrap()).collect();
+        let mut jwts: Vec<String> = (0..300)
+            .map(|n| sign_grant(&k, &kid, &claims(n)).unwrap())
+            .collect();
         jwts[17] = "garbage".into();
         let out = issuer.verify_all(&jwts, NOW);
         assert_eq!(out.len(), 300);

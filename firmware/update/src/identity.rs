@@ -27,12 +27,17 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("node_id", &self.node_id()).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("node_id", &self.node_id())
+            .finish_non_exhaustive()
     }
 }
 
 fn corrupt(message: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { key: Key::Identity.as_str(), message: message.into() }
+    StoreError::Corrupt {
+        key: Key::Identity.as_str(),
+        message: message.into(),
+    }
 }
 
 impl Identity {
@@ -48,7 +53,10 @@ impl Identity {
             .map_err(|_| corrupt("cannot generate a key: the system random source failed"))?;
         let pkcs8 = Zeroizing::new(doc.as_ref().to_vec());
         let id = Identity::from_pkcs8(pkcs8)?;
-        let encoded = Zeroizing::new(format!("{{\"{FIELD}\":\"{}\"}}", Zeroizing::new(B64.encode(&id._pkcs8)).as_str()));
+        let encoded = Zeroizing::new(format!(
+            "{{\"{FIELD}\":\"{}\"}}",
+            Zeroizing::new(B64.encode(&id._pkcs8)).as_str()
+        ));
         store.put(Key::Identity, encoded.as_bytes())?;
         Ok((id, true))
     }
@@ -59,7 +67,8 @@ impl Identity {
         struct Stored {
             ed25519_pkcs8: String,
         }
-        let s: Stored = serde_json::from_slice(raw).map_err(|e| corrupt(format!("not the identity format: {e}")))?;
+        let s: Stored = serde_json::from_slice(raw)
+            .map_err(|e| corrupt(format!("not the identity format: {e}")))?;
         let b64 = Zeroizing::new(s.ed25519_pkcs8);
         let pkcs8 = B64
             .decode(b64.as_bytes())
@@ -70,7 +79,10 @@ impl Identity {
     fn from_pkcs8(pkcs8: Zeroizing<Vec<u8>>) -> Result<Identity, StoreError> {
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
             .map_err(|e| corrupt(format!("{FIELD} is not an ed25519 PKCS#8 key: {e}")))?;
-        Ok(Identity { pair, _pkcs8: pkcs8 })
+        Ok(Identity {
+            pair,
+            _pkcs8: pkcs8,
+        })
     }
 
     /// Removes the identity key from the store (a factory reset that gives
@@ -86,7 +98,11 @@ impl Identity {
 
     /// The ed25519 public key.
     pub fn public_key(&self) -> [u8; 32] {
-        self.pair.public_key().as_ref().try_into().expect("ed25519 public keys are 32 bytes")
+        self.pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .expect("ed25519 public keys are 32 bytes")
     }
 
     /// The public key, standard base64.
@@ -117,7 +133,9 @@ pub fn verify_proof(public_key_b64: &str, nonce: &[u8], proof_b64: &str) -> bool
     if pk.len() != 32 {
         return false;
     }
-    UnparsedPublicKey::new(&ED25519, &pk).verify(&fleet::enrol_proof_message(nonce, &pk), &sig).is_ok()
+    UnparsedPublicKey::new(&ED25519, &pk)
+        .verify(&fleet::enrol_proof_message(nonce, &pk), &sig)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -143,10 +161,24 @@ mod tests {
     #[test]
     fn corrupt_value_is_an_error_and_kept() {
         let s = MemStore::new();
-        for bad in [&b"not json"[..], br#"{"ed25519_pkcs8":"!!"}"#, br#"{"ed25519_pkcs8":"AAAA"}"#, br#"{"other":1}"#] {
+        for bad in [
+            &b"not json"[..],
+            br#"{"ed25519_pkcs8":"!!"}"#,
+            br#"{"ed25519_pkcs8":"AAAA"}"#,
+            br#"{"other":1}"#,
+        ] {
             s.put(Key::Identity, bad).unwrap();
             let e = Identity::load_or_create(&s).unwrap_err();
-            assert!(matches!(e, StoreError::Corrupt { key: "identity", .. }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    StoreError::Corrupt {
+                        key: "identity",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
             assert_eq!(s.get(Key::Identity).unwrap().unwrap(), bad, "not replaced");
         }
     }
@@ -187,6 +219,9 @@ mod tests {
         let secret = stored.split('"').nth(3).unwrap().to_string();
         let dbg = format!("{id:?}");
         assert!(dbg.contains(&id.node_id()), "{dbg}");
-        assert!(!dbg.contains(&secret) && !dbg.contains(&secret[..16]), "{dbg}");
+        assert!(
+            !dbg.contains(&secret) && !dbg.contains(&secret[..16]),
+            "{dbg}"
+        );
     }
 }

@@ -61,7 +61,13 @@ pub struct Blob {
 
 impl std::fmt::Debug for Blob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Blob({} bytes, sha256 {}, role version {})", self.bytes.len(), self.sha256, self.role_version)
+        write!(
+            f,
+            "Blob({} bytes, sha256 {}, role version {})",
+            self.bytes.len(),
+            self.sha256,
+            self.role_version
+        )
     }
 }
 
@@ -84,7 +90,13 @@ impl Serialize for Blob {
             Ok(t) => (Some(Cow::Borrowed(t)), None),
             Err(_) => (None, Some(B64.encode(&self.bytes))),
         };
-        BlobRepr { sha256: Cow::Borrowed(&self.sha256), role_version: self.role_version, text, base64 }.serialize(s)
+        BlobRepr {
+            sha256: Cow::Borrowed(&self.sha256),
+            role_version: self.role_version,
+            text,
+            base64,
+        }
+        .serialize(s)
     }
 }
 
@@ -95,13 +107,23 @@ impl<'de> Deserialize<'de> for Blob {
         let bytes = match (r.text, r.base64) {
             (Some(t), None) => Bytes::from(t.into_owned().into_bytes()),
             (None, Some(b)) => Bytes::from(B64.decode(b).map_err(D::Error::custom)?),
-            _ => return Err(D::Error::custom("a blob has exactly one of text and base64")),
+            _ => {
+                return Err(D::Error::custom(
+                    "a blob has exactly one of text and base64",
+                ))
+            }
         };
         let sha256 = r.sha256.into_owned();
         if sha256 != hex(&sha(&bytes)) {
-            return Err(D::Error::custom(format!("bytes do not match sha256 {sha256}")));
+            return Err(D::Error::custom(format!(
+                "bytes do not match sha256 {sha256}"
+            )));
         }
-        Ok(Blob { sha256, role_version: r.role_version, bytes })
+        Ok(Blob {
+            sha256,
+            role_version: r.role_version,
+            bytes,
+        })
     }
 }
 
@@ -133,20 +155,29 @@ impl FleetState {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| StoreError::Corrupt { key: key.as_str(), message: e.to_string() }),
+                .map_err(|e| StoreError::Corrupt {
+                    key: key.as_str(),
+                    message: e.to_string(),
+                }),
         }
     }
 
     /// Saves the state (durable when it returns `Ok`).
     pub fn save(&self, store: &dyn Store) -> Result<(), StoreError> {
         let key = Key::FleetState;
-        let bytes = serde_json::to_vec(self).map_err(|e| StoreError::Corrupt { key: key.as_str(), message: format!("cannot encode: {e}") })?;
+        let bytes = serde_json::to_vec(self).map_err(|e| StoreError::Corrupt {
+            key: key.as_str(),
+            message: format!("cannot encode: {e}"),
+        })?;
         store.put(key, &bytes)
     }
 }
 
 fn sha(b: &[u8]) -> [u8; 32] {
-    ring::digest::digest(&ring::digest::SHA256, b).as_ref().try_into().expect("32 bytes")
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .try_into()
+        .expect("32 bytes")
 }
 
 fn hex(b: &[u8]) -> String {
@@ -155,7 +186,13 @@ fn hex(b: &[u8]) -> String {
 
 /// Reads one target of `role` (see the module docs); `prev`: the same
 /// target in the previous state.
-async fn get(repo: &Repo, role: fleet::Role, name: &str, cap: u64, prev: Option<&Blob>) -> Result<Option<(Blob, bool)>, RepoError> {
+async fn get(
+    repo: &Repo,
+    role: fleet::Role,
+    name: &str,
+    cap: u64,
+    prev: Option<&Blob>,
+) -> Result<Option<(Blob, bool)>, RepoError> {
     let Some(e) = repo.role_entry(role, name)? else {
         return Ok(None);
     };
@@ -163,48 +200,110 @@ async fn get(repo: &Repo, role: fleet::Role, name: &str, cap: u64, prev: Option<
     if let Some(p) = prev {
         if e.role_version < p.role_version {
             return Err(RepoError::Rollback {
-                detail: format!("{name}: role `{}` is at version {}, this node already took version {}", role.name, e.role_version, p.role_version),
+                detail: format!(
+                    "{name}: role `{}` is at version {}, this node already took version {}",
+                    role.name, e.role_version, p.role_version
+                ),
             });
         }
         if p.sha256 == sha256 {
-            return Ok(Some((Blob { sha256, role_version: e.role_version, bytes: p.bytes.clone() }, false)));
+            return Ok(Some((
+                Blob {
+                    sha256,
+                    role_version: e.role_version,
+                    bytes: p.bytes.clone(),
+                },
+                false,
+            )));
         }
     }
     let t = repo.read_entry(&e, cap).await?;
-    Ok(Some((Blob { sha256, role_version: t.role_version, bytes: Bytes::from(t.bytes) }, true)))
+    Ok(Some((
+        Blob {
+            sha256,
+            role_version: t.role_version,
+            bytes: Bytes::from(t.bytes),
+        },
+        true,
+    )))
 }
 
 fn invalid(what: &str, detail: impl std::fmt::Display) -> RepoError {
-    RepoError::Invalid { what: what.into(), detail: detail.to_string() }
+    RepoError::Invalid {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
 }
 
 /// Fetches the fleet state of `node_id` from `repo` (see the module docs).
 /// `previous`: the last state, whose unchanged targets are reused and
 /// whose role versions a target may not go below (`rollback`).
-pub async fn fetch(repo: &Repo, node_id: &str, previous: Option<&FleetState>, now_unix: i64) -> Result<FleetState, RepoError> {
+pub async fn fetch(
+    repo: &Repo,
+    node_id: &str,
+    previous: Option<&FleetState>,
+    now_unix: i64,
+) -> Result<FleetState, RepoError> {
     let prev = |f: fn(&FleetState) -> Option<&Blob>| previous.and_then(f);
     let config_name = fleet::config_target(node_id);
     let grants_name = fleet::grants_target(node_id);
-    let config = get(repo, fleet::CONFIGS, &config_name, MAX_CONFIG, prev(|s| s.config.as_ref())).await?;
+    let config = get(
+        repo,
+        fleet::CONFIGS,
+        &config_name,
+        MAX_CONFIG,
+        prev(|s| s.config.as_ref()),
+    )
+    .await?;
     if let Some((b, true)) = &config {
-        std::str::from_utf8(&b.bytes).map_err(|e| invalid(&config_name, format!("not UTF-8: {e}")))?;
+        std::str::from_utf8(&b.bytes)
+            .map_err(|e| invalid(&config_name, format!("not UTF-8: {e}")))?;
     }
-    let grants = get(repo, fleet::CONFIGS, &grants_name, MAX_GRANTS, prev(|s| s.grants.as_ref())).await?;
+    let grants = get(
+        repo,
+        fleet::CONFIGS,
+        &grants_name,
+        MAX_GRANTS,
+        prev(|s| s.grants.as_ref()),
+    )
+    .await?;
     if let Some((b, true)) = &grants {
         parse_grants(&b.bytes).map_err(|e| invalid(&grants_name, e))?;
     }
-    let jwks = get(repo, fleet::GRANTS, fleet::JWKS_TARGET, MAX_JWKS, prev(|s| s.jwks.as_ref())).await?;
+    let jwks = get(
+        repo,
+        fleet::GRANTS,
+        fleet::JWKS_TARGET,
+        MAX_JWKS,
+        prev(|s| s.jwks.as_ref()),
+    )
+    .await?;
     if let Some((b, true)) = &jwks {
         Issuer::from_jwks(&b.bytes).map_err(|e| invalid(fleet::JWKS_TARGET, e))?;
     }
-    let revocations = get(repo, fleet::REVOCATIONS, fleet::REVOKED_TARGET, MAX_REVOKED, prev(|s| s.revocations.as_ref())).await?;
+    let revocations = get(
+        repo,
+        fleet::REVOCATIONS,
+        fleet::REVOKED_TARGET,
+        MAX_REVOKED,
+        prev(|s| s.revocations.as_ref()),
+    )
+    .await?;
     if let Some((b, true)) = &revocations {
-        serde_json::from_slice::<Revocations>(&b.bytes).map_err(|e| invalid(fleet::REVOKED_TARGET, e))?;
+        serde_json::from_slice::<Revocations>(&b.bytes)
+            .map_err(|e| invalid(fleet::REVOKED_TARGET, e))?;
     }
     let mut lists = BTreeMap::new();
-    let entries: Vec<_> = repo.role_targets(fleet::LISTS).into_iter().filter(|e| fleet::list_name(&e.name).is_some()).collect();
+    let entries: Vec<_> = repo
+        .role_targets(fleet::LISTS)
+        .into_iter()
+        .filter(|e| fleet::list_name(&e.name).is_some())
+        .collect();
     if entries.len() > MAX_LISTS {
-        return Err(invalid("lists", format!("{} lists, at most {MAX_LISTS}", entries.len())));
+        return Err(invalid(
+            "lists",
+            format!("{} lists, at most {MAX_LISTS}", entries.len()),
+        ));
     }
     for e in entries {
         let name = fleet::list_name(&e.name).expect("filtered").to_string();
@@ -255,7 +354,10 @@ impl std::fmt::Debug for GrantedPeer {
         f.debug_struct("GrantedPeer")
             .field("jti", &self.jti)
             .field("public_key", &"[redacted]")
-            .field("addresses", &format_args!("[{} redacted]", self.addresses.len()))
+            .field(
+                "addresses",
+                &format_args!("[{} redacted]", self.addresses.len()),
+            )
             .field("tier", &self.tier)
             .field("exp", &self.exp)
             .finish()
@@ -350,7 +452,11 @@ impl Verifier {
                 Err(_) => out.rejected.push(("config".into(), "invalid")),
             }
         }
-        out.lists = state.lists.iter().map(|(n, b)| (n.clone(), b.bytes.clone())).collect();
+        out.lists = state
+            .lists
+            .iter()
+            .map(|(n, b)| (n.clone(), b.bytes.clone()))
+            .collect();
         if let Some(g) = &state.grants {
             self.peers(g, state.jwks.as_ref(), &revoked, now_unix, &mut out);
         }
@@ -358,7 +464,14 @@ impl Verifier {
         out
     }
 
-    fn peers(&mut self, grants: &Blob, jwks: Option<&Blob>, revoked: &Revocations, now: i64, out: &mut Evaluated) {
+    fn peers(
+        &mut self,
+        grants: &Blob,
+        jwks: Option<&Blob>,
+        revoked: &Revocations,
+        now: i64,
+        out: &mut Evaluated,
+    ) {
         let Ok(jwts) = parse_grants(&grants.bytes) else {
             out.rejected.push(("grants.json".into(), "invalid"));
             return;
@@ -380,7 +493,9 @@ impl Verifier {
             self.jwks_sha = Some(jwks.sha256.clone());
         }
         let hashes: Vec<[u8; 32]> = grant::par_map(&jwts, |j| sha(j.as_bytes()));
-        let misses: Vec<usize> = (0..jwts.len()).filter(|&i| !self.cache.contains_key(&hashes[i])).collect();
+        let misses: Vec<usize> = (0..jwts.len())
+            .filter(|&i| !self.cache.contains_key(&hashes[i]))
+            .collect();
         let fresh = grant::par_map(&misses, |&i| issuer.verify_signed(&jwts[i]));
         self.verified += misses.len() as u64;
         let mut cache = std::mem::take(&mut self.cache);
@@ -388,8 +503,13 @@ impl Verifier {
             cache.insert(hashes[i], r);
         }
         // Keep only what this state holds.
-        let mut next: HashMap<[u8; 32], Result<Grant, GrantError>> = HashMap::with_capacity(jwts.len());
-        let clients: HashSet<[u8; 32]> = revoked.clients.iter().filter_map(|c| grant::parse_wg_key(c)).collect();
+        let mut next: HashMap<[u8; 32], Result<Grant, GrantError>> =
+            HashMap::with_capacity(jwts.len());
+        let clients: HashSet<[u8; 32]> = revoked
+            .clients
+            .iter()
+            .filter_map(|c| grant::parse_wg_key(c))
+            .collect();
         let ids: HashSet<&str> = revoked.grants.iter().map(String::as_str).collect();
         // Winner per client key: index into `peers`.
         let mut by_key: HashMap<[u8; 32], usize> = HashMap::new();
@@ -418,7 +538,13 @@ impl Verifier {
                 out.rejected.push((g.jti, "revoked"));
                 continue;
             }
-            let peer = GrantedPeer { jti: g.jti, public_key: g.public_key, addresses: g.addresses, tier: g.tier, exp: g.exp };
+            let peer = GrantedPeer {
+                jti: g.jti,
+                public_key: g.public_key,
+                addresses: g.addresses,
+                tier: g.tier,
+                exp: g.exp,
+            };
             match by_key.get(&peer.public_key) {
                 Some(&w) => {
                     let old = peers[w].as_ref().expect("winners are kept");
@@ -463,7 +589,11 @@ mod tests {
 
     fn blob(bytes: impl Into<Vec<u8>>, v: u64) -> Blob {
         let bytes: Vec<u8> = bytes.into();
-        Blob { sha256: hex(&sha(&bytes)), role_version: v, bytes: Bytes::from(bytes) }
+        Blob {
+            sha256: hex(&sha(&bytes)),
+            role_version: v,
+            bytes: Bytes::from(bytes),
+        }
     }
 
     struct Fx {
@@ -476,7 +606,11 @@ mod tests {
         fn new(grants: &[GrantClaims]) -> Fx {
             let (pk8, kid, _) = key();
             let jwks = jwks_for(&pk8).unwrap().1;
-            let mut fx = Fx { pk8, kid, state: FleetState::default() };
+            let mut fx = Fx {
+                pk8,
+                kid,
+                state: FleetState::default(),
+            };
             fx.state.jwks = Some(blob(jwks, 1));
             fx.state.config = Some(blob("[node]\nname = \"exit-1\"\n", 1));
             fx.state.lists.insert("ads".into(), blob("ads.test\n", 1));
@@ -485,8 +619,12 @@ mod tests {
         }
 
         fn set_grants(&mut self, grants: &[GrantClaims]) {
-            let jwts: Vec<String> = grant::par_map(grants, |c| sign_grant(&self.pk8, &self.kid, c).unwrap());
-            self.state.grants = Some(blob(serde_json::to_vec(&GrantsFile { grants: jwts }).unwrap(), 1));
+            let jwts: Vec<String> =
+                grant::par_map(grants, |c| sign_grant(&self.pk8, &self.kid, c).unwrap());
+            self.state.grants = Some(blob(
+                serde_json::to_vec(&GrantsFile { grants: jwts }).unwrap(),
+                1,
+            ));
         }
 
         fn revoke(&mut self, r: Revocations) {
@@ -506,7 +644,10 @@ mod tests {
         assert_eq!(jtis(&e), ["g-1", "g-2"]);
         assert_eq!(e.peers[0].public_key_b64(), claims(1).sub);
         assert_eq!(e.peers[0].tier.as_deref(), Some("family"));
-        assert_eq!(e.config_text.as_deref(), Some("[node]\nname = \"exit-1\"\n"));
+        assert_eq!(
+            e.config_text.as_deref(),
+            Some("[node]\nname = \"exit-1\"\n")
+        );
         assert_eq!(&e.lists["ads"][..], b"ads.test\n");
         assert_eq!(e.next_expiry, Some(NOW + 3600));
         assert!(e.rejected.is_empty());
@@ -521,7 +662,10 @@ mod tests {
         let fx = Fx::new(&[soon, claims(2)]);
         let mut v = Verifier::new();
         let e = v.evaluate(&fx.state, NODE, NOW);
-        assert_eq!((jtis(&e), e.next_expiry), (vec!["g-1", "g-2"], Some(NOW + 10)));
+        assert_eq!(
+            (jtis(&e), e.next_expiry),
+            (vec!["g-1", "g-2"], Some(NOW + 10))
+        );
         // Later, same state: no new signature checks, but g-1 is gone.
         let checked = v.signatures_checked();
         let e = v.evaluate(&fx.state, NODE, NOW + 10);
@@ -534,7 +678,11 @@ mod tests {
     #[test]
     fn revoked_clients_and_grant_ids_dropped() {
         let mut fx = Fx::new(&[claims(1), claims(2), claims(3)]);
-        fx.revoke(Revocations { nodes: vec!["ffffffffffffffff".into()], clients: vec![claims(1).sub], grants: vec!["g-3".into()] });
+        fx.revoke(Revocations {
+            nodes: vec!["ffffffffffffffff".into()],
+            clients: vec![claims(1).sub],
+            grants: vec!["g-3".into()],
+        });
         let e = evaluate(&fx.state, NODE, NOW);
         assert!(!e.revoked_self);
         assert_eq!(jtis(&e), ["g-2"]);
@@ -544,7 +692,10 @@ mod tests {
     #[test]
     fn revoked_self_gets_nothing() {
         let mut fx = Fx::new(&[claims(1)]);
-        fx.revoke(Revocations { nodes: vec![NODE.into()], ..Default::default() });
+        fx.revoke(Revocations {
+            nodes: vec![NODE.into()],
+            ..Default::default()
+        });
         let e = evaluate(&fx.state, NODE, NOW);
         assert!(e.revoked_self);
         assert!(e.peers.is_empty() && e.config_text.is_none() && e.lists.is_empty());
@@ -566,7 +717,12 @@ mod tests {
         let fx = Fx::new(&[a, b, c, claims(2)]);
         let e = evaluate(&fx.state, NODE, NOW);
         assert_eq!(jtis(&e), ["new", "g-2"]);
-        let mut dups: Vec<&str> = e.rejected.iter().filter(|r| r.1 == "duplicate").map(|r| r.0.as_str()).collect();
+        let mut dups: Vec<&str> = e
+            .rejected
+            .iter()
+            .filter(|r| r.1 == "duplicate")
+            .map(|r| r.0.as_str())
+            .collect();
         dups.sort();
         assert_eq!(dups, ["old", "older"]);
     }
@@ -574,15 +730,28 @@ mod tests {
     #[test]
     fn bad_grants_are_counted_and_new_keys_clear_the_cache() {
         let mut fx = Fx::new(&[claims(1), claims(2)]);
-        let mut jwts = parse_grants(&fx.state.grants.as_ref().unwrap().bytes).unwrap().into_iter().map(|c| c.into_owned()).collect::<Vec<_>>();
+        let mut jwts = parse_grants(&fx.state.grants.as_ref().unwrap().bytes)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.into_owned())
+            .collect::<Vec<_>>();
         jwts.push("garbage".into());
         let (other, okid, _) = key();
         jwts.push(sign_grant(&other, &okid, &claims(3)).unwrap());
-        fx.state.grants = Some(blob(serde_json::to_vec(&GrantsFile { grants: jwts }).unwrap(), 1));
+        fx.state.grants = Some(blob(
+            serde_json::to_vec(&GrantsFile { grants: jwts }).unwrap(),
+            1,
+        ));
         let mut v = Verifier::new();
         let e = v.evaluate(&fx.state, NODE, NOW);
         assert_eq!(jtis(&e), ["g-1", "g-2"]);
-        assert_eq!(e.rejected, vec![("#2".to_string(), "invalid"), ("#3".to_string(), "unknown-key")]);
+        assert_eq!(
+            e.rejected,
+            vec![
+                ("#2".to_string(), "invalid"),
+                ("#3".to_string(), "unknown-key")
+            ]
+        );
         assert_eq!(v.signatures_checked(), 4);
         v.evaluate(&fx.state, NODE, NOW);
         assert_eq!(v.signatures_checked(), 4, "unchanged grants: no crypto");
@@ -591,7 +760,10 @@ mod tests {
         let e = v.evaluate(&fx.state, NODE, NOW);
         assert_eq!(v.signatures_checked(), 8);
         assert_eq!(jtis(&e), ["g-3"]);
-        assert_eq!(e.rejected_counts(), BTreeMap::from([("invalid", 1), ("unknown-key", 2)]));
+        assert_eq!(
+            e.rejected_counts(),
+            BTreeMap::from([("invalid", 1), ("unknown-key", 2)])
+        );
         // Grants without keys: nobody.
         fx.state.jwks = None;
         let e = evaluate(&fx.state, NODE, NOW);
@@ -602,18 +774,29 @@ mod tests {
     #[test]
     fn state_round_trips_through_the_store() {
         let mut fx = Fx::new(&[claims(1)]);
-        fx.state.lists.insert("bin".into(), blob(vec![0xff, 0, 0xfe], 4));
+        fx.state
+            .lists
+            .insert("bin".into(), blob(vec![0xff, 0, 0xfe], 4));
         fx.state.fetched_at = NOW;
         let s = MemStore::new();
         assert_eq!(FleetState::load(&s).unwrap(), None);
         fx.state.save(&s).unwrap();
         assert_eq!(FleetState::load(&s).unwrap(), Some(fx.state.clone()));
         let raw = String::from_utf8(s.get(Key::FleetState).unwrap().unwrap()).unwrap();
-        assert!(raw.contains("ads.test") && raw.contains("\"base64\":\"/wD+\""), "{raw}");
+        assert!(
+            raw.contains("ads.test") && raw.contains("\"base64\":\"/wD+\""),
+            "{raw}"
+        );
         // Bytes that do not match their hash: corrupt, not taken.
         let bad = raw.replace("ads.test", "ads.evil");
         s.put(Key::FleetState, bad.as_bytes()).unwrap();
-        assert!(matches!(FleetState::load(&s), Err(StoreError::Corrupt { key: "fleet-state", .. })));
+        assert!(matches!(
+            FleetState::load(&s),
+            Err(StoreError::Corrupt {
+                key: "fleet-state",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -623,11 +806,20 @@ mod tests {
         let t = std::time::Instant::now();
         let fx = Fx::new(&grants);
         let size = fx.state.grants.as_ref().unwrap().bytes.len();
-        println!("signed {n} grants ({size} bytes of grants.json) in {:?}", t.elapsed());
+        println!(
+            "signed {n} grants ({size} bytes of grants.json) in {:?}",
+            t.elapsed()
+        );
         let mut v = Verifier::new();
         let t = std::time::Instant::now();
         let e = v.evaluate(&fx.state, NODE, NOW);
-        println!("first evaluate of {n} grants: {:?} ({} threads)", t.elapsed(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        println!(
+            "first evaluate of {n} grants: {:?} ({} threads)",
+            t.elapsed(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        );
         assert_eq!(e.peers.len(), n as usize);
         let t = std::time::Instant::now();
         let e = v.evaluate(&fx.state, NODE, NOW + 1);

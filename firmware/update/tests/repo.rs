@@ -478,7 +478,7 @@ async fn a_role_cannot_sign_outside_its_paths() {
     wrong_role(&repo.rollout().await.unwrap_err(), "configs");
     assert!(repo.images(BOARD).is_empty());
     let names: Vec<String> = repo.role_targets(fleet::CONFIGS).into_iter().map(|e| e.name).collect();
-    assert_eq!(names, [config.clone()]);
+    assert_eq!(names, std::slice::from_ref(&config));
     let t = repo.role_target(fleet::CONFIGS, &config, 1024).await.unwrap().unwrap();
     assert_eq!(&t.bytes[..], b"[node]\n");
     // An image target made up from the entry `configs` signed is refused.

@@ -32,7 +32,12 @@ impl Fx {
         let (repo, keys) = (base.join("repo"), base.join("keys"));
         gen_keys(&keys);
         init(&repo, &keys).await;
-        Fx { _tmp: tmp, base, repo, keys }
+        Fx {
+            _tmp: tmp,
+            base,
+            repo,
+            keys,
+        }
     }
 
     async fn load(&self, ds: &str) -> Repo {
@@ -41,7 +46,12 @@ impl Fx {
     }
 
     async fn load_http(&self, ds: &str) -> Repo {
-        Repo::load(&RepoSource::from_base(&serve(&self.repo)).unwrap(), &self.cfg(ds)).await.unwrap()
+        Repo::load(
+            &RepoSource::from_base(&serve(&self.repo)).unwrap(),
+            &self.cfg(ds),
+        )
+        .await
+        .unwrap()
     }
 
     fn cfg(&self, ds: &str) -> ClientConfig {
@@ -82,15 +92,23 @@ struct Content {
 fn content() -> Content {
     let k = generate_issuer_key().unwrap();
     let (kid, jwks) = jwks_for(&k).unwrap();
-    let grants: Vec<String> = [claims(1, NOW + 3600), claims(2, NOW - 1), claims(3, NOW + 3600)]
-        .iter()
-        .map(|c| sign_grant(&k, &kid, c).unwrap())
-        .collect();
+    let grants: Vec<String> = [
+        claims(1, NOW + 3600),
+        claims(2, NOW - 1),
+        claims(3, NOW + 3600),
+    ]
+    .iter()
+    .map(|c| sign_grant(&k, &kid, c).unwrap())
+    .collect();
     Content {
         config: b"[node]\nname = \"exit-1\"\n".to_vec(),
         grants: serde_json::to_vec(&GrantsFile { grants }).unwrap(),
         jwks: jwks.into_bytes(),
-        revoked: serde_json::to_vec(&Revocations { clients: vec![base64_key(3)], ..Default::default() }).unwrap(),
+        revoked: serde_json::to_vec(&Revocations {
+            clients: vec![base64_key(3)],
+            ..Default::default()
+        })
+        .unwrap(),
     }
 }
 
@@ -130,14 +148,22 @@ async fn fetch_takes_each_target_from_its_role_and_evaluates() {
         assert_eq!(s.fetched_at, NOW);
         let e = evaluate(&s, NODE, NOW);
         assert!(!e.revoked_self);
-        assert_eq!(e.config_text.as_deref(), Some("[node]\nname = \"exit-1\"\n"));
+        assert_eq!(
+            e.config_text.as_deref(),
+            Some("[node]\nname = \"exit-1\"\n")
+        );
         let jtis: Vec<&str> = e.peers.iter().map(|p| p.jti.as_str()).collect();
         assert_eq!(jtis, ["g-1"]);
-        assert_eq!(e.rejected_counts().into_iter().collect::<Vec<_>>(), [("expired", 1), ("revoked", 1)]);
+        assert_eq!(
+            e.rejected_counts().into_iter().collect::<Vec<_>>(),
+            [("expired", 1), ("revoked", 1)]
+        );
         assert_eq!(&e.lists["malware"][..], b"bad.test\n");
     }
     // Another node has nothing of its own, but the fleet-wide parts.
-    let s = fetch(&fx.load("c").await, "1111111111111111", None, NOW).await.unwrap();
+    let s = fetch(&fx.load("c").await, "1111111111111111", None, NOW)
+        .await
+        .unwrap();
     assert!(s.config.is_none() && s.grants.is_none() && s.jwks.is_some());
 }
 
@@ -166,7 +192,10 @@ async fn unchanged_targets_are_not_downloaded_again() {
     let repo = fx.load("a").await;
     let second = fetch(&repo, NODE, Some(&first), NOW + 60).await.unwrap();
     assert_eq!(&second.config.as_ref().unwrap().bytes[..], &c2.config[..]);
-    assert_eq!(second.grants.as_ref().unwrap().bytes, first.grants.as_ref().unwrap().bytes);
+    assert_eq!(
+        second.grants.as_ref().unwrap().bytes,
+        first.grants.as_ref().unwrap().bytes
+    );
     assert_eq!(second.grants.as_ref().unwrap().role_version, 2);
     assert_eq!(second.lists["ads"].bytes, first.lists["ads"].bytes);
     // Without the previous state it has to download, and cannot.
@@ -195,13 +224,18 @@ async fn config_signed_by_the_wrong_role_is_refused() {
     let c = content();
     let config = fleet::config_target(NODE);
     Publish {
-        targets: vec![("lists", &config, &c.config), ("grants", fleet::JWKS_TARGET, &c.jwks)],
+        targets: vec![
+            ("lists", &config, &c.config),
+            ("grants", fleet::JWKS_TARGET, &c.jwks),
+        ],
         paths: vec![("lists", vec!["*"])],
         ..Publish::default()
     }
     .run(&fx.repo, &fx.keys)
     .await;
-    let e = fetch(&fx.load("a").await, NODE, None, NOW).await.unwrap_err();
+    let e = fetch(&fx.load("a").await, NODE, None, NOW)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), "wrong-role", "{e}");
     assert!(e.to_string().contains("lists"), "{e}");
 }
@@ -215,7 +249,9 @@ async fn tampered_config_is_hash_mismatch() {
     let mut bad = c.config.clone();
     bad[3] ^= 0x20;
     std::fs::write(target_file(&fx.repo, &name, &c.config), &bad).unwrap();
-    let e = fetch(&fx.load("a").await, NODE, None, NOW).await.unwrap_err();
+    let e = fetch(&fx.load("a").await, NODE, None, NOW)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), "hash-mismatch", "{e}");
 }
 
@@ -225,15 +261,27 @@ async fn malformed_content_is_invalid_and_nothing_taken() {
     let c = content();
     for (i, (name, bytes)) in [
         (fleet::REVOKED_TARGET.to_string(), b"{\"nodes\":1}".to_vec()),
-        (fleet::JWKS_TARGET.to_string(), b"{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\",\"kid\":\"x\",\"alg\":\"HS384\"}]}".to_vec()),
+        (
+            fleet::JWKS_TARGET.to_string(),
+            b"{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\",\"kid\":\"x\",\"alg\":\"HS384\"}]}".to_vec(),
+        ),
         (fleet::grants_target(NODE), b"[]".to_vec()),
         (fleet::config_target(NODE), vec![0xff, 0xfe]),
     ]
     .into_iter()
     .enumerate()
     {
-        publish(&fx.repo, &fx.keys, &[(&name, &bytes), ("nodes/x/other", &c.config)], i as u64 + 1, hours(24)).await;
-        let e = fetch(&fx.load(&format!("m{i}")).await, NODE, None, NOW).await.unwrap_err();
+        publish(
+            &fx.repo,
+            &fx.keys,
+            &[(&name, &bytes), ("nodes/x/other", &c.config)],
+            i as u64 + 1,
+            hours(24),
+        )
+        .await;
+        let e = fetch(&fx.load(&format!("m{i}")).await, NODE, None, NOW)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), "invalid", "{name}: {e}");
         assert!(e.to_string().contains(&name), "{e}");
     }
@@ -243,9 +291,18 @@ async fn malformed_content_is_invalid_and_nothing_taken() {
 async fn over_the_cap_is_too_large() {
     let fx = Fx::new().await;
     let big = vec![b'#'; (palisade_update::sync::MAX_CONFIG + 1) as usize];
-    publish(&fx.repo, &fx.keys, &[(&fleet::config_target(NODE), &big)], 1, hours(24)).await;
+    publish(
+        &fx.repo,
+        &fx.keys,
+        &[(&fleet::config_target(NODE), &big)],
+        1,
+        hours(24),
+    )
+    .await;
     std::fs::remove_file(target_file(&fx.repo, &fleet::config_target(NODE), &big)).unwrap();
-    let e = fetch(&fx.load("a").await, NODE, None, NOW).await.unwrap_err();
+    let e = fetch(&fx.load("a").await, NODE, None, NOW)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), "too-large", "{e}");
 }
 
@@ -253,7 +310,11 @@ async fn over_the_cap_is_too_large() {
 async fn revoked_node_sees_it_after_a_fetch() {
     let fx = Fx::new().await;
     let mut c = content();
-    c.revoked = serde_json::to_vec(&Revocations { nodes: vec![NODE.into()], ..Default::default() }).unwrap();
+    c.revoked = serde_json::to_vec(&Revocations {
+        nodes: vec![NODE.into()],
+        ..Default::default()
+    })
+    .unwrap();
     publish_content(&fx, &c, 1).await;
     let s = fetch(&fx.load("a").await, NODE, None, NOW).await.unwrap();
     let store = palisade_update::store::MemStore::new();
