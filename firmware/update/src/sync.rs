@@ -437,7 +437,6 @@ impl Verifier {
                 Err(_) => {
                     // Cannot tell who is revoked: serve no one.
                     out.rejected.push((fleet::REVOKED_TARGET.into(), "invalid"));
-                    out.revoked_self = revoked.nodes.iter().any(|n| n == node_id);
                     return out;
                 }
             }
@@ -701,6 +700,15 @@ mod tests {
         assert!(e.peers.is_empty() && e.config_text.is_none() && e.lists.is_empty());
         // Another node of the fleet still serves.
         assert!(!evaluate(&fx.state, "1111111111111111", NOW).revoked_self);
+    }
+
+    #[test]
+    fn unreadable_revocations_serve_no_one() {
+        let mut fx = Fx::new(&[claims(1)]);
+        fx.state.revocations = Some(blob("{\"nodes\":", 1));
+        let e = evaluate(&fx.state, NODE, NOW);
+        assert!(e.peers.is_empty());
+        assert_eq!(e.rejected, vec![("revoked.json".to_string(), "invalid")]);
     }
 
     #[test]
