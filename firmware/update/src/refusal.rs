@@ -33,6 +33,8 @@ pub enum RefusalKind {
     HashMismatch,
     /// A name the signed targets do not list.
     NotATarget,
+    /// A target signed by a role that may not sign its path.
+    WrongRole,
     /// The version failed to boot (or to pass the health gate) on this node.
     FailedBefore,
     /// The target is older than the installed version and downgrades are off.
@@ -57,7 +59,7 @@ pub enum RefusalKind {
 
 impl RefusalKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RefusalKind; 19] = [
+    pub const ALL: [RefusalKind; 20] = [
         RefusalKind::Unreachable,
         RefusalKind::BadSignature,
         RefusalKind::Expired,
@@ -67,6 +69,7 @@ impl RefusalKind {
         RefusalKind::Truncated,
         RefusalKind::HashMismatch,
         RefusalKind::NotATarget,
+        RefusalKind::WrongRole,
         RefusalKind::FailedBefore,
         RefusalKind::Downgrade,
         RefusalKind::BelowMinimum,
@@ -91,6 +94,7 @@ impl RefusalKind {
             RefusalKind::Truncated => "truncated",
             RefusalKind::HashMismatch => "hash-mismatch",
             RefusalKind::NotATarget => "not-a-target",
+            RefusalKind::WrongRole => "wrong-role",
             RefusalKind::FailedBefore => "failed-before",
             RefusalKind::Downgrade => "downgrade",
             RefusalKind::BelowMinimum => "below-minimum",
@@ -151,6 +155,7 @@ mod tests {
         }
         assert_eq!(RefusalKind::NotATarget.as_str(), "not-a-target");
         assert_eq!(RefusalKind::MixAndMatch.as_str(), "mix-and-match");
+        assert_eq!(RefusalKind::WrongRole.as_str(), "wrong-role");
     }
 
     #[test]

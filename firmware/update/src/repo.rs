@@ -13,6 +13,15 @@
 //! (on the state partition): that is what lets a node notice a mirror serving
 //! older metadata after a reboot. Every refusal is a [`RepoError`] whose
 //! [`RepoError::kind`] is a stable string (the update journal's refusal kinds).
+//!
+//! Every target is read from the one delegated role that owns its path
+//! ([`crate::fleet::ROLES`]): images and `rollout.json` from `images`, a
+//! node's config from `configs`, and so on ([`Repo::role_target`]). A target
+//! listed by another role, or by the top-level targets, is refused
+//! (`wrong-role`) even though tough would serve it: the top-level targets
+//! role only delegates, and a key that may revoke cannot ship an image. A
+//! repository that does not delegate a role has nothing from it (the old
+//! layout, images in the top-level targets, is not read).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +32,7 @@ use tough::error::Error as ToughError;
 use tough::{RepositoryLoader, TargetName, TransportError, TransportErrorKind};
 use url::Url;
 
+use crate::fleet::{self, Role};
 use crate::slot::{Expected, VerifiedImage};
 use crate::rollout::{RolloutPolicy, ROLLOUT_TARGET};
 use crate::transport::NodeTransport;
@@ -89,6 +99,47 @@ pub struct ImageTarget {
     pub sha256: [u8; 32],
 }
 
+/// A target as its delegated role signs it (nothing downloaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleEntry {
+    /// The target name.
+    pub name: String,
+    /// Signed length in bytes.
+    pub length: u64,
+    /// Signed SHA-256.
+    pub sha256: [u8; 32],
+    /// Version of the role's metadata that lists it.
+    pub role_version: u64,
+}
+
+/// A target read from its delegated role, verified (length and SHA-256).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RoleTarget {
+    /// The target name.
+    pub name: String,
+    /// Its content.
+    pub bytes: Vec<u8>,
+    /// SHA-256 of `bytes` (equal to the signed one).
+    pub sha256: [u8; 32],
+    /// Version of the role's metadata that lists it.
+    pub role_version: u64,
+}
+
+impl std::fmt::Debug for RoleTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleTarget")
+            .field("name", &self.name)
+            .field("bytes", &self.bytes.len())
+            .field("sha256", &hex(&self.sha256))
+            .field("role_version", &self.role_version)
+            .finish()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Why the repository (or one of its targets) was refused. The node keeps
 /// running its current version in every case.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +179,10 @@ pub enum RepoError {
     /// A name the signed targets do not list.
     #[error("{name} is not a target of the signed repository")]
     NotATarget { name: String },
+    /// A target signed by a role that may not sign its path (another
+    /// delegated role, or the top-level targets, which only delegates).
+    #[error("{name} is signed by the role `{signer}`, which may not sign it (see fleet::ROLES); the node does not take it. Publish it with palisade-fleet under the role that owns its path")]
+    WrongRole { name: String, signer: String },
     /// A signed target whose content is malformed (e.g. `rollout.json`).
     #[error("{what} is invalid: {detail}; fix it with palisade-fleet and republish")]
     Invalid { what: String, detail: String },
@@ -168,6 +223,7 @@ impl RepoError {
             RepoError::Truncated { .. } => K::Truncated,
             RepoError::HashMismatch { .. } => K::HashMismatch,
             RepoError::NotATarget { .. } => K::NotATarget,
+            RepoError::WrongRole { .. } => K::WrongRole,
             RepoError::Invalid { .. } => K::Invalid,
             RepoError::Config { .. } => K::Config,
             RepoError::Clock { .. } => K::Clock,
@@ -319,49 +375,27 @@ impl Repo {
         Ok(Repo { inner })
     }
 
-    /// The signed rollout policy; `None` when the repository has none.
+    /// The signed rollout policy (`rollout.json` of the `images` role);
+    /// `None` when the repository has none.
     pub async fn rollout(&self) -> Result<Option<RolloutPolicy>, RepoError> {
-        let name = tname(ROLLOUT_TARGET)?;
-        let Some(t) = self.inner.targets().signed.targets.get(&name) else {
+        let Some(t) = self.role_target(fleet::IMAGES, ROLLOUT_TARGET, MAX_ROLLOUT).await? else {
             return Ok(None);
         };
-        if t.length > MAX_ROLLOUT {
-            return Err(RepoError::TooLarge {
-                name: ROLLOUT_TARGET.into(),
-                length: t.length,
-                cap: MAX_ROLLOUT,
-            });
-        }
-        let expected = t.length;
-        let Some(mut stream) = self
-            .inner
-            .read_target(&name)
-            .await
-            .map_err(|e| classify(&e, Some(ROLLOUT_TARGET)))?
-        else {
-            return Ok(None);
-        };
-        let mut buf = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(e) => return Err(target_error(&e, ROLLOUT_TARGET, buf.len() as u64, expected)),
-            }
-        }
-        let policy = serde_json::from_slice(&buf).map_err(|e| RepoError::Invalid {
+        let policy = serde_json::from_slice(&t.bytes).map_err(|e| RepoError::Invalid {
             what: ROLLOUT_TARGET.into(),
             detail: e.to_string(),
         })?;
         Ok(Some(policy))
     }
 
-    /// Every image for `board`, ordered by version. Targets that are not
-    /// `images/<board>/<semver>.img` (canonical semver) are ignored.
+    /// Every image for `board` signed by the `images` role, ordered by
+    /// version. Targets that are not `images/<board>/<semver>.img`
+    /// (canonical semver) are ignored.
     pub fn images(&self, board: &str) -> Vec<ImageTarget> {
         let mut v: Vec<ImageTarget> = self
-            .inner
-            .all_targets()
-            .filter_map(|(name, t)| parse_image(name.raw(), t))
+            .role_targets(fleet::IMAGES)
+            .into_iter()
+            .filter_map(|e| parse_image(&e.name, e.length, e.sha256))
             .filter(|i| i.board == board)
             .collect();
         v.sort_by(|a, b| a.version.cmp(&b.version));
@@ -376,7 +410,8 @@ impl Repo {
     /// Download `target` into memory, verified (length and hash, by tough as
     /// it streams and again here over exactly the bytes kept): the
     /// [`VerifiedImage`] that `slot::write_slot` writes. Refused before any
-    /// byte is fetched if its signed length exceeds `cap` (the slot's size).
+    /// byte is fetched if its signed length exceeds `cap` (the slot's size)
+    /// or the `images` role does not sign exactly this target.
     /// `progress(done, total)` is called after each chunk.
     pub async fn fetch_image(
         &self,
@@ -391,68 +426,206 @@ impl Repo {
                 cap,
             });
         }
-        let name = tname(&target.name)?;
-        let signed = self
-            .inner
+        let not_a_target = || RepoError::NotATarget {
+            name: target.name.clone(),
+        };
+        if !fleet::IMAGES.owns(&target.name) {
+            return Err(not_a_target());
+        }
+        let entry = self.role_entry(fleet::IMAGES, &target.name)?.ok_or_else(not_a_target)?;
+        if parse_image(&entry.name, entry.length, entry.sha256).as_ref() != Some(target) {
+            return Err(not_a_target());
+        }
+        let (bytes, ctx) = self.download(&entry, progress).await?;
+        let expected = Expected { length: target.length, sha256: target.sha256 };
+        VerifiedImage::hashed(bytes, ctx, &expected).map_err(|e| RepoError::HashMismatch {
+            name: target.name.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The delegation of `role` by the top-level targets (nested
+    /// delegations are not ours and are never consulted).
+    fn delegation(&self, role: Role) -> Option<&tough::schema::DelegatedRole> {
+        self.inner
             .targets()
             .signed
+            .delegations
+            .as_ref()?
+            .roles
+            .iter()
+            .find(|r| r.name == role.name)
+    }
+
+    /// The role's own targets metadata (its signed list and version).
+    fn role_meta(&self, role: Role) -> Option<&tough::schema::Targets> {
+        self.delegation(role)?.targets.as_ref().map(|t| &t.signed)
+    }
+
+    /// Who lists `name` in this repository: `targets` (the top-level
+    /// role), a delegated role, or a role delegated by one.
+    fn signer_of(&self, name: &TargetName) -> Option<String> {
+        fn walk(t: &tough::schema::Targets, name: &TargetName) -> Option<String> {
+            for r in t.delegations.as_ref().map(|d| d.roles.as_slice()).unwrap_or_default() {
+                if let Some(rt) = &r.targets {
+                    if rt.signed.targets.contains_key(name) {
+                        return Some(r.name.clone());
+                    }
+                    if let Some(s) = walk(&rt.signed, name) {
+                        return Some(s);
+                    }
+                }
+            }
+            None
+        }
+        let top = &self.inner.targets().signed;
+        if top.targets.contains_key(name) {
+            return Some("targets".into());
+        }
+        walk(top, name)
+    }
+
+    /// Every target `role` signs within its paths (a target outside them
+    /// is never listed, whatever the delegation in the metadata says),
+    /// ordered by name. Empty when the repository does not delegate `role`.
+    pub fn role_targets(&self, role: Role) -> Vec<RoleEntry> {
+        let Some(meta) = self.role_meta(role) else {
+            return Vec::new();
+        };
+        let version = meta.version.get();
+        let mut v: Vec<RoleEntry> = meta
             .targets
-            .get(&name)
-            .and_then(|t| parse_image(&target.name, t));
-        if signed.as_ref() != Some(target) {
-            return Err(RepoError::NotATarget {
-                name: target.name.clone(),
+            .iter()
+            .filter(|(n, _)| role.owns(n.raw()))
+            .filter_map(|(n, t)| entry(n.raw(), t, version).ok())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The entry of `name` as `role` signs it, nothing downloaded.
+    /// `Ok(None)`: no role lists it (or the repository does not delegate
+    /// `role`). [`RepoError::WrongRole`]: `role` may not sign `name`, or
+    /// `name` is listed only by another role or the top-level targets.
+    pub fn role_entry(&self, role: Role, name: &str) -> Result<Option<RoleEntry>, RepoError> {
+        let tn = tname(name)?;
+        let Some(meta) = self.role_meta(role) else {
+            return Ok(None);
+        };
+        if !role.owns(name) {
+            // Asking a role for a path it cannot own: whatever lists it.
+            return match self.signer_of(&tn) {
+                Some(signer) => Err(RepoError::WrongRole { name: name.into(), signer }),
+                None => Ok(None),
+            };
+        }
+        if let Some(t) = meta.targets.get(&tn) {
+            return entry(name, t, meta.version.get()).map(Some);
+        }
+        match self.signer_of(&tn) {
+            Some(signer) => Err(RepoError::WrongRole { name: name.into(), signer }),
+            None => Ok(None),
+        }
+    }
+
+    /// Read `name` from the delegated role `role` only, verified. Refused
+    /// before any byte is fetched when its signed length exceeds `cap`;
+    /// see [`Repo::role_entry`] for `None` and `wrong-role`.
+    pub async fn role_target(&self, role: Role, name: &str, cap: u64) -> Result<Option<RoleTarget>, RepoError> {
+        let Some(e) = self.role_entry(role, name)? else {
+            return Ok(None);
+        };
+        self.read_entry(&e, cap).await.map(Some)
+    }
+
+    /// Download an entry from [`Repo::role_entry`] or
+    /// [`Repo::role_targets`], verified; refused before any byte is fetched
+    /// when its signed length exceeds `cap`.
+    pub async fn read_entry(&self, e: &RoleEntry, cap: u64) -> Result<RoleTarget, RepoError> {
+        if e.length > cap {
+            return Err(RepoError::TooLarge { name: e.name.clone(), length: e.length, cap });
+        }
+        let (bytes, ctx) = self.download(e, &mut |_, _| {}).await?;
+        let got: [u8; 32] = ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
+        if got != e.sha256 {
+            return Err(RepoError::HashMismatch {
+                name: e.name.clone(),
+                detail: format!("got sha256 {}, signed {}", hex(&got), hex(&e.sha256)),
             });
+        }
+        Ok(RoleTarget { name: e.name.clone(), bytes, sha256: got, role_version: e.role_version })
+    }
+
+    /// Stream `e` through tough (which checks the length and the hash of
+    /// the entry *it* finds) and hash the bytes kept here.
+    async fn download(
+        &self,
+        e: &RoleEntry,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<(Vec<u8>, ring::digest::Context), RepoError> {
+        let tn = tname(&e.name)?;
+        // tough reads the first entry of its own search (top-level targets
+        // first, then any delegation whose signed paths match): it must be
+        // this role's entry, or the bytes would be checked against another
+        // role's hash.
+        let theirs = self.inner.targets().signed.find_target(&tn, false).ok();
+        let same = theirs.is_some_and(|t| t.length == e.length && t.hashes.sha256.as_ref() == e.sha256.as_slice());
+        if !same {
+            let signer = self.signer_of(&tn).unwrap_or_else(|| "targets".into());
+            return Err(RepoError::WrongRole { name: e.name.clone(), signer });
         }
         let stream = self
             .inner
-            .read_target(&name)
+            .read_target(&tn)
             .await
-            .map_err(|e| classify(&e, Some(&target.name)))?
-            .ok_or_else(|| RepoError::NotATarget {
-                name: target.name.clone(),
-            })?;
-        stream_into(stream, target, progress).await
+            .map_err(|err| classify(&err, Some(&e.name)))?
+            .ok_or_else(|| RepoError::NotATarget { name: e.name.clone() })?;
+        stream_into(stream, &e.name, e.length, progress).await
     }
+}
+
+fn entry(name: &str, t: &tough::schema::Target, role_version: u64) -> Result<RoleEntry, RepoError> {
+    let sha256: [u8; 32] = t.hashes.sha256.as_ref().try_into().map_err(|_| RepoError::Invalid {
+        what: format!("the signed entry of {name}"),
+        detail: "its sha256 is not 32 bytes".into(),
+    })?;
+    Ok(RoleEntry { name: name.to_string(), length: t.length, sha256, role_version })
 }
 
 async fn stream_into<S>(
     mut stream: S,
-    target: &ImageTarget,
+    name: &str,
+    length: u64,
     progress: &mut (dyn FnMut(u64, u64) + Send),
-) -> Result<VerifiedImage, RepoError>
+) -> Result<(Vec<u8>, ring::digest::Context), RepoError>
 where
     S: futures_core::Stream<Item = Result<tough::Bytes, ToughError>> + Unpin,
 {
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     // The signed length was checked against the cap before the first byte.
-    let mut bytes = Vec::with_capacity(target.length as usize);
+    let mut bytes = Vec::with_capacity(length as usize);
     let mut done: u64 = 0;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| target_error(&e, &target.name, done, target.length))?;
+        let chunk = chunk.map_err(|e| target_error(&e, name, done, length))?;
         done += chunk.len() as u64;
-        if done > target.length {
+        if done > length {
             return Err(RepoError::HashMismatch {
-                name: target.name.clone(),
-                detail: format!("more bytes than the signed {}", target.length),
+                name: name.to_string(),
+                detail: format!("more bytes than the signed {length}"),
             });
         }
         hasher.update(&chunk);
         bytes.extend_from_slice(&chunk);
-        progress(done, target.length);
+        progress(done, length);
     }
-    if done < target.length {
+    if done < length {
         return Err(RepoError::Truncated {
-            name: target.name.clone(),
+            name: name.to_string(),
             got: done,
-            expected: target.length,
+            expected: length,
         });
     }
-    let expected = Expected { length: target.length, sha256: target.sha256 };
-    VerifiedImage::hashed(bytes, hasher, &expected).map_err(|e| RepoError::HashMismatch {
-        name: target.name.clone(),
-        detail: e.to_string(),
-    })
+    Ok((bytes, hasher))
 }
 
 /// An error in the middle of a target's stream: short streams are
@@ -475,7 +648,7 @@ fn tname(name: &str) -> Result<TargetName, RepoError> {
     })
 }
 
-fn parse_image(name: &str, t: &tough::schema::Target) -> Option<ImageTarget> {
+fn parse_image(name: &str, length: u64, sha256: [u8; 32]) -> Option<ImageTarget> {
     let rest = name.strip_prefix("images/")?;
     let (board, file) = rest.split_once('/')?;
     let v = file.strip_suffix(".img")?;
@@ -486,12 +659,11 @@ fn parse_image(name: &str, t: &tough::schema::Target) -> Option<ImageTarget> {
     if version.to_string() != v {
         return None;
     }
-    let sha256: [u8; 32] = t.hashes.sha256.as_ref().try_into().ok()?;
     Some(ImageTarget {
         name: name.to_string(),
         board: board.to_string(),
         version,
-        length: t.length,
+        length,
         sha256,
     })
 }
@@ -520,12 +692,7 @@ mod tests {
 
     #[test]
     fn image_names() {
-        let t: tough::schema::Target = serde_json::from_value(serde_json::json!({
-            "length": 3,
-            "hashes": {"sha256": "00".repeat(32)},
-        }))
-        .unwrap();
-        let i = parse_image("images/qemu-x86_64/1.2.0.img", &t).unwrap();
+        let i = parse_image("images/qemu-x86_64/1.2.0.img", 3, [0; 32]).unwrap();
         assert_eq!(
             (i.board.as_str(), i.version.to_string()),
             ("qemu-x86_64", "1.2.0".into())
@@ -538,7 +705,7 @@ mod tests {
             "rollout.json",
             "images/b/1.2.0.bin",
         ] {
-            assert!(parse_image(bad, &t).is_none(), "{bad}");
+            assert!(parse_image(bad, 3, [0; 32]).is_none(), "{bad}");
         }
     }
 }

@@ -86,6 +86,9 @@ pub trait Store {
     fn get(&self, key: Key) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes `value` under `key`; durable when it returns `Ok`.
     fn put(&self, key: Key, value: &[u8]) -> Result<(), StoreError>;
+    /// Removes `key` (nothing to do if it is not set); durable when it
+    /// returns `Ok`.
+    fn remove(&self, key: Key) -> Result<(), StoreError>;
 }
 
 /// The store on the state partition: one file per key in one directory.
@@ -138,6 +141,18 @@ impl Store for FileStore {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("fsync the directory of"))?;
         Ok(())
     }
+
+    fn remove(&self, key: Key) -> Result<(), StoreError> {
+        let io = |op| move |source| StoreError::Io { key: key.as_str(), op, source };
+        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        match fs::remove_file(self.dir.join(key.file())) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("remove")(e)),
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("fsync the directory of"))?;
+        Ok(())
+    }
 }
 
 /// An in-memory store for unit tests of callers.
@@ -166,6 +181,11 @@ impl Store for MemStore {
 
     fn put(&self, key: Key, value: &[u8]) -> Result<(), StoreError> {
         self.values().insert(key, value.to_vec());
+        Ok(())
+    }
+
+    fn remove(&self, key: Key) -> Result<(), StoreError> {
+        self.values().remove(&key);
         Ok(())
     }
 }
@@ -287,6 +307,24 @@ mod tests {
         // Only the key's file is left (no temporary).
         let names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["update-journal.json"]);
+    }
+
+    #[test]
+    fn remove_deletes_the_key_only() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = FileStore::open(d.path()).unwrap();
+        let mem = MemStore::new();
+        for s in [&fs as &dyn Store, &mem] {
+            s.put(Key::Enrolment, b"e").unwrap();
+            s.put(Key::Identity, b"i").unwrap();
+            s.remove(Key::Enrolment).unwrap();
+            // Removing what is not there is fine.
+            s.remove(Key::Enrolment).unwrap();
+            assert_eq!(s.get(Key::Enrolment).unwrap(), None);
+            assert_eq!(s.get(Key::Identity).unwrap().unwrap(), b"i");
+        }
+        let names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["identity.json"]);
     }
 
     #[test]

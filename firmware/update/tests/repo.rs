@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use palisade_update::fleet;
 use palisade_update::repo::{ClientConfig, ImageTarget, Repo, RepoError, RepoSource};
 use tempfile::TempDir;
 use url::Url;
@@ -142,7 +143,7 @@ async fn no_rollout_is_none_and_bad_rollout_is_invalid() {
 #[tokio::test]
 async fn unsigned_targets_are_bad_signature() {
     // Whoever holds only the online snapshot/timestamp keys edits targets.json
-    // (adds an image) and re-signs snapshot and timestamp, but cannot sign
+    // (adds a target) and re-signs snapshot and timestamp, but cannot sign
     // targets.
     let fx = Fx::new().await;
     let img = image_bytes();
@@ -151,7 +152,10 @@ async fn unsigned_targets_are_bad_signature() {
     let mut t: serde_json::Value =
         serde_json::from_slice(&std::fs::read(meta.join("1.targets.json")).unwrap()).unwrap();
     t["signed"]["version"] = 2.into();
-    t["signed"]["targets"]["images/qemu-x86_64/6.6.6.img"] = t["signed"]["targets"][IMG].clone();
+    t["signed"]["targets"]["images/qemu-x86_64/6.6.6.img"] = serde_json::json!({
+        "length": img.len(),
+        "hashes": {"sha256": hex(&sha256(&img))},
+    });
     let tbytes = serde_json::to_vec_pretty(&t).unwrap();
     std::fs::write(meta.join("2.targets.json"), &tbytes).unwrap();
     resign_snapshot_timestamp(&fx, 2, &tbytes).await;
@@ -376,6 +380,152 @@ async fn closed_port_is_unreachable() {
     let src = RepoSource::from_base(&serve(empty.path())).unwrap();
     let e = load_err(&src, &fx.cfg("y")).await;
     assert_eq!(e.kind(), "unreachable", "{e}");
+}
+
+const NODE: &str = "0123456789abcdef";
+const POLICY: &[u8] = br#"{"version":"1.0.0","start":"2030-01-01T00:00:00Z","waves":3,"soak_minutes":60,"window":{"start":"02:00","minutes":120}}"#;
+
+fn wrong_role(e: &RepoError, signer: &str) {
+    assert_eq!(e.kind(), "wrong-role", "{e}");
+    assert!(matches!(e, RepoError::WrongRole { signer: s, .. } if s == signer), "{e:?}");
+}
+
+#[tokio::test]
+async fn role_targets_come_from_their_role() {
+    let fx = Fx::new().await;
+    let config = fleet::config_target(NODE);
+    publish(
+        &fx.repo,
+        &fx.keys,
+        &[(&config, b"[node]\n"), ("jwks.json", b"{}"), ("lists/ads.txt", b"ads.test\n"), ("lists/x.txt", b"x\n")],
+        3,
+        hours(24),
+    )
+    .await;
+    let repo = Repo::load(&fx.sources()[0], &fx.cfg("rt")).await.unwrap();
+    let t = repo.role_target(fleet::CONFIGS, &config, 1024).await.unwrap().unwrap();
+    assert_eq!((t.name.as_str(), &t.bytes[..], t.role_version), (config.as_str(), &b"[node]\n"[..], 3));
+    assert_eq!(t.sha256, sha256(b"[node]\n"));
+    // Absent everywhere: None, not an error.
+    assert!(repo.role_target(fleet::CONFIGS, &fleet::grants_target(NODE), 1024).await.unwrap().is_none());
+    assert!(repo.role_target(fleet::REVOCATIONS, "revoked.json", 1024).await.unwrap().is_none());
+    let lists: Vec<String> = repo.role_targets(fleet::LISTS).into_iter().map(|e| e.name).collect();
+    assert_eq!(lists, ["lists/ads.txt", "lists/x.txt"]);
+    // The cap is checked against the signed length first.
+    let e = repo.role_target(fleet::CONFIGS, &config, 3).await.unwrap_err();
+    assert_eq!(e.kind(), "too-large", "{e}");
+    // Tampered bytes of the same length.
+    std::fs::write(target_file(&fx.repo, &config, b"[node]\n"), b"[evil]\n").unwrap();
+    let e = repo.role_target(fleet::CONFIGS, &config, 1024).await.unwrap_err();
+    assert_eq!(e.kind(), "hash-mismatch", "{e}");
+}
+
+#[tokio::test]
+async fn target_signed_by_the_wrong_role_is_refused() {
+    // The top-level targets delegate `*` to `images` (a mistake, or a
+    // compromised targets key): tough would load and serve a config that
+    // `images` signs, the node does not.
+    let fx = Fx::new().await;
+    let config = fleet::config_target(NODE);
+    let img = image_bytes();
+    Publish {
+        targets: vec![
+            ("images", &config, b"[node]\n"),
+            ("images", IMG, &img),
+            ("targets", "revoked.json", b"{}"),
+        ],
+        paths: vec![("images", vec!["*"])],
+        ..Publish::default()
+    }
+    .run(&fx.repo, &fx.keys)
+    .await;
+    for (i, src) in fx.sources().iter().enumerate() {
+        let repo = Repo::load(src, &fx.cfg(&format!("wr{i}"))).await.unwrap();
+        let e = repo.role_target(fleet::CONFIGS, &config, 1024).await.unwrap_err();
+        wrong_role(&e, "images");
+        assert!(e.to_string().contains(&config), "{e}");
+        // Asking `images` for it does not help either.
+        wrong_role(&repo.role_target(fleet::IMAGES, &config, 1024).await.unwrap_err(), "images");
+        // Signed by the top-level role, which only delegates.
+        wrong_role(&repo.role_target(fleet::REVOCATIONS, "revoked.json", 1024).await.unwrap_err(), "targets");
+        // `images` still lists only what it may sign.
+        let names: Vec<String> = repo.role_targets(fleet::IMAGES).into_iter().map(|e| e.name).collect();
+        assert_eq!(names, [IMG]);
+        assert_eq!(repo.images(BOARD).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_role_cannot_sign_outside_its_paths() {
+    // `configs` is delegated everything and signs the issuer keys, the
+    // rollout policy and an image besides its config: tough loads all of it.
+    let fx = Fx::new().await;
+    let config = fleet::config_target(NODE);
+    Publish {
+        targets: vec![
+            ("configs", &config, b"[node]\n"),
+            ("configs", "jwks.json", b"{\"keys\":[]}"),
+            ("configs", "rollout.json", POLICY),
+            ("configs", IMG, b"evil image"),
+        ],
+        paths: vec![("configs", vec!["*"])],
+        ..Publish::default()
+    }
+    .run(&fx.repo, &fx.keys)
+    .await;
+    let repo = Repo::load(&fx.sources()[0], &fx.cfg("out")).await.unwrap();
+    wrong_role(&repo.role_target(fleet::GRANTS, "jwks.json", 1024).await.unwrap_err(), "configs");
+    wrong_role(&repo.rollout().await.unwrap_err(), "configs");
+    assert!(repo.images(BOARD).is_empty());
+    let names: Vec<String> = repo.role_targets(fleet::CONFIGS).into_iter().map(|e| e.name).collect();
+    assert_eq!(names, std::slice::from_ref(&config));
+    let t = repo.role_target(fleet::CONFIGS, &config, 1024).await.unwrap().unwrap();
+    assert_eq!(&t.bytes[..], b"[node]\n");
+    // An image target made up from the entry `configs` signed is refused.
+    let fake = ImageTarget {
+        name: IMG.into(),
+        board: BOARD.into(),
+        version: semver::Version::new(1, 0, 0),
+        length: 10,
+        sha256: sha256(b"evil image"),
+    };
+    wrong_role(&fetch(&repo, &fake, 1 << 20).await.unwrap_err(), "configs");
+}
+
+#[tokio::test]
+async fn an_image_shadowed_by_the_top_level_targets_is_refused() {
+    // `images` signs the image; the top-level targets list the same name
+    // with other bytes (tough would fetch those): refused, not fetched.
+    let fx = Fx::new().await;
+    let img = image_bytes();
+    Publish {
+        targets: vec![("images", IMG, &img), ("targets", IMG, b"other bytes")],
+        ..Publish::default()
+    }
+    .run(&fx.repo, &fx.keys)
+    .await;
+    let repo = Repo::load(&fx.sources()[0], &fx.cfg("sh")).await.unwrap();
+    let images = repo.images(BOARD);
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].sha256, sha256(&img));
+    wrong_role(&fetch(&repo, &images[0], 1 << 20).await.unwrap_err(), "targets");
+}
+
+#[tokio::test]
+async fn the_old_layout_has_no_images() {
+    let fx = Fx::new().await;
+    let img = image_bytes();
+    Publish {
+        targets: vec![("targets", IMG, &img), ("targets", "rollout.json", POLICY)],
+        delegate: false,
+        ..Publish::default()
+    }
+    .run(&fx.repo, &fx.keys)
+    .await;
+    let repo = Repo::load(&fx.sources()[0], &fx.cfg("old")).await.unwrap();
+    assert!(repo.images(BOARD).is_empty());
+    assert!(repo.rollout().await.unwrap().is_none());
+    assert!(repo.role_targets(fleet::IMAGES).is_empty());
 }
 
 fn copy_dir(from: &Path, to: &Path) {

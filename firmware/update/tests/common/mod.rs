@@ -1,6 +1,7 @@
 //! Test repositories (tough's editor, consistent snapshots, one ed25519 key
-//! per role) and a loopback-only static file server. palisade-fleet does the
-//! same for real; palisade-update cannot depend on it.
+//! per role, the delegated roles of `fleet::ROLES`) and a loopback-only
+//! static file server. palisade-fleet does the same for real;
+//! palisade-update cannot depend on it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -15,7 +16,8 @@ use sha2::{Digest, Sha256};
 use tough::editor::signed::SignedRole;
 use tough::editor::RepositoryEditor;
 use tough::key_source::{KeySource, LocalKeySource};
-use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target};
+use palisade_update::fleet;
+use tough::schema::{KeyHolder, PathPattern, PathSet, RoleKeys, RoleType, Root, Target};
 use tough::sign::{parse_keypair, Sign};
 
 pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
@@ -26,7 +28,7 @@ pub fn hours(h: i64) -> jiff::Timestamp {
 
 pub fn gen_keys(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    for r in ROLES {
+    for r in ROLES.into_iter().chain(fleet::ROLES.iter().map(|r| r.name)) {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         std::fs::write(dir.join(format!("{r}.pk8")), doc.as_ref()).unwrap();
     }
@@ -41,6 +43,13 @@ pub fn key_sources(keys: &Path) -> Vec<Box<dyn KeySource>> {
             }) as Box<dyn KeySource>
         })
         .collect()
+}
+
+/// The key of one role (top-level or delegated).
+pub fn role_key(keys: &Path, role: &str) -> Vec<Box<dyn KeySource>> {
+    vec![Box::new(LocalKeySource {
+        path: keys.join(format!("{role}.pk8")),
+    })]
 }
 
 /// Signed `metadata/1.root.json` (+ `root.json`) for the keys in `keys`.
@@ -102,7 +111,9 @@ pub fn target_file(repo: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         .join(format!("{}.{name}", hex(&sha256(bytes))))
 }
 
-/// Publish exactly `targets` as targets/snapshot/timestamp version `version`.
+/// Publish exactly `targets` as version `version` of every role: each
+/// target under the delegated role that owns its path (`fleet::owner`), a
+/// path no role owns in the top-level targets.
 pub async fn publish(
     repo: &Path,
     keys: &Path,
@@ -110,25 +121,82 @@ pub async fn publish(
     version: u64,
     ts_expires: jiff::Timestamp,
 ) {
-    let mut ed = RepositoryEditor::new(repo.join("metadata/root.json"))
-        .await
-        .unwrap();
-    for (name, bytes) in targets {
-        let f = target_file(repo, name, bytes);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(&f, bytes).unwrap();
-        let t = Target::from_path(&f).await.unwrap();
-        ed.add_target(*name, t).unwrap();
+    let signed: Vec<(&str, &str, &[u8])> = targets
+        .iter()
+        .map(|(n, b)| (fleet::owner(n).map(|r| r.name).unwrap_or("targets"), *n, *b))
+        .collect();
+    Publish { targets: signed, version, ts_expires, ..Publish::default() }
+        .run(repo, keys)
+        .await;
+}
+
+/// A publish with full control: who signs what, and how roles are delegated.
+pub struct Publish<'a> {
+    /// (signer, name, bytes); signer `targets` is the top-level role.
+    pub targets: Vec<(&'a str, &'a str, &'a [u8])>,
+    pub version: u64,
+    pub ts_expires: jiff::Timestamp,
+    /// Delegate the roles of `fleet::ROLES` (false: the old layout).
+    pub delegate: bool,
+    /// Delegation paths replacing a role's `fleet` paths: (role, patterns).
+    pub paths: Vec<(&'a str, Vec<&'a str>)>,
+}
+
+impl Default for Publish<'_> {
+    fn default() -> Self {
+        Publish { targets: Vec::new(), version: 1, ts_expires: hours(24), delegate: true, paths: Vec::new() }
     }
-    let v = NonZeroU64::new(version).unwrap();
-    ed.targets_version(v).unwrap();
-    ed.targets_expires(hours(24 * 90)).unwrap();
-    ed.snapshot_version(v);
-    ed.snapshot_expires(hours(24 * 7));
-    ed.timestamp_version(v);
-    ed.timestamp_expires(ts_expires);
-    let signed = ed.sign(&key_sources(keys)).await.unwrap();
-    signed.write(repo.join("metadata")).await.unwrap();
+}
+
+impl Publish<'_> {
+    pub async fn run(&self, repo: &Path, keys: &Path) {
+        let mut ed = RepositoryEditor::new(repo.join("metadata/root.json")).await.unwrap();
+        let v = NonZeroU64::new(self.version).unwrap();
+        ed.targets_version(v).unwrap();
+        ed.targets_expires(hours(24 * 90)).unwrap();
+        let delegated: Vec<&str> = if self.delegate { fleet::ROLES.iter().map(|r| r.name).collect() } else { Vec::new() };
+        for role in fleet::ROLES.iter().filter(|r| delegated.contains(&r.name)) {
+            let paths: Vec<&str> = match self.paths.iter().find(|(n, _)| *n == role.name) {
+                Some((_, p)) => p.clone(),
+                None => role.paths.to_vec(),
+            };
+            let paths = PathSet::Paths(paths.iter().map(|p| PathPattern::new(*p).unwrap()).collect());
+            ed.delegate_role(role.name, &role_key(keys, role.name), paths, false, NonZeroU64::new(1).unwrap(), hours(24 * 90), v)
+                .await
+                .unwrap();
+        }
+        for (signer, name, bytes) in self.targets.iter().filter(|t| t.0 == "targets") {
+            let _ = signer;
+            ed.add_target(*name, write_target(repo, name, bytes).await).unwrap();
+        }
+        ed.sign_targets_editor(&role_key(keys, "targets")).await.unwrap();
+        for role in &delegated {
+            let mine: Vec<_> = self.targets.iter().filter(|t| t.0 == *role).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            ed.change_delegated_targets(role).unwrap();
+            ed.targets_version(v).unwrap();
+            ed.targets_expires(hours(24 * 90)).unwrap();
+            for (_, name, bytes) in mine {
+                ed.add_target(*name, write_target(repo, name, bytes).await).unwrap();
+            }
+            ed.sign_targets_editor(&role_key(keys, role)).await.unwrap();
+        }
+        ed.snapshot_version(v);
+        ed.snapshot_expires(hours(24 * 7));
+        ed.timestamp_version(v);
+        ed.timestamp_expires(self.ts_expires);
+        let signed = ed.sign(&key_sources(keys)).await.unwrap();
+        signed.write(repo.join("metadata")).await.unwrap();
+    }
+}
+
+async fn write_target(repo: &Path, name: &str, bytes: &[u8]) -> Target {
+    let f = target_file(repo, name, bytes);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(&f, bytes).unwrap();
+    Target::from_path(&f).await.unwrap()
 }
 
 /// A static file server for `dir` on 127.0.0.1 (port chosen by the kernel);
