@@ -211,11 +211,6 @@ impl Fleet {
         let _ = std::fs::remove_file(&path);
     }
 
-    /// Wake the task now (enrolment, `palisade fleet check`).
-    pub fn check_now(&self) {
-        self.wake.notify_one();
-    }
-
     /// Factory reset of the fleet state: the node forgets its enrolment and
     /// its fleet state and gets a new identity; it can then be enrolled
     /// again. A revoked node stays locked down until that enrolment.
@@ -284,7 +279,7 @@ impl Fleet {
         match self.fetch(&bundle, &node_id, previous.as_ref()).await {
             Ok(state) => {
                 self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
-                if previous.as_ref() != Some(&state) {
+                if !previous.as_ref().is_some_and(|p| same_content(p, &state)) {
                     if let Err(e) = state.save(&self.store) {
                         self.set_error("io", e.to_string());
                     }
@@ -339,7 +334,7 @@ impl Fleet {
             let r = async {
                 let src = RepoSource::from_base(&base)?;
                 let repo = Repo::load(&src, &cfg).await?;
-                sync::fetch(&repo, node_id, previous).await
+                sync::fetch(&repo, node_id, previous, now_unix()).await
             }
             .await;
             match r {
@@ -407,7 +402,7 @@ impl Fleet {
             .iter()
             .map(|g| PeerSection {
                 name: format!("grant-{}", g.jti),
-                public_key: g.public_key.clone(),
+                public_key: base64_key(&g.public_key),
                 addresses: g.addresses.clone(),
                 tier: g.tier.clone(),
                 preshared_key: None,
@@ -434,10 +429,10 @@ impl Fleet {
         match blocking(engine, move |e| e.set_fleet(Some(cfg))).await {
             Ok(r) => {
                 *self.applied.lock().expect("applied poisoned") = Some(fp);
-                let sha = state.config_sha256().unwrap_or_default();
+                let sha = state.config.as_ref().map(|b| b.sha256.clone()).unwrap_or_default();
                 self.status.lock().expect("status poisoned").config = Some(json!({
                     "sha256": sha,
-                    "role_version": state.config_role_version(),
+                    "role_version": state.config.as_ref().map(|b| b.role_version),
                     "applied_at": rfc3339(now_unix()),
                 }));
                 tracing::info!(
@@ -457,13 +452,13 @@ impl Fleet {
 
     /// Write verified lists to the run directory (atomically, each); true
     /// when any changed.
-    fn write_lists(&self, lists: &BTreeMap<String, Vec<u8>>) -> std::io::Result<bool> {
+    fn write_lists(&self, lists: &BTreeMap<String, bytes::Bytes>) -> std::io::Result<bool> {
         let dir = self.run_dir.join(LISTS_DIR);
         std::fs::create_dir_all(&dir)?;
         let mut changed = false;
         for (name, bytes) in lists {
             let p = dir.join(format!("{name}.txt"));
-            if std::fs::read(&p).ok().as_deref() != Some(bytes.as_slice()) {
+            if std::fs::read(&p).ok().as_deref() != Some(&bytes[..]) {
                 write_atomic(&p, bytes)?;
                 changed = true;
             }
@@ -507,6 +502,17 @@ impl Fleet {
         }
         Some(reply)
     }
+}
+
+/// Whether two fetched states carry the same targets (the fetch time aside).
+fn same_content(a: &FleetState, b: &FleetState) -> bool {
+    a.config == b.config && a.grants == b.grants && a.jwks == b.jwks && a.revocations == b.revocations && a.lists == b.lists
+}
+
+/// A WireGuard key in its usual base64 form.
+fn base64_key(k: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(k)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
