@@ -21,15 +21,17 @@ use semver::Version;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tough::editor::signed::SignedRole;
-use tough::editor::RepositoryEditor;
 use tough::key_source::{KeySource, LocalKeySource};
+use palisade_update::fleet::{IMAGES, ROLES as DELEGATED};
 use tough::schema::{
-    Hashes, KeyHolder, Metafile, RoleKeys, RoleType, Root, Signed, Snapshot, Target, Targets,
-    Timestamp,
+    DelegatedRole, DelegatedTargets, Delegations, Hashes, KeyHolder, Metafile, PathPattern,
+    PathSet, RoleKeys, RoleType, Root, Signed, Snapshot, Target, Targets, Timestamp,
 };
+use tough::TargetName;
 use tough::sign::{parse_keypair, Sign};
 
-/// The role key files in the keys directory.
+/// The top-level role key files in the keys directory (the delegated roles'
+/// keys are `<role>.pk8` too, roles from [`palisade_update::fleet::ROLES`]).
 pub const ROLES: [(&str, RoleType); 4] = [
     ("root", RoleType::Root),
     ("targets", RoleType::Targets),
@@ -155,15 +157,131 @@ pub struct Current {
     pub root: Signed<Root>,
     pub timestamp: Signed<Timestamp>,
     pub snapshot: Signed<Snapshot>,
+    /// The top-level targets: delegations only, no targets of its own.
     pub targets: Signed<Targets>,
+    /// Each delegated role's metadata, by role name.
+    pub roles: BTreeMap<String, Signed<Targets>>,
     /// `N.snapshot.json` as bytes (the timestamp signs these).
     pub snapshot_bytes: Vec<u8>,
+}
+
+impl Current {
+    /// The targets of a delegated role (empty if the role is unknown).
+    pub fn role_targets(&self, role: &str) -> Vec<(String, &Target)> {
+        let mut v: Vec<(String, &Target)> = self
+            .roles
+            .get(role)
+            .map(|r| {
+                r.signed
+                    .targets
+                    .iter()
+                    .map(|(n, t)| (n.raw().to_string(), t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// `name` as signed by `role`.
+    pub fn find(&self, role: &str, name: &str) -> Option<&Target> {
+        self.roles
+            .get(role)?
+            .signed
+            .targets
+            .iter()
+            .find(|(n, _)| n.raw() == name)
+            .map(|(_, t)| t)
+    }
 }
 
 fn meta_version(m: &HashMap<String, Metafile>, name: &str, file: &str) -> Result<u64, FleetError> {
     m.get(name)
         .map(|m| m.version.get())
         .ok_or_else(|| repo_err(format!("{file} does not list {name}")))
+}
+
+fn nz(v: u64) -> Result<NonZeroU64, FleetError> {
+    NonZeroU64::new(v).ok_or_else(|| repo_err("version 0"))
+}
+
+fn metafile(buffer: &[u8], version: NonZeroU64) -> Metafile {
+    Metafile {
+        length: Some(buffer.len() as u64),
+        hashes: Some(Hashes {
+            sha256: Sha256::digest(buffer).to_vec().into(),
+            _extra: HashMap::new(),
+        }),
+        version,
+        _extra: HashMap::new(),
+    }
+}
+
+/// Sign `role` with whichever of `keys` the holder lists for it; a key file
+/// that is not the role's trusted key is an error naming the role.
+async fn sign_with<T: tough::schema::Role + serde::Serialize>(
+    role: T,
+    holder: &KeyHolder,
+    keys: &[Box<dyn KeySource>],
+    what: &str,
+) -> Result<SignedRole<T>, FleetError> {
+    SignedRole::new(role, holder, keys, &SystemRandom::new())
+        .await
+        .map_err(|e| {
+            repo_err(format!(
+                "signing {what}: {e} (is the key file the {what} key this repository trusts?)"
+            ))
+        })
+}
+
+/// The key id of a PKCS#8 key file.
+fn key_of(path: &Path) -> Result<(tough::schema::decoded::Decoded<tough::schema::decoded::Hex>, tough::schema::key::Key), FleetError> {
+    let k = parse_keypair(&read(path)?).map_err(|e| repo_err(format!("{}: {e}", path.display())))?;
+    let key = k.tuf_key();
+    let id = key.key_id().map_err(|e| FleetError::Other(e.to_string()))?;
+    Ok((id, key))
+}
+
+/// Create a new ed25519 PKCS#8 key file (0600); refuses to overwrite.
+fn new_key_file(path: &Path) -> Result<(), FleetError> {
+    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|e| FleetError::Other(format!("key generation: {e}")))?;
+    write_private(path, doc.as_ref(), false)
+}
+
+/// Write a private file with mode 0600: through a temp file and a rename
+/// when `replace`, else `create_new`.
+pub(crate) fn write_private(path: &Path, bytes: &[u8], replace: bool) -> Result<(), FleetError> {
+    let target = if replace {
+        path.with_extension("tmp-palisade-fleet")
+    } else {
+        path.to_path_buf()
+    };
+    let r = (|| {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).mode(0o600);
+        if replace {
+            o.create(true).truncate(true);
+        } else {
+            o.create_new(true);
+        }
+        let mut f = o.open(&target)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if replace {
+            std::fs::rename(&target, path)?;
+        }
+        Ok::<(), std::io::Error>(())
+    })();
+    r.map_err(|e| repo_err(format!("{}: {e}", path.display())))
+}
+
+/// A change to publish: new content for delegated roles and, when the
+/// delegations change, a new top-level targets.
+#[derive(Default)]
+struct Change {
+    top: Option<Targets>,
+    roles: Vec<(String, Targets)>,
 }
 
 impl Fleet {
@@ -176,19 +294,24 @@ impl Fleet {
         self.meta().join("root.json").exists()
     }
 
-    fn key_sources(&self) -> Result<Vec<Box<dyn KeySource>>, FleetError> {
-        let mut v: Vec<Box<dyn KeySource>> = Vec::new();
-        for (r, _) in ROLES {
-            let path = self.keys.join(format!("{r}.pk8"));
-            if !path.exists() {
-                return Err(repo_err(format!(
-                    "key {} missing; give the keys directory `repo init` created",
-                    path.display()
-                )));
-            }
-            v.push(Box::new(LocalKeySource { path }));
+    /// The path of a role's key file.
+    pub fn key_path(&self, role: &str) -> PathBuf {
+        self.keys.join(format!("{role}.pk8"))
+    }
+
+    fn key(&self, role: &str) -> Result<Box<dyn KeySource>, FleetError> {
+        let path = self.key_path(role);
+        if !path.exists() {
+            return Err(repo_err(format!(
+                "key {} missing: this command needs the {role} key (give the keys directory `repo init` created)",
+                path.display()
+            )));
         }
-        Ok(v)
+        Ok(Box::new(LocalKeySource { path }))
+    }
+
+    fn keys_of(&self, roles: &[&str]) -> Result<Vec<Box<dyn KeySource>>, FleetError> {
+        roles.iter().map(|r| self.key(r)).collect()
     }
 
     /// Read the published metadata.
@@ -209,17 +332,179 @@ impl Fleet {
             .map_err(|e| repo_err(format!("{}: {e}", sp.display())))?;
         let tv = meta_version(&snapshot.signed.meta, "targets.json", "snapshot.json")?;
         let targets: Signed<Targets> = parse(&m.join(format!("{tv}.targets.json")))?;
+        let mut roles = BTreeMap::new();
+        if let Some(d) = &targets.signed.delegations {
+            for r in &d.roles {
+                let file = format!("{}.json", r.name);
+                let v = meta_version(&snapshot.signed.meta, &file, "snapshot.json")?;
+                let t: Signed<Targets> = parse(&m.join(format!("{v}.{}.json", r.name)))?;
+                roles.insert(r.name.clone(), t);
+            }
+        }
         Ok(Current {
             root,
             timestamp,
             snapshot,
             targets,
+            roles,
             snapshot_bytes,
         })
     }
 
-    /// `repo init`: keys (kept if present) and a signed, empty repository.
-    /// An existing repository is left untouched ("exists").
+    /// Current metadata of a repository with the delegated roles.
+    fn current_delegated(&self) -> Result<Current, FleetError> {
+        let c = self.current()?;
+        if c.roles.is_empty() {
+            return Err(repo_err(format!(
+                "repository {} has no delegated roles (made by an older palisade-fleet); make a new one with `repo init`",
+                self.repo.display()
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Sign and write `change` (new versions of the changed roles, then the
+    /// snapshot, then the timestamp last: readers see all or nothing). Needs
+    /// the keys of the changed roles, snapshot and timestamp only.
+    async fn commit(&self, cur: &Current, change: Change, exp: Expiries) -> Result<Current, FleetError> {
+        let m = self.meta();
+        let root_holder = KeyHolder::Root(cur.root.signed.clone());
+        // Every key first: a missing key fails before anything is written.
+        let top_keys = match change.top {
+            Some(_) => Some(self.keys_of(&["targets"])?),
+            None => None,
+        };
+        let mut role_keys = Vec::new();
+        for (name, _) in &change.roles {
+            role_keys.push(self.keys_of(&[name])?);
+        }
+        let snap_keys = self.keys_of(&["snapshot"])?;
+        let ts_keys = self.keys_of(&["timestamp"])?;
+
+        let mut meta = cur.snapshot.signed.meta.clone();
+        let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        let top = match change.top {
+            Some(mut t) => {
+                t.version = nz(cur.targets.signed.version.get() + 1)?;
+                t.expires = exp.targets;
+                let s = sign_with(t, &root_holder, top_keys.as_deref().unwrap_or(&[]), "targets").await?;
+                meta.insert("targets.json".into(), metafile(s.buffer(), s.signed().signed.version));
+                files.push((m.join(format!("{}.targets.json", s.signed().signed.version)), s.buffer().clone()));
+                s.signed().clone()
+            }
+            None => cur.targets.clone(),
+        };
+        let delegations = top
+            .signed
+            .delegations
+            .clone()
+            .ok_or_else(|| repo_err("targets.json has no delegations"))?;
+        let holder = KeyHolder::Delegations(delegations);
+        for ((name, mut t), keys) in change.roles.into_iter().zip(role_keys) {
+            let v = cur.roles.get(&name).map_or(0, |r| r.signed.version.get()) + 1;
+            t.version = nz(v)?;
+            t.expires = exp.targets;
+            t.delegations = None;
+            let s = sign_with(
+                DelegatedTargets { name: name.clone(), targets: t },
+                &holder,
+                &keys,
+                &name,
+            )
+            .await?;
+            meta.insert(format!("{name}.json"), metafile(s.buffer(), nz(v)?));
+            files.push((m.join(format!("{v}.{name}.json")), s.buffer().clone()));
+        }
+        let mv = nz(cur
+            .snapshot
+            .signed
+            .version
+            .get()
+            .max(cur.timestamp.signed.version.get())
+            + 1)?;
+        let mut snap = Snapshot::new("1.0.0".into(), mv, exp.snapshot);
+        snap.meta = meta;
+        let snap = sign_with(snap, &root_holder, &snap_keys, "snapshot").await?;
+        let mut ts = Timestamp::new("1.0.0".into(), mv, exp.timestamp);
+        ts.meta.insert("snapshot.json".into(), metafile(snap.buffer(), mv));
+        let ts = sign_with(ts, &root_holder, &ts_keys, "timestamp").await?;
+        files.push((m.join(format!("{mv}.snapshot.json")), snap.buffer().clone()));
+        for (p, b) in &files {
+            write_atomic(p, b)?;
+        }
+        write_atomic(&m.join("timestamp.json"), ts.buffer())?;
+        self.current()
+    }
+
+    /// Put and remove targets of one delegated role and publish; `None` if
+    /// nothing would change (same bytes already published).
+    async fn put_targets(
+        &self,
+        role: &str,
+        puts: Vec<(String, Vec<u8>)>,
+        removes: &[String],
+        exp: Expiries,
+    ) -> Result<Option<Current>, FleetError> {
+        let cur = self.current_delegated()?;
+        let Some(signed) = cur.roles.get(role) else {
+            return Err(repo_err(format!("no delegated role {role:?} in this repository")));
+        };
+        let mut t = signed.signed.clone();
+        let mut changed = false;
+        for (name, bytes) in &puts {
+            let sha: [u8; 32] = Sha256::digest(bytes).into();
+            if cur.find(role, name).is_some_and(|x| {
+                x.hashes.sha256.as_ref() == sha.as_slice() && x.length == bytes.len() as u64
+            }) {
+                continue;
+            }
+            let target = self.store_target(name, bytes)?;
+            let tn = TargetName::new(name.as_str())
+                .map_err(|e| FleetError::Input(format!("target name {name:?}: {e}")))?;
+            t.targets.insert(tn, target);
+            changed = true;
+        }
+        for name in removes {
+            let before = t.targets.len();
+            t.targets.retain(|n, _| n.raw() != name);
+            changed |= t.targets.len() != before;
+        }
+        if !changed {
+            return Ok(None);
+        }
+        let change = Change {
+            top: None,
+            roles: vec![(role.to_string(), t)],
+        };
+        Ok(Some(self.commit(&cur, change, exp).await?))
+    }
+
+    /// The bytes of a published target (from `<repo>/targets/`), checked
+    /// against its hash.
+    pub fn target_bytes(&self, t: &Target, name: &str) -> Result<Vec<u8>, FleetError> {
+        let path = self
+            .repo
+            .join("targets")
+            .join(format!("{}.{name}", hex(t.hashes.sha256.as_ref())));
+        let b = read(&path)?;
+        if Sha256::digest(&b).as_slice() != t.hashes.sha256.as_ref() {
+            return Err(repo_err(format!("{}: contents do not match the signed hash", path.display())));
+        }
+        Ok(b)
+    }
+
+    /// A delegated role's target, if published.
+    pub fn read_role_target(&self, cur: &Current, role: &str, name: &str) -> Result<Option<Vec<u8>>, FleetError> {
+        match cur.find(role, name) {
+            Some(t) => self.target_bytes(t, name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `repo init`: keys (kept if present) and a signed repository whose
+    /// top-level targets delegates each path to its role
+    /// ([`palisade_update::fleet::ROLES`]), every role empty. An existing
+    /// repository is left untouched ("exists").
     pub async fn init(&self, root_expires_days: i64, exp: Expiries) -> Result<Report, FleetError> {
         if self.exists() {
             return Ok(Report {
@@ -233,23 +518,18 @@ impl Fleet {
             .create(&self.keys)
             .map_err(|e| repo_err(format!("{}: {e}", self.keys.display())))?;
         let mut made = Vec::new();
-        for (r, _) in ROLES {
-            let path = self.keys.join(format!("{r}.pk8"));
+        let all: Vec<&str> = ROLES
+            .iter()
+            .map(|(r, _)| *r)
+            .chain(DELEGATED.iter().map(|r| r.name))
+            .collect();
+        for r in &all {
+            let path = self.key_path(r);
             if path.exists() {
                 continue;
             }
-            let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-                .map_err(|e| FleetError::Other(format!("key generation: {e}")))?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| repo_err(format!("{}: {e}", path.display())))?;
-            f.write_all(doc.as_ref())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| repo_err(format!("{}: {e}", path.display())))?;
-            made.push(r);
+            new_key_file(&path)?;
+            made.push(*r);
         }
         let mut root = Root {
             spec_version: "1.0.0".into(),
@@ -262,11 +542,7 @@ impl Fleet {
             _extra: HashMap::new(),
         };
         for (r, rt) in ROLES {
-            let path = self.keys.join(format!("{r}.pk8"));
-            let k = parse_keypair(&read(&path)?)
-                .map_err(|e| repo_err(format!("{}: {e}", path.display())))?;
-            let key = k.tuf_key();
-            let id = key.key_id().map_err(|e| FleetError::Other(e.to_string()))?;
+            let (id, key) = key_of(&self.key_path(r))?;
             root.keys.insert(id.clone(), key);
             root.roles.insert(
                 rt,
@@ -277,31 +553,55 @@ impl Fleet {
                 },
             );
         }
-        let signed = SignedRole::new(
+        let signed = sign_with(
             root.clone(),
             &KeyHolder::Root(root),
-            &self.key_sources()?,
-            &SystemRandom::new(),
+            &self.keys_of(&["root"])?,
+            "root",
         )
-        .await
-        .map_err(repo_err)?;
+        .await?;
         let m = self.meta();
         for d in [m.clone(), self.repo.join("targets")] {
             std::fs::create_dir_all(&d).map_err(|e| repo_err(format!("{}: {e}", d.display())))?;
         }
         write_atomic(&m.join("1.root.json"), signed.buffer())?;
-        // Targets, snapshot, timestamp version 1, empty; root.json last, so a
-        // half-done init is re-run from scratch.
-        let mut ed = RepositoryEditor::new(m.join("1.root.json"))
-            .await
-            .map_err(repo_err)?;
-        self.sign_editor(&mut ed, 1, 1, exp)?;
-        ed.sign(&self.key_sources()?)
-            .await
-            .map_err(repo_err)?
-            .write(&m)
-            .await
-            .map_err(repo_err)?;
+        // Version 1 of everything, then root.json last, so a half-done init is
+        // re-run from scratch.
+        let mut top = Targets::new("1.0.0".into(), NonZeroU64::MIN, exp.targets);
+        let mut d = Delegations::new();
+        for r in DELEGATED {
+            let (id, key) = key_of(&self.key_path(r.name))?;
+            d.keys.insert(id.clone(), key);
+            d.roles.push(delegated_role(&r, vec![id])?);
+        }
+        top.delegations = Some(d);
+        let root_holder = KeyHolder::Root(signed.signed().signed.clone());
+        let top = sign_with(top, &root_holder, &self.keys_of(&["targets"])?, "targets").await?;
+        let holder = KeyHolder::Delegations(top.signed().signed.delegations.clone().unwrap_or_default());
+        let mut meta = HashMap::new();
+        meta.insert("targets.json".to_string(), metafile(top.buffer(), NonZeroU64::MIN));
+        write_atomic(&m.join("1.targets.json"), top.buffer())?;
+        for r in DELEGATED {
+            let mut t = Targets::new("1.0.0".into(), NonZeroU64::MIN, exp.targets);
+            t.delegations = None;
+            let s = sign_with(
+                DelegatedTargets { name: r.name.to_string(), targets: t },
+                &holder,
+                &self.keys_of(&[r.name])?,
+                r.name,
+            )
+            .await?;
+            meta.insert(format!("{}.json", r.name), metafile(s.buffer(), NonZeroU64::MIN));
+            write_atomic(&m.join(format!("1.{}.json", r.name)), s.buffer())?;
+        }
+        let mut snap = Snapshot::new("1.0.0".into(), NonZeroU64::MIN, exp.snapshot);
+        snap.meta = meta;
+        let snap = sign_with(snap, &root_holder, &self.keys_of(&["snapshot"])?, "snapshot").await?;
+        write_atomic(&m.join("1.snapshot.json"), snap.buffer())?;
+        let mut ts = Timestamp::new("1.0.0".into(), NonZeroU64::MIN, exp.timestamp);
+        ts.meta.insert("snapshot.json".into(), metafile(snap.buffer(), NonZeroU64::MIN));
+        let ts = sign_with(ts, &root_holder, &self.keys_of(&["timestamp"])?, "timestamp").await?;
+        write_atomic(&m.join("timestamp.json"), ts.buffer())?;
         write_atomic(&m.join("root.json"), signed.buffer())?;
         Ok(Report {
             text: format!(
@@ -314,56 +614,9 @@ impl Fleet {
                     ""
                 }
             ),
-            json: json!({"ok": true, "result": "created", "repo": self.repo, "keys_generated": made}),
+            json: json!({"ok": true, "result": "created", "repo": self.repo, "keys_generated": made,
+                "roles": DELEGATED.iter().map(|r| r.name).collect::<Vec<_>>()}),
         })
-    }
-
-    fn sign_editor(
-        &self,
-        ed: &mut RepositoryEditor,
-        targets_version: u64,
-        meta_version: u64,
-        exp: Expiries,
-    ) -> Result<(), FleetError> {
-        let nz = |v: u64| NonZeroU64::new(v).ok_or_else(|| repo_err("version 0"));
-        ed.targets_version(nz(targets_version)?).map_err(repo_err)?;
-        ed.targets_expires(exp.targets).map_err(repo_err)?;
-        ed.snapshot_version(nz(meta_version)?);
-        ed.snapshot_expires(exp.snapshot);
-        ed.timestamp_version(nz(meta_version)?);
-        ed.timestamp_expires(exp.timestamp);
-        Ok(())
-    }
-
-    /// Re-sign targets, snapshot and timestamp (each one version up) with
-    /// `changes` applied to the targets.
-    async fn publish(
-        &self,
-        exp: Expiries,
-        changes: impl FnOnce(&mut RepositoryEditor) -> Result<(), FleetError>,
-    ) -> Result<Current, FleetError> {
-        let cur = self.current()?;
-        let mut ed = RepositoryEditor::new(self.meta().join("root.json"))
-            .await
-            .map_err(repo_err)?;
-        ed.targets(cur.targets.clone()).map_err(repo_err)?;
-        changes(&mut ed)?;
-        let tv = cur.targets.signed.version.get() + 1;
-        let mv = cur
-            .snapshot
-            .signed
-            .version
-            .get()
-            .max(cur.timestamp.signed.version.get())
-            + 1;
-        self.sign_editor(&mut ed, tv, mv, exp)?;
-        ed.sign(&self.key_sources()?)
-            .await
-            .map_err(repo_err)?
-            .write(self.meta())
-            .await
-            .map_err(repo_err)?;
-        self.current()
     }
 
     /// Copy `bytes` to the content-addressed target file.
@@ -388,16 +641,7 @@ impl Fleet {
         })
     }
 
-    fn find_target<'a>(cur: &'a Current, name: &str) -> Option<&'a Target> {
-        cur.targets
-            .signed
-            .targets
-            .iter()
-            .find(|(n, _)| n.raw() == name)
-            .map(|(_, t)| t)
-    }
-
-    /// `image add`.
+    /// `image add`: `images/<board>/<version>.img`, signed by `images`.
     pub async fn add_image(
         &self,
         file: &Path,
@@ -436,8 +680,8 @@ impl Fleet {
             }
         }
         let name = image_target(board, &version);
-        let cur = self.current()?;
-        if let Some(t) = Self::find_target(&cur, &name) {
+        let cur = self.current_delegated()?;
+        if let Some(t) = cur.find(IMAGES.name, &name) {
             if t.hashes.sha256.as_ref() == sha.as_slice() && t.length == bytes.len() as u64 {
                 return Ok(Report {
                     text: format!("{name} already published with these bytes; nothing changed"),
@@ -451,27 +695,24 @@ impl Fleet {
                 )));
             }
         }
-        let target = self.store_target(&name, &bytes)?;
-        let n = name.clone();
+        let len = bytes.len();
         let after = self
-            .publish(exp, move |ed| {
-                ed.add_target(n.as_str(), target).map_err(repo_err)?;
-                Ok(())
-            })
-            .await?;
+            .put_targets(IMAGES.name, vec![(name.clone(), bytes)], &[], exp)
+            .await?
+            .ok_or_else(|| FleetError::Other("nothing published".into()))?;
         Ok(Report {
             text: format!(
-                "published {name} ({} bytes, sha256 {}); targets version {}",
-                bytes.len(),
+                "published {name} ({len} bytes, sha256 {}); images version {}",
                 hex(&sha),
-                after.targets.signed.version
+                after.roles[IMAGES.name].signed.version
             ),
-            json: json!({"ok": true, "result": "added", "target": name, "length": bytes.len(),
-                "sha256": hex(&sha), "targets_version": after.targets.signed.version.get()}),
+            json: json!({"ok": true, "result": "added", "target": name, "length": len,
+                "sha256": hex(&sha), "images_version": after.roles[IMAGES.name].signed.version.get(),
+                "targets_version": after.targets.signed.version.get()}),
         })
     }
 
-    /// `rollout set`.
+    /// `rollout set`: `rollout.json`, signed by `images`.
     pub async fn set_rollout(
         &self,
         policy: &RolloutPolicy,
@@ -480,7 +721,7 @@ impl Fleet {
         if policy.waves == 0 {
             return Err(FleetError::Input("--waves must be at least 1".into()));
         }
-        let cur = self.current()?;
+        let cur = self.current_delegated()?;
         let boards: Vec<String> = images(&cur)
             .into_iter()
             .filter(|(_, v, _)| v == &policy.version)
@@ -495,36 +736,40 @@ impl Fleet {
         let mut bytes =
             serde_json::to_vec_pretty(policy).map_err(|e| FleetError::Other(e.to_string()))?;
         bytes.push(b'\n');
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(t) = Self::find_target(&cur, ROLLOUT_TARGET) {
-            if t.hashes.sha256.as_ref() == sha.as_slice() {
-                return Ok(Report {
-                    text: "rollout.json unchanged".into(),
-                    json: json!({"ok": true, "result": "unchanged", "rollout": policy}),
-                });
-            }
+        match self
+            .put_targets(IMAGES.name, vec![(ROLLOUT_TARGET.to_string(), bytes)], &[], exp)
+            .await?
+        {
+            None => Ok(Report {
+                text: "rollout.json unchanged".into(),
+                json: json!({"ok": true, "result": "unchanged", "rollout": policy}),
+            }),
+            Some(_) => Ok(Report {
+                text: format!(
+                    "rollout to {} in {} wave(s), {} min soak (boards: {})",
+                    policy.version,
+                    policy.waves,
+                    policy.soak_minutes,
+                    boards.join(", ")
+                ),
+                json: json!({"ok": true, "result": "set", "rollout": policy, "boards": boards}),
+            }),
         }
-        let target = self.store_target(ROLLOUT_TARGET, &bytes)?;
-        self.publish(exp, move |ed| {
-            ed.add_target(ROLLOUT_TARGET, target).map_err(repo_err)?;
-            Ok(())
-        })
-        .await?;
-        Ok(Report {
-            text: format!(
-                "rollout to {} in {} wave(s), {} min soak (boards: {})",
-                policy.version,
-                policy.waves,
-                policy.soak_minutes,
-                boards.join(", ")
-            ),
-            json: json!({"ok": true, "result": "set", "rollout": policy, "boards": boards}),
-        })
     }
 
-    /// `sign`: re-sign targets, snapshot and timestamp.
+    /// `sign`: re-sign everything below root (targets, every delegated role,
+    /// snapshot, timestamp; each one version up). Needs all those keys.
     pub async fn sign(&self, exp: Expiries) -> Result<Report, FleetError> {
-        let c = self.publish(exp, |_| Ok(())).await?;
+        let cur = self.current()?;
+        let change = Change {
+            top: Some(cur.targets.signed.clone()),
+            roles: cur
+                .roles
+                .iter()
+                .map(|(n, t)| (n.clone(), t.signed.clone()))
+                .collect(),
+        };
+        let c = self.commit(&cur, change, exp).await?;
         Ok(Report {
             text: format!(
                 "signed: targets {}, snapshot {}, timestamp {}",
@@ -544,27 +789,17 @@ impl Fleet {
             .checked_add(1)
             .ok_or_else(|| repo_err("timestamp version overflow"))?;
         let mut ts = Timestamp::new("1.0.0".into(), version, expires);
-        let sha: [u8; 32] = Sha256::digest(&cur.snapshot_bytes).into();
         ts.meta.insert(
             "snapshot.json".into(),
-            Metafile {
-                length: Some(cur.snapshot_bytes.len() as u64),
-                hashes: Some(Hashes {
-                    sha256: sha.to_vec().into(),
-                    _extra: HashMap::new(),
-                }),
-                version: cur.snapshot.signed.version,
-                _extra: HashMap::new(),
-            },
+            metafile(&cur.snapshot_bytes, cur.snapshot.signed.version),
         );
-        let signed = SignedRole::new(
+        let signed = sign_with(
             ts,
             &KeyHolder::Root(cur.root.signed.clone()),
-            &self.key_sources()?,
-            &SystemRandom::new(),
+            &self.keys_of(&["timestamp"])?,
+            "timestamp",
         )
-        .await
-        .map_err(repo_err)?;
+        .await?;
         write_atomic(&self.meta().join("timestamp.json"), signed.buffer())?;
         Ok(Report {
             text: format!("timestamp version {version}, expires {expires}"),
@@ -581,21 +816,31 @@ impl Fleet {
             by_board.entry(b).or_default().push(json!({
                 "version": v.to_string(), "length": t.length, "sha256": hex(t.hashes.sha256.as_ref())}));
         }
-        let rollout = Self::find_target(&c, ROLLOUT_TARGET).and_then(|t| {
-            let path = self.repo.join("targets").join(format!(
-                "{}.{ROLLOUT_TARGET}",
-                hex(t.hashes.sha256.as_ref())
-            ));
-            serde_json::from_slice::<Value>(&std::fs::read(path).ok()?).ok()
+        let rollout = c.find(IMAGES.name, ROLLOUT_TARGET).and_then(|t| {
+            serde_json::from_slice::<Value>(&self.target_bytes(t, ROLLOUT_TARGET).ok()?).ok()
         });
         let v = versions(&c);
         let mut text = String::new();
         for role in ["root", "targets", "snapshot", "timestamp"] {
             text.push_str(&format!(
-                "{role:<10} version {:<4} expires {}\n",
+                "{role:<12} version {:<4} expires {}\n",
                 v[role]["version"],
                 v[role]["expires"].as_str().unwrap_or("")
             ));
+        }
+        let mut delegated = serde_json::Map::new();
+        for (name, t) in &c.roles {
+            text.push_str(&format!(
+                "{name:<12} version {:<4} expires {} targets {}\n",
+                t.signed.version,
+                t.signed.expires,
+                t.signed.targets.len()
+            ));
+            delegated.insert(
+                name.clone(),
+                json!({"version": t.signed.version.get(), "expires": t.signed.expires.to_string(),
+                    "targets": t.signed.targets.len()}),
+            );
         }
         for (b, imgs) in &by_board {
             let vs: Vec<&str> = imgs.iter().filter_map(|i| i["version"].as_str()).collect();
@@ -607,9 +852,30 @@ impl Fleet {
         }
         Ok(Report {
             text: text.trim_end().to_string(),
-            json: json!({"ok": true, "roles": v, "images": by_board, "rollout": rollout}),
+            json: json!({"ok": true, "roles": v, "delegated": delegated, "images": by_board, "rollout": rollout}),
         })
     }
+}
+
+/// The delegation of `r` (threshold 1, terminating: its paths belong to it
+/// alone).
+fn delegated_role(
+    r: &palisade_update::fleet::Role,
+    keyids: Vec<tough::schema::decoded::Decoded<tough::schema::decoded::Hex>>,
+) -> Result<DelegatedRole, FleetError> {
+    let paths = r
+        .paths
+        .iter()
+        .map(|p| PathPattern::new(*p).map_err(|e| FleetError::Other(format!("path {p}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DelegatedRole {
+        name: r.name.to_string(),
+        keyids,
+        threshold: NonZeroU64::MIN,
+        paths: PathSet::Paths(paths),
+        terminating: true,
+        targets: None,
+    })
 }
 
 fn versions(c: &Current) -> Value {
@@ -624,12 +890,10 @@ fn versions(c: &Current) -> Value {
 /// `(board, version, target)` of every `images/<board>/<version>.img`.
 fn images(c: &Current) -> Vec<(String, Version, &Target)> {
     let mut v: Vec<_> = c
-        .targets
-        .signed
-        .targets
-        .iter()
+        .role_targets(IMAGES.name)
+        .into_iter()
         .filter_map(|(n, t)| {
-            let rest = n.raw().strip_prefix("images/")?;
+            let rest = n.strip_prefix("images/")?;
             let (b, f) = rest.split_once('/')?;
             let ver = Version::parse(f.strip_suffix(".img")?).ok()?;
             Some((b.to_string(), ver, t))
@@ -708,6 +972,45 @@ pub fn parse_start(s: &str) -> Result<chrono::DateTime<chrono::Utc>, FleetError>
 pub fn parse_expiry(s: &str) -> Result<jiff::Timestamp, FleetError> {
     s.parse()
         .map_err(|e| FleetError::Input(format!("expiry {s:?}: {e} (RFC 3339)")))
+}
+
+/// Load the repository in `repo_dir` as a node would (tough's client over
+/// file://, trusting `trusted_root`, following the root chain), for tests
+/// and checks. `datastore` is tough's cache directory.
+pub async fn verify_load(
+    repo_dir: &Path,
+    trusted_root: &Path,
+    datastore: &Path,
+) -> Result<tough::Repository, FleetError> {
+    let base = url::Url::from_directory_path(repo_dir)
+        .map_err(|_| FleetError::Input(format!("{}: not an absolute path", repo_dir.display())))?;
+    let meta = base.join("metadata/").map_err(|e| FleetError::Other(e.to_string()))?;
+    let targets = base.join("targets/").map_err(|e| FleetError::Other(e.to_string()))?;
+    let root = read(trusted_root)?;
+    std::fs::create_dir_all(datastore).map_err(|e| repo_err(format!("{}: {e}", datastore.display())))?;
+    tough::RepositoryLoader::new(&root, meta, targets)
+        .datastore(datastore)
+        .load()
+        .await
+        .map_err(|e| repo_err(format!("verification failed: {e}")))
+}
+
+/// A verified target's bytes (`None`: not listed).
+pub async fn verified_target(repo: &tough::Repository, name: &str) -> Result<Option<Vec<u8>>, FleetError> {
+    use tough::IntoVec;
+    let tn = TargetName::new(name).map_err(|e| FleetError::Input(format!("{name:?}: {e}")))?;
+    match repo.read_target(&tn).await.map_err(repo_err)? {
+        None => Ok(None),
+        Some(s) => s.into_vec().await.map(Some).map_err(repo_err),
+    }
+}
+
+/// The target names a delegated role lists, as the verified client sees them.
+pub fn verified_role_targets(repo: &tough::Repository, role: &str) -> Option<Vec<String>> {
+    let t = repo.delegated_role(role)?.targets.as_ref()?;
+    let mut v: Vec<String> = t.signed.targets.keys().map(|n| n.raw().to_string()).collect();
+    v.sort();
+    Some(v)
 }
 
 #[cfg(test)]

@@ -48,7 +48,10 @@ fn publish_and_node_reads_it() {
     let (c, v, _) = fleet(&[&["repo", "init"][..], &rk].concat());
     assert_eq!((c, v["result"].as_str()), (0, Some("created")));
     use std::os::unix::fs::PermissionsExt;
-    for role in ["root", "targets", "snapshot", "timestamp"] {
+    for role in [
+        "root", "targets", "snapshot", "timestamp", "images", "configs", "grants", "revocations",
+        "lists", "nodelists",
+    ] {
         let m = std::fs::metadata(keys.join(format!("{role}.pk8"))).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
     }
@@ -144,12 +147,27 @@ fn publish_and_node_reads_it() {
         let imgs = node.images("qemu-x86_64");
         assert_eq!(imgs.len(), 1);
         assert_eq!(imgs[0].length, 50_000);
-        let p = node.rollout().await.unwrap().unwrap();
+        // rollout.json is signed by the `images` role (the top-level targets
+        // only delegates); read it with tough's client.
+        let tr = palisade_fleet::verify_load(&repo, &repo.join("metadata/1.root.json"), &t.path().join("ds2"))
+            .await
+            .unwrap();
+        assert!(tr.targets().signed.targets.is_empty(), "top-level targets signs nothing");
+        assert_eq!(
+            palisade_fleet::verified_role_targets(&tr, "images").unwrap(),
+            vec!["images/qemu-x86_64/1.0.0.img", "rollout.json"]
+        );
+        let p: palisade_update::rollout::RolloutPolicy = serde_json::from_slice(
+            &palisade_fleet::verified_target(&tr, "rollout.json").await.unwrap().unwrap(),
+        )
+        .unwrap();
         assert_eq!((p.waves, p.soak_minutes), (2, 30));
         assert_eq!(p.regions["eu"], vec!["n1", "n2"]);
-        let mut prog = |_: u64, _: u64| {};
-        let got = node.fetch_image(&imgs[0], 1 << 20, &mut prog).await.unwrap();
-        assert_eq!(got.sha256(), imgs[0].sha256);
+        let img_bytes = palisade_fleet::verified_target(&tr, "images/qemu-x86_64/1.0.0.img")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(img_bytes, vec![7u8; 50_000]);
 
         // An already expired timestamp is refused by the node.
         let (c, _, _) = fleet(
