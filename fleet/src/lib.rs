@@ -8,6 +8,11 @@
 //! `<repo>/targets/<sha256>.<target name>`. Keys: `<keys>/{root,targets,
 //! snapshot,timestamp}.pk8`, ed25519 PKCS#8 DER, mode 0600.
 
+pub mod enrol;
+pub mod trust;
+
+pub use trust::new_grant_id;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::num::NonZeroU64;
@@ -73,7 +78,7 @@ impl FleetError {
     }
 }
 
-fn repo_err(what: impl std::fmt::Display) -> FleetError {
+pub(crate) fn repo_err(what: impl std::fmt::Display) -> FleetError {
     FleetError::Repo(what.to_string())
 }
 
@@ -126,7 +131,7 @@ pub struct Fleet {
     pub keys: PathBuf,
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -139,7 +144,7 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FleetError> {
 }
 
 /// Write `bytes` to `path` through a temp file and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FleetError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FleetError> {
     let tmp = path.with_extension("tmp-palisade-fleet");
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -352,7 +357,7 @@ impl Fleet {
     }
 
     /// Current metadata of a repository with the delegated roles.
-    fn current_delegated(&self) -> Result<Current, FleetError> {
+    pub(crate) fn current_delegated(&self) -> Result<Current, FleetError> {
         let c = self.current()?;
         if c.roles.is_empty() {
             return Err(repo_err(format!(
@@ -438,7 +443,7 @@ impl Fleet {
 
     /// Put and remove targets of one delegated role and publish; `None` if
     /// nothing would change (same bytes already published).
-    async fn put_targets(
+    pub(crate) async fn put_targets(
         &self,
         role: &str,
         puts: Vec<(String, Vec<u8>)>,
@@ -805,6 +810,94 @@ impl Fleet {
             text: format!("timestamp version {version}, expires {expires}"),
             json: json!({"ok": true, "result": "refreshed", "timestamp_version": version.get(),
                 "expires": expires.to_string()}),
+        })
+    }
+
+    /// `keys rotate ROLE`. A delegated role: a new key, the delegation in the
+    /// top-level targets updated (needs targets.pk8) and the role re-signed.
+    /// `targets`, `snapshot` or `timestamp`: a new key in a new root version
+    /// (`N+1.root.json`, signed by root.pk8; nodes follow the root chain),
+    /// then targets (for `targets`), snapshot and timestamp re-signed. The old
+    /// key file is kept as `<role>.pk8.old-<keyid8>`.
+    pub async fn rotate_key(&self, role: &str, exp: Expiries) -> Result<Report, FleetError> {
+        let delegated = palisade_update::fleet::Role::by_name(role).is_some();
+        let top = match role {
+            "targets" => Some(RoleType::Targets),
+            "snapshot" => Some(RoleType::Snapshot),
+            "timestamp" => Some(RoleType::Timestamp),
+            _ => None,
+        };
+        if !delegated && top.is_none() {
+            return Err(FleetError::Input(format!(
+                "role {role:?}: give a delegated role ({}) or targets, snapshot, timestamp (root is rotated offline)",
+                DELEGATED.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mut cur = self.current_delegated()?;
+        // Every key the rotation signs with must be here before anything changes.
+        let mut need = vec!["snapshot", "timestamp"];
+        need.push(if delegated { "targets" } else { "root" });
+        if role == "targets" {
+            need.push("targets");
+        }
+        self.keys_of(&need)?;
+        let path = self.key_path(role);
+        let (old_id, _) = key_of(&path)?;
+        let old_path = self.keys.join(format!("{role}.pk8.old-{}", &hex(old_id.as_ref())[..8]));
+        std::fs::copy(&path, &old_path).map_err(|e| repo_err(format!("{}: {e}", old_path.display())))?;
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|e| FleetError::Other(format!("key generation: {e}")))?;
+        write_private(&path, doc.as_ref(), true)?;
+        let restore = |e: FleetError| {
+            let _ = std::fs::rename(&old_path, &path);
+            e
+        };
+        let (new_id, new_key) = key_of(&path).map_err(restore)?;
+        let mut change = Change::default();
+        if delegated {
+            let mut t = cur.targets.signed.clone();
+            let d = t.delegations.as_mut().ok_or_else(|| repo_err("targets.json has no delegations"))?;
+            for r in d.roles.iter_mut().filter(|r| r.name == role) {
+                r.keyids = vec![new_id.clone()];
+            }
+            let used: Vec<_> = d.roles.iter().flat_map(|r| r.keyids.clone()).collect();
+            d.keys.retain(|id, _| used.contains(id));
+            d.keys.insert(new_id.clone(), new_key);
+            change.top = Some(t);
+            let rt = cur.roles.get(role).ok_or_else(|| repo_err(format!("no delegated role {role} in this repository")))?;
+            change.roles.push((role.to_string(), rt.signed.clone()));
+        } else {
+            let mut root = cur.root.signed.clone();
+            root.version = nz(root.version.get() + 1)?;
+            if let Some(rk) = root.roles.get_mut(&top.unwrap_or(RoleType::Targets)) {
+                rk.keyids = vec![new_id.clone()];
+            }
+            let used: Vec<_> = root.roles.values().flat_map(|r| r.keyids.clone()).collect();
+            root.keys.retain(|id, _| used.contains(id));
+            root.keys.insert(new_id.clone(), new_key);
+            let signed = sign_with(root.clone(), &KeyHolder::Root(root), &self.keys_of(&["root"])?, "root")
+                .await
+                .map_err(restore)?;
+            let m = self.meta();
+            write_atomic(&m.join(format!("{}.root.json", signed.signed().signed.version)), signed.buffer())
+                .map_err(restore)?;
+            write_atomic(&m.join("root.json"), signed.buffer())?;
+            cur.root = signed.signed().clone();
+            if role == "targets" {
+                change.top = Some(cur.targets.signed.clone());
+            }
+        }
+        let after = self.commit(&cur, change, exp).await?;
+        Ok(Report {
+            text: format!(
+                "{role}: new key {} (old key kept as {}); root version {}",
+                &hex(new_id.as_ref())[..8],
+                old_path.display(),
+                after.root.signed.version
+            ),
+            json: json!({"ok": true, "result": "rotated", "role": role, "keyid": hex(new_id.as_ref()),
+                "old_keyid": hex(old_id.as_ref()), "old_key_file": old_path,
+                "root_version": after.root.signed.version.get()}),
         })
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use palisade_fleet::{
-    parse_expiry, parse_region, parse_start, parse_version, parse_window, Expiries, Fleet,
+    enrol, trust, parse_expiry, parse_region, parse_start, parse_version, parse_window, Expiries, Fleet,
     FleetError, Report,
 };
 use palisade_update::rollout::RolloutPolicy;
@@ -96,10 +96,302 @@ enum Cmd {
         #[arg(long)]
         timestamp_expires_at: Option<String>,
     },
-    /// Versions and expiries, images per board, rollout.
+    /// Versions and expiries (every role, with target counts), images per board, rollout.
     Status {
         #[arg(long)]
         repo: PathBuf,
+    },
+    /// The inventory of enrolled nodes (<repo>/inventory/nodes.json, not published).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// A node's desired config (nodes/<id>/config.toml, configs role).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// The grant issuer's ES384 key (issuer.p8) and jwks.json (grants role).
+    Issuer {
+        #[command(subcommand)]
+        cmd: IssuerCmd,
+    },
+    /// Client grants (ES384 JWTs in nodes/<id>/grants.json, configs role).
+    Grant {
+        #[command(subcommand)]
+        cmd: GrantCmd,
+    },
+    /// Revoke node ids, client keys or grant ids (revoked.json, revocations role).
+    Revoke {
+        #[command(flatten)]
+        what: RevokeArgs,
+    },
+    /// Take entries off revoked.json.
+    Unrevoke {
+        #[command(flatten)]
+        what: RevokeArgs,
+    },
+    /// DNS lists (lists/<name>.txt, lists role).
+    List {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Role keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// TEST HOOK: publish TARGET under ROLE even if ROLE does not own its
+    /// path (to test the node's wrong-role refusal). Not for production use.
+    SignAs {
+        /// The signing role (or give it as the first positional).
+        #[arg(long)]
+        role: Option<String>,
+        /// [ROLE] TARGET FILE
+        #[arg(num_args = 2..=3, required = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// Enrol a node over its serial console (or write the bundle for a
+    /// config drive with --bundle-out).
+    Enrol(EnrolArgs),
+}
+
+#[derive(Args)]
+struct EnrolArgs {
+    /// The node's serial console (115200 8N1).
+    #[arg(long, conflicts_with = "bundle_out", required_unless_present = "bundle_out")]
+    serial: Option<PathBuf>,
+    /// Write the bundle (palisade/enrol.json on a config drive) instead.
+    #[arg(long, requires = "node_id")]
+    bundle_out: Option<PathBuf>,
+    /// The node id (with --bundle-out; the serial path learns it).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The node's identity public key (with --bundle-out: adds it to the inventory).
+    #[arg(long)]
+    public_key: Option<String>,
+    #[arg(long)]
+    node_name: String,
+    #[arg(long)]
+    region: String,
+    /// Repository base URL (repeatable: mirrors in order).
+    #[arg(long = "repository", required = true)]
+    repositories: Vec<String>,
+    /// PEM CA bundle for an https repository.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Management mesh prefix (repeatable).
+    #[arg(long)]
+    mesh: Vec<String>,
+    /// Seconds to wait for the node.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    #[arg(long)]
+    repo: PathBuf,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[arg(long)]
+    node: Vec<String>,
+    /// Client WireGuard public key (base64).
+    #[arg(long)]
+    client: Vec<String>,
+    /// Grant id (jti).
+    #[arg(long)]
+    grant: Vec<String>,
+    #[command(flatten)]
+    rk: RepoKeys,
+    #[command(flatten)]
+    exp: Exp,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Add (or update) a node in the inventory.
+    Add {
+        #[arg(long)]
+        id: String,
+        /// Identity public key (ed25519, base64).
+        #[arg(long)]
+        public_key: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        repo: PathBuf,
+    },
+    /// The inventory.
+    List {
+        #[arg(long)]
+        repo: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate FILE (node.toml) and publish it for the node.
+    Set {
+        #[arg(long)]
+        node: String,
+        file: PathBuf,
+        /// Publish for a node id not in the inventory.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+}
+
+#[derive(Subcommand)]
+enum IssuerCmd {
+    /// Create the issuer key (if absent) and publish jwks.json.
+    Init {
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// New issuer key; jwks.json keeps the old one until `retire`.
+    Rotate {
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// Remove an old key from jwks.json.
+    Retire {
+        #[arg(long)]
+        kid: String,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantCmd {
+    /// Issue a grant and publish it (prints the jti), or print the JWT only.
+    Issue {
+        #[arg(long)]
+        node: String,
+        /// The client's WireGuard public key (base64).
+        #[arg(long)]
+        peer: String,
+        /// Tunnel address (CIDR, repeatable).
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Duration (30d, 12h, 45m) or RFC 3339.
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// Grant id (jti); random if not given.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print the JWT; publish nothing (needs only issuer.p8).
+        #[arg(long)]
+        issue_only: bool,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// Publish a JWT issued elsewhere (verified against jwks.json).
+    Add {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        jwt: PathBuf,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// The node's grants (jti, sub, tier, exp).
+    List {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        repo: PathBuf,
+    },
+    /// Remove a grant by id.
+    Remove {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// Load tests: COUNT client keypairs and grants in one publish.
+    Bulk {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Client private keys go here (0600).
+        #[arg(long)]
+        out_keys: PathBuf,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListCmd {
+    /// Publish lists/NAME.txt from FILE.
+    Set {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// Remove lists/NAME.txt.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// New key for ROLE (a delegated role, or targets, snapshot, timestamp).
+    Rotate {
+        role: String,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
     },
 }
 
@@ -167,6 +459,50 @@ enum RolloutCmd {
         #[command(flatten)]
         exp: Exp,
     },
+}
+
+fn repo_only(repo: PathBuf) -> Fleet {
+    Fleet {
+        repo,
+        keys: PathBuf::new(),
+    }
+}
+
+async fn enrol(a: EnrolArgs) -> Result<Report, FleetError> {
+    let f = repo_only(a.repo);
+    let ca_pem = match &a.ca {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| FleetError::Input(format!("--ca {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let req = enrol::EnrolRequest {
+        name: a.node_name,
+        region: a.region,
+        repositories: a.repositories,
+        ca_pem,
+        mesh: a.mesh,
+    };
+    match (a.serial, a.bundle_out) {
+        (Some(port), _) => {
+            let mut p = enrol::open_serial(&port)?;
+            enrol::enrol_serial(
+                &f,
+                &req,
+                &mut p,
+                std::time::Duration::from_secs(a.timeout),
+            )
+        }
+        (None, Some(out)) => enrol::write_bundle(
+            &f,
+            &req,
+            a.node_id.as_deref().unwrap_or_default(),
+            a.public_key.as_deref(),
+            &out,
+        ),
+        (None, None) => Err(FleetError::Input("give --serial PORT or --bundle-out FILE".into())),
+    }
 }
 
 fn fleet(rk: RepoKeys) -> Fleet {
@@ -254,6 +590,153 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
             };
             fleet(rk).refresh(at).await
         }
+        Cmd::Node { cmd } => match cmd {
+            NodeCmd::Add {
+                id,
+                public_key,
+                name,
+                region,
+                repo,
+            } => repo_only(repo).node_add(&id, &public_key, &name, &region),
+            NodeCmd::List { repo } => repo_only(repo).node_list(),
+        },
+        Cmd::Config {
+            cmd:
+                ConfigCmd::Set {
+                    node,
+                    file,
+                    force,
+                    rk,
+                    exp,
+                },
+        } => fleet(rk).config_set(&node, &file, force, exp.get()?).await,
+        Cmd::Issuer { cmd } => match cmd {
+            IssuerCmd::Init { rk, exp } => fleet(rk).issuer_init(exp.get()?).await,
+            IssuerCmd::Rotate { rk, exp } => fleet(rk).issuer_rotate(exp.get()?).await,
+            IssuerCmd::Retire { kid, rk, exp } => fleet(rk).issuer_retire(&kid, exp.get()?).await,
+        },
+        Cmd::Grant { cmd } => match cmd {
+            GrantCmd::Issue {
+                node,
+                peer,
+                addresses,
+                tier,
+                expires,
+                id,
+                issue_only,
+                force,
+                rk,
+                exp,
+            } => {
+                let now = jiff::Timestamp::now().as_second();
+                let claims = palisade_update::fleet::GrantClaims {
+                    jti: match id {
+                        Some(i) => i,
+                        None => palisade_fleet::new_grant_id()?,
+                    },
+                    sub: peer,
+                    addresses,
+                    tier,
+                    iat: now,
+                    exp: trust::parse_expires(&expires, now)?,
+                };
+                if !palisade_update::fleet::valid_node_id(&node) {
+                    return Err(FleetError::Input(format!(
+                        "--node {node:?}: 16 lowercase hex digits"
+                    )));
+                }
+                let f = fleet(rk);
+                let jwt = f.make_grant(&claims)?;
+                if issue_only {
+                    Ok(Report {
+                        text: jwt.clone(),
+                        json: serde_json::json!({"ok": true, "result": "issued", "jti": claims.jti, "jwt": jwt}),
+                    })
+                } else {
+                    f.grants_add(&node, vec![jwt], force, exp.get()?).await
+                }
+            }
+            GrantCmd::Add {
+                node,
+                jwt,
+                force,
+                rk,
+                exp,
+            } => {
+                let text = std::fs::read_to_string(&jwt)
+                    .map_err(|e| FleetError::Input(format!("--jwt {}: {e}", jwt.display())))?;
+                fleet(rk)
+                    .grants_add(&node, vec![text.trim().to_string()], force, exp.get()?)
+                    .await
+            }
+            GrantCmd::List { node, repo } => repo_only(repo).grant_list(&node),
+            GrantCmd::Remove { node, id, rk, exp } => {
+                fleet(rk).grant_remove(&node, &id, exp.get()?).await
+            }
+            GrantCmd::Bulk {
+                node,
+                count,
+                prefix,
+                expires,
+                tier,
+                out_keys,
+                force,
+                rk,
+                exp,
+            } => {
+                fleet(rk)
+                    .grant_bulk(
+                        &node,
+                        count,
+                        &prefix,
+                        &expires,
+                        tier,
+                        &out_keys,
+                        force,
+                        exp.get()?,
+                    )
+                    .await
+            }
+        },
+        Cmd::Revoke { what } => {
+            fleet(what.rk)
+                .revoke(&what.node, &what.client, &what.grant, false, what.exp.get()?)
+                .await
+        }
+        Cmd::Unrevoke { what } => {
+            fleet(what.rk)
+                .revoke(&what.node, &what.client, &what.grant, true, what.exp.get()?)
+                .await
+        }
+        Cmd::List { cmd } => match cmd {
+            ListCmd::Set { name, file, rk, exp } => {
+                fleet(rk).list_set(&name, &file, exp.get()?).await
+            }
+            ListCmd::Remove { name, rk, exp } => fleet(rk).list_remove(&name, exp.get()?).await,
+        },
+        Cmd::Keys {
+            cmd: KeysCmd::Rotate { role, rk, exp },
+        } => fleet(rk).rotate_key(&role, exp.get()?).await,
+        Cmd::SignAs {
+            role,
+            args,
+            rk,
+            exp,
+        } => {
+            let (role, rest) = match (role, args.len()) {
+                (Some(r), 2) => (r, &args[..]),
+                (None, 3) => (args[0].clone(), &args[1..]),
+                _ => {
+                    return Err(FleetError::Input(
+                        "sign-as: give ROLE TARGET FILE, or --role ROLE TARGET FILE".into(),
+                    ))
+                }
+            };
+            fleet(rk)
+                .sign_as(&role, &rest[0], std::path::Path::new(&rest[1]), exp.get()?)
+                .await
+        }
+        Cmd::Enrol(a) => enrol(a).await,
         Cmd::Status { repo } => {
             Fleet {
                 repo,
