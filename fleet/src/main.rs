@@ -326,6 +326,9 @@ enum GrantCmd {
         node: String,
         #[arg(long)]
         repo: PathBuf,
+        /// Not needed (accepted for symmetry with the other commands).
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
     /// Remove a grant by id.
     Remove {
@@ -669,7 +672,7 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                     .grants_add(&node, vec![text.trim().to_string()], force, exp.get()?)
                     .await
             }
-            GrantCmd::List { node, repo } => repo_only(repo).grant_list(&node),
+            GrantCmd::List { node, repo, .. } => repo_only(repo).grant_list(&node),
             GrantCmd::Remove { node, id, rk, exp } => {
                 fleet(rk).grant_remove(&node, &id, exp.get()?).await
             }

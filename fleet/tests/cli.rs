@@ -269,3 +269,360 @@ fn exit_codes_for_bad_input() {
     let (c, _, _) = fleet(&["sign", "--repo", r, "--keys", "/nonexistent"]);
     assert_eq!(c, 3);
 }
+
+struct T {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    repo: String,
+    keys: String,
+}
+
+impl T {
+    fn new() -> T {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().to_path_buf();
+        let t = T {
+            repo: path.join("repo").to_str().unwrap().into(),
+            keys: path.join("keys").to_str().unwrap().into(),
+            path,
+            _dir: d,
+        };
+        let (c, v, _) = t.run(&["repo", "init"]);
+        assert_eq!(c, 0, "{v}");
+        t
+    }
+    /// ARGS --repo R --keys K --json
+    fn run(&self, args: &[&str]) -> (i32, Value, String) {
+        fleet(&[args, &["--repo", &self.repo, "--keys", &self.keys]].concat())
+    }
+    fn ok(&self, args: &[&str]) -> Value {
+        let (c, v, e) = self.run(args);
+        assert_eq!(c, 0, "{args:?}: {v} {e}");
+        v
+    }
+    fn file(&self, name: &str, bytes: &[u8]) -> String {
+        let p = self.path.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().into()
+    }
+    fn load(&self, ds: &str) -> Result<tough::Repository, palisade_fleet::FleetError> {
+        let repo = Path::new(&self.repo);
+        rt().block_on(palisade_fleet::verify_load(
+            repo,
+            &repo.join("metadata/1.root.json"),
+            &self.path.join(ds),
+        ))
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A node identity: (id, public key base64).
+fn node_identity() -> (String, String) {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+    let k = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+    let pk = k.public_key().as_ref().to_vec();
+    use base64::Engine;
+    (
+        palisade_update::fleet::node_id(&pk),
+        base64::engine::general_purpose::STANDARD.encode(&pk),
+    )
+}
+
+const NODE_TOML: &str = include_str!("../../configs/node.toml");
+
+#[test]
+fn trust_content_is_published_by_its_role_and_verifies() {
+    let t = T::new();
+    let (id, pk) = node_identity();
+    let r = t.repo.clone();
+    // Inventory (no keys needed): add, idempotent, wrong id refused.
+    let add = |i: &str, k: &str| {
+        fleet(&["node", "add", "--id", i, "--public-key", k, "--name", "edge-1", "--region", "eu", "--repo", &r])
+    };
+    assert_eq!(add(&id, &pk).1["result"], "added");
+    assert_eq!(add(&id, &pk).1["result"], "unchanged");
+    let (other, _) = node_identity();
+    let (c, v, _) = add(&other, &pk);
+    assert_eq!(c, 2, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&id), "{v}");
+    let (c, v, _) = fleet(&["node", "list", "--repo", &r]);
+    assert_eq!((c, v["nodes"][0]["id"].as_str()), (0, Some(id.as_str())));
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 1);
+
+    // Config: validated, published, idempotent; bad configs name file:line.
+    let good = t.file("node.toml", NODE_TOML.as_bytes());
+    assert_eq!(t.ok(&["config", "set", "--node", &id, &good])["result"], "set");
+    assert_eq!(t.ok(&["config", "set", "--node", &id, &good])["result"], "unchanged");
+    let bad = t.file("bad.toml", NODE_TOML.replace("listen_port = 51820", "listen_port = \"x\"").as_bytes());
+    let (c, v, _) = t.run(&["config", "set", "--node", &id, &bad]);
+    assert_eq!(c, 2, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("bad.toml:") && e.contains("listen_port"), "{e}");
+    let (unknown, _) = node_identity();
+    let (c, v, _) = t.run(&["config", "set", "--node", &unknown, &good]);
+    assert_eq!(c, 2, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("inventory"), "{v}");
+    t.ok(&["config", "set", "--node", &unknown, &good, "--force"]);
+
+    // Issuer and grants.
+    let kid = t.ok(&["issuer", "init"])["kid"].as_str().unwrap().to_string();
+    assert_eq!(t.ok(&["issuer", "init"])["result"], "unchanged");
+    use base64::Engine;
+    let peer = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+    let g = t.ok(&["grant", "issue", "--node", &id, "--peer", &peer, "--address", "10.66.0.9/32",
+        "--tier", "basic", "--expires", "7d", "--id", "g-1"]);
+    assert_eq!((g["jti"].as_str(), g["result"].as_str()), (Some("g-1"), Some("added")));
+    // Same id again with a new token: refused.
+    let (c, v, _) = t.run(&["grant", "issue", "--node", &id, "--peer", &peer, "--address", "10.66.0.9/32", "--id", "g-1"]);
+    assert_eq!(c, 2, "{v}");
+    // Issue-only prints a JWT and publishes nothing; `grant add` publishes it.
+    let before = t.ok(&["grant", "list", "--node", &id])["grants"].as_array().unwrap().len();
+    let j = t.ok(&["grant", "issue", "--node", &id, "--peer", &peer, "--address", "10.66.0.10/32", "--issue-only"]);
+    assert_eq!(t.ok(&["grant", "list", "--node", &id])["grants"].as_array().unwrap().len(), before);
+    let jwt = t.file("g.jwt", j["jwt"].as_str().unwrap().as_bytes());
+    assert_eq!(t.ok(&["grant", "add", "--node", &id, "--jwt", &jwt])["result"], "added");
+    assert_eq!(t.ok(&["grant", "add", "--node", &id, "--jwt", &jwt])["result"], "unchanged");
+    let l = t.ok(&["grant", "list", "--node", &id]);
+    let gs = l["grants"].as_array().unwrap();
+    assert_eq!(gs.len(), 2);
+    assert_eq!((gs[0]["jti"].as_str(), gs[0]["tier"].as_str(), gs[0]["sub"].as_str()), (Some("g-1"), Some("basic"), Some(peer.as_str())));
+    // A tampered token is refused.
+    let tampered = t.file("t.jwt", format!("{}x", j["jwt"].as_str().unwrap()).as_bytes());
+    assert_eq!(t.run(&["grant", "add", "--node", &id, "--jwt", &tampered]).0, 2);
+    assert_eq!(t.ok(&["grant", "remove", "--node", &id, "--id", "g-1"])["result"], "removed");
+    assert_eq!(t.ok(&["grant", "remove", "--node", &id, "--id", "g-1"])["result"], "unchanged");
+    // Bad grant input: 2.
+    for bad in [
+        vec!["--peer", "short", "--address", "10.0.0.1/32"],
+        vec!["--peer", &peer, "--address", "10.0.0.1"],
+        vec!["--peer", &peer, "--address", "10.0.0.1/32", "--expires", "soon"],
+    ] {
+        let (c, v, _) = t.run(&[&["grant", "issue", "--node", &id][..], &bad].concat());
+        assert_eq!(c, 2, "{bad:?}: {v}");
+    }
+
+    // Lists.
+    t.ok(&["list", "set", "ads", &t.file("ads.txt", b"ads.example\ntracker.example\n")]);
+    for (name, bytes) in [("ads", &b""[..]), ("ads", &b"a\0b"[..]), ("Bad_Name", &b"x\n"[..])] {
+        let f = t.file("l.txt", bytes);
+        let (c, v, _) = t.run(&["list", "set", name, &f]);
+        assert_eq!(c, 2, "{name} {bytes:?}: {v}");
+    }
+    t.ok(&["list", "set", "gone", &t.file("g.txt", b"x.example\n")]);
+    assert_eq!(t.ok(&["list", "remove", "gone"])["result"], "removed");
+    assert_eq!(t.ok(&["list", "remove", "gone"])["result"], "unchanged");
+
+    // Revocations with an on-call key set: revocations, snapshot, timestamp only.
+    let oncall = t.path.join("oncall");
+    std::fs::create_dir(&oncall).unwrap();
+    for k in ["revocations", "snapshot", "timestamp"] {
+        std::fs::copy(Path::new(&t.keys).join(format!("{k}.pk8")), oncall.join(format!("{k}.pk8"))).unwrap();
+    }
+    let oc = oncall.to_str().unwrap();
+    let rev = |args: &[&str]| fleet(&[args, &["--repo", &r, "--keys", oc]].concat());
+    let client = base64::engine::general_purpose::STANDARD.encode([6u8; 32]);
+    let (c, v, _) = rev(&["revoke", "--node", &unknown, "--client", &client, "--grant", "g-9"]);
+    assert_eq!((c, v["result"].as_str()), (0, Some("revoked")), "{v}");
+    assert_eq!(rev(&["revoke", "--grant", "g-9"]).1["result"], "unchanged");
+    assert_eq!(rev(&["unrevoke", "--grant", "g-9"]).1["result"], "unrevoked");
+    assert_eq!(rev(&["revoke", "--client", "nope"]).0, 2);
+    assert_eq!(rev(&["revoke"]).0, 2);
+    // ... but that key set cannot ship an image or a config.
+    let img = t.file("slot.img", &[1u8; 100]);
+    let (c, v, _) = rev(&["image", "add", &img, "--board", "b", "--version", "1.0.0"]);
+    assert_eq!(c, 3, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("images.pk8"), "{v}");
+    let changed = t.file("c2.toml", NODE_TOML.replace("edge-1", "edge-2").as_bytes());
+    assert_eq!(rev(&["config", "set", "--node", &id, &changed]).0, 3);
+
+    // A tough client verifies it all, each target under its own role.
+    let repo = t.load("ds").unwrap();
+    assert!(repo.targets().signed.targets.is_empty());
+    let role = |r: &str| palisade_fleet::verified_role_targets(&repo, r).unwrap();
+    assert_eq!(role("configs"), vec![
+        format!("nodes/{}/config.toml", std::cmp::min(&id, &unknown)),
+        format!("nodes/{id}/grants.json"),
+        format!("nodes/{}/config.toml", std::cmp::max(&id, &unknown)),
+    ].into_iter().fold(Vec::<String>::new(), |mut a, x| { a.push(x); a.sort(); a }));
+    assert_eq!(role("grants"), vec!["jwks.json"]);
+    assert_eq!(role("revocations"), vec!["revoked.json"]);
+    assert_eq!(role("lists"), vec!["lists/ads.txt"]);
+    assert!(role("images").is_empty() && role("nodelists").is_empty());
+    rt().block_on(async {
+        let get = |n: String| {
+            let repo = &repo;
+            async move { palisade_fleet::verified_target(repo, &n).await.unwrap().unwrap() }
+        };
+        assert_eq!(get(format!("nodes/{id}/config.toml")).await, NODE_TOML.as_bytes());
+        let rv: palisade_update::fleet::Revocations = serde_json::from_slice(&get("revoked.json".into()).await).unwrap();
+        assert_eq!((rv.nodes, rv.clients, rv.grants), (vec![unknown.clone()], vec![client.clone()], vec![]));
+        let jwks: Value = serde_json::from_slice(&get("jwks.json".into()).await).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
+        assert_eq!((jwks["keys"][0]["crv"].as_str(), jwks["keys"][0]["alg"].as_str()), (Some("P-384"), Some("ES384")));
+        let gf: palisade_update::fleet::GrantsFile = serde_json::from_slice(&get(format!("nodes/{id}/grants.json")).await).unwrap();
+        assert_eq!(gf.grants.len(), 1);
+        let c = palisade_fleet::trust::verify_grant(&gf.grants[0], &jwks).unwrap();
+        assert_eq!(c.addresses, vec!["10.66.0.10/32"]);
+    });
+
+    // Issuer rotation: both keys published, then the old one retired.
+    let rot = t.ok(&["issuer", "rotate"]);
+    assert_eq!(rot["old_kid"], kid.as_str());
+    let new_kid = rot["kid"].as_str().unwrap().to_string();
+    assert_eq!(t.ok(&["grant", "list", "--node", &id])["grants"][0]["valid"], true, "old grants still verify");
+    assert_eq!(t.run(&["issuer", "retire", "--kid", &new_kid]).0, 2, "current key cannot be retired");
+    assert_eq!(t.ok(&["issuer", "retire", "--kid", &kid])["result"], "retired");
+    assert_eq!(t.ok(&["grant", "list", "--node", &id])["grants"][0]["valid"], false);
+
+    // Status lists every role with its version and target count.
+    let (_, s, _) = fleet(&["status", "--repo", &r]);
+    assert_eq!(s["delegated"]["lists"]["targets"], 1);
+    assert_eq!(s["delegated"]["revocations"]["version"], 3); // init, revoke, unrevoke
+    assert_eq!(s["delegated"]["images"]["version"], 1);
+}
+
+#[test]
+fn sign_as_is_confined_to_the_owning_role() {
+    let t = T::new();
+    let (id, pk) = node_identity();
+    fleet(&["node", "add", "--id", &id, "--public-key", &pk, "--name", "n", "--region", "eu", "--repo", &t.repo]);
+    let good = t.file("node.toml", NODE_TOML.as_bytes());
+    t.ok(&["config", "set", "--node", &id, &good]);
+    let evil = t.file("evil.toml", b"[node]\nname = \"evil\"\n");
+    let target = format!("nodes/{id}/config.toml");
+    let v = t.ok(&["sign-as", "--role", "images", &target, &evil]);
+    assert_eq!((v["owner"].as_str(), v["role"].as_str()), (Some("configs"), Some("images")));
+    let repo = t.load("ds").unwrap();
+    let configs = palisade_fleet::verified_role_targets(&repo, "configs").unwrap();
+    let images = palisade_fleet::verified_role_targets(&repo, "images").unwrap();
+    assert!(images.contains(&target), "{images:?}");
+    // The configs role lists its own config, never the images role's bytes.
+    assert!(configs.contains(&target));
+    let cfg_t = &repo.delegated_role("configs").unwrap().targets.as_ref().unwrap().signed.targets;
+    let (_, ct) = cfg_t.iter().find(|(n, _)| n.raw() == target).unwrap();
+    use sha2::Digest;
+    assert_eq!(ct.hashes.sha256.as_ref(), sha2::Sha256::digest(NODE_TOML.as_bytes()).as_slice());
+    assert_eq!(
+        rt().block_on(palisade_fleet::verified_target(&repo, &target)).unwrap().unwrap(),
+        NODE_TOML.as_bytes()
+    );
+    // A path no role has published: tough itself refuses the whole
+    // repository (delegation check), positional form of sign-as.
+    let (other, _) = node_identity();
+    t.ok(&["sign-as", "images", &format!("nodes/{other}/config.toml"), &evil]);
+    let e = t.load("ds2").unwrap_err();
+    assert!(e.to_string().contains("verification failed"), "{e}");
+    // Unknown role: 2.
+    assert_eq!(t.run(&["sign-as", "bogus", &target, &evil]).0, 2);
+}
+
+#[test]
+fn key_rotation_is_followed_from_the_first_root() {
+    let t = T::new();
+    let img = t.file("slot.img", &[3u8; 1000]);
+    t.ok(&["image", "add", &img, "--board", "b", "--version", "1.0.0"]);
+    let keys = Path::new(&t.keys);
+    let old_ts = std::fs::read(keys.join("timestamp.pk8")).unwrap();
+    let mut root_v = 1;
+    for (i, role) in ["images", "timestamp", "snapshot", "targets", "configs"].iter().enumerate() {
+        let before = std::fs::read(keys.join(format!("{role}.pk8"))).unwrap();
+        let v = t.ok(&["keys", "rotate", role]);
+        assert_eq!(v["result"], "rotated");
+        let after = std::fs::read(keys.join(format!("{role}.pk8"))).unwrap();
+        assert_ne!(before, after, "{role}");
+        let kept = v["old_key_file"].as_str().unwrap();
+        assert_eq!(std::fs::read(kept).unwrap(), before, "{role}: old key kept");
+        if !["images", "configs"].contains(role) {
+            root_v += 1;
+        }
+        assert_eq!(v["root_version"], root_v, "{role}");
+        // A client holding only 1.root.json follows the chain and verifies.
+        let repo = t.load(&format!("ds{i}")).unwrap();
+        assert_eq!(repo.root().signed.version.get(), root_v);
+        assert_eq!(
+            rt().block_on(palisade_fleet::verified_target(&repo, "images/b/1.0.0.img")).unwrap().unwrap(),
+            vec![3u8; 1000]
+        );
+    }
+    // Publishing still works with the new keys.
+    t.ok(&["image", "add", &t.file("s2.img", &[4u8; 10]), "--board", "b", "--version", "1.1.0"]);
+    assert!(t.load("ds-new").is_ok());
+    // The old images key no longer signs for images.
+    let kept = keys.join("images.pk8.keep");
+    std::fs::copy(keys.join("images.pk8"), &kept).unwrap();
+    let olds: Vec<_> = std::fs::read_dir(keys).unwrap().filter_map(|e| {
+        let n = e.unwrap().file_name().into_string().unwrap();
+        n.starts_with("images.pk8.old-").then_some(n)
+    }).collect();
+    std::fs::copy(keys.join(&olds[0]), keys.join("images.pk8")).unwrap();
+    let (c, v, _) = t.run(&["image", "add", &t.file("s3.img", &[5u8; 10]), "--board", "b", "--version", "1.2.0"]);
+    assert_eq!(c, 3, "{v}");
+    std::fs::copy(&kept, keys.join("images.pk8")).unwrap();
+    // A timestamp signed with the old timestamp key is refused by a client.
+    rt().block_on(async {
+        use tough::editor::signed::SignedRole;
+        use tough::key_source::LocalKeySource;
+        use tough::schema::{KeyHolder, Root, Signed, Timestamp};
+        let m = Path::new(&t.repo).join("metadata");
+        let old_root: Signed<Root> = serde_json::from_slice(&std::fs::read(m.join("1.root.json")).unwrap()).unwrap();
+        let cur: Signed<Timestamp> = serde_json::from_slice(&std::fs::read(m.join("timestamp.json")).unwrap()).unwrap();
+        let mut ts = cur.signed.clone();
+        ts.version = ts.version.checked_add(1).unwrap();
+        let oldk = t.path.join("old-ts.pk8");
+        std::fs::write(&oldk, &old_ts).unwrap();
+        let ks: Vec<Box<dyn tough::key_source::KeySource>> = vec![Box::new(LocalKeySource { path: oldk })];
+        let forged = SignedRole::new(ts, &KeyHolder::Root(old_root.signed), &ks, &aws_lc_rs::rand::SystemRandom::new())
+            .await
+            .unwrap();
+        std::fs::write(m.join("timestamp.json"), forged.buffer()).unwrap();
+    });
+    let e = t.load("ds-forged").unwrap_err();
+    assert!(e.to_string().contains("verification failed"), "{e}");
+    // Unknown role: 2.
+    assert_eq!(t.run(&["keys", "rotate", "root"]).0, 2);
+}
+
+#[test]
+fn bulk_grants_for_load_tests() {
+    let t = T::new();
+    let (id, pk) = node_identity();
+    fleet(&["node", "add", "--id", &id, "--public-key", &pk, "--name", "n", "--region", "eu", "--repo", &t.repo]);
+    t.ok(&["issuer", "init"]);
+    let out = t.path.join("clients.txt");
+    let start = std::time::Instant::now();
+    let v = t.ok(&["grant", "bulk", "--node", &id, "--count", "10000", "--prefix", "10.64.0.0/16",
+        "--expires", "1d", "--out-keys", out.to_str().unwrap()]);
+    let took = start.elapsed();
+    assert_eq!(v["total"], 10000, "{v}");
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 10000);
+    // Each private key derives its public key; addresses are distinct.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut addrs = std::collections::BTreeSet::new();
+    for l in lines.iter().step_by(997) {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sk: [u8; 32] = b64.decode(f[1]).unwrap().try_into().unwrap();
+        let pk = curve25519_dalek::MontgomeryPoint::mul_base_clamped(sk);
+        assert_eq!(b64.encode(pk.as_bytes()), f[2]);
+        assert!(addrs.insert(f[3].to_string()));
+    }
+    assert_eq!(lines[0].split(' ').nth(3), Some("10.64.0.2/32"));
+    // Too many for the prefix: 2, nothing written.
+    let (c, v, _) = t.run(&["grant", "bulk", "--node", &id, "--count", "10", "--prefix", "10.65.0.0/29",
+        "--out-keys", t.path.join("x").to_str().unwrap()]);
+    assert_eq!(c, 2, "{v}");
+    assert!(!t.path.join("x").exists());
+    eprintln!("10000 grants in {took:?}");
+}
