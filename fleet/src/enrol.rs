@@ -42,13 +42,21 @@ fn input(what: impl std::fmt::Display) -> FleetError {
 
 /// The bundle for `node_id`, checked: names, URLs, mesh prefixes, and the
 /// repository's `1.root.json` as the trust anchor.
-pub fn build_bundle(f: &Fleet, req: &EnrolRequest, node_id: &str) -> Result<EnrolmentBundle, FleetError> {
+pub fn build_bundle(
+    f: &Fleet,
+    req: &EnrolRequest,
+    node_id: &str,
+) -> Result<EnrolmentBundle, FleetError> {
     if !valid_node_id(node_id) {
-        return Err(input(format!("node id {node_id:?}: 16 lowercase hex digits")));
+        return Err(input(format!(
+            "node id {node_id:?}: 16 lowercase hex digits"
+        )));
     }
     for (v, what) in [(&req.name, "--node-name"), (&req.region, "--region")] {
         if !valid_name(v) {
-            return Err(input(format!("{what} {v:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'")));
+            return Err(input(format!(
+                "{what} {v:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'"
+            )));
         }
     }
     if req.repositories.is_empty() {
@@ -57,7 +65,9 @@ pub fn build_bundle(f: &Fleet, req: &EnrolRequest, node_id: &str) -> Result<Enro
     for r in &req.repositories {
         let u = url::Url::parse(r).map_err(|e| input(format!("--repository {r:?}: {e}")))?;
         if !matches!(u.scheme(), "http" | "https" | "file") {
-            return Err(input(format!("--repository {r:?}: http, https or file URL")));
+            return Err(input(format!(
+                "--repository {r:?}: http, https or file URL"
+            )));
         }
     }
     for m in &req.mesh {
@@ -100,7 +110,10 @@ pub fn write_bundle(
     if let Some(pk) = public_key {
         let k = parse_key32(pk, "--public-key")?;
         if node_id(&k) != node {
-            return Err(input(format!("--node-id {node} does not belong to --public-key (its id is {})", node_id(&k))));
+            return Err(input(format!(
+                "--node-id {node} does not belong to --public-key (its id is {})",
+                node_id(&k)
+            )));
         }
     }
     let mut bytes = serde_json::to_vec_pretty(&b).map_err(|e| FleetError::Other(e.to_string()))?;
@@ -149,7 +162,14 @@ impl<P: Read> Lines<'_, P> {
             match self.port.read(&mut b) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&b[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
                     return Ok(None)
                 }
                 Err(e) => return Err(FleetError::Other(format!("serial read: {e}"))),
@@ -167,21 +187,37 @@ fn send<P: Write>(port: &mut P, msg: &HostMsg) -> Result<(), FleetError> {
 /// Check an `Identity` answer to `nonce`: the id is the key's, the proof
 /// verifies, the node is not enrolled. Returns the public key (base64).
 pub fn check_identity(nonce: &[u8], msg: &NodeMsg) -> Result<(String, String), FleetError> {
-    let NodeMsg::Identity { node_id: id, public_key, proof, enrolled } = msg else {
+    let NodeMsg::Identity {
+        node_id: id,
+        public_key,
+        proof,
+        enrolled,
+    } = msg
+    else {
         return Err(FleetError::Other("not an identity message".into()));
     };
-    let pk = parse_key32(public_key, "the node's public key").map_err(|e| repo_err(e.to_string()))?;
+    let pk =
+        parse_key32(public_key, "the node's public key").map_err(|e| repo_err(e.to_string()))?;
     if node_id(&pk) != *id {
-        return Err(repo_err(format!("the node says its id is {id} but its key's id is {}: refused", node_id(&pk))));
+        return Err(repo_err(format!(
+            "the node says its id is {id} but its key's id is {}: refused",
+            node_id(&pk)
+        )));
     }
     let sig = STANDARD
         .decode(proof)
         .map_err(|e| repo_err(format!("node {id}: proof is not base64 ({e}): refused")))?;
     UnparsedPublicKey::new(&ED25519, pk)
         .verify(&enrol_proof_message(nonce, &pk), &sig)
-        .map_err(|_| repo_err(format!("node {id}: the proof of possession does not verify: refused")))?;
+        .map_err(|_| {
+            repo_err(format!(
+                "node {id}: the proof of possession does not verify: refused"
+            ))
+        })?;
     if *enrolled {
-        return Err(repo_err(format!("node {id} is already enrolled; factory-reset it first")));
+        return Err(repo_err(format!(
+            "node {id} is already enrolled; factory-reset it first"
+        )));
     }
     Ok((id.clone(), STANDARD.encode(pk)))
 }
@@ -201,13 +237,21 @@ pub fn enrol_serial<P: Read + Write>(
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| FleetError::Other("random number generator failed".into()))?;
-    let hello = HostMsg::Hello { nonce: STANDARD.encode(nonce) };
+    let hello = HostMsg::Hello {
+        nonce: STANDARD.encode(nonce),
+    };
     let mut last_hello: Option<Instant> = None;
-    let mut lines = Lines { port, buf: Vec::new() };
+    let mut lines = Lines {
+        port,
+        buf: Vec::new(),
+    };
     let (id, pk) = loop {
         let now = Instant::now();
         if now >= deadline {
-            return Err(FleetError::Other(format!("no identity from the node within {} s", timeout.as_secs())));
+            return Err(FleetError::Other(format!(
+                "no identity from the node within {} s",
+                timeout.as_secs()
+            )));
         }
         if last_hello.is_none_or(|t| now.duration_since(t) >= HELLO_EVERY) {
             send(lines.port, &hello)?;
@@ -226,17 +270,28 @@ pub fn enrol_serial<P: Read + Write>(
     send(lines.port, &HostMsg::Enrol { bundle })?;
     loop {
         if Instant::now() >= deadline {
-            return Err(FleetError::Other(format!("node {id} did not confirm enrolment within {} s", timeout.as_secs())));
+            return Err(FleetError::Other(format!(
+                "node {id} did not confirm enrolment within {} s",
+                timeout.as_secs()
+            )));
         }
         let Some(line) = lines.next()? else { continue };
         match decode_line::<NodeMsg>(&line) {
             Some(Ok(NodeMsg::Enrolled { node_id })) if node_id == id => break,
             Some(Ok(NodeMsg::Enrolled { node_id })) => {
-                return Err(repo_err(format!("expected node {id} to confirm, got {node_id}")))
+                return Err(repo_err(format!(
+                    "expected node {id} to confirm, got {node_id}"
+                )))
             }
             Some(Ok(NodeMsg::Refused { kind, reason })) => {
-                let hint = if kind == "already-enrolled" { "; factory-reset it first" } else { "" };
-                return Err(repo_err(format!("node {id} refused the enrolment ({kind}): {reason}{hint}")));
+                let hint = if kind == "already-enrolled" {
+                    "; factory-reset it first"
+                } else {
+                    ""
+                };
+                return Err(repo_err(format!(
+                    "node {id} refused the enrolment ({kind}): {reason}{hint}"
+                )));
             }
             _ => {}
         }

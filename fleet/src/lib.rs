@@ -21,19 +21,19 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::Ed25519KeyPair;
+use palisade_update::fleet::{IMAGES, ROLES as DELEGATED};
 use palisade_update::rollout::{image_target, RolloutPolicy, Window, ROLLOUT_TARGET};
 use semver::Version;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tough::editor::signed::SignedRole;
 use tough::key_source::{KeySource, LocalKeySource};
-use palisade_update::fleet::{IMAGES, ROLES as DELEGATED};
 use tough::schema::{
     DelegatedRole, DelegatedTargets, Delegations, Hashes, KeyHolder, Metafile, PathPattern,
     PathSet, RoleKeys, RoleType, Root, Signed, Snapshot, Target, Targets, Timestamp,
 };
-use tough::TargetName;
 use tough::sign::{parse_keypair, Sign};
+use tough::TargetName;
 
 /// The top-level role key files in the keys directory (the delegated roles'
 /// keys are `<role>.pk8` too, roles from [`palisade_update::fleet::ROLES`]).
@@ -240,8 +240,17 @@ async fn sign_with<T: tough::schema::Role + serde::Serialize>(
 }
 
 /// The key id of a PKCS#8 key file.
-fn key_of(path: &Path) -> Result<(tough::schema::decoded::Decoded<tough::schema::decoded::Hex>, tough::schema::key::Key), FleetError> {
-    let k = parse_keypair(&read(path)?).map_err(|e| repo_err(format!("{}: {e}", path.display())))?;
+fn key_of(
+    path: &Path,
+) -> Result<
+    (
+        tough::schema::decoded::Decoded<tough::schema::decoded::Hex>,
+        tough::schema::key::Key,
+    ),
+    FleetError,
+> {
+    let k =
+        parse_keypair(&read(path)?).map_err(|e| repo_err(format!("{}: {e}", path.display())))?;
     let key = k.tuf_key();
     let id = key.key_id().map_err(|e| FleetError::Other(e.to_string()))?;
     Ok((id, key))
@@ -371,7 +380,12 @@ impl Fleet {
     /// Sign and write `change` (new versions of the changed roles, then the
     /// snapshot, then the timestamp last: readers see all or nothing). Needs
     /// the keys of the changed roles, snapshot and timestamp only.
-    async fn commit(&self, cur: &Current, change: Change, exp: Expiries) -> Result<Current, FleetError> {
+    async fn commit(
+        &self,
+        cur: &Current,
+        change: Change,
+        exp: Expiries,
+    ) -> Result<Current, FleetError> {
         let m = self.meta();
         let root_holder = KeyHolder::Root(cur.root.signed.clone());
         // Every key first: a missing key fails before anything is written.
@@ -392,9 +406,21 @@ impl Fleet {
             Some(mut t) => {
                 t.version = nz(cur.targets.signed.version.get() + 1)?;
                 t.expires = exp.targets;
-                let s = sign_with(t, &root_holder, top_keys.as_deref().unwrap_or(&[]), "targets").await?;
-                meta.insert("targets.json".into(), metafile(s.buffer(), s.signed().signed.version));
-                files.push((m.join(format!("{}.targets.json", s.signed().signed.version)), s.buffer().clone()));
+                let s = sign_with(
+                    t,
+                    &root_holder,
+                    top_keys.as_deref().unwrap_or(&[]),
+                    "targets",
+                )
+                .await?;
+                meta.insert(
+                    "targets.json".into(),
+                    metafile(s.buffer(), s.signed().signed.version),
+                );
+                files.push((
+                    m.join(format!("{}.targets.json", s.signed().signed.version)),
+                    s.buffer().clone(),
+                ));
                 s.signed().clone()
             }
             None => cur.targets.clone(),
@@ -411,7 +437,10 @@ impl Fleet {
             t.expires = exp.targets;
             t.delegations = None;
             let s = sign_with(
-                DelegatedTargets { name: name.clone(), targets: t },
+                DelegatedTargets {
+                    name: name.clone(),
+                    targets: t,
+                },
                 &holder,
                 &keys,
                 &name,
@@ -431,7 +460,8 @@ impl Fleet {
         snap.meta = meta;
         let snap = sign_with(snap, &root_holder, &snap_keys, "snapshot").await?;
         let mut ts = Timestamp::new("1.0.0".into(), mv, exp.timestamp);
-        ts.meta.insert("snapshot.json".into(), metafile(snap.buffer(), mv));
+        ts.meta
+            .insert("snapshot.json".into(), metafile(snap.buffer(), mv));
         let ts = sign_with(ts, &root_holder, &ts_keys, "timestamp").await?;
         files.push((m.join(format!("{mv}.snapshot.json")), snap.buffer().clone()));
         for (p, b) in &files {
@@ -452,7 +482,9 @@ impl Fleet {
     ) -> Result<Option<Current>, FleetError> {
         let cur = self.current_delegated()?;
         let Some(signed) = cur.roles.get(role) else {
-            return Err(repo_err(format!("no delegated role {role:?} in this repository")));
+            return Err(repo_err(format!(
+                "no delegated role {role:?} in this repository"
+            )));
         };
         let mut t = signed.signed.clone();
         let mut changed = false;
@@ -493,13 +525,21 @@ impl Fleet {
             .join(format!("{}.{name}", hex(t.hashes.sha256.as_ref())));
         let b = read(&path)?;
         if Sha256::digest(&b).as_slice() != t.hashes.sha256.as_ref() {
-            return Err(repo_err(format!("{}: contents do not match the signed hash", path.display())));
+            return Err(repo_err(format!(
+                "{}: contents do not match the signed hash",
+                path.display()
+            )));
         }
         Ok(b)
     }
 
     /// A delegated role's target, if published.
-    pub fn read_role_target(&self, cur: &Current, role: &str, name: &str) -> Result<Option<Vec<u8>>, FleetError> {
+    pub fn read_role_target(
+        &self,
+        cur: &Current,
+        role: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, FleetError> {
         match cur.find(role, name) {
             Some(t) => self.target_bytes(t, name).map(Some),
             None => Ok(None),
@@ -582,30 +622,55 @@ impl Fleet {
         top.delegations = Some(d);
         let root_holder = KeyHolder::Root(signed.signed().signed.clone());
         let top = sign_with(top, &root_holder, &self.keys_of(&["targets"])?, "targets").await?;
-        let holder = KeyHolder::Delegations(top.signed().signed.delegations.clone().unwrap_or_default());
+        let holder =
+            KeyHolder::Delegations(top.signed().signed.delegations.clone().unwrap_or_default());
         let mut meta = HashMap::new();
-        meta.insert("targets.json".to_string(), metafile(top.buffer(), NonZeroU64::MIN));
+        meta.insert(
+            "targets.json".to_string(),
+            metafile(top.buffer(), NonZeroU64::MIN),
+        );
         write_atomic(&m.join("1.targets.json"), top.buffer())?;
         for r in DELEGATED {
             let mut t = Targets::new("1.0.0".into(), NonZeroU64::MIN, exp.targets);
             t.delegations = None;
             let s = sign_with(
-                DelegatedTargets { name: r.name.to_string(), targets: t },
+                DelegatedTargets {
+                    name: r.name.to_string(),
+                    targets: t,
+                },
                 &holder,
                 &self.keys_of(&[r.name])?,
                 r.name,
             )
             .await?;
-            meta.insert(format!("{}.json", r.name), metafile(s.buffer(), NonZeroU64::MIN));
+            meta.insert(
+                format!("{}.json", r.name),
+                metafile(s.buffer(), NonZeroU64::MIN),
+            );
             write_atomic(&m.join(format!("1.{}.json", r.name)), s.buffer())?;
         }
         let mut snap = Snapshot::new("1.0.0".into(), NonZeroU64::MIN, exp.snapshot);
         snap.meta = meta;
-        let snap = sign_with(snap, &root_holder, &self.keys_of(&["snapshot"])?, "snapshot").await?;
+        let snap = sign_with(
+            snap,
+            &root_holder,
+            &self.keys_of(&["snapshot"])?,
+            "snapshot",
+        )
+        .await?;
         write_atomic(&m.join("1.snapshot.json"), snap.buffer())?;
         let mut ts = Timestamp::new("1.0.0".into(), NonZeroU64::MIN, exp.timestamp);
-        ts.meta.insert("snapshot.json".into(), metafile(snap.buffer(), NonZeroU64::MIN));
-        let ts = sign_with(ts, &root_holder, &self.keys_of(&["timestamp"])?, "timestamp").await?;
+        ts.meta.insert(
+            "snapshot.json".into(),
+            metafile(snap.buffer(), NonZeroU64::MIN),
+        );
+        let ts = sign_with(
+            ts,
+            &root_holder,
+            &self.keys_of(&["timestamp"])?,
+            "timestamp",
+        )
+        .await?;
         write_atomic(&m.join("timestamp.json"), ts.buffer())?;
         write_atomic(&m.join("root.json"), signed.buffer())?;
         Ok(Report {
@@ -742,7 +807,12 @@ impl Fleet {
             serde_json::to_vec_pretty(policy).map_err(|e| FleetError::Other(e.to_string()))?;
         bytes.push(b'\n');
         match self
-            .put_targets(IMAGES.name, vec![(ROLLOUT_TARGET.to_string(), bytes)], &[], exp)
+            .put_targets(
+                IMAGES.name,
+                vec![(ROLLOUT_TARGET.to_string(), bytes)],
+                &[],
+                exp,
+            )
             .await?
         {
             None => Ok(Report {
@@ -843,8 +913,11 @@ impl Fleet {
         self.keys_of(&need)?;
         let path = self.key_path(role);
         let (old_id, _) = key_of(&path)?;
-        let old_path = self.keys.join(format!("{role}.pk8.old-{}", &hex(old_id.as_ref())[..8]));
-        std::fs::copy(&path, &old_path).map_err(|e| repo_err(format!("{}: {e}", old_path.display())))?;
+        let old_path = self
+            .keys
+            .join(format!("{role}.pk8.old-{}", &hex(old_id.as_ref())[..8]));
+        std::fs::copy(&path, &old_path)
+            .map_err(|e| repo_err(format!("{}: {e}", old_path.display())))?;
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|e| FleetError::Other(format!("key generation: {e}")))?;
         write_private(&path, doc.as_ref(), true)?;
@@ -856,7 +929,10 @@ impl Fleet {
         let mut change = Change::default();
         if delegated {
             let mut t = cur.targets.signed.clone();
-            let d = t.delegations.as_mut().ok_or_else(|| repo_err("targets.json has no delegations"))?;
+            let d = t
+                .delegations
+                .as_mut()
+                .ok_or_else(|| repo_err("targets.json has no delegations"))?;
             for r in d.roles.iter_mut().filter(|r| r.name == role) {
                 r.keyids = vec![new_id.clone()];
             }
@@ -864,7 +940,10 @@ impl Fleet {
             d.keys.retain(|id, _| used.contains(id));
             d.keys.insert(new_id.clone(), new_key);
             change.top = Some(t);
-            let rt = cur.roles.get(role).ok_or_else(|| repo_err(format!("no delegated role {role} in this repository")))?;
+            let rt = cur
+                .roles
+                .get(role)
+                .ok_or_else(|| repo_err(format!("no delegated role {role} in this repository")))?;
             change.roles.push((role.to_string(), rt.signed.clone()));
         } else {
             let mut root = cur.root.signed.clone();
@@ -875,12 +954,20 @@ impl Fleet {
             let used: Vec<_> = root.roles.values().flat_map(|r| r.keyids.clone()).collect();
             root.keys.retain(|id, _| used.contains(id));
             root.keys.insert(new_id.clone(), new_key);
-            let signed = sign_with(root.clone(), &KeyHolder::Root(root), &self.keys_of(&["root"])?, "root")
-                .await
-                .map_err(restore)?;
+            let signed = sign_with(
+                root.clone(),
+                &KeyHolder::Root(root),
+                &self.keys_of(&["root"])?,
+                "root",
+            )
+            .await
+            .map_err(restore)?;
             let m = self.meta();
-            write_atomic(&m.join(format!("{}.root.json", signed.signed().signed.version)), signed.buffer())
-                .map_err(restore)?;
+            write_atomic(
+                &m.join(format!("{}.root.json", signed.signed().signed.version)),
+                signed.buffer(),
+            )
+            .map_err(restore)?;
             write_atomic(&m.join("root.json"), signed.buffer())?;
             cur.root = signed.signed().clone();
             if role == "targets" {
@@ -1077,10 +1164,15 @@ pub async fn verify_load(
 ) -> Result<tough::Repository, FleetError> {
     let base = url::Url::from_directory_path(repo_dir)
         .map_err(|_| FleetError::Input(format!("{}: not an absolute path", repo_dir.display())))?;
-    let meta = base.join("metadata/").map_err(|e| FleetError::Other(e.to_string()))?;
-    let targets = base.join("targets/").map_err(|e| FleetError::Other(e.to_string()))?;
+    let meta = base
+        .join("metadata/")
+        .map_err(|e| FleetError::Other(e.to_string()))?;
+    let targets = base
+        .join("targets/")
+        .map_err(|e| FleetError::Other(e.to_string()))?;
     let root = read(trusted_root)?;
-    std::fs::create_dir_all(datastore).map_err(|e| repo_err(format!("{}: {e}", datastore.display())))?;
+    std::fs::create_dir_all(datastore)
+        .map_err(|e| repo_err(format!("{}: {e}", datastore.display())))?;
     tough::RepositoryLoader::new(&root, meta, targets)
         .datastore(datastore)
         .load()
@@ -1089,7 +1181,10 @@ pub async fn verify_load(
 }
 
 /// A verified target's bytes (`None`: not listed).
-pub async fn verified_target(repo: &tough::Repository, name: &str) -> Result<Option<Vec<u8>>, FleetError> {
+pub async fn verified_target(
+    repo: &tough::Repository,
+    name: &str,
+) -> Result<Option<Vec<u8>>, FleetError> {
     use tough::IntoVec;
     let tn = TargetName::new(name).map_err(|e| FleetError::Input(format!("{name:?}: {e}")))?;
     match repo.read_target(&tn).await.map_err(repo_err)? {
@@ -1101,7 +1196,12 @@ pub async fn verified_target(repo: &tough::Repository, name: &str) -> Result<Opt
 /// The target names a delegated role lists, as the verified client sees them.
 pub fn verified_role_targets(repo: &tough::Repository, role: &str) -> Option<Vec<String>> {
     let t = repo.delegated_role(role)?.targets.as_ref()?;
-    let mut v: Vec<String> = t.signed.targets.keys().map(|n| n.raw().to_string()).collect();
+    let mut v: Vec<String> = t
+        .signed
+        .targets
+        .keys()
+        .map(|n| n.raw().to_string())
+        .collect();
     v.sort();
     Some(v)
 }

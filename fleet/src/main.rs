@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use palisade_fleet::{
-    enrol, trust, parse_expiry, parse_region, parse_start, parse_version, parse_window, Expiries, Fleet,
-    FleetError, Report,
+    enrol, parse_expiry, parse_region, parse_start, parse_version, parse_window, trust, Expiries,
+    Fleet, FleetError, Report,
 };
 use palisade_update::rollout::RolloutPolicy;
 
@@ -163,7 +163,11 @@ enum Cmd {
 #[derive(Args)]
 struct EnrolArgs {
     /// The node's serial console (115200 8N1).
-    #[arg(long, conflicts_with = "bundle_out", required_unless_present = "bundle_out")]
+    #[arg(
+        long,
+        conflicts_with = "bundle_out",
+        required_unless_present = "bundle_out"
+    )]
     serial: Option<PathBuf>,
     /// Write the bundle (palisade/enrol.json on a config drive) instead.
     #[arg(long, requires = "node_id")]
@@ -490,12 +494,7 @@ async fn enrol(a: EnrolArgs) -> Result<Report, FleetError> {
     match (a.serial, a.bundle_out) {
         (Some(port), _) => {
             let mut p = enrol::open_serial(&port)?;
-            enrol::enrol_serial(
-                &f,
-                &req,
-                &mut p,
-                std::time::Duration::from_secs(a.timeout),
-            )
+            enrol::enrol_serial(&f, &req, &mut p, std::time::Duration::from_secs(a.timeout))
         }
         (None, Some(out)) => enrol::write_bundle(
             &f,
@@ -504,7 +503,9 @@ async fn enrol(a: EnrolArgs) -> Result<Report, FleetError> {
             a.public_key.as_deref(),
             &out,
         ),
-        (None, None) => Err(FleetError::Input("give --serial PORT or --bundle-out FILE".into())),
+        (None, None) => Err(FleetError::Input(
+            "give --serial PORT or --bundle-out FILE".into(),
+        )),
     }
 }
 
@@ -703,7 +704,13 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
         },
         Cmd::Revoke { what } => {
             fleet(what.rk)
-                .revoke(&what.node, &what.client, &what.grant, false, what.exp.get()?)
+                .revoke(
+                    &what.node,
+                    &what.client,
+                    &what.grant,
+                    false,
+                    what.exp.get()?,
+                )
                 .await
         }
         Cmd::Unrevoke { what } => {
@@ -712,9 +719,12 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                 .await
         }
         Cmd::List { cmd } => match cmd {
-            ListCmd::Set { name, file, rk, exp } => {
-                fleet(rk).list_set(&name, &file, exp.get()?).await
-            }
+            ListCmd::Set {
+                name,
+                file,
+                rk,
+                exp,
+            } => fleet(rk).list_set(&name, &file, exp.get()?).await,
             ListCmd::Remove { name, rk, exp } => fleet(rk).list_remove(&name, exp.get()?).await,
         },
         Cmd::Keys {

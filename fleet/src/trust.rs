@@ -55,7 +55,11 @@ pub fn parse_key32(s: &str, what: &str) -> Result<[u8; 32], FleetError> {
 
 /// `30d`, `12h`, `45m`, `600s` from `now`, or an RFC 3339 time: Unix seconds.
 pub fn parse_expires(s: &str, now: i64) -> Result<i64, FleetError> {
-    let bad = || input(format!("expiry {s:?}: use a duration (30d, 12h, 45m, 600s) or RFC 3339"));
+    let bad = || {
+        input(format!(
+            "expiry {s:?}: use a duration (30d, 12h, 45m, 600s) or RFC 3339"
+        ))
+    };
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t.as_second());
     }
@@ -71,7 +75,9 @@ pub fn parse_expires(s: &str, now: i64) -> Result<i64, FleetError> {
     if n <= 0 {
         return Err(bad());
     }
-    n.checked_mul(mul).and_then(|d| now.checked_add(d)).ok_or_else(bad)
+    n.checked_mul(mul)
+        .and_then(|d| now.checked_add(d))
+        .ok_or_else(bad)
 }
 
 fn now_unix() -> i64 {
@@ -122,15 +128,20 @@ pub fn jwk_of(point: &[u8]) -> Result<Value, FleetError> {
     if point.len() != 97 || point[0] != 4 {
         return Err(FleetError::Other("not an uncompressed P-384 point".into()));
     }
-    Ok(json!({"kty": "EC", "crv": "P-384", "x": URL_SAFE_NO_PAD.encode(&point[1..49]),
-        "y": URL_SAFE_NO_PAD.encode(&point[49..]), "kid": issuer_kid(point), "alg": "ES384", "use": "sig"}))
+    Ok(
+        json!({"kty": "EC", "crv": "P-384", "x": URL_SAFE_NO_PAD.encode(&point[1..49]),
+        "y": URL_SAFE_NO_PAD.encode(&point[49..]), "kid": issuer_kid(point), "alg": "ES384", "use": "sig"}),
+    )
 }
 
 impl Issuer {
     /// Read a PKCS#8 issuer key.
     pub fn load(path: &Path) -> Result<Issuer, FleetError> {
         let der = Zeroizing::new(std::fs::read(path).map_err(|e| {
-            repo_err(format!("issuer key {}: {e} (run `issuer init`)", path.display()))
+            repo_err(format!(
+                "issuer key {}: {e} (run `issuer init`)",
+                path.display()
+            ))
         })?);
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &der)
             .map_err(|e| repo_err(format!("issuer key {}: {e}", path.display())))?;
@@ -155,7 +166,8 @@ impl Issuer {
 /// Verify a grant JWT against a JWK Set (`jwks.json`): ES384, a known
 /// `kid`; expiry is not checked (listing shows it).
 pub fn verify_grant(jwt: &str, jwks: &Value) -> Result<GrantClaims, FleetError> {
-    let h = jsonwebtoken::decode_header(jwt).map_err(|e| input(format!("grant: not a JWT ({e})")))?;
+    let h =
+        jsonwebtoken::decode_header(jwt).map_err(|e| input(format!("grant: not a JWT ({e})")))?;
     if h.alg != jsonwebtoken::Algorithm::ES384 {
         return Err(input(format!("grant: algorithm {:?}, want ES384", h.alg)));
     }
@@ -165,7 +177,11 @@ pub fn verify_grant(jwt: &str, jwks: &Value) -> Result<GrantClaims, FleetError> 
         .into_iter()
         .flatten()
         .find(|k| k["kid"] == kid.as_str())
-        .ok_or_else(|| input(format!("grant: kid {kid} is not in the published jwks.json")))?;
+        .ok_or_else(|| {
+            input(format!(
+                "grant: kid {kid} is not in the published jwks.json"
+            ))
+        })?;
     let dk = jsonwebtoken::DecodingKey::from_ec_components(
         key["x"].as_str().unwrap_or_default(),
         key["y"].as_str().unwrap_or_default(),
@@ -183,7 +199,10 @@ pub fn verify_grant(jwt: &str, jwks: &Value) -> Result<GrantClaims, FleetError> 
 fn check_claims(c: &GrantClaims) -> Result<(), FleetError> {
     parse_key32(&c.sub, "grant sub (client public key)")?;
     if c.jti.is_empty() || c.jti.len() > 128 || !c.jti.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(input(format!("grant id {:?}: 1..=128 printable characters", c.jti)));
+        return Err(input(format!(
+            "grant id {:?}: 1..=128 printable characters",
+            c.jti
+        )));
     }
     if c.addresses.is_empty() {
         return Err(input("grant: at least one --address"));
@@ -212,7 +231,9 @@ impl Fleet {
     pub fn inventory(&self) -> Result<Inventory, FleetError> {
         let p = self.inventory_path();
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| repo_err(format!("{}: {e}", p.display()))),
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| repo_err(format!("{}: {e}", p.display())))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Inventory::default()),
             Err(e) => Err(repo_err(format!("{}: {e}", p.display()))),
         }
@@ -220,18 +241,31 @@ impl Fleet {
 
     /// `node add`: record an enrolled node (idempotent; a known id gets its
     /// name and region updated).
-    pub fn node_add(&self, id: &str, public_key: &str, name: &str, region: &str) -> Result<Report, FleetError> {
+    pub fn node_add(
+        &self,
+        id: &str,
+        public_key: &str,
+        name: &str,
+        region: &str,
+    ) -> Result<Report, FleetError> {
         if !self.exists() {
-            return Err(repo_err(format!("no repository at {} (run `repo init`)", self.repo.display())));
+            return Err(repo_err(format!(
+                "no repository at {} (run `repo init`)",
+                self.repo.display()
+            )));
         }
         let pk = parse_key32(public_key, "--public-key")?;
         let want = node_id(&pk);
         if id != want {
-            return Err(input(format!("node id {id:?} does not belong to this public key (its id is {want})")));
+            return Err(input(format!(
+                "node id {id:?} does not belong to this public key (its id is {want})"
+            )));
         }
         for (v, what) in [(name, "--name"), (region, "--region")] {
             if !valid_name(v) {
-                return Err(input(format!("{what} {v:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'")));
+                return Err(input(format!(
+                    "{what} {v:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'"
+                )));
             }
         }
         let entry = NodeEntry {
@@ -256,7 +290,8 @@ impl Fleet {
             inv.nodes.sort_by(|a, b| a.id.cmp(&b.id));
             let p = self.inventory_path();
             if let Some(d) = p.parent() {
-                std::fs::create_dir_all(d).map_err(|e| repo_err(format!("{}: {e}", d.display())))?;
+                std::fs::create_dir_all(d)
+                    .map_err(|e| repo_err(format!("{}: {e}", d.display())))?;
             }
             write_atomic(&p, &json_bytes(&inv)?)?;
         }
@@ -276,7 +311,11 @@ impl Fleet {
             .collect::<Vec<_>>()
             .join("\n");
         Ok(Report {
-            text: if text.is_empty() { "no nodes".into() } else { text },
+            text: if text.is_empty() {
+                "no nodes".into()
+            } else {
+                text
+            },
             json: json!({"ok": true, "nodes": inv.nodes}),
         })
     }
@@ -296,19 +335,31 @@ impl Fleet {
 
     /// `config set`: validate node.toml text and publish it as
     /// `nodes/<id>/config.toml` (configs role).
-    pub async fn config_set(&self, node: &str, file: &Path, force: bool, exp: Expiries) -> Result<Report, FleetError> {
+    pub async fn config_set(
+        &self,
+        node: &str,
+        file: &Path,
+        force: bool,
+        exp: Expiries,
+    ) -> Result<Report, FleetError> {
         self.check_node(node, force)?;
-        let bytes = std::fs::read(file).map_err(|e| input(format!("config {}: {e}", file.display())))?;
+        let bytes =
+            std::fs::read(file).map_err(|e| input(format!("config {}: {e}", file.display())))?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|e| input(format!("config {}: not UTF-8 ({e})", file.display())))?;
         let cfg = palisade_core::config::NodeConfig::from_str(text, file).map_err(input)?;
         cfg.validate(file, text).map_err(input)?;
         let name = config_target(node);
-        let r = self.put_targets(CONFIGS.name, vec![(name.clone(), bytes)], &[], exp).await?;
+        let r = self
+            .put_targets(CONFIGS.name, vec![(name.clone(), bytes)], &[], exp)
+            .await?;
         Ok(match r {
             None => unchanged(format!("{name} unchanged"), json!({"target": name})),
             Some(c) => Report {
-                text: format!("published {name} (configs version {})", c.roles[CONFIGS.name].signed.version),
+                text: format!(
+                    "published {name} (configs version {})",
+                    c.roles[CONFIGS.name].signed.version
+                ),
                 json: json!({"ok": true, "result": "set", "target": name,
                     "configs_version": c.roles[CONFIGS.name].signed.version.get()}),
             },
@@ -338,14 +389,18 @@ impl Fleet {
             .collect::<Result<_, _>>()?;
         for g in grants {
             if g.is_empty() || g.len() > 128 || !g.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(input(format!("--grant {g:?}: 1..=128 printable characters")));
+                return Err(input(format!(
+                    "--grant {g:?}: 1..=128 printable characters"
+                )));
             }
         }
         let cur = self.current_delegated()?;
-        let mut rev: Revocations = match self.read_role_target(&cur, REVOCATIONS.name, REVOKED_TARGET)? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| repo_err(format!("published {REVOKED_TARGET}: {e}")))?,
-            None => Revocations::default(),
-        };
+        let mut rev: Revocations =
+            match self.read_role_target(&cur, REVOCATIONS.name, REVOKED_TARGET)? {
+                Some(b) => serde_json::from_slice(&b)
+                    .map_err(|e| repo_err(format!("published {REVOKED_TARGET}: {e}")))?,
+                None => Revocations::default(),
+            };
         let apply = |list: &mut Vec<String>, items: &[String]| {
             let mut s: BTreeSet<String> = list.drain(..).collect();
             for i in items {
@@ -361,7 +416,12 @@ impl Fleet {
         apply(&mut rev.clients, &clients);
         apply(&mut rev.grants, grants);
         let r = self
-            .put_targets(REVOCATIONS.name, vec![(REVOKED_TARGET.into(), json_bytes(&rev)?)], &[], exp)
+            .put_targets(
+                REVOCATIONS.name,
+                vec![(REVOKED_TARGET.into(), json_bytes(&rev)?)],
+                &[],
+                exp,
+            )
             .await?;
         let counts = json!({"nodes": rev.nodes.len(), "clients": rev.clients.len(), "grants": rev.grants.len()});
         Ok(match r {
@@ -380,46 +440,80 @@ impl Fleet {
     }
 
     /// `list set`: publish a DNS list `lists/<name>.txt` (lists role).
-    pub async fn list_set(&self, name: &str, file: &Path, exp: Expiries) -> Result<Report, FleetError> {
+    pub async fn list_set(
+        &self,
+        name: &str,
+        file: &Path,
+        exp: Expiries,
+    ) -> Result<Report, FleetError> {
         if !valid_name(name) {
-            return Err(input(format!("list name {name:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'")));
+            return Err(input(format!(
+                "list name {name:?}: 1..=64 of a-z, 0-9, '-', not starting with '-'"
+            )));
         }
-        let bytes = std::fs::read(file).map_err(|e| input(format!("list {}: {e}", file.display())))?;
+        let bytes =
+            std::fs::read(file).map_err(|e| input(format!("list {}: {e}", file.display())))?;
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(input(format!("list {}: empty", file.display())));
         }
         if bytes.contains(&0) || std::str::from_utf8(&bytes).is_err() {
-            return Err(input(format!("list {}: binary (want text, one name a line)", file.display())));
+            return Err(input(format!(
+                "list {}: binary (want text, one name a line)",
+                file.display()
+            )));
         }
         let t = list_target(name);
-        let r = self.put_targets(LISTS.name, vec![(t.clone(), bytes)], &[], exp).await?;
+        let r = self
+            .put_targets(LISTS.name, vec![(t.clone(), bytes)], &[], exp)
+            .await?;
         Ok(match r {
             None => unchanged(format!("{t} unchanged"), json!({"target": t})),
-            Some(_) => Report { text: format!("published {t}"), json: json!({"ok": true, "result": "set", "target": t}) },
+            Some(_) => Report {
+                text: format!("published {t}"),
+                json: json!({"ok": true, "result": "set", "target": t}),
+            },
         })
     }
 
     /// `list remove` (idempotent).
     pub async fn list_remove(&self, name: &str, exp: Expiries) -> Result<Report, FleetError> {
         if !valid_name(name) {
-            return Err(input(format!("list name {name:?}: 1..=64 of a-z, 0-9, '-'")));
+            return Err(input(format!(
+                "list name {name:?}: 1..=64 of a-z, 0-9, '-'"
+            )));
         }
         let t = list_target(name);
-        let r = self.put_targets(LISTS.name, vec![], std::slice::from_ref(&t), exp).await?;
+        let r = self
+            .put_targets(LISTS.name, vec![], std::slice::from_ref(&t), exp)
+            .await?;
         Ok(match r {
-            None => unchanged(format!("{t} not published; nothing changed"), json!({"target": t})),
-            Some(_) => Report { text: format!("removed {t}"), json: json!({"ok": true, "result": "removed", "target": t}) },
+            None => unchanged(
+                format!("{t} not published; nothing changed"),
+                json!({"target": t}),
+            ),
+            Some(_) => Report {
+                text: format!("removed {t}"),
+                json: json!({"ok": true, "result": "removed", "target": t}),
+            },
         })
     }
 
     /// `sign-as` (a test hook): publish `target` under `role` whether or not
     /// the role owns its path.
-    pub async fn sign_as(&self, role: &str, target: &str, file: &Path, exp: Expiries) -> Result<Report, FleetError> {
+    pub async fn sign_as(
+        &self,
+        role: &str,
+        target: &str,
+        file: &Path,
+        exp: Expiries,
+    ) -> Result<Report, FleetError> {
         if palisade_update::fleet::Role::by_name(role).is_none() {
             return Err(input(format!("role {role:?}: not a delegated role")));
         }
         let bytes = std::fs::read(file).map_err(|e| input(format!("{}: {e}", file.display())))?;
-        let r = self.put_targets(role, vec![(target.to_string(), bytes)], &[], exp).await?;
+        let r = self
+            .put_targets(role, vec![(target.to_string(), bytes)], &[], exp)
+            .await?;
         let owner = palisade_update::fleet::owner(target).map(|r| r.name);
         Ok(Report {
             text: format!(
@@ -449,14 +543,20 @@ impl Fleet {
     async fn publish_jwks(&self, keys: Vec<Value>, exp: Expiries) -> Result<bool, FleetError> {
         let jwks = json!({"keys": keys});
         Ok(self
-            .put_targets(GRANTS.name, vec![(JWKS_TARGET.into(), json_bytes(&jwks)?)], &[], exp)
+            .put_targets(
+                GRANTS.name,
+                vec![(JWKS_TARGET.into(), json_bytes(&jwks)?)],
+                &[],
+                exp,
+            )
             .await?
             .is_some())
     }
 
     fn new_issuer_key(&self, replace: bool) -> Result<(), FleetError> {
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|e| FleetError::Other(format!("issuer key generation: {e}")))?;
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|e| FleetError::Other(format!("issuer key generation: {e}")))?;
         write_private(&self.issuer_path(), doc.as_ref(), replace)
     }
 
@@ -466,7 +566,8 @@ impl Fleet {
         self.current_delegated()?;
         let made = !self.issuer_path().exists();
         if made {
-            std::fs::create_dir_all(&self.keys).map_err(|e| repo_err(format!("{}: {e}", self.keys.display())))?;
+            std::fs::create_dir_all(&self.keys)
+                .map_err(|e| repo_err(format!("{}: {e}", self.keys.display())))?;
             self.new_issuer_key(false)?;
         }
         let iss = Issuer::load(&self.issuer_path())?;
@@ -502,13 +603,17 @@ impl Fleet {
             keys.push(old.jwk()?);
         }
         let kept = self.keys.join(format!("issuer.p8.old-{}", old.kid));
-        std::fs::copy(self.issuer_path(), &kept).map_err(|e| repo_err(format!("{}: {e}", kept.display())))?;
+        std::fs::copy(self.issuer_path(), &kept)
+            .map_err(|e| repo_err(format!("{}: {e}", kept.display())))?;
         self.new_issuer_key(true)?;
         let new = Issuer::load(&self.issuer_path())?;
         keys.insert(0, new.jwk()?);
         self.publish_jwks(keys, exp).await?;
         Ok(Report {
-            text: format!("issuer key {} (was {}); jwks.json lists both", new.kid, old.kid),
+            text: format!(
+                "issuer key {} (was {}); jwks.json lists both",
+                new.kid, old.kid
+            ),
             json: json!({"ok": true, "result": "rotated", "kid": new.kid, "old_kid": old.kid}),
         })
     }
@@ -518,7 +623,9 @@ impl Fleet {
     pub async fn issuer_retire(&self, kid: &str, exp: Expiries) -> Result<Report, FleetError> {
         if let Ok(cur) = Issuer::load(&self.issuer_path()) {
             if cur.kid == kid {
-                return Err(input(format!("kid {kid} is the current issuer key; rotate first")));
+                return Err(input(format!(
+                    "kid {kid} is the current issuer key; rotate first"
+                )));
             }
         }
         let mut keys: Vec<Value> = self
@@ -528,17 +635,26 @@ impl Fleet {
         let before = keys.len();
         keys.retain(|k| k["kid"] != kid);
         if keys.len() == before {
-            return Ok(unchanged(format!("kid {kid} is not in jwks.json; nothing changed"), json!({"kid": kid})));
+            return Ok(unchanged(
+                format!("kid {kid} is not in jwks.json; nothing changed"),
+                json!({"kid": kid}),
+            ));
         }
         self.publish_jwks(keys, exp).await?;
-        Ok(Report { text: format!("retired issuer key {kid}"), json: json!({"ok": true, "result": "retired", "kid": kid}) })
+        Ok(Report {
+            text: format!("retired issuer key {kid}"),
+            json: json!({"ok": true, "result": "retired", "kid": kid}),
+        })
     }
 
     /// Sign one grant with the issuer key (no repository key needed).
     pub fn make_grant(&self, claims: &GrantClaims) -> Result<String, FleetError> {
         check_claims(claims)?;
         let der = Zeroizing::new(std::fs::read(self.issuer_path()).map_err(|e| {
-            repo_err(format!("issuer key {}: {e} (run `issuer init`)", self.issuer_path().display()))
+            repo_err(format!(
+                "issuer key {}: {e} (run `issuer init`)",
+                self.issuer_path().display()
+            ))
         })?);
         Issuer::load(&self.issuer_path())?.sign(claims, &der)
     }
@@ -546,7 +662,8 @@ impl Fleet {
     fn grants_file(&self, node: &str) -> Result<GrantsFile, FleetError> {
         let cur = self.current_delegated()?;
         match self.read_role_target(&cur, CONFIGS.name, &grants_target(node))? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| repo_err(format!("published {}: {e}", grants_target(node)))),
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| repo_err(format!("published {}: {e}", grants_target(node)))),
             None => Ok(GrantsFile::default()),
         }
     }
@@ -554,7 +671,13 @@ impl Fleet {
     /// Append grant JWTs to `nodes/<node>/grants.json` (configs role), each
     /// verified against the published `jwks.json`; a jti already present
     /// with another token is refused.
-    pub async fn grants_add(&self, node: &str, jwts: Vec<String>, force: bool, exp: Expiries) -> Result<Report, FleetError> {
+    pub async fn grants_add(
+        &self,
+        node: &str,
+        jwts: Vec<String>,
+        force: bool,
+        exp: Expiries,
+    ) -> Result<Report, FleetError> {
         self.check_node(node, force)?;
         let jwks = self
             .published_jwks()?
@@ -571,7 +694,12 @@ impl Fleet {
             let c = verify_grant(&j, &jwks)?;
             match have.get(&c.jti) {
                 Some(g) if *g == j => {}
-                Some(_) => return Err(input(format!("grant id {} is already used on node {node}; give another --id", c.jti))),
+                Some(_) => {
+                    return Err(input(format!(
+                        "grant id {} is already used on node {node}; give another --id",
+                        c.jti
+                    )))
+                }
                 None => {
                     have.insert(c.jti.clone(), j.clone());
                     file.grants.push(j);
@@ -580,9 +708,20 @@ impl Fleet {
             jtis.push(c.jti);
         }
         let t = grants_target(node);
-        let r = self.put_targets(CONFIGS.name, vec![(t.clone(), json_bytes(&file)?)], &[], exp).await?;
+        let r = self
+            .put_targets(
+                CONFIGS.name,
+                vec![(t.clone(), json_bytes(&file)?)],
+                &[],
+                exp,
+            )
+            .await?;
         Ok(Report {
-            text: if jtis.len() == 1 { jtis[0].clone() } else { format!("{} grant(s) on {t}", jtis.len()) },
+            text: if jtis.len() == 1 {
+                jtis[0].clone()
+            } else {
+                format!("{} grant(s) on {t}", jtis.len())
+            },
             json: json!({"ok": true, "result": if r.is_some() {"added"} else {"unchanged"}, "node": node,
                 "jti": jtis.first(), "count": jtis.len(), "total": file.grants.len()}),
         })
@@ -605,11 +744,15 @@ impl Fleet {
                         c.jti,
                         c.sub,
                         c.tier.as_deref().unwrap_or("default"),
-                        jiff::Timestamp::from_second(c.exp).map(|t| t.to_string()).unwrap_or_default(),
+                        jiff::Timestamp::from_second(c.exp)
+                            .map(|t| t.to_string())
+                            .unwrap_or_default(),
                         if c.exp <= now { " (expired)" } else { "" }
                     ));
-                    rows.push(json!({"jti": c.jti, "sub": c.sub, "tier": c.tier, "exp": c.exp,
-                        "addresses": c.addresses, "expired": c.exp <= now, "valid": true}));
+                    rows.push(
+                        json!({"jti": c.jti, "sub": c.sub, "tier": c.tier, "exp": c.exp,
+                        "addresses": c.addresses, "expired": c.exp <= now, "valid": true}),
+                    );
                 }
                 Err(e) => {
                     text.push_str(&format!("(invalid: {e})\n"));
@@ -618,27 +761,44 @@ impl Fleet {
             }
         }
         Ok(Report {
-            text: if text.is_empty() { "no grants".into() } else { text.trim_end().into() },
+            text: if text.is_empty() {
+                "no grants".into()
+            } else {
+                text.trim_end().into()
+            },
             json: json!({"ok": true, "node": node, "grants": rows}),
         })
     }
 
     /// `grant remove` (idempotent).
-    pub async fn grant_remove(&self, node: &str, jti: &str, exp: Expiries) -> Result<Report, FleetError> {
+    pub async fn grant_remove(
+        &self,
+        node: &str,
+        jti: &str,
+        exp: Expiries,
+    ) -> Result<Report, FleetError> {
         if !valid_node_id(node) {
             return Err(input(format!("node id {node:?}: 16 lowercase hex digits")));
         }
         let mut file = self.grants_file(node)?;
         let before = file.grants.len();
         file.grants.retain(|g| {
-            jsonwebtoken::dangerous::insecure_decode::<GrantClaims>(g).map_or(true, |d| d.claims.jti != jti)
+            jsonwebtoken::dangerous::insecure_decode::<GrantClaims>(g)
+                .map_or(true, |d| d.claims.jti != jti)
         });
         if file.grants.len() == before {
-            return Ok(unchanged(format!("no grant {jti} on node {node}; nothing changed"), json!({"jti": jti})));
+            return Ok(unchanged(
+                format!("no grant {jti} on node {node}; nothing changed"),
+                json!({"jti": jti}),
+            ));
         }
         let t = grants_target(node);
-        self.put_targets(CONFIGS.name, vec![(t, json_bytes(&file)?)], &[], exp).await?;
-        Ok(Report { text: format!("removed grant {jti}"), json: json!({"ok": true, "result": "removed", "jti": jti}) })
+        self.put_targets(CONFIGS.name, vec![(t, json_bytes(&file)?)], &[], exp)
+            .await?;
+        Ok(Report {
+            text: format!("removed grant {jti}"),
+            json: json!({"ok": true, "result": "removed", "jti": jti}),
+        })
     }
 
     /// `grant bulk`: `count` client keypairs and grants (addresses from
@@ -657,14 +817,19 @@ impl Fleet {
         exp: Expiries,
     ) -> Result<Report, FleetError> {
         self.check_node(node, force)?;
-        let net: ipnet::IpNet = prefix.parse().map_err(|e| input(format!("--prefix {prefix:?}: {e}")))?;
+        let net: ipnet::IpNet = prefix
+            .parse()
+            .map_err(|e| input(format!("--prefix {prefix:?}: {e}")))?;
         let now = now_unix();
         let expiry = parse_expires(expires, now)?;
         if count == 0 {
             return Err(input("--count must be at least 1"));
         }
         let der = Zeroizing::new(std::fs::read(self.issuer_path()).map_err(|e| {
-            repo_err(format!("issuer key {}: {e} (run `issuer init`)", self.issuer_path().display()))
+            repo_err(format!(
+                "issuer key {}: {e} (run `issuer init`)",
+                self.issuer_path().display()
+            ))
         })?);
         let iss = Issuer::load(&self.issuer_path())?;
         let hosts = net.hosts().skip(1); // the first host is the node's own
@@ -675,7 +840,8 @@ impl Fleet {
         let mut n = 0u32;
         for addr in hosts.take(count as usize) {
             let mut sk = Zeroizing::new([0u8; 32]);
-            rng.fill(&mut sk[..]).map_err(|_| FleetError::Other("random number generator failed".into()))?;
+            rng.fill(&mut sk[..])
+                .map_err(|_| FleetError::Other("random number generator failed".into()))?;
             let pk = curve25519_dalek::MontgomeryPoint::mul_base_clamped(*sk);
             let jti = format!("bulk-{batch}-{n}");
             let cidr = format!("{addr}/{}", if addr.is_ipv4() { 32 } else { 128 });
@@ -689,16 +855,25 @@ impl Fleet {
             };
             check_claims(&claims)?;
             jwts.push(iss.sign(&claims, &der)?);
-            out.push_str(&format!("{jti} {} {} {cidr}\n", STANDARD.encode(*sk), claims.sub));
+            out.push_str(&format!(
+                "{jti} {} {} {cidr}\n",
+                STANDARD.encode(*sk),
+                claims.sub
+            ));
             n += 1;
         }
         if n < count {
-            return Err(input(format!("--prefix {prefix}: room for {n} clients, not {count}")));
+            return Err(input(format!(
+                "--prefix {prefix}: room for {n} clients, not {count}"
+            )));
         }
         write_private(out_keys, out.as_bytes(), true)?;
         let r = self.grants_add(node, jwts, true, exp).await?;
         Ok(Report {
-            text: format!("{count} grants on node {node}; client keys in {}", out_keys.display()),
+            text: format!(
+                "{count} grants on node {node}; client keys in {}",
+                out_keys.display()
+            ),
             json: json!({"ok": true, "result": "added", "count": count, "total": r.json["total"], "keys_file": out_keys}),
         })
     }
@@ -712,7 +887,10 @@ mod tests {
     fn expiries() {
         assert_eq!(parse_expires("2d", 100).unwrap(), 100 + 172_800);
         assert_eq!(parse_expires("30m", 0).unwrap(), 1800);
-        assert_eq!(parse_expires("2030-01-01T00:00:00Z", 0).unwrap(), 1_893_456_000);
+        assert_eq!(
+            parse_expires("2030-01-01T00:00:00Z", 0).unwrap(),
+            1_893_456_000
+        );
         for bad in ["", "d", "0d", "-1h", "5w", "tomorrow"] {
             assert_eq!(parse_expires(bad, 0).unwrap_err().exit_code(), 2, "{bad}");
         }
@@ -728,7 +906,10 @@ mod tests {
     #[test]
     fn grant_signs_and_verifies_against_its_jwk_only() {
         let t = tempfile::tempdir().unwrap();
-        let f = Fleet { repo: t.path().join("r"), keys: t.path().to_path_buf() };
+        let f = Fleet {
+            repo: t.path().join("r"),
+            keys: t.path().to_path_buf(),
+        };
         f.new_issuer_key(false).unwrap();
         let iss = Issuer::load(&f.issuer_path()).unwrap();
         let claims = GrantClaims {
@@ -742,10 +923,16 @@ mod tests {
         let jwt = f.make_grant(&claims).unwrap();
         let jwks = json!({"keys": [iss.jwk().unwrap()]});
         assert_eq!(verify_grant(&jwt, &jwks).unwrap(), claims);
-        assert_eq!(jsonwebtoken::decode_header(&jwt).unwrap().kid.unwrap(), iss.kid);
+        assert_eq!(
+            jsonwebtoken::decode_header(&jwt).unwrap().kid.unwrap(),
+            iss.kid
+        );
         // Another key with the same kid: refused.
-        let other = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new()).unwrap();
-        let other = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, other.as_ref()).unwrap();
+        let other =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let other =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, other.as_ref()).unwrap();
         let mut k = jwk_of(other.public_key().as_ref()).unwrap();
         k["kid"] = json!(iss.kid);
         assert!(verify_grant(&jwt, &json!({"keys": [k]})).is_err());
@@ -753,7 +940,12 @@ mod tests {
         let parts: Vec<&str> = jwt.split('.').collect();
         let mut c2 = claims.clone();
         c2.sub = STANDARD.encode([8u8; 32]);
-        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c2).unwrap()), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c2).unwrap()),
+            parts[2]
+        );
         assert!(verify_grant(&forged, &jwks).is_err());
         // Bad claims are refused before signing.
         let mut bad = claims;

@@ -626,3 +626,40 @@ fn bulk_grants_for_load_tests() {
     assert!(!t.path.join("x").exists());
     eprintln!("10000 grants in {took:?}");
 }
+
+#[test]
+fn enrol_bundle_for_a_config_drive() {
+    let t = T::new();
+    let (id, pk) = node_identity();
+    let out = t.path.join("enrol.json");
+    let o = out.to_str().unwrap();
+    let base = [
+        "enrol", "--node-name", "edge-3", "--region", "eu", "--repository", "https://u.example.org/r/",
+        "--repository", "https://mirror.example.org/r/", "--mesh", "100.100.0.0/16", "--repo", &t.repo,
+    ];
+    let (c, v, _) = fleet(&[&base[..], &["--bundle-out", o, "--node-id", &id, "--public-key", &pk]].concat());
+    assert_eq!(c, 0, "{v}");
+    let b: palisade_update::fleet::EnrolmentBundle = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(b.node_id, id);
+    assert_eq!(b.repositories.len(), 2);
+    let root: Value = serde_json::from_slice(&std::fs::read(Path::new(&t.repo).join("metadata/1.root.json")).unwrap()).unwrap();
+    assert_eq!(b.fleet_root, root);
+    let (_, l, _) = fleet(&["node", "list", "--repo", &t.repo]);
+    assert_eq!(l["nodes"][0]["name"], "edge-3");
+    // Bad input: 2, nothing written.
+    std::fs::remove_file(&out).unwrap();
+    for bad in [
+        vec!["--node-id", "XYZ"],
+        vec!["--node-id", &id, "--mesh", "not-a-cidr"],
+        vec!["--node-id", &id, "--repository", "ftp://x/"],
+        vec!["--node-id", &id, "--public-key", "AAAA"],
+    ] {
+        let (c, v, _) = fleet(&[&base[..], &["--bundle-out", o], &bad].concat());
+        assert_eq!(c, 2, "{bad:?}: {v}");
+        assert!(!out.exists(), "{bad:?}");
+    }
+    // A serial port that does not exist: 2, naming it.
+    let (c, v, _) = fleet(&[&base[..], &["--serial", "/nonexistent/ttyS9"]].concat());
+    assert_eq!(c, 2, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("/nonexistent/ttyS9"), "{v}");
+}
