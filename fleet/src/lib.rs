@@ -488,6 +488,8 @@ impl Fleet {
         };
         let mut t = signed.signed.clone();
         let mut changed = false;
+        // The keys first: without them nothing is written, not even targets.
+        self.keys_of(&[role, "snapshot", "timestamp"])?;
         for (name, bytes) in &puts {
             let sha: [u8; 32] = Sha256::digest(bytes).into();
             if cur.find(role, name).is_some_and(|x| {

@@ -436,8 +436,13 @@ fn trust_content_is_published_by_its_role_and_verifies() {
     assert_eq!(rev(&["revoke"]).0, 2);
     // ... but that key set cannot ship an image or a config.
     let img = t.file("slot.img", &[1u8; 100]);
+    let meta_before = snapshot_dir(&Path::new(&r).join("metadata"));
+    let targets_before: Vec<_> = std::fs::read_dir(Path::new(&r).join("targets")).unwrap().map(|e| e.unwrap().file_name()).collect();
     let (c, v, _) = rev(&["image", "add", &img, "--board", "b", "--version", "1.0.0"]);
     assert_eq!(c, 3, "{v}");
+    assert_eq!(meta_before, snapshot_dir(&Path::new(&r).join("metadata")), "nothing written");
+    let targets_after: Vec<_> = std::fs::read_dir(Path::new(&r).join("targets")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(targets_before.len(), targets_after.len(), "no target stored");
     assert!(v["error"].as_str().unwrap().contains("images.pk8"), "{v}");
     let changed = t.file("c2.toml", NODE_TOML.replace("edge-1", "edge-2").as_bytes());
     assert_eq!(rev(&["config", "set", "--node", &id, &changed]).0, 3);
@@ -565,6 +570,61 @@ fn key_rotation_is_followed_from_the_first_root() {
     let (c, v, _) = t.run(&["image", "add", &t.file("s3.img", &[5u8; 10]), "--board", "b", "--version", "1.2.0"]);
     assert_eq!(c, 3, "{v}");
     std::fs::copy(&kept, keys.join("images.pk8")).unwrap();
+    // images metadata signed with the old images key (under the old
+    // delegation), with a valid snapshot and timestamp over it: refused.
+    rt().block_on(async {
+        use sha2::Digest;
+        use tough::editor::signed::SignedRole;
+        use tough::key_source::{KeySource, LocalKeySource};
+        use tough::schema::{
+            DelegatedTargets, Hashes, KeyHolder, Metafile, Root, Signed, Snapshot, Targets,
+            Timestamp,
+        };
+        let m = Path::new(&t.repo).join("metadata");
+        let rd = |n: String| std::fs::read(m.join(n)).unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let key = |p: std::path::PathBuf| -> Vec<Box<dyn KeySource>> { vec![Box::new(LocalKeySource { path: p })] };
+        let meta = |b: &[u8], v| Metafile {
+            length: Some(b.len() as u64),
+            hashes: Some(Hashes { sha256: sha2::Sha256::digest(b).to_vec().into(), _extra: Default::default() }),
+            version: v,
+            _extra: Default::default(),
+        };
+        let old_top: Signed<Targets> = serde_json::from_slice(&rd("1.targets.json".into())).unwrap();
+        let root: Signed<Root> = serde_json::from_slice(&rd("root.json".into())).unwrap();
+        let ts: Signed<Timestamp> = serde_json::from_slice(&rd("timestamp.json".into())).unwrap();
+        let sv = ts.signed.meta["snapshot.json"].version;
+        let snap: Signed<Snapshot> = serde_json::from_slice(&rd(format!("{sv}.snapshot.json"))).unwrap();
+        let iv = snap.signed.meta["images.json"].version;
+        let imgs: Signed<Targets> = serde_json::from_slice(&rd(format!("{iv}.images.json"))).unwrap();
+        let mut it = imgs.signed.clone();
+        it.version = iv.checked_add(1).unwrap();
+        let forged = SignedRole::new(
+            DelegatedTargets { name: "images".into(), targets: it },
+            &KeyHolder::Delegations(old_top.signed.delegations.clone().unwrap()),
+            &key(keys.join(&olds[0])),
+            &rng,
+        )
+        .await
+        .unwrap();
+        std::fs::write(m.join(format!("{}.images.json", iv.get() + 1)), forged.buffer()).unwrap();
+        let mut sn = snap.signed.clone();
+        sn.version = sn.version.checked_add(10).unwrap();
+        sn.meta.insert("images.json".into(), meta(forged.buffer(), iv.checked_add(1).unwrap()));
+        let holder = KeyHolder::Root(root.signed.clone());
+        let sn = SignedRole::new(sn, &holder, &key(keys.join("snapshot.pk8")), &rng).await.unwrap();
+        std::fs::write(m.join(format!("{}.snapshot.json", sn.signed().signed.version)), sn.buffer()).unwrap();
+        let mut tt = ts.signed.clone();
+        tt.version = sn.signed().signed.version;
+        tt.meta.insert("snapshot.json".into(), meta(sn.buffer(), sn.signed().signed.version));
+        let tt = SignedRole::new(tt, &holder, &key(keys.join("timestamp.pk8")), &rng).await.unwrap();
+        std::fs::write(m.join("timestamp.json"), tt.buffer()).unwrap();
+    });
+    let e = t.load("ds-forged-images").unwrap_err();
+    assert!(e.to_string().contains("Signature threshold"), "{e}");
+    // `sign` re-signs it all with the current keys: valid again.
+    t.ok(&["sign"]);
+    t.load("ds-resigned").unwrap();
     // A timestamp signed with the old timestamp key is refused by a client.
     rt().block_on(async {
         use tough::editor::signed::SignedRole;
@@ -584,7 +644,7 @@ fn key_rotation_is_followed_from_the_first_root() {
         std::fs::write(m.join("timestamp.json"), forged.buffer()).unwrap();
     });
     let e = t.load("ds-forged").unwrap_err();
-    assert!(e.to_string().contains("verification failed"), "{e}");
+    assert!(e.to_string().contains("Signature threshold"), "{e}");
     // Unknown role: 2.
     assert_eq!(t.run(&["keys", "rotate", "root"]).0, 2);
 }
