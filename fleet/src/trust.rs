@@ -111,6 +111,14 @@ fn unchanged(text: String, extra: Value) -> Report {
     Report { text, json }
 }
 
+/// Pin jsonwebtoken to aws-lc-rs (the crypto the rest of the tool uses), so
+/// a build that also enables its `rust_crypto` feature still works.
+fn jwt_crypto() {
+    if jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    }
+}
+
 /// The issuer's key: `<keys>/issuer.p8` (P-384, PKCS#8).
 pub struct Issuer {
     pair: EcdsaKeyPair,
@@ -156,6 +164,7 @@ impl Issuer {
 
     /// Sign `claims` as an ES384 JWT with header `kid`.
     pub fn sign(&self, claims: &GrantClaims, der: &[u8]) -> Result<String, FleetError> {
+        jwt_crypto();
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
         h.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_ec_der(der))
@@ -166,6 +175,7 @@ impl Issuer {
 /// Verify a grant JWT against a JWK Set (`jwks.json`): ES384, a known
 /// `kid`; expiry is not checked (listing shows it).
 pub fn verify_grant(jwt: &str, jwks: &Value) -> Result<GrantClaims, FleetError> {
+    jwt_crypto();
     let h =
         jsonwebtoken::decode_header(jwt).map_err(|e| input(format!("grant: not a JWT ({e})")))?;
     if h.alg != jsonwebtoken::Algorithm::ES384 {
