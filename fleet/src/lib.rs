@@ -1006,7 +1006,7 @@ impl Fleet {
         for role in ["root", "targets", "snapshot", "timestamp"] {
             text.push_str(&format!(
                 "{role:<12} version {:<4} expires {}\n",
-                v[role]["version"],
+                v[role]["version"].as_u64().unwrap_or(0),
                 v[role]["expires"].as_str().unwrap_or("")
             ));
         }
