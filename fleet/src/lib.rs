@@ -535,6 +535,21 @@ impl Fleet {
         Ok(b)
     }
 
+    /// The file that serves `name` (`<repo>/targets/<sha256>.<name>`, the
+    /// name tough fetches with consistent snapshots) as signed by the role
+    /// that owns the path (`None`: not published by its owner).
+    pub fn published_target_path(&self, name: &str) -> Result<Option<PathBuf>, FleetError> {
+        let cur = self.current()?;
+        let Some(owner) = palisade_update::fleet::owner(name) else {
+            return Ok(None);
+        };
+        Ok(cur.find(owner.name, name).map(|t| {
+            self.repo
+                .join("targets")
+                .join(format!("{}.{name}", hex(t.hashes.sha256.as_ref())))
+        }))
+    }
+
     /// A delegated role's target, if published.
     pub fn read_role_target(
         &self,

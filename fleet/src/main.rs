@@ -100,6 +100,9 @@ enum Cmd {
     Status {
         #[arg(long)]
         repo: PathBuf,
+        /// Not needed (accepted for symmetry with the other commands).
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
     /// The inventory of enrolled nodes (<repo>/inventory/nodes.json, not published).
     Node {
@@ -147,9 +150,12 @@ enum Cmd {
         /// The signing role (or give it as the first positional).
         #[arg(long)]
         role: Option<String>,
-        /// [ROLE] TARGET FILE
-        #[arg(num_args = 2..=3, required = true)]
+        /// [ROLE] TARGET FILE (with --remove: [ROLE] TARGET)
+        #[arg(num_args = 1..=3, required = true)]
         args: Vec<String>,
+        /// Take TARGET off ROLE instead.
+        #[arg(long)]
+        remove: bool,
         #[command(flatten)]
         rk: RepoKeys,
         #[command(flatten)]
@@ -196,6 +202,9 @@ struct EnrolArgs {
     timeout: u64,
     #[arg(long)]
     repo: PathBuf,
+    /// Not needed (accepted for symmetry with the other commands).
+    #[arg(long)]
+    keys: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -229,11 +238,17 @@ enum NodeCmd {
         region: String,
         #[arg(long)]
         repo: PathBuf,
+        /// Not needed (accepted for symmetry with the other commands).
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
     /// The inventory.
     List {
         #[arg(long)]
         repo: PathBuf,
+        /// Not needed (accepted for symmetry with the other commands).
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
 }
 
@@ -304,8 +319,6 @@ enum GrantCmd {
         /// Print the JWT; publish nothing (needs only issuer.p8).
         #[arg(long)]
         issue_only: bool,
-        #[arg(long)]
-        force: bool,
         #[command(flatten)]
         rk: RepoKeys,
         #[command(flatten)]
@@ -317,8 +330,6 @@ enum GrantCmd {
         node: String,
         #[arg(long)]
         jwt: PathBuf,
-        #[arg(long)]
-        force: bool,
         #[command(flatten)]
         rk: RepoKeys,
         #[command(flatten)]
@@ -360,8 +371,6 @@ enum GrantCmd {
         /// Client private keys go here (0600).
         #[arg(long)]
         out_keys: PathBuf,
-        #[arg(long)]
-        force: bool,
         #[command(flatten)]
         rk: RepoKeys,
         #[command(flatten)]
@@ -601,8 +610,9 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                 name,
                 region,
                 repo,
+                ..
             } => repo_only(repo).node_add(&id, &public_key, &name, &region),
-            NodeCmd::List { repo } => repo_only(repo).node_list(),
+            NodeCmd::List { repo, .. } => repo_only(repo).node_list(),
         },
         Cmd::Config {
             cmd:
@@ -628,7 +638,6 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                 expires,
                 id,
                 issue_only,
-                force,
                 rk,
                 exp,
             } => {
@@ -657,20 +666,14 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                         json: serde_json::json!({"ok": true, "result": "issued", "jti": claims.jti, "jwt": jwt}),
                     })
                 } else {
-                    f.grants_add(&node, vec![jwt], force, exp.get()?).await
+                    f.grants_add(&node, vec![jwt], exp.get()?).await
                 }
             }
-            GrantCmd::Add {
-                node,
-                jwt,
-                force,
-                rk,
-                exp,
-            } => {
+            GrantCmd::Add { node, jwt, rk, exp } => {
                 let text = std::fs::read_to_string(&jwt)
                     .map_err(|e| FleetError::Input(format!("--jwt {}: {e}", jwt.display())))?;
                 fleet(rk)
-                    .grants_add(&node, vec![text.trim().to_string()], force, exp.get()?)
+                    .grants_add(&node, vec![text.trim().to_string()], exp.get()?)
                     .await
             }
             GrantCmd::List { node, repo, .. } => repo_only(repo).grant_list(&node),
@@ -684,21 +687,11 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                 expires,
                 tier,
                 out_keys,
-                force,
                 rk,
                 exp,
             } => {
                 fleet(rk)
-                    .grant_bulk(
-                        &node,
-                        count,
-                        &prefix,
-                        &expires,
-                        tier,
-                        &out_keys,
-                        force,
-                        exp.get()?,
-                    )
+                    .grant_bulk(&node, count, &prefix, &expires, tier, &out_keys, exp.get()?)
                     .await
             }
         },
@@ -733,24 +726,30 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
         Cmd::SignAs {
             role,
             args,
+            remove,
             rk,
             exp,
         } => {
+            let want = if remove { 1 } else { 2 };
             let (role, rest) = match (role, args.len()) {
-                (Some(r), 2) => (r, &args[..]),
-                (None, 3) => (args[0].clone(), &args[1..]),
+                (Some(r), n) if n == want => (r, &args[..]),
+                (None, n) if n == want + 1 => (args[0].clone(), &args[1..]),
                 _ => {
                     return Err(FleetError::Input(
-                        "sign-as: give ROLE TARGET FILE, or --role ROLE TARGET FILE".into(),
+                        "sign-as: give ROLE TARGET FILE (or --role ROLE TARGET FILE); with --remove, ROLE TARGET".into(),
                     ))
                 }
             };
-            fleet(rk)
-                .sign_as(&role, &rest[0], std::path::Path::new(&rest[1]), exp.get()?)
-                .await
+            if remove {
+                fleet(rk).unsign_as(&role, &rest[0], exp.get()?).await
+            } else {
+                fleet(rk)
+                    .sign_as(&role, &rest[0], std::path::Path::new(&rest[1]), exp.get()?)
+                    .await
+            }
         }
         Cmd::Enrol(a) => enrol(a).await,
-        Cmd::Status { repo } => {
+        Cmd::Status { repo, .. } => {
             Fleet {
                 repo,
                 keys: PathBuf::new(),

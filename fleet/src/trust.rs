@@ -536,6 +536,33 @@ impl Fleet {
         })
     }
 
+    /// `sign-as --remove` (test hook): take `target` off `role`.
+    pub async fn unsign_as(
+        &self,
+        role: &str,
+        target: &str,
+        exp: Expiries,
+    ) -> Result<Report, FleetError> {
+        if palisade_update::fleet::Role::by_name(role).is_none() {
+            return Err(input(format!("role {role:?}: not a delegated role")));
+        }
+        let r = self
+            .put_targets(role, vec![], &[target.to_string()], exp)
+            .await?;
+        Ok(Report {
+            text: format!(
+                "{target} {} {role}",
+                if r.is_some() {
+                    "removed from"
+                } else {
+                    "is not signed by"
+                }
+            ),
+            json: json!({"ok": true, "result": if r.is_some() {"removed"} else {"unchanged"},
+                "target": target, "role": role}),
+        })
+    }
+
     fn issuer_path(&self) -> PathBuf {
         self.keys.join("issuer.p8")
     }
@@ -685,10 +712,11 @@ impl Fleet {
         &self,
         node: &str,
         jwts: Vec<String>,
-        force: bool,
         exp: Expiries,
     ) -> Result<Report, FleetError> {
-        self.check_node(node, force)?;
+        if !valid_node_id(node) {
+            return Err(input(format!("node id {node:?}: 16 lowercase hex digits")));
+        }
         let jwks = self
             .published_jwks()?
             .ok_or_else(|| repo_err("no jwks.json published; run `issuer init` first"))?;
@@ -823,10 +851,11 @@ impl Fleet {
         expires: &str,
         tier: Option<String>,
         out_keys: &Path,
-        force: bool,
         exp: Expiries,
     ) -> Result<Report, FleetError> {
-        self.check_node(node, force)?;
+        if !valid_node_id(node) {
+            return Err(input(format!("node id {node:?}: 16 lowercase hex digits")));
+        }
         let net: ipnet::IpNet = prefix
             .parse()
             .map_err(|e| input(format!("--prefix {prefix:?}: {e}")))?;
@@ -878,7 +907,7 @@ impl Fleet {
             )));
         }
         write_private(out_keys, out.as_bytes(), true)?;
-        let r = self.grants_add(node, jwts, true, exp).await?;
+        let r = self.grants_add(node, jwts, exp).await?;
         Ok(Report {
             text: format!(
                 "{count} grants on node {node}; client keys in {}",

@@ -168,6 +168,12 @@ fn publish_and_node_reads_it() {
             .unwrap()
             .unwrap();
         assert_eq!(img_bytes, vec![7u8; 50_000]);
+        // The node's own client reads them from the images role too.
+        let p = node.rollout().await.unwrap().unwrap();
+        assert_eq!((p.waves, p.regions["eu"].len()), (2, 2));
+        let mut prog = |_: u64, _: u64| {};
+        let got = node.fetch_image(&imgs[0], 1 << 20, &mut prog).await.unwrap();
+        assert_eq!(got.sha256(), imgs[0].sha256);
 
         // An already expired timestamp is refused by the node.
         let (c, _, _) = fleet(
@@ -526,6 +532,29 @@ fn sign_as_is_confined_to_the_owning_role() {
     assert!(e.to_string().contains("verification failed"), "{e}");
     // Unknown role: 2.
     assert_eq!(t.run(&["sign-as", "bogus", &target, &evil]).0, 2);
+    // --remove takes it off again (idempotent); the repository verifies.
+    let o = format!("nodes/{other}/config.toml");
+    assert_eq!(t.ok(&["sign-as", "images", &o, "--remove"])["result"], "removed");
+    assert_eq!(t.ok(&["sign-as", "images", &o, "--remove"])["result"], "unchanged");
+    assert_eq!(t.ok(&["sign-as", "--role", "images", &target, "--remove"])["result"], "removed");
+    let repo = t.load("ds3").unwrap();
+    assert!(palisade_fleet::verified_role_targets(&repo, "images").unwrap().is_empty());
+    // The file a mirror serves for the config (tough's name for it).
+    let f = palisade_fleet::Fleet { repo: t.repo.clone().into(), keys: t.keys.clone().into() };
+    let p = f.published_target_path(&target).unwrap().unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), NODE_TOML.as_bytes());
+    assert!(p.starts_with(Path::new(&t.repo).join("targets")));
+    assert_eq!(f.published_target_path("nodes/0000000000000000/config.toml").unwrap(), None);
+    // Grants need no inventory entry (a node enrolled from a config drive
+    // bundle made without its key).
+    t.ok(&["issuer", "init"]);
+    use base64::Engine;
+    let peer = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
+    t.ok(&["grant", "issue", "--node", &other, "--peer", &peer, "--address", "10.66.0.5/32", "--expires", "25s"]);
+    // Read-only commands accept --keys (test helpers always pass it).
+    t.ok(&["status"]);
+    t.ok(&["node", "list"]);
+    t.ok(&["grant", "list", "--node", &other]);
 }
 
 #[test]
@@ -697,7 +726,7 @@ fn enrol_bundle_for_a_config_drive() {
         "enrol", "--node-name", "edge-3", "--region", "eu", "--repository", "https://u.example.org/r/",
         "--repository", "https://mirror.example.org/r/", "--mesh", "100.100.0.0/16", "--repo", &t.repo,
     ];
-    let (c, v, _) = fleet(&[&base[..], &["--bundle-out", o, "--node-id", &id, "--public-key", &pk]].concat());
+    let (c, v, _) = fleet(&[&base[..], &["--bundle-out", o, "--node-id", &id, "--public-key", &pk, "--keys", &t.keys]].concat());
     assert_eq!(c, 0, "{v}");
     let b: palisade_update::fleet::EnrolmentBundle = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(b.node_id, id);
