@@ -1,12 +1,17 @@
 //! `palisade-fleet`: publishes the signed update repository (see
-//! docs/updates.md). The binary is a thin clap front end; every command is a
+//! docs/updates.md and docs/fleet.md). The binary is a thin clap front end; every command is a
 //! function here returning a [`Report`] (human text and one JSON object) or a
 //! [`FleetError`] (with its exit code).
 //!
 //! Layout: `<repo>/metadata/` (`1.root.json`, `root.json`, `timestamp.json`,
-//! `N.snapshot.json`, `N.targets.json`; consistent snapshots) and
-//! `<repo>/targets/<sha256>.<target name>`. Keys: `<keys>/{root,targets,
-//! snapshot,timestamp}.pk8`, ed25519 PKCS#8 DER, mode 0600.
+//! `N.snapshot.json`, `N.targets.json`, `N.<role>.json` per delegated role;
+//! consistent snapshots) and `<repo>/targets/<sha256>.<target name>`. Keys:
+//! `<keys>/<role>.pk8` for root, targets, snapshot, timestamp and each
+//! delegated role, ed25519 PKCS#8 DER, mode 0600; `issuer.p8` (P-384) for
+//! grants. The top-level targets only delegates; every publish signs the
+//! changed role, the snapshot and the timestamp directly with
+//! [`SignedRole`] (tough's `RepositoryEditor::sign` always re-signs the
+//! top-level targets, which would put `targets.pk8` in every key set).
 
 pub mod enrol;
 pub mod trust;
