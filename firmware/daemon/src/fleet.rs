@@ -277,7 +277,7 @@ impl Fleet {
         let node_id = self.node_id();
         let previous = FleetState::load(&self.store).ok().flatten();
         match self.fetch(&bundle, &node_id, previous.as_ref()).await {
-            Ok(state) => {
+            Ok((state, shadowed)) => {
                 self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
                 if !previous.as_ref().is_some_and(|p| same_content(p, &state)) {
                     if let Err(e) = state.save(&self.store) {
@@ -286,6 +286,9 @@ impl Fleet {
                 }
                 self.status.lock().expect("status poisoned").last_error = None;
                 self.apply(engine, dns, &state).await;
+                if !shadowed.is_empty() {
+                    self.set_error("wrong-role", format!("{}; those listings are ignored, the owning roles' targets are used (a key signing outside its paths: rotate it)", shadowed.join("; ")));
+                }
             }
             Err(e) => {
                 self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
@@ -307,7 +310,9 @@ impl Fleet {
         }
     }
 
-    async fn fetch(&self, bundle: &EnrolmentBundle, node_id: &str, previous: Option<&FleetState>) -> Result<FleetState, RepoError> {
+    /// Fetch and verify this node's fleet state; with it, the listings of
+    /// its targets by roles that do not own them (ignored, reported).
+    async fn fetch(&self, bundle: &EnrolmentBundle, node_id: &str, previous: Option<&FleetState>) -> Result<(FleetState, Vec<String>), RepoError> {
         let ca = match &bundle.ca_pem {
             Some(pem) => {
                 let p = self.run_dir.join("fleet-ca.pem");
@@ -334,7 +339,8 @@ impl Fleet {
             let r = async {
                 let src = RepoSource::from_base(&base)?;
                 let repo = Repo::load(&src, &cfg).await?;
-                sync::fetch(&repo, node_id, previous, now_unix()).await
+                let state = sync::fetch(&repo, node_id, previous, now_unix()).await?;
+                Ok((state, shadowing(&repo, node_id)))
             }
             .await;
             match r {
@@ -502,6 +508,24 @@ impl Fleet {
         }
         Some(reply)
     }
+}
+
+/// This node's targets as listed by roles that do not own them.
+fn shadowing(repo: &Repo, node_id: &str) -> Vec<String> {
+    use palisade_update::fleet::{grants_target, CONFIGS, GRANTS, JWKS_TARGET, REVOCATIONS, REVOKED_TARGET};
+    let mut out = Vec::new();
+    for (role, name) in [
+        (CONFIGS, config_target(node_id)),
+        (CONFIGS, grants_target(node_id)),
+        (GRANTS, JWKS_TARGET.to_string()),
+        (REVOCATIONS, REVOKED_TARGET.to_string()),
+    ] {
+        let others = repo.other_signers(role, &name);
+        if !others.is_empty() {
+            out.push(format!("{name} is also signed by {} (owned by {})", others.join(", "), role.name));
+        }
+    }
+    out
 }
 
 /// Whether two fetched states carry the same targets (the fetch time aside).

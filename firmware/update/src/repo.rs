@@ -485,6 +485,33 @@ impl Repo {
         walk(top, name)
     }
 
+    /// Roles other than `role` (or the top-level targets) that also list
+    /// `name`: a key signing outside its paths. Its listings are never
+    /// read (reads take `role`'s), but the fleet should hear of it.
+    pub fn other_signers(&self, role: Role, name: &str) -> Vec<String> {
+        let Ok(tn) = TargetName::new(name) else { return Vec::new() };
+        fn walk(t: &tough::schema::Targets, name: &TargetName, out: &mut Vec<String>) {
+            for r in t.delegations.as_ref().map(|d| d.roles.as_slice()).unwrap_or_default() {
+                if let Some(rt) = &r.targets {
+                    if rt.signed.targets.contains_key(name) {
+                        out.push(r.name.clone());
+                    }
+                    walk(&rt.signed, name, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let top = &self.inner.targets().signed;
+        if top.targets.contains_key(&tn) {
+            out.push("targets".into());
+        }
+        walk(top, &tn, &mut out);
+        out.retain(|r| r != role.name);
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every target `role` signs within its paths (a target outside them
     /// is never listed, whatever the delegation in the metadata says),
     /// ordered by name. Empty when the repository does not delegate `role`.
