@@ -508,8 +508,13 @@ impl Fleet {
         })
     }
 
-    /// `sign-as` (a test hook): publish `target` under `role` whether or not
-    /// the role owns its path.
+    /// `sign-as` (a test hook): publish `target` under `role` as if that
+    /// role had signed outside its paths, so that only the node's own
+    /// role check stands in the way. When `role` does not own the path, its
+    /// delegation is widened by exactly `target` (tough would otherwise
+    /// refuse the whole repository; needs targets.pk8), and any other role
+    /// listing `target` (its owner) withdraws it. Undone by `unsign_as`
+    /// (the owner's copy is not restored: publish it again).
     pub async fn sign_as(
         &self,
         role: &str,
@@ -517,49 +522,124 @@ impl Fleet {
         file: &Path,
         exp: Expiries,
     ) -> Result<Report, FleetError> {
-        if palisade_update::fleet::Role::by_name(role).is_none() {
-            return Err(input(format!("role {role:?}: not a delegated role")));
-        }
+        let r = palisade_update::fleet::Role::by_name(role)
+            .ok_or_else(|| input(format!("role {role:?}: not a delegated role")))?;
         let bytes = std::fs::read(file).map_err(|e| input(format!("{}: {e}", file.display())))?;
-        let r = self
-            .put_targets(role, vec![(target.to_string(), bytes)], &[], exp)
-            .await?;
+        tough::TargetName::new(target).map_err(|e| input(format!("target {target:?}: {e}")))?;
+        let cur = self.current_delegated()?;
+        let mut change = crate::Change::default();
+        if !r.owns(target) {
+            let mut top = cur.targets.signed.clone();
+            let d = top
+                .delegations
+                .as_mut()
+                .ok_or_else(|| repo_err("targets.json has no delegations"))?;
+            let dr = d
+                .roles
+                .iter_mut()
+                .find(|x| x.name == role)
+                .ok_or_else(|| repo_err(format!("role {role} is not delegated")))?;
+            if let tough::schema::PathSet::Paths(p) = &mut dr.paths {
+                if !p.iter().any(|x| x.value() == target) {
+                    p.push(
+                        tough::schema::PathPattern::new(target)
+                            .map_err(|e| input(format!("target {target:?}: {e}")))?,
+                    );
+                    change.top = Some(top);
+                }
+            }
+        }
+        let mut withdrawn = Vec::new();
+        for (name, t) in &cur.roles {
+            if name != role && t.signed.targets.keys().any(|n| n.raw() == target) {
+                let mut t = t.signed.clone();
+                t.targets.retain(|n, _| n.raw() != target);
+                change.roles.push((name.clone(), t));
+                withdrawn.push(name.clone());
+            }
+        }
+        let mut mine = cur
+            .roles
+            .get(role)
+            .ok_or_else(|| repo_err(format!("role {role} is not delegated")))?
+            .signed
+            .clone();
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let same = cur
+            .find(role, target)
+            .is_some_and(|t| t.hashes.sha256.as_ref() == sha.as_slice());
+        if same && change.top.is_none() && withdrawn.is_empty() {
+            return Ok(unchanged(
+                format!("{target} already signed by {role}"),
+                json!({"target": target, "role": role}),
+            ));
+        }
+        let stored = self.store_target(target, &bytes)?;
+        mine.targets.insert(
+            tough::TargetName::new(target).map_err(|e| input(format!("target {target:?}: {e}")))?,
+            stored,
+        );
+        change.roles.push((role.to_string(), mine));
+        self.commit(&cur, change, exp).await?;
         let owner = palisade_update::fleet::owner(target).map(|r| r.name);
         Ok(Report {
             text: format!(
-                "{target} signed by {role} (its owner is {}){}",
+                "TEST HOOK: {target} signed by {role} (its owner is {}; withdrawn from: {})",
                 owner.unwrap_or("no role"),
-                if r.is_none() { "; unchanged" } else { "" }
+                if withdrawn.is_empty() {
+                    "none".to_string()
+                } else {
+                    withdrawn.join(", ")
+                }
             ),
-            json: json!({"ok": true, "result": if r.is_none() {"unchanged"} else {"signed"},
-                "target": target, "role": role, "owner": owner}),
+            json: json!({"ok": true, "result": "signed", "target": target, "role": role,
+                "owner": owner, "withdrawn_from": withdrawn}),
         })
     }
 
-    /// `sign-as --remove` (test hook): take `target` off `role`.
+    /// `sign-as --remove` (test hook): take `target` off `role` and its
+    /// delegation back to the role's own paths.
     pub async fn unsign_as(
         &self,
         role: &str,
         target: &str,
         exp: Expiries,
     ) -> Result<Report, FleetError> {
-        if palisade_update::fleet::Role::by_name(role).is_none() {
-            return Err(input(format!("role {role:?}: not a delegated role")));
-        }
-        let r = self
-            .put_targets(role, vec![], &[target.to_string()], exp)
-            .await?;
-        Ok(Report {
-            text: format!(
-                "{target} {} {role}",
-                if r.is_some() {
-                    "removed from"
-                } else {
-                    "is not signed by"
+        let r = palisade_update::fleet::Role::by_name(role)
+            .ok_or_else(|| input(format!("role {role:?}: not a delegated role")))?;
+        let cur = self.current_delegated()?;
+        let mut change = crate::Change::default();
+        let mut top = cur.targets.signed.clone();
+        let mut narrowed = false;
+        if let Some(d) = top.delegations.as_mut() {
+            for dr in d.roles.iter_mut().filter(|x| x.name == role) {
+                if let tough::schema::PathSet::Paths(p) = &mut dr.paths {
+                    let before = p.len();
+                    p.retain(|x| r.paths.contains(&x.value()));
+                    narrowed |= p.len() != before;
                 }
-            ),
-            json: json!({"ok": true, "result": if r.is_some() {"removed"} else {"unchanged"},
-                "target": target, "role": role}),
+            }
+        }
+        if narrowed {
+            change.top = Some(top);
+        }
+        if let Some(t) = cur.roles.get(role) {
+            if t.signed.targets.keys().any(|n| n.raw() == target) {
+                let mut t = t.signed.clone();
+                t.targets.retain(|n, _| n.raw() != target);
+                change.roles.push((role.to_string(), t));
+            }
+        }
+        if change.top.is_none() && change.roles.is_empty() {
+            return Ok(unchanged(
+                format!("{target} is not signed by {role}"),
+                json!({"target": target, "role": role}),
+            ));
+        }
+        self.commit(&cur, change, exp).await?;
+        Ok(Report {
+            text: format!("{target} removed from {role}; its delegation is back to its own paths"),
+            json: json!({"ok": true, "result": "removed", "target": target, "role": role}),
         })
     }
 

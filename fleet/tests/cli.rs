@@ -510,36 +510,33 @@ fn sign_as_is_confined_to_the_owning_role() {
     let target = format!("nodes/{id}/config.toml");
     let v = t.ok(&["sign-as", "--role", "images", &target, &evil]);
     assert_eq!((v["owner"].as_str(), v["role"].as_str()), (Some("configs"), Some("images")));
+    assert_eq!(v["withdrawn_from"], serde_json::json!(["configs"]));
+    // tough loads it (the images delegation was widened by exactly this
+    // name): the configs role does not list it, the images role does; only
+    // the node's own role check stands in the way.
     let repo = t.load("ds").unwrap();
     let configs = palisade_fleet::verified_role_targets(&repo, "configs").unwrap();
     let images = palisade_fleet::verified_role_targets(&repo, "images").unwrap();
-    assert!(images.contains(&target), "{images:?}");
-    // The configs role lists its own config, never the images role's bytes.
-    assert!(configs.contains(&target));
-    let cfg_t = &repo.delegated_role("configs").unwrap().targets.as_ref().unwrap().signed.targets;
-    let (_, ct) = cfg_t.iter().find(|(n, _)| n.raw() == target).unwrap();
-    use sha2::Digest;
-    assert_eq!(ct.hashes.sha256.as_ref(), sha2::Sha256::digest(NODE_TOML.as_bytes()).as_slice());
+    assert!(!configs.contains(&target), "{configs:?}");
+    assert_eq!(images, vec![target.clone()]);
     assert_eq!(
         rt().block_on(palisade_fleet::verified_target(&repo, &target)).unwrap().unwrap(),
-        NODE_TOML.as_bytes()
+        b"[node]\nname = \"evil\"\n"
     );
-    // A path no role has published: tough itself refuses the whole
-    // repository (delegation check), positional form of sign-as.
-    let (other, _) = node_identity();
-    t.ok(&["sign-as", "images", &format!("nodes/{other}/config.toml"), &evil]);
-    let e = t.load("ds2").unwrap_err();
-    assert!(e.to_string().contains("verification failed"), "{e}");
-    // Unknown role: 2.
+    // The same again: unchanged. Unknown role: 2.
+    assert_eq!(t.ok(&["sign-as", "images", &target, &evil])["result"], "unchanged");
     assert_eq!(t.run(&["sign-as", "bogus", &target, &evil]).0, 2);
-    // --remove takes it off again (idempotent); the repository verifies.
-    let o = format!("nodes/{other}/config.toml");
-    assert_eq!(t.ok(&["sign-as", "images", &o, "--remove"])["result"], "removed");
-    assert_eq!(t.ok(&["sign-as", "images", &o, "--remove"])["result"], "unchanged");
-    assert_eq!(t.ok(&["sign-as", "--role", "images", &target, "--remove"])["result"], "removed");
-    let repo = t.load("ds3").unwrap();
+    // --remove takes it off and narrows the delegation back (idempotent).
+    assert_eq!(t.ok(&["sign-as", "images", &target, "--remove"])["result"], "removed");
+    assert_eq!(t.ok(&["sign-as", "--role", "images", &target, "--remove"])["result"], "unchanged");
+    let repo = t.load("ds2").unwrap();
     assert!(palisade_fleet::verified_role_targets(&repo, "images").unwrap().is_empty());
-    // The file a mirror serves for the config (tough's name for it).
+    let d = repo.targets().signed.delegations.as_ref().unwrap();
+    let img = d.roles.iter().find(|r| r.name == "images").unwrap();
+    let tough::schema::PathSet::Paths(p) = &img.paths else { panic!() };
+    assert_eq!(p.iter().map(|x| x.value()).collect::<Vec<_>>(), vec!["images/*", "rollout.json"]);
+    // The owner publishes again; a mirror serves it under tough's name.
+    t.ok(&["config", "set", "--node", &id, &good]);
     let f = palisade_fleet::Fleet { repo: t.repo.clone().into(), keys: t.keys.clone().into() };
     let p = f.published_target_path(&target).unwrap().unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), NODE_TOML.as_bytes());
@@ -547,6 +544,7 @@ fn sign_as_is_confined_to_the_owning_role() {
     assert_eq!(f.published_target_path("nodes/0000000000000000/config.toml").unwrap(), None);
     // Grants need no inventory entry (a node enrolled from a config drive
     // bundle made without its key).
+    let (other, _) = node_identity();
     t.ok(&["issuer", "init"]);
     use base64::Engine;
     let peer = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);

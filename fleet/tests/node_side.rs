@@ -204,6 +204,41 @@ fn node_sync_takes_config_grants_revocations_and_lists() {
     assert_eq!(e.rejected_counts().get("revoked"), Some(&1), "{e:?}");
     assert_eq!(e.lists["ads"].as_ref(), b"ads.example\n");
 
+    // A config signed by the images role (sign-as): the node refuses it
+    // as wrong-role; withdrawn and published again by configs, it is taken.
+    let evil = t.path().join("evil.toml");
+    std::fs::write(&evil, "[node]\nname = \"evil\"\n").unwrap();
+    let target = palisade_update::fleet::config_target(&node);
+    cli(&f, &["sign-as", "images", &target, evil.to_str().unwrap()]);
+    let err = rt().block_on(async {
+        let src = RepoSource::from_base(&url::Url::from_directory_path(&f.repo).unwrap()).unwrap();
+        let cfg = ClientConfig {
+            trusted_root: f.repo.join("metadata/1.root.json"),
+            datastore: t.path().join("ds-wrong"),
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+        };
+        let repo = Repo::load(&src, &cfg).await.unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        palisade_update::sync::fetch(&repo, &node, None, now)
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(err.kind(), "wrong-role", "{err}");
+    cli(&f, &["sign-as", "images", &target, "--remove"]);
+    cli(
+        &f,
+        &[
+            "config",
+            "set",
+            "--node",
+            &node,
+            cfg.to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert_eq!(eval("ds1").config_text.as_deref(), Some(text));
+
     // Key rotation of the roles involved, then the node itself revoked.
     cli(&f, &["keys", "rotate", "configs"]);
     cli(&f, &["keys", "rotate", "timestamp"]);
