@@ -2,7 +2,7 @@
 //! node configs, grants, revocations, lists, key rotation, enrolment
 //! bundles) on a test repository, and what the node reports about them.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -76,18 +76,23 @@ impl Fleet {
         self.fleet(&["list", "set", name, &f]).map(|_| ())
     }
 
-    /// The content-addressed file of `target` in the repository (the
-    /// newest, by modification time, if several).
+    /// The content-addressed file of `target` in the repository,
+    /// `targets/<sha256>.<target>` (a target name with `/` makes the first
+    /// component a directory); of several versions, the newest.
     pub fn target_file(&self, target: &str) -> Result<PathBuf> {
-        let (dir, name) = match target.rsplit_once('/') {
-            Some((d, n)) => (self.repo.join("targets").join(d), n.to_string()),
-            None => (self.repo.join("targets"), target.to_string()),
-        };
-        let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
-            .with_context(|| format!("{}", dir.display()))?
+        let (first, rest) = target.split_once('/').unwrap_or((target, ""));
+        let dir = self.repo.join("targets");
+        let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(&format!(".{name}")))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (hash, tail) = name.split_once('.')?;
+                if hash.len() != 64 || tail != first {
+                    return None;
+                }
+                let p = if rest.is_empty() { e.path() } else { e.path().join(rest) };
+                Some((p.metadata().ok()?.modified().ok()?, p))
+            })
             .collect();
         found.sort();
         found.pop().map(|(_, p)| p).ok_or_else(|| anyhow!("no file for target {target} under {}", dir.display()))

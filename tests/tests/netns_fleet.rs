@@ -209,8 +209,9 @@ fn config_and_grants_from_the_repository_revocation_and_refusals() {
     std::fs::rename(&away, &fleet.repo).unwrap();
     let published = Instant::now();
     fleet.revoke(&["--node", &node]).unwrap();
-    let stopped = wait_until(Duration::from_secs(30), "node revoked", || {
-        (json(&p, &bed, &["identity", "--json"])["revoked"] == true).then(|| published.elapsed())
+    let stopped = wait_until(Duration::from_secs(30), "node revoked: tunnel and key gone", || {
+        let gone = bed.node_dump().is_err() && !p.state_dir.join("wg.key").exists();
+        (json(&p, &bed, &["identity", "--json"])["revoked"] == true && gone).then(|| published.elapsed())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
     println!("node revocation took effect after {:.1} s (poll {POLL} s)", stopped.as_secs_f64());
@@ -240,7 +241,14 @@ fn assert_revoked(p: &Palisade, bed: &TestBed) {
     assert_eq!(id["revoked"], true, "{id}");
     assert_eq!(id["enrolled"], false, "{id}");
     assert!(bed.node_dump().is_err(), "the WireGuard interface still exists on a revoked node");
-    assert!(!p.state_dir.join("wg.key").exists(), "the WireGuard key survived revocation");
+    let key = p.state_dir.join("wg.key");
+    assert!(
+        !key.exists(),
+        "the WireGuard key survived revocation (modified {:?}, now {:?})\n{}",
+        key.metadata().and_then(|m| m.modified()).ok(),
+        std::time::SystemTime::now(),
+        bed.dump_logs()
+    );
     let t = bed.node.output(&["nft", "-j", "list", "table", "inet", "palisade"]).unwrap();
     let text = String::from_utf8_lossy(&t.stdout);
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("nft -j: {e}: {text}"));

@@ -363,10 +363,8 @@ impl Fleet {
         };
         if ev.revoked_self {
             tracing::warn!("fleet: node {node_id} revoked by the fleet; tunnel down, keys wiped, firewall drop-all, DNS off");
-            if let Err(e) = self.store.put(Key::Revoked, b"{}") {
-                tracing::error!("fleet: recording the revocation: {e}");
-            }
-            self.lock_down(engine, dns).await;
+            // Forget the enrolment and the identity first, then record the
+            // revocation: whatever reports "revoked" also sees them gone.
             if let Err(e) = enrol::factory_reset_enrolment(&self.store) {
                 tracing::error!("fleet: clearing the enrolment: {e}");
             }
@@ -384,6 +382,10 @@ impl Fleet {
                 }
                 Err(e) => tracing::error!("fleet: new identity: {e}"),
             }
+            if let Err(e) = self.store.put(Key::Revoked, b"{}") {
+                tracing::error!("fleet: recording the revocation: {e}");
+            }
+            self.lock_down(engine, dns).await;
             return;
         }
         {
