@@ -264,3 +264,91 @@ fn assert_revoked(p: &Palisade, bed: &TestBed) {
     let q = bed.clients[0].ns.enter(|| dns_udp(sa(addr::NODE_UP_V4, 53), "example.test", 1, Duration::from_millis(800)));
     assert!(!matches!(q, Ok(Ok(_))), "a revoked node answered DNS: {q:?}");
 }
+
+/// DNS lists from the repository (lists role): fetched, verified and
+/// swapped into the running resolver without a restart; a list that is not
+/// a list, or whose bytes do not match their signature, leaves the running
+/// policy as it was.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn dns_lists_from_the_repository_swap_without_a_restart() {
+    let mut bed = TestBed::new(1, bins()).expect("test bed");
+    let dir = bed.dir.path().join("fleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = NodeOptions {
+        peers: Some(vec![]),
+        extra_args: vec!["--fleet-poll-secs".into(), POLL.into()],
+        ..Default::default()
+    };
+    let mut p = Palisade::start(&mut bed, &opts).expect("palisaded");
+    let node = node_id(&p, &bed);
+    let fleet = Fleet::init(&dir).expect("repo init");
+    fleet.issuer_init().unwrap();
+    fleet.enrol_bundle(&node, &url(&fleet.repo), "n1", "test", &p.state_dir.join("enrol.json")).unwrap();
+    let list = dir.join("ads.txt");
+    std::fs::write(&list, "||one.canary.example.test^\n").unwrap();
+    fleet.list_set("ads", &list).unwrap();
+    let config = render_node_toml(
+        &bed,
+        &NodeOptions {
+            peers: Some(vec![]),
+            extra_toml: format!(
+                "\n[dns.list.ads]\npath = \"{}\"\n\n[dns.tier.default]\nlists = [\"ads\"]\n",
+                p.run_dir.join("lists/ads.txt").display()
+            ),
+            ..Default::default()
+        },
+    );
+    fleet.config_set(&node, &config, &dir).unwrap();
+    let k1 = bed.clients[0].keys.public_key.clone();
+    fleet.grant_issue(&node, &k1, &client_addresses(&bed, 1), "1h").unwrap();
+    wait_applied(&p, &bed, 1, Duration::from_secs(30));
+    let c = &bed.clients[0];
+    let server = sa(addr::NODE_TUN_V4, 53);
+    let rcode = |name: &str| c.ns.enter(|| dns_udp(server, name, 1, Duration::from_millis(800))).unwrap().map(|a| a.rcode).ok();
+    let blocked = |name: &str| rcode(name) == Some(3);
+    wait_until(Duration::from_secs(30), "one.canary.example.test blocked by the repository's list", || blocked("one.canary.example.test").then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    assert_eq!(rcode("two.canary.example.test"), Some(0), "two.canary.example.test is not on the list yet");
+    let resolver = || json(&p, &bed, &["status", "--json"])["dns"].clone();
+    let dns_before = resolver();
+
+    // A new version of the list: swapped in without a restart.
+    std::fs::write(&list, "||one.canary.example.test^\n||two.canary.example.test^\n").unwrap();
+    fleet.list_set("ads", &list).unwrap();
+    wait_until(Duration::from_secs(30), "two.canary.example.test blocked after the list update", || blocked("two.canary.example.test").then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    assert!(blocked("one.canary.example.test"));
+    let dns_after = resolver();
+    // Running since before the update: reloaded in place, not restarted.
+    let up = |v: &Value| v["running_s"].as_u64().unwrap_or_else(|| panic!("resolver not running: {v}"));
+    assert!(up(&dns_after) >= up(&dns_before), "the resolver restarted for a list update: {dns_before} -> {dns_after}");
+
+    // Not a list (an HTML error page published by mistake): refused, the
+    // running policy stays.
+    std::fs::write(&list, "<html><body>502 Bad Gateway</body></html>\n").unwrap();
+    fleet.list_set("ads", &list).unwrap();
+    wait_until(Duration::from_secs(30), "the non-list refused", || (fleet_status(&p, &bed)["last_error"]["kind"] == "invalid").then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    assert!(blocked("one.canary.example.test") && blocked("two.canary.example.test"), "the running list changed");
+
+    // A list whose bytes were changed on the mirror: refused by hash.
+    std::fs::write(&list, "||three.canary.example.test^\n").unwrap();
+    fleet.list_set("ads", &list).unwrap();
+    let f = fleet.target_file("lists/ads.txt").unwrap();
+    let signed = std::fs::read(&f).unwrap();
+    // Same length, one name changed: only the hash can tell.
+    std::fs::write(&f, "||seven.canary.example.test^\n").unwrap();
+    wait_until(Duration::from_secs(30), "the tampered list refused", || {
+        (fleet_status(&p, &bed)["last_error"]["kind"] == "hash-mismatch").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    assert!(blocked("two.canary.example.test"), "the running list changed");
+    assert!(!blocked("three.canary.example.test"));
+    // The mirror repaired: three is blocked, two no longer.
+    assert!(!blocked("seven.canary.example.test"), "the tampered list was used");
+    std::fs::write(&f, signed).unwrap();
+    wait_until(Duration::from_secs(30), "the repaired list applied", || (blocked("three.canary.example.test") && !blocked("two.canary.example.test")).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    p.spawn(&mut bed).unwrap();
+}

@@ -53,6 +53,9 @@ pub struct Fleet {
     /// Fingerprint of what was last given to the engine (config text and
     /// peers), so an unchanged poll costs no re-validation.
     applied: Mutex<Option<[u8; 32]>>,
+    /// The refusals logged since the last clean round (each is logged
+    /// once, not on every poll).
+    logged: Mutex<std::collections::BTreeSet<(String, String)>>,
     wake: Notify,
 }
 
@@ -113,6 +116,7 @@ impl Fleet {
             status: Mutex::new(FleetStatus::default()),
             verifier: Mutex::new(Verifier::default()),
             applied: Mutex::new(None),
+            logged: Mutex::new(Default::default()),
             wake: Notify::new(),
         }))
     }
@@ -226,9 +230,32 @@ impl Fleet {
         Ok(node)
     }
 
+    /// Record a refusal; logged when it differs from the one before (an
+    /// unreachable repository is not logged on every poll).
     fn set_error(&self, kind: &str, message: String) {
-        tracing::warn!("fleet: refused: {kind}: {message}");
-        self.status.lock().expect("status poisoned").last_error = Some((kind.to_string(), message));
+        let e = (kind.to_string(), message);
+        if self.logged.lock().expect("logged poisoned").insert(e.clone()) {
+            tracing::warn!("fleet: refused: {}: {}", e.0, e.1);
+        }
+        self.status.lock().expect("status poisoned").last_error = Some(e);
+    }
+
+    /// A new round: no refusal yet.
+    fn clear_error(&self) {
+        self.status.lock().expect("status poisoned").last_error = None;
+    }
+
+    /// After a round without refusals: say so once after refusals.
+    fn round_ok(&self) {
+        if self.status.lock().expect("status poisoned").last_error.is_some() {
+            return;
+        }
+        let mut logged = self.logged.lock().expect("logged poisoned");
+        if !logged.is_empty() {
+            let kinds: std::collections::BTreeSet<&str> = logged.iter().map(|(k, _)| k.as_str()).collect();
+            tracing::info!("fleet: repository accepted again (after {})", kinds.into_iter().collect::<Vec<_>>().join(", "));
+            logged.clear();
+        }
     }
 
     /// The fleet task: never returns.
@@ -284,11 +311,13 @@ impl Fleet {
                         self.set_error("io", e.to_string());
                     }
                 }
-                self.status.lock().expect("status poisoned").last_error = None;
-                self.apply(engine, dns, &state).await;
-                if !shadowed.is_empty() {
+                if shadowed.is_empty() {
+                    self.clear_error();
+                } else {
                     self.set_error("wrong-role", format!("{}; those listings are ignored, the owning roles' targets are used (a key signing outside its paths: rotate it)", shadowed.join("; ")));
                 }
+                self.apply(engine, dns, &state).await;
+                self.round_ok();
             }
             Err(e) => {
                 self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
@@ -459,17 +488,23 @@ impl Fleet {
     }
 
     /// Write verified lists to the run directory (atomically, each); true
-    /// when any changed.
+    /// when any changed. A list whose content is not a list is not
+    /// written: the resolver keeps the previous one.
     fn write_lists(&self, lists: &BTreeMap<String, bytes::Bytes>) -> std::io::Result<bool> {
         let dir = self.run_dir.join(LISTS_DIR);
         std::fs::create_dir_all(&dir)?;
         let mut changed = false;
         for (name, bytes) in lists {
             let p = dir.join(format!("{name}.txt"));
-            if std::fs::read(&p).ok().as_deref() != Some(&bytes[..]) {
-                write_atomic(&p, bytes)?;
-                changed = true;
+            if std::fs::read(&p).ok().as_deref() == Some(&bytes[..]) {
+                continue;
             }
+            if let Err(why) = check_list(bytes) {
+                self.set_error("invalid", format!("DNS list {name}: {why}; the resolver keeps the previous list"));
+                continue;
+            }
+            write_atomic(&p, bytes)?;
+            changed = true;
         }
         Ok(changed)
     }
@@ -528,6 +563,20 @@ fn shadowing(repo: &Repo, node_id: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A DNS list must be text the resolver can use: UTF-8 without NUL bytes,
+/// and when it has entries at all, some the list parser accepts.
+fn check_list(bytes: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
+    if text.contains('\0') {
+        return Err("contains NUL bytes".into());
+    }
+    let c = palisade_dns::filter::compile_str(text, false, 2);
+    if c.stats.rejected_lines > 0 && c.stats.block_names + c.stats.allow_names == 0 {
+        return Err(format!("none of its {} entries parses as a name", c.stats.rejected_lines));
+    }
+    Ok(())
 }
 
 /// Whether two fetched states carry the same targets (the fetch time aside).
@@ -635,6 +684,15 @@ mod tests {
             let d = jittered_down(Duration::from_secs(60));
             assert!(d <= Duration::from_secs(60) && d >= Duration::from_secs(48), "{d:?}");
         }
+    }
+
+    #[test]
+    fn lists_are_checked_before_they_replace_the_running_one() {
+        assert!(check_list(b"||ads.example.test^\n0.0.0.0 adult.example.test\n").is_ok());
+        assert!(check_list(b"# only comments\n\n").is_ok());
+        assert!(check_list(b"\xff\xfe binary").unwrap_err().contains("UTF-8"));
+        assert!(check_list(b"a\0b").unwrap_err().contains("NUL"));
+        assert!(check_list(b"<html><body>404 not found</body></html>\n").unwrap_err().contains("parses"));
     }
 
     #[test]
