@@ -28,6 +28,15 @@ pub(crate) type Shared = Arc<Mutex<Engine>>;
 pub(crate) type Dns = Arc<DnsSupervisor>;
 /// The fleet subsystem (identity, enrolment, fleet sync).
 type FleetRef = Option<Arc<Fleet>>;
+
+/// What the control socket's handlers reach.
+#[derive(Clone)]
+struct Ctx {
+    engine: Shared,
+    dns: Dns,
+    updates: Updates,
+    fleet: FleetRef,
+}
 /// The update subsystem, when this system can update itself.
 type Updates = Option<Arc<Updater>>;
 
@@ -170,7 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Box::pin(async move { node_view(&engine, fleet.as_deref()).await })
         }))
     });
-    let control_task = tokio::spawn(control_server(listener, engine.clone(), dns.clone(), updates, fleet, ControlLimits::default()));
+    let control_task = tokio::spawn(control_server(listener, Ctx { engine: engine.clone(), dns: dns.clone(), updates, fleet }, ControlLimits::default()));
 
     loop {
         tokio::select! {
@@ -268,7 +277,7 @@ impl Waiting {
 }
 
 /// Accept control connections within `limits` (see [`ControlLimits`]).
-async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, updates: Updates, fleet: FleetRef, limits: ControlLimits) {
+async fn control_server(listener: UnixListener, ctx: Ctx, limits: ControlLimits) {
     let slots = Arc::new(Semaphore::new(limits.max_conns));
     let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
@@ -296,9 +305,9 @@ async fn control_server(listener: UnixListener, engine: Shared, dns: Dns, update
                 }
             }
         };
-        let (w, engine, dns, updates, fleet) = (waiting.clone(), engine.clone(), dns.clone(), updates.clone(), fleet.clone());
+        let (w, ctx) = (waiting.clone(), ctx.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, permit, w, engine, dns, updates, fleet, limits).await {
+            if let Err(e) = serve(stream, permit, w, ctx, limits).await {
                 tracing::debug!("control connection: {e}");
             }
         });
@@ -309,10 +318,7 @@ async fn serve(
     stream: UnixStream,
     _permit: OwnedSemaphorePermit,
     waiting: Arc<Mutex<Waiting>>,
-    engine: Shared,
-    dns: Dns,
-    updates: Updates,
-    fleet: FleetRef,
+    ctx: Ctx,
     limits: ControlLimits,
 ) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
@@ -332,7 +338,7 @@ async fn serve(
         return Ok(());
     }
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(req, &engine, &dns, &updates, &fleet).await,
+        Ok(req) => handle(req, &ctx).await,
         Err(e) => Response::err(ErrorKind::BadRequest, format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp)?;
@@ -426,7 +432,8 @@ fn handle_update(req: Request, updates: &Updates) -> Response {
     }
 }
 
-async fn handle(req: Request, engine: &Shared, dns: &Dns, updates: &Updates, fleet: &FleetRef) -> Response {
+async fn handle(req: Request, ctx: &Ctx) -> Response {
+    let (engine, dns) = (&ctx.engine, &ctx.dns);
     match req {
         Request::Status => {
             let mut v = blocking(engine, |e| e.status()).await;
@@ -468,7 +475,7 @@ async fn handle(req: Request, engine: &Shared, dns: &Dns, updates: &Updates, fle
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(ErrorKind::Unavailable, e),
         },
-        r @ (Request::UpdateStatus | Request::UpdateCheck | Request::UpdateApply { .. }) => handle_update(r, updates),
-        r @ (Request::Identity | Request::FleetStatus | Request::FactoryReset { .. }) => handle_fleet(r, fleet),
+        r @ (Request::UpdateStatus | Request::UpdateCheck | Request::UpdateApply { .. }) => handle_update(r, &ctx.updates),
+        r @ (Request::Identity | Request::FleetStatus | Request::FactoryReset { .. }) => handle_fleet(r, &ctx.fleet),
     }
 }
