@@ -221,6 +221,20 @@ fn config_and_grants_from_the_repository_revocation_and_refusals() {
     p.spawn_socket_only(&mut bed).expect("restart while revoked");
     std::thread::sleep(Duration::from_secs(6));
     assert_revoked(&p, &bed);
+
+    // Enrolled again (as the new node id): the lockdown is lifted and the
+    // new node's config and grants serve client 2.
+    let new_id = node_id(&p, &bed);
+    fleet.enrol_bundle(&new_id, &url(&fleet.repo), "n1b", "test", &p.state_dir.join("enrol.json")).unwrap();
+    fleet.config_set(&new_id, &base, &dir).unwrap();
+    fleet.grant_issue(&new_id, &k2, &client_addresses(&bed, 2), "1h").unwrap();
+    wait_applied(&p, &bed, 1, Duration::from_secs(40));
+    let key = bed.node_dump().expect("tunnel back after re-enrolment").public_key;
+    bed.clients[1].connect(&key).unwrap();
+    wait_until(Duration::from_secs(30), "client 2 served by the re-enrolled node", || reaches_web(&bed, 2).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    let id = json(&p, &bed, &["identity", "--json"]);
+    assert_eq!((id["enrolled"].clone(), id["revoked"].clone()), (Value::Bool(true), Value::Bool(false)), "{id}");
 }
 
 fn refused_against(p: &Palisade, bed: &TestBed, running: &str, what: &str, kind: &str) {

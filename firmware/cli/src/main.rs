@@ -74,6 +74,14 @@ enum FleetCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Forget the enrolment and the fleet state and make a new identity, so
+    /// the node can be enrolled again (a revoked node stays locked down
+    /// until then).
+    FactoryReset {
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +301,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", identity_text(&v));
             }
+        }
+        Cmd::Fleet { cmd: FleetCmd::FactoryReset { yes } } => {
+            let v = req(&cli, &Request::FactoryReset { confirm: *yes })?;
+            println!("fleet state cleared; new identity: node {}", v["node_id"].as_str().unwrap_or("-"));
         }
         Cmd::Fleet { cmd: FleetCmd::Status { json } } => {
             let v = req(&cli, &Request::FleetStatus)?;

@@ -386,10 +386,12 @@ impl Fleet {
     /// Evaluate `state` now and bring the node in line with it.
     async fn apply(&self, engine: &Shared, dns: &Dns, state: &FleetState) {
         let node_id = self.node_id();
+        let checked = std::time::Instant::now();
         let ev: Evaluated = {
             let mut v = self.verifier.lock().expect("verifier poisoned");
             v.evaluate(state, &node_id, now_unix())
         };
+        let checked = checked.elapsed();
         if ev.revoked_self {
             tracing::warn!("fleet: node {node_id} revoked by the fleet; tunnel down, keys wiped, firewall drop-all, DNS off");
             // Forget the enrolment and the identity first, then record the
@@ -473,10 +475,11 @@ impl Fleet {
                     "applied_at": rfc3339(now_unix()),
                 }));
                 tracing::info!(
-                    "fleet: config {} applied, {n} grant(s) active, {} rejected, {} peer change(s) in {} ms",
+                    "fleet: config {} applied, {n} grant(s) active, {} rejected, {} peer change(s); grants checked in {} ms, applied in {} ms",
                     &sha[..sha.len().min(12)],
                     ev.rejected.len(),
                     r.wg_peer_changes,
+                    checked.as_millis(),
                     started.elapsed().as_millis()
                 );
                 if let Err(e) = crate::supervisor::sync_dns(engine, dns).await {
