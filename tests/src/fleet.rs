@@ -76,6 +76,31 @@ impl Fleet {
         self.fleet(&["list", "set", name, &f]).map(|_| ())
     }
 
+    /// Publish with `publish` on a staging copy of the repository, change
+    /// one byte of `target`'s file there (same length: only the hash can
+    /// tell), then swap the copy in: a node polling meanwhile sees the
+    /// repository before, then the tampered one, never the good publish.
+    /// Returns the tampered file and its signed bytes (to repair it).
+    pub fn publish_tampered(&self, target: &str, publish: impl FnOnce(&Fleet) -> Result<()>) -> Result<(PathBuf, Vec<u8>)> {
+        let stage = self.repo.with_extension("staging");
+        let old = self.repo.with_extension("old");
+        let _ = std::fs::remove_dir_all(&stage);
+        let _ = std::fs::remove_dir_all(&old);
+        self.snapshot(&stage)?;
+        let staged = Fleet { bin: self.bin.clone(), repo: stage.clone(), keys: self.keys.clone() };
+        publish(&staged)?;
+        let f = staged.target_file(target)?;
+        let signed = std::fs::read(&f)?;
+        let mut bytes = signed.clone();
+        let i = bytes.len() / 2;
+        bytes[i] ^= 0x01;
+        std::fs::write(&f, &bytes)?;
+        std::fs::rename(&self.repo, &old)?;
+        std::fs::rename(&stage, &self.repo)?;
+        std::fs::remove_dir_all(&old)?;
+        Ok((self.target_file(target)?, signed))
+    }
+
     /// The content-addressed file of `target` in the repository,
     /// `targets/<sha256>.<target>` (a target name with `/` makes the first
     /// component a directory); of several versions, the newest.

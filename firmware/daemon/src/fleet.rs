@@ -321,11 +321,12 @@ impl Fleet {
             }
             Err(e) => {
                 self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
-                self.set_error(e.kind(), e.to_string());
-                // Grants still expire offline: evaluate the kept state.
+                // Grants still expire offline: evaluate the kept state. The
+                // round's refusal is the repository's (set last).
                 if let Some(state) = previous {
                     self.apply(engine, dns, &state).await;
                 }
+                self.set_error(e.kind(), e.to_string());
             }
         }
         let wait = jittered_down(self.poll);
