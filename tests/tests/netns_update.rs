@@ -128,8 +128,8 @@ fn refused_updates_write_nothing_and_a_good_one_writes_slot_b_and_its_entry() {
         other.repo.clone()
     };
     let unsigned = copy("unsigned");
-    // A target added to targets.json without re-signing it.
-    let targets = find_file(&unsigned.join("metadata"), ".targets.json");
+    // A target added to the images role's metadata without re-signing it.
+    let targets = find_file(&unsigned.join("metadata"), ".images.json");
     edit_json(&targets, |v| {
         let t = v["signed"]["targets"].as_object_mut().unwrap();
         let (_, first) = t.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
@@ -185,7 +185,7 @@ fn refused_updates_write_nothing_and_a_good_one_writes_slot_b_and_its_entry() {
     // protection remembers the highest version seen).
     let cases: Vec<(&str, String, &str)> = vec![
         ("wrong key", url(&wrong_key), "bad-signature"),
-        ("targets metadata altered, not re-signed", url(&unsigned), "mix-and-match"),
+        ("images role metadata altered, not re-signed", url(&unsigned), "mix-and-match"),
         ("hash mismatch", url(&hash_mismatch), "hash-mismatch"),
         ("truncated", url(&truncated), "truncated"),
         ("not a signed target", stray.display().to_string(), "not-a-target"),
