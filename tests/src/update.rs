@@ -94,6 +94,21 @@ impl Fleet {
     }
 }
 
+/// The repository served over HTTP by a test host on the bed's internet
+/// (`http://203.0.113.80:PORT/`), as a node's uplink reaches it.
+pub fn serve_repository(bed: &crate::TestBed, testhost: &Path, repo: &Path, port: u16) -> Result<crate::Proc> {
+    let log = bed.dir.path().join("repo-http.log");
+    let spec = format!("http-dir:{}:{port}:{}", crate::addr::WEB_V4, repo.display());
+    let th = testhost.to_string_lossy();
+    bed.inet.spawn_ready(
+        "repo-http",
+        bed.dir.path(),
+        &[&th, "serve", "--log", &log.to_string_lossy(), &spec],
+        "ready",
+        std::time::Duration::from_secs(5),
+    )
+}
+
 /// A slot image like the image builder's (erofs): a kernel and initramfs
 /// stand-in under usr/lib/palisade/boot, the board file and os-release.
 pub fn fake_slot_image(dir: &Path, version: &str, pad_bytes: usize) -> Result<PathBuf> {

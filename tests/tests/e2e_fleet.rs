@@ -27,12 +27,7 @@ fn bins() -> Bins {
 }
 
 fn serve(bed: &TestBed, repo: &Path) -> Proc {
-    let th = env!("CARGO_BIN_EXE_pal-testhost");
-    let log = bed.dir.path().join("repo-http.log");
-    let spec = format!("http-dir:{}:{REPO_PORT}:{}", addr::WEB_V4, repo.display());
-    bed.inet
-        .spawn_ready("repo-http", bed.dir.path(), &[th, "serve", "--log", &log.to_string_lossy(), &spec], "ready", Duration::from_secs(5))
-        .expect("serve the repository")
+    palisade_tests::update::serve_repository(bed, Path::new(env!("CARGO_BIN_EXE_pal-testhost")), repo, REPO_PORT).expect("serve the repository")
 }
 
 fn echo(bed: &TestBed, i: usize) -> bool {
@@ -69,6 +64,20 @@ fn addresses(bed: &TestBed, i: usize) -> Vec<String> {
     vec![format!("{}/32", c.tun_v4), format!("{}/128", c.tun_v6)]
 }
 
+/// `palisade-fleet enrol --serial PTY` (its output).
+fn enrol(fleet: &Fleet, pty: &Path, repo_url: &str, name: &str, timeout: u64) -> std::process::Output {
+    Command::new(fleet_bin().unwrap())
+        .args(["enrol", "--serial"])
+        .arg(pty)
+        .args(["--repository", repo_url, "--node-name", name, "--region", "test", "--timeout", &timeout.to_string(), "--json"])
+        .arg("--repo")
+        .arg(&fleet.repo)
+        .arg("--keys")
+        .arg(&fleet.keys)
+        .output()
+        .unwrap()
+}
+
 /// The node's WireGuard public key, as the supervisor announces it.
 fn node_wg_key(vm: &Vm) -> String {
     let text = vm.console_text();
@@ -96,16 +105,7 @@ fn enrolled_over_serial_configured_from_the_repository_and_revoked() {
     // Enrol over the serial console.
     let repo_url = format!("http://{}:{REPO_PORT}", addr::WEB_V4);
     let t0 = Instant::now();
-    let out = Command::new(fleet_bin().unwrap())
-        .args(["enrol", "--serial"])
-        .arg(&pty)
-        .args(["--repository", &repo_url, "--node-name", "edge-e2e", "--region", "test", "--timeout", "60", "--json"])
-        .arg("--repo")
-        .arg(&fleet.repo)
-        .arg("--keys")
-        .arg(&fleet.keys)
-        .output()
-        .unwrap();
+    let out = enrol(&fleet, &pty, &repo_url, "edge-e2e", 60);
     assert!(
         out.status.success(),
         "enrol: {}\n{}{}\nconsole:\n{}",
@@ -119,16 +119,7 @@ fn enrolled_over_serial_configured_from_the_repository_and_revoked() {
     println!("enrolled node {node} over {} in {:.1} s", pty.display(), t0.elapsed().as_secs_f64());
     vm.wait_console(&format!("fleet: enrolled as edge-e2e (region test), node {node}"), Duration::from_secs(10)).unwrap();
     // A second enrolment is refused: the node is enrolled.
-    let again = Command::new(fleet_bin().unwrap())
-        .args(["enrol", "--serial"])
-        .arg(&pty)
-        .args(["--repository", &repo_url, "--node-name", "other", "--region", "test", "--timeout", "30", "--json"])
-        .arg("--repo")
-        .arg(&fleet.repo)
-        .arg("--keys")
-        .arg(&fleet.keys)
-        .output()
-        .unwrap();
+    let again = enrol(&fleet, &pty, &repo_url, "other", 30);
     assert_eq!(again.status.code(), Some(3), "re-enrolment of an enrolled node: {}", String::from_utf8_lossy(&again.stdout));
 
     // Its config and two grants.

@@ -60,12 +60,7 @@ fn build_payload(out: &Path, version: &str, cmdline: Option<&str>) -> PathBuf {
 
 /// The repository served over HTTP by a test host on the bed's internet.
 fn serve(bed: &TestBed, repo: &Path) -> Proc {
-    let th = env!("CARGO_BIN_EXE_pal-testhost");
-    let log = bed.dir.path().join("repo-http.log");
-    let spec = format!("http-dir:{}:{REPO_PORT}:{}", addr::WEB_V4, repo.display());
-    bed.inet
-        .spawn_ready("repo-http", bed.dir.path(), &[th, "serve", "--log", &log.to_string_lossy(), &spec], "ready", Duration::from_secs(5))
-        .expect("serve the repository")
+    palisade_tests::update::serve_repository(bed, Path::new(env!("CARGO_BIN_EXE_pal-testhost")), repo, REPO_PORT).expect("serve the repository")
 }
 
 fn update_toml() -> String {

@@ -68,20 +68,27 @@ fn handshake_of(bed: &TestBed, i: usize) -> u64 {
     bed.clients[i - 1].dump().unwrap().peers.first().map(|p| p.latest_handshake).unwrap_or(0)
 }
 
-#[test]
-#[ignore = "root: run by tests/run.sh"]
-fn config_and_grants_from_the_repository_revocation_and_refusals() {
-    let mut bed = TestBed::new(2, bins()).expect("test bed");
+/// A bed with `clients` clients, palisaded on a local config with no peers
+/// (not enrolled, polling every POLL s), and the fleet's work directory.
+fn unenrolled_node(clients: usize) -> (TestBed, Palisade, std::path::PathBuf, String) {
+    let mut bed = TestBed::new(clients, bins()).expect("test bed");
     let dir = bed.dir.path().join("fleet");
     std::fs::create_dir_all(&dir).unwrap();
-    // The node starts from a local config with no peers and is not enrolled.
     let opts = NodeOptions {
         peers: Some(vec![]),
         extra_args: vec!["--fleet-poll-secs".into(), POLL.into()],
         ..Default::default()
     };
     let base = render_node_toml(&bed, &opts);
-    let mut p = Palisade::start(&mut bed, &opts).expect("palisaded");
+    let p = Palisade::start(&mut bed, &opts).expect("palisaded");
+    (bed, p, dir, base)
+}
+
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn config_and_grants_from_the_repository_revocation_and_refusals() {
+    // The node starts from a local config with no peers and is not enrolled.
+    let (mut bed, mut p, dir, base) = unenrolled_node(2);
     let id = json(&p, &bed, &["identity", "--json"]);
     assert_eq!(id["enrolled"], false, "{id}");
     let node = id["node_id"].as_str().unwrap().to_string();
@@ -283,15 +290,7 @@ fn assert_revoked(p: &Palisade, bed: &TestBed) {
 #[test]
 #[ignore = "root: run by tests/run.sh"]
 fn dns_lists_from_the_repository_swap_without_a_restart() {
-    let mut bed = TestBed::new(1, bins()).expect("test bed");
-    let dir = bed.dir.path().join("fleet");
-    std::fs::create_dir_all(&dir).unwrap();
-    let opts = NodeOptions {
-        peers: Some(vec![]),
-        extra_args: vec!["--fleet-poll-secs".into(), POLL.into()],
-        ..Default::default()
-    };
-    let mut p = Palisade::start(&mut bed, &opts).expect("palisaded");
+    let (mut bed, mut p, dir, _) = unenrolled_node(1);
     let node = node_id(&p, &bed);
     let fleet = Fleet::init(&dir).expect("repo init");
     fleet.issuer_init().unwrap();

@@ -442,7 +442,7 @@ impl Fleet {
             .iter()
             .map(|g| PeerSection {
                 name: format!("grant-{}", g.jti),
-                public_key: base64_key(&g.public_key),
+                public_key: g.public_key_b64(),
                 addresses: g.addresses.clone(),
                 tier: g.tier.clone(),
                 preshared_key: None,
@@ -586,12 +586,6 @@ fn check_list(bytes: &[u8]) -> Result<(), String> {
 /// Whether two fetched states carry the same targets (the fetch time aside).
 fn same_content(a: &FleetState, b: &FleetState) -> bool {
     a.config == b.config && a.grants == b.grants && a.jwks == b.jwks && a.revocations == b.revocations && a.lists == b.lists
-}
-
-/// A WireGuard key in its usual base64 form.
-fn base64_key(k: &[u8; 32]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(k)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
