@@ -306,15 +306,14 @@ impl Fleet {
         match self.fetch(&bundle, &node_id, previous.as_ref()).await {
             Ok((state, shadowed)) => {
                 self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
+                self.clear_error();
+                if !shadowed.is_empty() {
+                    self.set_error("wrong-role", format!("{}; those listings are ignored, the owning roles' targets are used (a key signing outside its paths: rotate it)", shadowed.join("; ")));
+                }
                 if !previous.as_ref().is_some_and(|p| same_content(p, &state)) {
                     if let Err(e) = state.save(&self.store) {
-                        self.set_error("io", e.to_string());
+                        self.set_error("io", format!("keeping the verified state: {e}"));
                     }
-                }
-                if shadowed.is_empty() {
-                    self.clear_error();
-                } else {
-                    self.set_error("wrong-role", format!("{}; those listings are ignored, the owning roles' targets are used (a key signing outside its paths: rotate it)", shadowed.join("; ")));
                 }
                 self.apply(engine, dns, &state).await;
                 self.round_ok();
