@@ -149,6 +149,36 @@ pub fn debugfs_read(disk: &Path, offset: u64, path: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// What may be on the state partition (DESIGN.md "Zero-log"): the node
+/// config, the WireGuard key, the fleet root, the repository clients' TUF
+/// datastores, and the state store's allowlisted keys. Anything else (a
+/// log, a peers file with client data, a temp file left behind) fails.
+pub const STATE_ALLOWLIST: &[&str] = &[
+    "node.toml",
+    "wg0.key",
+    "fleet-root.json",
+    "store/",
+    "store/update-journal.json",
+    "store/identity.json",
+    "store/enrolment.json",
+    "store/fleet-state.json",
+    "store/revoked.json",
+    "tuf/",
+];
+
+/// The state partition's files of `disk` that are not on [`STATE_ALLOWLIST`]
+/// (`tuf/` is a prefix; everything else is exact); and the whole listing.
+pub fn state_files_off_allowlist(disk: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let (off, _) = partition(disk, "state")?;
+    let files = debugfs_tree(disk, off)?;
+    let off_list = files
+        .iter()
+        .filter(|f| !STATE_ALLOWLIST.iter().any(|a| f == a || (*a == "tuf/" && f.starts_with(a))))
+        .cloned()
+        .collect();
+    Ok((off_list, files))
+}
+
 /// Every path in the ext4 filesystem at `offset` in `disk` (directories end
 /// in `/`), sorted; `lost+found` left out.
 pub fn debugfs_tree(disk: &Path, offset: u64) -> Result<Vec<String>> {

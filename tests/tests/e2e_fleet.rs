@@ -11,7 +11,7 @@
 //!
 //! Needs `PALISADE_IMAGE` (tests/run.sh builds it).
 
-use palisade_tests::guest::{append_cmdline, copy_image, guest_node_toml, image_path, GuestOptions, Vm};
+use palisade_tests::guest::{append_cmdline, copy_image, guest_node_toml, image_path, state_files_off_allowlist, GuestOptions, Vm};
 use palisade_tests::update::{fleet_bin, Fleet};
 use palisade_tests::{addr, probe, sa, wait_until, Bins, Outcome, Proc, TestBed};
 use std::path::Path;
@@ -182,4 +182,14 @@ fn enrolled_over_serial_configured_from_the_repository_and_revoked() {
         }
     }
     vm.kill();
+
+    // The state partition holds only allowlisted files: the revoked node's
+    // keys and fleet root are gone, its store says revoked.
+    let (off_list, files) = state_files_off_allowlist(&disk).unwrap();
+    println!("state partition after revocation: {files:?}");
+    assert!(off_list.is_empty(), "on the state partition but not on the allowlist: {off_list:?} (all: {files:?})");
+    for gone in ["wg0.key", "fleet-root.json", "store/enrolment.json", "store/fleet-state.json"] {
+        assert!(!files.iter().any(|f| f == gone), "{gone} survived the revocation: {files:?}");
+    }
+    assert!(files.iter().any(|f| f == "store/revoked.json"), "{files:?}");
 }

@@ -17,7 +17,7 @@
 //! image build made (target/x86_64-unknown-linux-gnu/node), from which the
 //! update payloads are built with other versions.
 
-use palisade_tests::guest::{debugfs_read, debugfs_tree, guest_node_toml, image_path, partition, workspace, Esp, Guest, GuestOptions, Vm};
+use palisade_tests::guest::{debugfs_read, guest_node_toml, state_files_off_allowlist, image_path, partition, workspace, Esp, Guest, GuestOptions, Vm};
 use palisade_tests::update::Fleet;
 use palisade_tests::{addr, probe, sa, wait_until, Bins, Proc, TestBed};
 use std::path::{Path, PathBuf};
@@ -237,14 +237,9 @@ fn updates_a_to_b_to_a_prime_and_a_failing_version_rolls_back_for_good() {
     assert_eq!(toml, guest_node_toml(&bed, &opts), "node.toml survived");
     let key = debugfs_read(&disk, off, "/wg0.key").unwrap();
     assert_eq!(String::from_utf8_lossy(&key).trim(), std::fs::read_to_string(&guest.node_key.private_key_file).unwrap().trim(), "node key survived");
-    let files = debugfs_tree(&disk, off).unwrap();
+    let (off_list, files) = state_files_off_allowlist(&disk).unwrap();
     println!("state partition: {files:?}");
-    for f in &files {
-        let allowed = ["node.toml", "wg0.key", "fleet-root.json", "store/", "tuf/"]
-            .iter()
-            .any(|a| f == a || (a.ends_with('/') && f.starts_with(a)));
-        assert!(allowed, "{f} on the state partition is not on the allowlist: {files:?}");
-    }
+    assert!(off_list.is_empty(), "on the state partition but not on the allowlist: {off_list:?} (all: {files:?})");
     assert!(files.iter().any(|f| f.starts_with("store/")) && files.iter().any(|f| f.starts_with("tuf/")), "{files:?}");
 }
 
