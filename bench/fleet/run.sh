@@ -3,7 +3,7 @@
 # the default 60 s poll (config change, grant revocation, node revocation;
 # ROUNDS each), and the apply time and RSS of a node with 10 000 grants.
 # The real palisaded in a network namespace, a file:// repository published
-# with palisade-fleet. Bounded: each round at most 90 s (about 15 min for 5).
+# with palisade-fleet. Bounded: each round at most 150 s (about 25 min for 5).
 #
 #   sudo bench/fleet/run.sh [ROUNDS]     (default 5)
 set -euo pipefail

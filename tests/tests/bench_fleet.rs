@@ -3,7 +3,8 @@
 //! 1. Publication to effect at the default poll interval (60 s, jitter only
 //!    shortens it): the real palisaded in the bed's node namespace, a
 //!    `file://` repository published with `palisade-fleet`; per round, the
-//!    time from the end of the publish command to the effect, for a config
+//!    time from the end of the publish command (at a random moment of the
+//!    poll interval) to the effect, for a config
 //!    change (the node reports the new config's SHA-256 as applied), a grant
 //!    revocation (the client's HTTP request through the tunnel fails) and a
 //!    node revocation (tunnel and key gone). BENCH_ROUNDS rounds of each
@@ -56,21 +57,30 @@ fn summary(what: &str, v: &mut [f64]) {
     );
 }
 
+/// A random moment within one poll interval (so publications do not line
+/// up with the node's polls).
+fn random_wait() {
+    let mut b = [0u8; 2];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+    std::thread::sleep(Duration::from_millis(u16::from_le_bytes(b) as u64 % 60_000));
+}
+
 /// Enrol the node (config-drive bundle), publish its config and a grant for
-/// client 1, wait until client 1 is served. Returns the node id.
-fn enrol_and_serve(p: &Palisade, bed: &TestBed, fleet: &Fleet, base: &str, dir: &std::path::Path) -> String {
+/// client 1, wait until client 1 is served. Returns the node id and the
+/// grant id.
+fn enrol_and_serve(p: &Palisade, bed: &TestBed, fleet: &Fleet, base: &str, dir: &std::path::Path) -> (String, String) {
     let node = json(p, bed, &["identity", "--json"])["node_id"].as_str().unwrap().to_string();
     let url = format!("file://{}", fleet.repo.display());
     fleet.enrol_bundle(&node, &url, "bench", "test", &p.state_dir.join("enrol.json")).unwrap();
     fleet.config_set(&node, base, dir).unwrap();
-    fleet.grant_issue(&node, &bed.clients[0].keys.public_key, &client_addresses(bed), "1d").unwrap();
+    let jti = fleet.grant_issue(&node, &bed.clients[0].keys.public_key, &client_addresses(bed), "1d").unwrap();
     wait_until(Duration::from_secs(150), "enrolled node serving client 1", || {
         let key = bed.node_dump().ok()?.public_key;
         bed.clients[0].connect(&key).ok()?;
         reaches_web(bed).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
-    node
+    (node, jti)
 }
 
 #[test]
@@ -85,13 +95,14 @@ fn bench_publication_to_effect_at_the_default_poll_interval() {
     let p = Palisade::start(&mut bed, &opts).expect("palisaded");
     let fleet = Fleet::init(&dir).unwrap();
     fleet.issuer_init().unwrap();
-    let mut node = enrol_and_serve(&p, &bed, &fleet, &base, &dir);
+    let (mut node, first_grant) = enrol_and_serve(&p, &bed, &fleet, &base, &dir);
     let n = rounds();
 
     let mut config = Vec::new();
     for r in 0..n {
         let text = format!("{base}\n# round {r}\n");
         let sha: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        random_wait();
         fleet.config_set(&node, &text, &dir).unwrap();
         let t = Instant::now();
         wait_until(Duration::from_secs(90), "config change applied", || {
@@ -102,11 +113,16 @@ fn bench_publication_to_effect_at_the_default_poll_interval() {
         config.push(t.elapsed().as_secs_f64());
     }
 
+    // Client 1 is served by the enrolment's grant: take it away first, so
+    // each round's grant is the only one.
+    fleet.revoke(&["--grant", &first_grant]).unwrap();
+    wait_until(Duration::from_secs(90), "the first grant revoked", || (!reaches_web(&bed)).then_some(())).unwrap();
     let mut grant = Vec::new();
     for r in 0..n {
         let g = fleet.grant_issue(&node, &bed.clients[0].keys.public_key, &client_addresses(&bed), "1d").unwrap();
         // The previous grant was revoked: wait for this one to serve.
         wait_until(Duration::from_secs(90), "new grant serving", || reaches_web(&bed).then_some(())).unwrap();
+        random_wait();
         fleet.revoke(&["--grant", &g]).unwrap();
         let t = Instant::now();
         wait_until(Duration::from_secs(90), "grant revocation effective", || (!reaches_web(&bed)).then_some(())).unwrap();
@@ -116,6 +132,7 @@ fn bench_publication_to_effect_at_the_default_poll_interval() {
 
     let mut nodes = Vec::new();
     for r in 0..n {
+        random_wait();
         fleet.revoke(&["--node", &node]).unwrap();
         let t = Instant::now();
         wait_until(Duration::from_secs(90), "node revocation effective", || {
@@ -126,7 +143,7 @@ fn bench_publication_to_effect_at_the_default_poll_interval() {
         println!("node revocation, round {}: {:.1} s", r + 1, t.elapsed().as_secs_f64());
         nodes.push(t.elapsed().as_secs_f64());
         if r + 1 < n {
-            node = enrol_and_serve(&p, &bed, &fleet, &base, &dir);
+            node = enrol_and_serve(&p, &bed, &fleet, &base, &dir).0;
         }
     }
     summary("publication -> config applied", &mut config);
