@@ -463,8 +463,20 @@ impl Fleet {
             return;
         }
         let cfg = FleetConfig { source: PathBuf::from(format!("fleet:{}", config_target(&node_id))), text, peers };
-        let n = cfg.peers.len();
         let started = std::time::Instant::now();
+        // One grant the config cannot take (an address outside the tunnel
+        // prefix, a low-order key, an address another grant holds) must not
+        // hold back the others, revocations included: without it, the rest
+        // is applied and the refusal reported.
+        let (cfg, invalid) = match tokio::task::spawn_blocking(move || without_invalid_grants(cfg)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return self.set_error("invalid-config", e.to_string()),
+            Err(e) => return self.set_error("invalid-config", format!("validating: {e}")),
+        };
+        if invalid > 0 {
+            self.set_error("invalid-grant", format!("{invalid} grant(s) the node config cannot take (outside the tunnel prefixes, a bad key, or an address or key another grant holds); the others are applied"));
+        }
+        let n = cfg.peers.len();
         match blocking(engine, move |e| e.set_fleet(Some(cfg))).await {
             Ok(r) => {
                 *self.applied.lock().expect("applied poisoned") = Some(fp);
@@ -582,6 +594,40 @@ fn check_list(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// `cfg` without the grants its validation refuses (and the number
+/// dropped); an error when the config itself is invalid. The common case,
+/// everything valid, costs one validation.
+fn without_invalid_grants(mut cfg: FleetConfig) -> Result<(FleetConfig, usize), palisade_core::config::ConfigError> {
+    if cfg.spec().is_ok() {
+        return Ok((cfg, 0));
+    }
+    let peers = std::mem::take(&mut cfg.peers);
+    // The config alone must stand.
+    cfg.spec()?;
+    let before = peers.len();
+    let mut keys = std::collections::HashSet::new();
+    let mut addresses = std::collections::HashSet::new();
+    let mut kept = Vec::with_capacity(before);
+    let mut one = FleetConfig { source: cfg.source.clone(), text: cfg.text.clone(), peers: Vec::with_capacity(1) };
+    for p in peers {
+        // Taken once: the first grant holding a key or an address keeps it.
+        if !keys.insert(p.public_key.clone()) || p.addresses.iter().any(|a| addresses.contains(a)) {
+            continue;
+        }
+        one.peers = vec![p];
+        if one.spec().is_ok() {
+            let p = one.peers.pop().expect("one peer");
+            addresses.extend(p.addresses.iter().copied());
+            kept.push(p);
+        }
+    }
+    cfg.peers = kept;
+    // The survivors together (names are unique: grant ids).
+    cfg.spec()?;
+    let dropped = before - cfg.peers.len();
+    Ok((cfg, dropped))
+}
+
 /// Whether two fetched states carry the same targets (the fetch time aside).
 fn same_content(a: &FleetState, b: &FleetState) -> bool {
     a.config == b.config && a.grants == b.grants && a.jwks == b.jwks && a.revocations == b.revocations && a.lists == b.lists
@@ -690,6 +736,47 @@ mod tests {
         assert!(check_list(b"\xff\xfe binary").unwrap_err().contains("UTF-8"));
         assert!(check_list(b"a\0b").unwrap_err().contains("NUL"));
         assert!(check_list(b"<html><body>404 not found</body></html>\n").unwrap_err().contains("parses"));
+    }
+
+    #[test]
+    fn one_bad_grant_does_not_hold_back_the_others() {
+        use palisade_core::config::PrivateKey;
+        let text = include_str!("../../../configs/node.toml").to_string();
+        let key = || PrivateKey::generate().public_key().to_base64();
+        let peer = |name: &str, k: String, a: &str| PeerSection {
+            name: name.into(),
+            public_key: k,
+            addresses: vec![a.parse().unwrap()],
+            tier: None,
+            preshared_key: None,
+        };
+        let source = PathBuf::from("fleet:nodes/x/config.toml");
+        let all_good = FleetConfig { source: source.clone(), text: text.clone(), peers: vec![peer("grant-a", key(), "10.66.0.9/32")] };
+        let (cfg, dropped) = without_invalid_grants(all_good).unwrap();
+        assert_eq!((cfg.peers.len(), dropped), (1, 0));
+
+        let shared = key();
+        let mixed = FleetConfig {
+            source: source.clone(),
+            text: text.clone(),
+            peers: vec![
+                peer("grant-good", key(), "10.66.0.9/32"),
+                peer("grant-outside", key(), "192.0.2.1/32"),
+                peer("grant-same-address", key(), "10.66.0.9/32"),
+                peer("grant-key-1", shared.clone(), "10.66.0.10/32"),
+                peer("grant-key-2", shared, "10.66.0.11/32"),
+                peer("grant-good-2", key(), "10.66.0.12/32"),
+            ],
+        };
+        let (cfg, dropped) = without_invalid_grants(mixed).unwrap();
+        let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["grant-good", "grant-key-1", "grant-good-2"]);
+        assert_eq!(dropped, 3);
+        assert!(cfg.spec().is_ok());
+
+        // A config that is itself invalid is refused whatever the grants.
+        let broken = FleetConfig { source, text: text.replace("listen_port = 51820", "listen_port = \"x\""), peers: vec![] };
+        assert!(without_invalid_grants(broken).is_err());
     }
 
     #[test]
