@@ -1,9 +1,10 @@
 //! The supervisor loop: one engine behind a mutex, driven by the control
 //! socket, SIGHUP and a timer. Engine calls block (netlink, nft), so they
-//! run on the blocking pool. Beside it run three tasks: the control socket
-//! server (bounded, see [`ControlLimits`]), the DNS resolver's supervisor
-//! (`dns_supervisor.rs`: restarts with backoff, canary every 10 s) and, where
-//! the system has A/B slots, the update task (`update.rs`).
+//! run on the blocking pool. Beside it run: the control socket server
+//! (bounded, see [`ControlLimits`]), the DNS resolver's supervisor
+//! (`dns_supervisor.rs`: restarts with backoff, canary every 10 s), the
+//! fleet task and the serial console's enrolment protocol (`fleet.rs`) and,
+//! where the system has A/B slots, the update task (`update.rs`).
 
 use crate::dns_supervisor::DnsSupervisor;
 use crate::fleet::Fleet;
