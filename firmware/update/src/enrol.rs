@@ -55,16 +55,7 @@ impl EnrolRefusal {
 /// The bundle the node accepted, `None` if it is not enrolled. A stored
 /// value that does not parse is an error naming the key.
 pub fn enrolment(store: &dyn Store) -> Result<Option<EnrolmentBundle>, StoreError> {
-    let key = Key::Enrolment;
-    match store.get(key)? {
-        None => Ok(None),
-        Some(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                key: key.as_str(),
-                message: e.to_string(),
-            }),
-    }
+    crate::store::get_json(store, Key::Enrolment)
 }
 
 /// Checks `bundle` for this node, without the store: everything
@@ -162,10 +153,7 @@ pub fn accept(
         });
     }
     validate(identity, bundle)?;
-    let bytes = serde_json::to_vec(bundle).map_err(|e| EnrolRefusal::invalid(e.to_string()))?;
-    store
-        .put(Key::Enrolment, &bytes)
-        .map_err(EnrolRefusal::io)?;
+    crate::store::put_json(store, Key::Enrolment, bundle).map_err(EnrolRefusal::io)?;
     store.remove(Key::Revoked).map_err(EnrolRefusal::io)?;
     Ok(())
 }

@@ -190,28 +190,33 @@ impl Store for MemStore {
     }
 }
 
+/// The JSON value under `key`, `None` if never written; a value that does
+/// not parse is an error naming the key (never silently reset).
+pub fn get_json<T: serde::de::DeserializeOwned>(store: &dyn Store, key: Key) -> Result<Option<T>, StoreError> {
+    match store.get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { key: key.as_str(), message: e.to_string() }),
+    }
+}
+
+/// Stores `value` as JSON under `key` (durable when it returns `Ok`).
+pub fn put_json<T: serde::Serialize>(store: &dyn Store, key: Key, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| StoreError::Corrupt { key: key.as_str(), message: format!("cannot encode: {e}") })?;
+    store.put(key, &bytes)
+}
+
 /// Loads the journal: a fresh one if none was saved, an error naming the key if
 /// the stored value does not parse.
 pub fn load_journal(store: &dyn Store) -> Result<Journal, StoreError> {
-    let key = Key::UpdateJournal;
-    match store.get(key)? {
-        None => Ok(Journal::new()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            key: key.as_str(),
-            message: e.to_string(),
-        }),
-    }
+    get_json(store, Key::UpdateJournal).map(Option::unwrap_or_default)
 }
 
 /// Saves the journal (durable when it returns `Ok`).
 pub fn save_journal(store: &dyn Store, journal: &Journal) -> Result<(), StoreError> {
-    let key = Key::UpdateJournal;
-    // Serializing plain data with string keys cannot fail; map it anyway.
-    let bytes = serde_json::to_vec(journal).map_err(|e| StoreError::Corrupt {
-        key: key.as_str(),
-        message: format!("cannot encode: {e}"),
-    })?;
-    store.put(key, &bytes)
+    put_json(store, Key::UpdateJournal, journal)
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::{self, Revocations};
@@ -150,26 +149,12 @@ impl FleetState {
     /// The saved state, `None` if none was saved. A value that does not
     /// parse, or whose bytes do not match their hashes, is an error.
     pub fn load(store: &dyn Store) -> Result<Option<FleetState>, StoreError> {
-        let key = Key::FleetState;
-        match store.get(key)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    key: key.as_str(),
-                    message: e.to_string(),
-                }),
-        }
+        crate::store::get_json(store, Key::FleetState)
     }
 
     /// Saves the state (durable when it returns `Ok`).
     pub fn save(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let key = Key::FleetState;
-        let bytes = serde_json::to_vec(self).map_err(|e| StoreError::Corrupt {
-            key: key.as_str(),
-            message: format!("cannot encode: {e}"),
-        })?;
-        store.put(key, &bytes)
+        crate::store::put_json(store, Key::FleetState, self)
     }
 }
 
@@ -334,43 +319,6 @@ fn parse_grants(bytes: &[u8]) -> Result<Vec<Cow<'_, str>>, serde_json::Error> {
     serde_json::from_slice::<G<'_>>(bytes).map(|g| g.grants)
 }
 
-/// A client the node serves. Debug redacts the key and addresses.
-#[derive(Clone, PartialEq, Eq)]
-pub struct GrantedPeer {
-    /// Grant id.
-    pub jti: String,
-    /// WireGuard public key.
-    pub public_key: [u8; 32],
-    /// Tunnel addresses.
-    pub addresses: Vec<IpNet>,
-    /// DNS tier; `None`: the default.
-    pub tier: Option<String>,
-    /// When the grant expires (Unix seconds).
-    pub exp: i64,
-}
-
-impl std::fmt::Debug for GrantedPeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrantedPeer")
-            .field("jti", &self.jti)
-            .field("public_key", &"[redacted]")
-            .field(
-                "addresses",
-                &format_args!("[{} redacted]", self.addresses.len()),
-            )
-            .field("tier", &self.tier)
-            .field("exp", &self.exp)
-            .finish()
-    }
-}
-
-impl GrantedPeer {
-    /// The public key, standard base64.
-    pub fn public_key_b64(&self) -> String {
-        B64.encode(self.public_key)
-    }
-}
-
 /// What a fleet state means for this node now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evaluated {
@@ -379,7 +327,7 @@ pub struct Evaluated {
     /// The node's config (node.toml text), if published.
     pub config_text: Option<String>,
     /// The clients to serve.
-    pub peers: Vec<GrantedPeer>,
+    pub peers: Vec<Grant>,
     /// Grants (or files) not taken: (grant id, `#index` or file name, kind).
     /// Kinds: those of [`GrantError::kind`], `revoked`, `duplicate`,
     /// `missing` (grants without `jwks.json`).
@@ -512,7 +460,7 @@ impl Verifier {
         let ids: HashSet<&str> = revoked.grants.iter().map(String::as_str).collect();
         // Winner per client key: index into `peers`.
         let mut by_key: HashMap<[u8; 32], usize> = HashMap::new();
-        let mut peers: Vec<Option<GrantedPeer>> = Vec::new();
+        let mut peers: Vec<Option<Grant>> = Vec::new();
         for (i, h) in hashes.iter().enumerate() {
             let r = match next.get(h) {
                 Some(r) => r.clone(),
@@ -537,13 +485,7 @@ impl Verifier {
                 out.rejected.push((g.jti, "revoked"));
                 continue;
             }
-            let peer = GrantedPeer {
-                jti: g.jti,
-                public_key: g.public_key,
-                addresses: g.addresses,
-                tier: g.tier,
-                exp: g.exp,
-            };
+            let peer = g;
             match by_key.get(&peer.public_key) {
                 Some(&w) => {
                     let old = peers[w].as_ref().expect("winners are kept");
