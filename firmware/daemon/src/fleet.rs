@@ -187,17 +187,20 @@ impl Fleet {
     /// After an enrolment was saved: the fleet root for the repository
     /// clients, then wake the fleet task.
     fn enrolled(&self, bundle: &EnrolmentBundle) {
-        let root = self.state_dir.join(crate::update::STATE_FLEET_ROOT);
-        match serde_json::to_vec_pretty(&bundle.fleet_root) {
-            Ok(bytes) => {
-                if let Err(e) = write_atomic(&root, &bytes) {
-                    tracing::error!("fleet: writing {}: {e}", root.display());
-                }
-            }
-            Err(e) => tracing::error!("fleet: fleet root: {e}"),
+        if let Err(e) = self.write_fleet_root(bundle) {
+            tracing::error!("fleet: {e}");
         }
         tracing::info!("fleet: enrolled as {} (region {}), node {}", bundle.name, bundle.region, self.node_id());
         self.wake.notify_one();
+    }
+
+    /// The bundle's fleet root where both repository clients read their
+    /// trust anchor (`fleet-root.json` on the state partition).
+    fn write_fleet_root(&self, bundle: &EnrolmentBundle) -> Result<PathBuf, String> {
+        let root = self.state_dir.join(crate::update::STATE_FLEET_ROOT);
+        let bytes = serde_json::to_vec_pretty(&bundle.fleet_root).map_err(|e| format!("fleet root: {e}"))?;
+        write_atomic(&root, &bytes).map_err(|e| format!("writing {}: {e}", root.display()))?;
+        Ok(root)
     }
 
     /// An enrolment bundle left in the state directory by a config drive.
@@ -310,7 +313,7 @@ impl Fleet {
                 if !shadowed.is_empty() {
                     self.set_error("wrong-role", format!("{}; those listings are ignored, the owning roles' targets are used (a key signing outside its paths: rotate it)", shadowed.join("; ")));
                 }
-                if !previous.as_ref().is_some_and(|p| same_content(p, &state)) {
+                if !previous.as_ref().is_some_and(|p| p.same_targets(&state)) {
                     if let Err(e) = state.save(&self.store) {
                         self.set_error("io", format!("keeping the verified state: {e}"));
                     }
@@ -350,8 +353,14 @@ impl Fleet {
             }
             None => None,
         };
+        // The enrolment is the source of the trust anchor: restore the file
+        // if it is gone (say, a power cut right after the enrolment).
+        let mut trusted_root = self.state_dir.join(crate::update::STATE_FLEET_ROOT);
+        if !trusted_root.is_file() {
+            trusted_root = self.write_fleet_root(bundle).map_err(|detail| RepoError::Config { detail })?;
+        }
         let cfg = ClientConfig {
-            trusted_root: self.state_dir.join(crate::update::STATE_FLEET_ROOT),
+            trusted_root,
             datastore: self.state_dir.join("tuf").join("fleet"),
             ca_file: ca,
             timeout: Duration::from_secs(20),
@@ -628,18 +637,19 @@ fn without_invalid_grants(mut cfg: FleetConfig) -> Result<(FleetConfig, usize), 
     Ok((cfg, dropped))
 }
 
-/// Whether two fetched states carry the same targets (the fetch time aside).
-fn same_content(a: &FleetState, b: &FleetState) -> bool {
-    a.config == b.config && a.grants == b.grants && a.jwks == b.jwks && a.revocations == b.revocations && a.lists == b.lists
-}
-
+/// Replace `path` with `bytes` (0600): a synced temporary file renamed over
+/// it, then the directory synced, so a power cut leaves the old or the new.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("new");
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(d) => std::fs::File::open(d)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// The serial console device from the kernel command line (`console=ttyS0,115200`:

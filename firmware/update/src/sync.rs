@@ -152,6 +152,16 @@ impl FleetState {
         crate::store::get_json(store, Key::FleetState)
     }
 
+    /// Whether `other` carries the same targets (the fetch time aside):
+    /// nothing to save again.
+    pub fn same_targets(&self, other: &FleetState) -> bool {
+        self.config == other.config
+            && self.grants == other.grants
+            && self.jwks == other.jwks
+            && self.revocations == other.revocations
+            && self.lists == other.lists
+    }
+
     /// Saves the state (durable when it returns `Ok`).
     pub fn save(&self, store: &dyn Store) -> Result<(), StoreError> {
         crate::store::put_json(store, Key::FleetState, self)
