@@ -1,7 +1,6 @@
 //! What palisade-fleet publishes, read by the node's own code
 //! (palisade-update: the enrolment responder, `sync::fetch` and `evaluate`).
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -40,30 +39,11 @@ fn rt() -> tokio::runtime::Runtime {
 fn responder(mut port: TTYPort, store: std::sync::Arc<MemStore>, id: std::sync::Arc<Identity>) {
     port.set_timeout(Duration::from_millis(50)).unwrap();
     let mut r = palisade_update::enrol::Responder::new();
-    let mut buf = Vec::new();
-    loop {
-        let mut b = [0u8; 1024];
-        match port.read(&mut b) {
-            Ok(n) => buf.extend_from_slice(&b[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return,
-        }
-        while let Some(i) = buf.iter().position(|&c| c == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let line = String::from_utf8_lossy(&line).to_string();
-            port.write_all(b"[  1.0] palisaded: log line\r\n").unwrap();
-            if let Some((reply, _)) = r.handle_line(&line, store.as_ref(), &id) {
-                port.write_all(reply.as_bytes()).unwrap();
-            }
-        }
-    }
+    // Ends with an error when the host closes its end.
+    let _ = palisade_update::enrol::serve_lines(&mut port, |line| {
+        let reply = r.handle_line(line, store.as_ref(), &id).map(|(reply, _)| reply).unwrap_or_default();
+        Some(format!("[  1.0] palisaded: log line\r\n{reply}"))
+    });
 }
 
 #[test]

@@ -695,32 +695,7 @@ fn serve_console(fleet: &Fleet, dev: &Path) -> std::io::Result<()> {
     termios::tcsetattr(&f, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
     tracing::info!("fleet: enrolment protocol on {}", dev.display());
     let mut responder = Responder::new();
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = f.read(&mut chunk)?;
-        if n == 0 {
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        }
-        for &b in &chunk[..n] {
-            if b == b'\n' || b == b'\r' {
-                if !buf.is_empty() {
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    buf.clear();
-                    if let Some(reply) = fleet.console_line(&mut responder, &line) {
-                        f.write_all(reply.as_bytes())?;
-                        f.flush()?;
-                    }
-                }
-            } else if buf.len() < 1 << 20 {
-                buf.push(b);
-            } else {
-                // An endless line is not a protocol line: drop it.
-                buf.clear();
-            }
-        }
-    }
+    enrol::serve_lines(&mut f, |line| fleet.console_line(&mut responder, line))
 }
 
 fn libc_o_noctty() -> i32 {

@@ -165,6 +165,44 @@ pub fn factory_reset_enrolment(store: &dyn Store) -> Result<(), StoreError> {
     store.remove(Key::FleetState)
 }
 
+/// Serve a serial line: split what arrives into lines (`\n` or `\r`; an
+/// endless line is dropped at 1 MiB) and write back what `on_line` answers.
+/// Returns at end of file or on a read or write error; read time-outs are
+/// waited out.
+pub fn serve_lines<P: std::io::Read + std::io::Write>(
+    port: &mut P,
+    mut on_line: impl FnMut(&str) -> Option<String>,
+) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match port.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
+            Err(e) => return Err(e),
+        };
+        for &b in &chunk[..n] {
+            if b == b'\n' || b == b'\r' {
+                if !buf.is_empty() {
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    buf.clear();
+                    if let Some(reply) = on_line(&line) {
+                        port.write_all(reply.as_bytes())?;
+                        port.flush()?;
+                    }
+                }
+            } else if buf.len() < 1 << 20 {
+                buf.push(b);
+            } else {
+                // An endless line is not a protocol line: drop it.
+                buf.clear();
+            }
+        }
+    }
+}
+
 /// The node's side of the serial enrolment protocol. It remembers the
 /// bundle it accepted in this session, so that a host resending the same
 /// `enrol` (its reply lost on the line) gets `enrolled` again rather than
@@ -256,6 +294,46 @@ pub(crate) mod tests {
     use std::collections::HashMap;
     use std::num::NonZeroU64;
     use tough::schema::{KeyHolder, RoleKeys, RoleType, Root};
+
+    /// A serial line in memory: reads `input`, collects what is written.
+    struct Line {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl std::io::Read for Line {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(b)
+        }
+    }
+
+    impl std::io::Write for Line {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.output.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn serve_lines_splits_on_cr_and_lf_and_drops_endless_lines() {
+        let mut input = b"one\r\ntwo\rthree\n\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', (1 << 20) + 10));
+        input.extend_from_slice(b"\nfour\n");
+        let mut line = Line { input: std::io::Cursor::new(input), output: Vec::new() };
+        let mut seen = Vec::new();
+        serve_lines(&mut line, |l| {
+            seen.push(l.len());
+            (l != "two").then(|| format!("<{}>", &l[..l.len().min(5)]))
+        })
+        .unwrap();
+        // The endless line is dropped at 1 MiB (with the byte that overflows
+        // it); the 9 bytes after arrive as a line of their own.
+        assert_eq!(seen, [3, 3, 5, 9, 4]);
+        assert_eq!(String::from_utf8(line.output).unwrap(), "<one><three><xxxxx><four>");
+    }
     use tough::sign::Sign as _;
 
     /// A root signed by one ed25519 key for every role (`signers`: how many
