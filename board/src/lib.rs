@@ -10,7 +10,8 @@
 //!   partition layout).
 //! - [`Board`]: the node's hardware as embedded-hal concepts — a status LED (an
 //!   [`OutputPin`]), a reset button (an [`InputPin`]), a hardware watchdog and a
-//!   console — with the [`qemu::QemuX86_64`] implementation. Not used by palisaded
+//!   console — with the [`qemu::QemuX86_64`] implementation; [`DevicesDef`] names
+//!   the devices in the board definition. Not used by palisaded
 //!   yet either.
 //! - [`kmod`]: module names, `modules.dep` and load plans, the one implementation
 //!   used by the image builder (what goes into the image) and by palisaded (what
@@ -85,6 +86,57 @@ pub struct BoardDef {
     pub packages: Vec<PackagePin>,
     /// Partition sizes.
     pub partitions: PartitionSizes,
+    /// The board's devices palisaded drives: watchdog, status LED, reset button.
+    /// A board without a section has none of them.
+    #[serde(default)]
+    pub devices: DevicesDef,
+}
+
+/// The devices of a board (`[devices.*]`), read by palisaded at boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesDef {
+    /// The hardware watchdog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<WatchdogDef>,
+    /// The status LED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub led: Option<LedDef>,
+    /// The reset button.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub button: Option<ButtonDef>,
+}
+
+/// A Linux watchdog device (`[devices.watchdog]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogDef {
+    /// The character device (`/dev/watchdog`).
+    pub path: PathBuf,
+    /// Timeout set on the device (WDIOC_SETTIMEOUT), in seconds: the machine
+    /// resets this long after the last feed.
+    pub timeout_secs: u32,
+}
+
+/// The status LED (`[devices.led]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LedDef {
+    /// An LED of the Linux LED class: `/sys/class/leds/<name>/brightness`.
+    Sysfs { name: String },
+    /// A virtio-serial port of that name (`/sys/class/virtio-ports/*/name`),
+    /// how a virtual machine shows its LED to the host.
+    VirtioSerial { port: String },
+}
+
+/// The reset button (`[devices.button]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ButtonDef {
+    /// A key of a Linux input device (gpio-keys on real boards, a keyboard in
+    /// a virtual machine): the first `/dev/input/event*` that reports `key`
+    /// (an evdev key name such as `KEY_RESTART`).
+    Evdev { key: String },
 }
 
 /// The kernel package, pinned.
@@ -249,6 +301,27 @@ impl BoardDef {
         }
         if p.esp + 2 * p.slot + p.state > 64 * 1024 {
             return Err(bad("partitions", "total larger than 64 GiB".into()));
+        }
+        if let Some(w) = &self.devices.watchdog {
+            if !w.path.is_absolute() {
+                return Err(bad("devices.watchdog.path", "expected an absolute device path".into()));
+            }
+            if !(2..=600).contains(&w.timeout_secs) {
+                return Err(bad("devices.watchdog.timeout_secs", "expected 2 to 600 seconds".into()));
+            }
+        }
+        match &self.devices.led {
+            Some(LedDef::Sysfs { name: n }) | Some(LedDef::VirtioSerial { port: n })
+                if n.is_empty() || n.contains('/') =>
+            {
+                return Err(bad("devices.led", format!("`{n}` is not an LED or port name")));
+            }
+            _ => {}
+        }
+        if let Some(ButtonDef::Evdev { key }) = &self.devices.button {
+            if !key.starts_with("KEY_") && !key.starts_with("BTN_") {
+                return Err(bad("devices.button.key", format!("`{key}` is not an evdev key name (KEY_* or BTN_*)")));
+            }
         }
         if !self.console.starts_with("tty") {
             return Err(bad(

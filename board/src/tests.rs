@@ -134,3 +134,28 @@ fn qemu_led_and_button_files() {
 fn module_key_normalises() {
     assert_eq!(module_key("crc32c-intel"), "crc32c_intel");
 }
+
+#[test]
+fn devices_parse_and_bad_values_are_named() {
+    let def = BoardDef::load(&boards_dir(), "qemu-x86_64").unwrap();
+    let wd = def.devices.watchdog.as_ref().unwrap();
+    assert_eq!(wd.path, Path::new("/dev/watchdog"));
+    assert_eq!(def.devices.led, Some(LedDef::VirtioSerial { port: "palisade.led".into() }));
+    assert_eq!(def.devices.button, Some(ButtonDef::Evdev { key: "KEY_POWER".into() }));
+
+    let none = BoardDef::from_str(MIN, Path::new("x.toml")).unwrap();
+    assert_eq!(none.devices, DevicesDef::default());
+
+    let cases = [
+        ("[devices.watchdog]\npath = \"dev/watchdog\"\ntimeout_secs = 10\n", "devices.watchdog.path"),
+        ("[devices.watchdog]\npath = \"/dev/watchdog\"\ntimeout_secs = 1\n", "devices.watchdog.timeout_secs"),
+        ("[devices.led]\nkind = \"sysfs\"\nname = \"a/b\"\n", "devices.led"),
+        ("[devices.button]\nkind = \"evdev\"\nkey = \"POWER\"\n", "devices.button.key"),
+    ];
+    for (extra, field) in cases {
+        let err = BoardDef::from_str(&format!("{MIN}{extra}"), Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains(field), "{extra}: {err}");
+    }
+    let err = BoardDef::from_str(&format!("{MIN}[devices.led]\nkind = \"gpio\"\nline = 3\n"), Path::new("x.toml")).unwrap_err();
+    assert!(err.to_string().contains("gpio"), "{err}");
+}
