@@ -499,7 +499,7 @@ impl TestBed {
         let ifname = format!("{tag}c{i}");
         let keys = gen_keypair(self.dir.path(), &format!("client{i}"))?;
         let wg_proc =
-            start_wireguard_go(&ns, &ifname, self.dir.path(), &format!("c{i}-wireguard-go"))?;
+            start_wireguard_go(&ns, &ifname, self.dir.path(), &format!("c{i}-wireguard-go"), true)?;
         ns.run(&[
             "wg",
             "set",
@@ -564,6 +564,7 @@ impl TestBed {
             &self.node_if,
             self.dir.path(),
             "node-wireguard-go",
+            false,
         )?;
         self.node_procs.plain_wg = Some(p);
         let ifn = self.node_if.clone();
@@ -717,6 +718,45 @@ impl TestBed {
                 );
             }
         }
+        // Where a stalled client stands: its WireGuard session as the client
+        // sees it, and whether the web host answers without the tunnel.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for (i, c) in self.clients.iter().enumerate() {
+            match c.dump() {
+                Ok(d) => {
+                    for p in &d.peers {
+                        let age = if p.latest_handshake == 0 {
+                            "never".to_string()
+                        } else {
+                            format!("{} s ago", now.saturating_sub(p.latest_handshake))
+                        };
+                        let _ = writeln!(
+                            s,
+                            "--- client {}: wg peer endpoint {:?}, latest handshake {age}, rx {} B, tx {} B",
+                            i + 1,
+                            p.endpoint,
+                            p.rx,
+                            p.tx
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "--- client {}: wg dump failed: {e:#}", i + 1);
+                }
+            }
+        }
+        let direct = self.inet.enter(|| {
+            crate::probe::udp_exchange(
+                None,
+                SocketAddr::new(addr::WEB_V4.into(), addr::ECHO_UDP),
+                b"dump",
+                Duration::from_millis(300),
+            )
+        });
+        let _ = writeln!(s, "--- web host echo from the internet namespace (no tunnel): {direct:?}");
         s
     }
 }
@@ -803,7 +843,9 @@ fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) -> Result<()> {
 }
 
 /// Start `wireguard-go -f <ifname>` in `ns` and wait (bounded) for its UAPI socket.
-pub fn start_wireguard_go(ns: &Netns, ifname: &str, log_dir: &Path, label: &str) -> Result<Proc> {
+/// `verbose` logs its handshakes and timers (clients: a stalled session is then
+/// explained by the log a failing test prints); otherwise errors only.
+pub fn start_wireguard_go(ns: &Netns, ifname: &str, log_dir: &Path, label: &str, verbose: bool) -> Result<Proc> {
     if ifname.len() > 15 {
         bail!("interface name {ifname} longer than 15 characters");
     }
@@ -812,7 +854,7 @@ pub fn start_wireguard_go(ns: &Netns, ifname: &str, log_dir: &Path, label: &str)
         label,
         log_dir,
         &["wireguard-go", "-f", ifname],
-        &[("LOG_LEVEL", "error")],
+        &[("LOG_LEVEL", if verbose { "verbose" } else { "error" })],
     )?;
     let r = wait_until(Duration::from_secs(5), &sock, || {
         Path::new(&sock).exists().then_some(())
