@@ -49,7 +49,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(summary(d.path(), false), "watchdogs: none");
         assert_eq!(summary(&d.path().join("absent"), false), "watchdogs: none");
-        for (n, id) in [("watchdog10", None), ("watchdog1", Some("iTCO_wdt\n")), ("watchdog0", Some("i6300ESB timer\n"))] {
+        for (n, id) in [
+            ("watchdog10", None),
+            ("watchdog1", Some("iTCO_wdt\n")),
+            ("watchdog0", Some("i6300ESB timer\n")),
+        ] {
             std::fs::create_dir(d.path().join(n)).unwrap();
             if let Some(id) = id {
                 std::fs::write(d.path().join(n).join("identity"), id).unwrap();
