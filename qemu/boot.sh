@@ -21,14 +21,20 @@
 #     --snapshot          do not write to IMAGE (writes go to a temporary overlay)
 #     --no-reboot         exit QEMU when the guest reboots (clean shutdown for tests:
 #                         monitor `sendkey ctrl-alt-delete` makes palisaded stop and reboot)
+#     --hw KIND           virtio (default): virtio disk, NIC and RNG (the qemu-x86_64 board);
+#                         appliance: the x86-appliance board's hardware: the disk (and
+#                         the config drive, a second disk) on AHCI, the uplink on an
+#                         e1000e NIC, an i6300esb watchdog (q35's ICH9 TCO is there too;
+#                         the board loads i6300esb first, so it is /dev/watchdog), no
+#                         virtio device at all
 #
 # The script execs QEMU, so its pid is QEMU's pid. No user networking is used.
 set -euo pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 image=$1; shift
-netns= tap= mac=52:54:00:50:41:01 serial= pidfile= monitor= cfgdrive= vars= mem=512 smp=2 snapshot= noreboot= serialpty=
+netns= tap= mac=52:54:00:50:41:01 serial= pidfile= monitor= cfgdrive= vars= mem=512 smp=2 snapshot= noreboot= serialpty= hw=virtio
 while [ $# -gt 0 ]; do
     case "$1" in
         --netns) netns=$2; shift 2 ;;
@@ -44,11 +50,13 @@ while [ $# -gt 0 ]; do
         --smp) smp=$2; shift 2 ;;
         --snapshot) snapshot=1; shift ;;
         --no-reboot) noreboot=1; shift ;;
+        --hw) hw=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "boot.sh: unknown option $1" >&2; usage ;;
     esac
 done
 [ -f "$image" ] || { echo "boot.sh: no image $image" >&2; exit 1; }
+case "$hw" in virtio|appliance) ;; *) echo "boot.sh: --hw $hw: expected virtio or appliance" >&2; exit 2 ;; esac
 
 ovmf_dir=/usr/share/OVMF
 code=$ovmf_dir/OVMF_CODE_4M.fd
@@ -70,13 +78,26 @@ args=(
     -m "$mem" -smp "$smp"
     -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
     -drive "if=pflash,format=raw,unit=1,file=$vars"
-    -drive "if=virtio,format=$fmt,file=$image,cache=unsafe${snapshot:+,snapshot=on}"
-    -device virtio-rng-pci
     -display none
     -vga none
 )
+if [ "$hw" = appliance ]; then
+    args+=(
+        -drive "if=none,id=disk0,format=$fmt,file=$image,cache=unsafe${snapshot:+,snapshot=on}"
+        -device ahci,id=ahci
+        -device ide-hd,drive=disk0,bus=ahci.0,bootindex=1
+        -device i6300esb
+    )
+    nic=e1000e
+else
+    args+=(
+        -drive "if=virtio,format=$fmt,file=$image,cache=unsafe${snapshot:+,snapshot=on}"
+        -device virtio-rng-pci
+    )
+    nic=virtio-net-pci
+fi
 if [ -n "$tap" ]; then
-    args+=(-netdev "tap,id=up0,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=up0,mac=$mac")
+    args+=(-netdev "tap,id=up0,ifname=$tap,script=no,downscript=no" -device "$nic,netdev=up0,mac=$mac")
 else
     args+=(-nic none)
 fi
@@ -89,7 +110,12 @@ else
 fi
 [ -n "$pidfile" ] && args+=(-pidfile "$pidfile")
 [ -n "$monitor" ] && args+=(-monitor "unix:$monitor,server,nowait")
-[ -n "$cfgdrive" ] && args+=(-drive "if=virtio,format=raw,readonly=on,file=$cfgdrive")
+if [ -n "$cfgdrive" ] && [ "$hw" = appliance ]; then
+    # A second SATA disk. ide-hd cannot be read-only: snapshot=on keeps the file unchanged.
+    args+=(-drive "if=none,id=cfg0,format=raw,snapshot=on,file=$cfgdrive" -device ide-hd,drive=cfg0,bus=ahci.1)
+elif [ -n "$cfgdrive" ]; then
+    args+=(-drive "if=virtio,format=raw,readonly=on,file=$cfgdrive")
+fi
 [ -n "$noreboot" ] && args+=(-no-reboot)
 
 if [ -n "$netns" ]; then

@@ -187,6 +187,13 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Module names are case-sensitive (`iTCO_wdt`): letters, digits, `-`, `_`.
+fn valid_module(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn valid_pkg(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -288,7 +295,7 @@ impl BoardDef {
             }
         }
         for m in self.modules.initramfs.iter().chain(&self.modules.root) {
-            if !valid_name(m) {
+            if !valid_module(m) {
                 return Err(bad("modules", format!("`{m}` is not a module name")));
             }
         }

@@ -68,6 +68,38 @@ fn board_toml_round_trips_with_extra_cmdline() {
 }
 
 #[test]
+fn appliance_board_values() {
+    let def = BoardDef::load(&boards_dir(), "x86-appliance").unwrap();
+    assert_eq!(def.kernel.package, "linux-image-6.1.0-56-amd64");
+    for m in ["ahci", "sd_mod", "nvme", "virtio_blk", "erofs"] {
+        assert!(def.modules.initramfs.iter().any(|x| x == m), "initramfs lacks {m}");
+    }
+    for m in ["ext4", "e1000e", "igb", "ixgbe", "virtio_net", "iTCO_wdt", "i6300esb", "button", "evdev", "wireguard", "nft_masq"] {
+        assert!(def.modules.root.iter().any(|x| x == m), "root lacks {m}");
+    }
+    // QEMU's i6300esb registers before the TCO, so it is /dev/watchdog there.
+    let pos = |m: &str| def.modules.root.iter().position(|x| x == m).unwrap();
+    assert!(pos("i6300esb") < pos("iTCO_wdt"));
+    assert_eq!(def.devices.watchdog.as_ref().map(|w| w.timeout_secs), Some(30));
+    assert_eq!(def.devices.button, Some(ButtonDef::Evdev { key: "KEY_POWER".into() }));
+    assert_eq!(def.devices.led, None);
+    // Both boards install the same userland.
+    let qemu = BoardDef::load(&boards_dir(), "qemu-x86_64").unwrap();
+    assert_eq!(def.packages, qemu.packages);
+}
+
+#[test]
+fn module_names_are_case_sensitive_but_checked() {
+    let ok = MIN.replace("[modules]", "[modules]\nroot = [\"iTCO_wdt\", \"crc32c-intel\"]");
+    assert_eq!(BoardDef::from_str(&ok, Path::new("x.toml")).unwrap().modules.root, ["iTCO_wdt", "crc32c-intel"]);
+    for bad in ["../x", "a b", ""] {
+        let t = MIN.replace("[modules]", &format!("[modules]\nroot = [\"{bad}\"]"));
+        let e = BoardDef::from_str(&t, Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("modules"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
 fn minimal_parses() {
     let d = BoardDef::from_str(MIN, Path::new("x.toml")).unwrap();
     assert!(d.packages.is_empty());

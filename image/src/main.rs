@@ -50,6 +50,10 @@ struct BuildArgs {
     /// Board name (board/boards/<name>.toml).
     #[arg(long, default_value = "qemu-x86_64")]
     board: String,
+    /// A board definition outside board/boards/ (its `name` names the outputs);
+    /// overrides --board.
+    #[arg(long, value_name = "FILE")]
+    board_file: Option<PathBuf>,
     /// Output directory.
     #[arg(long, default_value = "out")]
     out: PathBuf,
@@ -121,8 +125,19 @@ fn inputs(a: &BuildArgs) -> Result<Inputs> {
     let ws = ws
         .canonicalize()
         .with_context(|| format!("workspace {}", ws.display()))?;
-    let board = BoardDef::load(&ws.join("board/boards"), &a.board)?;
-    let board_text = fs::read(ws.join("board/boards").join(format!("{}.toml", a.board)))?;
+    let (board, board_text) = match &a.board_file {
+        Some(f) => {
+            let text = fs::read(f).with_context(|| format!("--board-file {}", f.display()))?;
+            let utf8 = std::str::from_utf8(&text)
+                .with_context(|| format!("--board-file {}: not UTF-8", f.display()))?;
+            let def = BoardDef::from_str(utf8, f)?;
+            (def, text)
+        }
+        None => (
+            BoardDef::load(&ws.join("board/boards"), &a.board)?,
+            fs::read(ws.join("board/boards").join(format!("{}.toml", a.board)))?,
+        ),
+    };
     let epoch = default_epoch(&ws);
     fs::create_dir_all(&a.out)?;
     let out = a.out.canonicalize()?;
@@ -254,6 +269,37 @@ mod tests {
             panic!("--version did not print the version");
         };
         assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn board_file_is_read_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = fs::read_to_string(ws.join("board/boards/x86-appliance.toml")).unwrap();
+        let file = d.path().join("my-board.toml");
+        fs::write(&file, &text).unwrap();
+        let args = |f: &Path| {
+            let cli = Cli::try_parse_from([
+                "palisade-image".as_ref(),
+                "build".as_ref(),
+                "--out".as_ref(),
+                d.path().join("out").as_os_str(),
+                "--cache".as_ref(),
+                d.path().join("cache").as_os_str(),
+                "--board-file".as_ref(),
+                f.as_os_str(),
+            ])
+            .unwrap();
+            let Cmd::Build(a) = cli.cmd;
+            a
+        };
+        let inp = inputs(&args(&file)).unwrap();
+        assert_eq!(inp.board.name, "x86-appliance");
+        assert_eq!(inp.board_text, text.as_bytes());
+        // A bad value is refused naming the file and the field.
+        fs::write(&file, text.replace("timeout_secs = 30", "timeout_secs = 0")).unwrap();
+        let e = format!("{:#}", inputs(&args(&file)).unwrap_err());
+        assert!(e.contains("my-board.toml") && e.contains("devices.watchdog.timeout_secs"), "{e}");
     }
 
     #[test]

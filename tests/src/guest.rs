@@ -227,6 +227,28 @@ pub struct GuestOptions {
     /// Let the guest reboot (QEMU keeps running across reboots; updates need
     /// it). Default: QEMU exits when the guest reboots.
     pub allow_reboot: bool,
+    /// The emulated hardware (`qemu/boot.sh --hw`).
+    pub hw: Hw,
+}
+
+/// The hardware QEMU emulates (`qemu/boot.sh --hw`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hw {
+    /// virtio disk, NIC and RNG: the qemu-x86_64 board.
+    #[default]
+    Virtio,
+    /// The x86-appliance board's: AHCI disks, an e1000e NIC, an i6300esb watchdog.
+    Appliance,
+}
+
+impl Hw {
+    /// The `--hw` value.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Hw::Virtio => "virtio",
+            Hw::Appliance => "appliance",
+        }
+    }
 }
 
 /// A sparse copy of `image` in `dir` (every test works on its own disk).
@@ -389,6 +411,11 @@ impl Vm {
     /// internet bridge, console to a file, a monitor socket, and optionally
     /// a config drive. `no_reboot`: QEMU exits when the guest reboots.
     pub fn start(bed: &TestBed, disk: &Path, config_drive: Option<&Path>, no_reboot: bool) -> Result<Vm> {
+        Vm::start_hw(bed, disk, config_drive, no_reboot, Hw::Virtio)
+    }
+
+    /// [`Vm::start`] on the given emulated hardware.
+    pub fn start_hw(bed: &TestBed, disk: &Path, config_drive: Option<&Path>, no_reboot: bool, hw: Hw) -> Result<Vm> {
         let dir = bed.log_dir();
         let tap = format!("pt{}{}", std::process::id(), bed.id.rsplit('-').next().unwrap_or("0"));
         bed.add_tap(&tap)?;
@@ -414,6 +441,9 @@ impl Vm {
         }
         if no_reboot {
             argv.push("--no-reboot".into());
+        }
+        if hw != Hw::Virtio {
+            argv.extend(["--hw".to_string(), hw.arg().to_string()]);
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let started = Instant::now();
@@ -527,7 +557,7 @@ impl Guest {
             mk.arg(root);
         }
         run_cmd(&mut mk)?;
-        let vm = Vm::start(bed, &disk, Some(&cfg), !opts.allow_reboot)?;
+        let vm = Vm::start_hw(bed, &disk, Some(&cfg), !opts.allow_reboot, opts.hw)?;
         for c in &bed.clients {
             c.connect(&node_key.public_key)?;
         }

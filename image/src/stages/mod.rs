@@ -9,6 +9,7 @@
 //! | stage | module | makes |
 //! | --- | --- | --- |
 //! | `fetch`, `extract` | [`fetch`] | verified .debs in the cache, `work/pkgs/<name>/` |
+//! | `modcheck` | [`modules`] | nothing: fails unless every board module is in the kernel package |
 //! | `binaries` | [`binaries`] | static palisaded + palisade (built, or `--bin-dir`) |
 //! | `rootfs`, `overlay` | [`rootfs`] | `work/root/`: binaries, busybox, nft, ip + libs; rootfs/, seed, lists, board file |
 //! | `modules` | [`modules`] | kernel modules + depmod in the root, `/etc/palisade/modules` |
@@ -254,6 +255,11 @@ pub const STAGES: &[Stage] = &[
         run: fetch::extract,
     },
     Stage {
+        name: "modcheck",
+        what: "checking the board's modules against the kernel package",
+        run: modules::check,
+    },
+    Stage {
         name: "binaries",
         what: "building palisaded and palisade (profile node, static-pie)",
         run: binaries::run,
@@ -439,6 +445,8 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), names.len(), "duplicate stage name");
         let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        // A module the kernel lacks fails the build before anything slow runs.
+        assert!(pos("extract") < pos("modcheck") && pos("modcheck") < pos("binaries"));
         // The identity digest covers every binary, so it follows rootfs.
         assert!(pos("rootfs") < pos("identity"));
         for s in ["erofs", "esp", "state", "disk"] {
@@ -461,6 +469,7 @@ mod tests {
             [
                 "fetch",
                 "extract",
+                "modcheck",
                 "binaries",
                 "rootfs",
                 "modules",

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::{console, mounts, modules, net, seed, Cmdline};
+use super::{console, mounts, modules, net, seed, watchdogs, Cmdline};
 
 /// Where the supervisor finds its state, config and runtime directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,10 @@ pub fn boot() -> anyhow::Result<BootEnv> {
         Ok(n) => tracing_free_note(&format!("{n} kernel modules loaded")),
         Err(e) => console(&format!("module loading: {e:#}")),
     }
+    console(&watchdogs::summary(
+        Path::new("/sys/class/watchdog"),
+        Path::new("/dev/watchdog").exists(),
+    ));
 
     let state_dir = PathBuf::from(STATE_DIR);
     std::fs::create_dir_all(&state_dir)?;

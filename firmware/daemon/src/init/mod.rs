@@ -35,6 +35,7 @@ mod net;
 mod power;
 mod reaper;
 mod seed;
+mod watchdogs;
 
 pub use bless::bless_boot_entry;
 pub use boot::{boot, STATE_DIR};
