@@ -65,10 +65,18 @@ fn now() -> time::OffsetDateTime {
 fn ca_params(name: &str) -> rcgen::CertificateParams {
     let mut p = rcgen::CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::OrganizationName, "palisade fleet");
-    p.distinguished_name.push(rcgen::DnType::CommonName, format!("palisade mesh anchor {name}"));
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "palisade fleet");
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("palisade mesh anchor {name}"),
+    );
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
     p
 }
 
@@ -86,7 +94,9 @@ impl Fleet {
     pub fn anchor_list(&self) -> Result<AnchorList, FleetError> {
         let p = self.anchors_path();
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| repo_err(format!("{}: {e}", p.display()))),
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| repo_err(format!("{}: {e}", p.display())))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AnchorList::default()),
             Err(e) => Err(repo_err(format!("{}: {e}", p.display()))),
         }
@@ -94,20 +104,33 @@ impl Fleet {
 
     fn save_anchor_list(&self, l: &AnchorList) -> Result<(), FleetError> {
         let p = self.anchors_path();
-        std::fs::create_dir_all(p.parent().expect("has a parent")).map_err(|e| repo_err(format!("{}: {e}", p.display())))?;
+        std::fs::create_dir_all(p.parent().expect("has a parent"))
+            .map_err(|e| repo_err(format!("{}: {e}", p.display())))?;
         let mut b = serde_json::to_vec_pretty(l).map_err(|e| FleetError::Other(e.to_string()))?;
         b.push(b'\n');
         write_atomic(&p, &b)
     }
 
     /// Publish the bundle of every live anchor (configs role).
-    async fn publish_anchors(&self, l: &AnchorList, exp: Expiries) -> Result<Option<u64>, FleetError> {
+    async fn publish_anchors(
+        &self,
+        l: &AnchorList,
+        exp: Expiries,
+    ) -> Result<Option<u64>, FleetError> {
         let mut bundle = String::new();
         for a in &l.anchors {
             bundle.push_str(&a.cert_pem);
         }
-        palisade_update::mesh::parse_anchors(bundle.as_bytes()).map_err(|e| FleetError::Other(format!("anchor bundle: {e}")))?;
-        let r = self.put_targets(CONFIGS.name, vec![(MESH_ANCHORS_TARGET.to_string(), bundle.into_bytes())], &[], exp).await?;
+        palisade_update::mesh::parse_anchors(bundle.as_bytes())
+            .map_err(|e| FleetError::Other(format!("anchor bundle: {e}")))?;
+        let r = self
+            .put_targets(
+                CONFIGS.name,
+                vec![(MESH_ANCHORS_TARGET.to_string(), bundle.into_bytes())],
+                &[],
+                exp,
+            )
+            .await?;
         Ok(r.map(|c| c.roles[CONFIGS.name].signed.version.get()))
     }
 
@@ -116,21 +139,31 @@ impl Fleet {
     /// failed publish, it publishes the existing anchor.
     pub async fn mesh_anchor_init(&self, name: &str, exp: Expiries) -> Result<Report, FleetError> {
         if !valid_name(name) {
-            return Err(input(format!("anchor name {name:?}: 1-64 of a-z, 0-9, '-'")));
+            return Err(input(format!(
+                "anchor name {name:?}: 1-64 of a-z, 0-9, '-'"
+            )));
         }
         let mut list = self.anchor_list()?;
         let key_path = self.anchor_key_path(name);
         if !list.anchors.iter().any(|a| a.name == name) {
             if key_path.exists() {
-                return Err(repo_err(format!("{} exists but the anchor is not in {}; remove the key or choose another name", key_path.display(), self.anchors_path().display())));
+                return Err(repo_err(format!(
+                    "{} exists but the anchor is not in {}; remove the key or choose another name",
+                    key_path.display(),
+                    self.anchors_path().display()
+                )));
             }
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| FleetError::Other(format!("key: {e}")))?;
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| FleetError::Other(format!("key: {e}")))?;
             let mut p = ca_params(name);
             let t = now();
             p.not_before = t - time::Duration::hours(1);
             p.not_after = t + time::Duration::days(5 * 365);
-            let cert = p.self_signed(&key).map_err(|e| FleetError::Other(format!("anchor certificate: {e}")))?;
-            std::fs::create_dir_all(&self.keys).map_err(|e| repo_err(format!("{}: {e}", self.keys.display())))?;
+            let cert = p
+                .self_signed(&key)
+                .map_err(|e| FleetError::Other(format!("anchor certificate: {e}")))?;
+            std::fs::create_dir_all(&self.keys)
+                .map_err(|e| repo_err(format!("{}: {e}", self.keys.display())))?;
             write_private(&key_path, key.serialize_pem().as_bytes(), false)?;
             list.anchors.push(AnchorEntry {
                 name: name.to_string(),
@@ -148,7 +181,8 @@ impl Fleet {
                 "anchor {name} ready; {MESH_ANCHORS_TARGET} holds {} anchor(s): {}{}",
                 names.len(),
                 names.join(", "),
-                v.map(|v| format!(" (configs version {v})")).unwrap_or_else(|| " (unchanged)".into())
+                v.map(|v| format!(" (configs version {v})"))
+                    .unwrap_or_else(|| " (unchanged)".into())
             ),
             json: json!({"ok": true, "anchor": name, "anchors": names, "configs_version": v, "key": key_path}),
         })
@@ -156,13 +190,21 @@ impl Fleet {
 
     /// `mesh anchor retire NAME`: off the bundle (republished), key destroyed.
     /// The last anchor cannot be retired: init its successor first.
-    pub async fn mesh_anchor_retire(&self, name: &str, exp: Expiries) -> Result<Report, FleetError> {
+    pub async fn mesh_anchor_retire(
+        &self,
+        name: &str,
+        exp: Expiries,
+    ) -> Result<Report, FleetError> {
         let mut list = self.anchor_list()?;
         if !list.anchors.iter().any(|a| a.name == name) {
-            return Err(input(format!("no anchor {name:?} (see `mesh anchor list`)")));
+            return Err(input(format!(
+                "no anchor {name:?} (see `mesh anchor list`)"
+            )));
         }
         if list.anchors.len() == 1 {
-            return Err(input(format!("{name} is the only anchor: `mesh anchor init` its successor first, then retire it")));
+            return Err(input(format!(
+                "{name} is the only anchor: `mesh anchor init` its successor first, then retire it"
+            )));
         }
         list.anchors.retain(|a| a.name != name);
         let v = self.publish_anchors(&list, exp).await?;
@@ -171,11 +213,15 @@ impl Fleet {
         if let Ok(m) = std::fs::metadata(&key_path) {
             // Overwrite, then unlink: a retired anchor issues nothing again.
             let _ = std::fs::write(&key_path, vec![0u8; m.len() as usize]);
-            std::fs::remove_file(&key_path).map_err(|e| repo_err(format!("{}: {e}", key_path.display())))?;
+            std::fs::remove_file(&key_path)
+                .map_err(|e| repo_err(format!("{}: {e}", key_path.display())))?;
         }
         let names: Vec<&str> = list.anchors.iter().map(|a| a.name.as_str()).collect();
         Ok(Report {
-            text: format!("anchor {name} retired; {MESH_ANCHORS_TARGET} holds {}", names.join(", ")),
+            text: format!(
+                "anchor {name} retired; {MESH_ANCHORS_TARGET} holds {}",
+                names.join(", ")
+            ),
             json: json!({"ok": true, "retired": name, "anchors": names, "configs_version": v}),
         })
     }
@@ -189,7 +235,11 @@ impl Fleet {
                 "{}  sha256 {}  key {}\n",
                 a.name,
                 &a.sha256[..16],
-                if self.anchor_key_path(&a.name).exists() { "present" } else { "not here" }
+                if self.anchor_key_path(&a.name).exists() {
+                    "present"
+                } else {
+                    "not here"
+                }
             ));
         }
         if list.anchors.is_empty() {
@@ -203,24 +253,45 @@ impl Fleet {
 
     /// `mesh cert issue`: a short-lived client certificate for a scraper,
     /// `<out>/<name>.crt.pem` and `<out>/<name>.key.pem` (0600).
-    pub fn mesh_cert_issue(&self, anchor: &str, name: &str, lifetime: Duration, not_before: Option<i64>, out: &Path) -> Result<Report, FleetError> {
+    pub fn mesh_cert_issue(
+        &self,
+        anchor: &str,
+        name: &str,
+        lifetime: Duration,
+        not_before: Option<i64>,
+        out: &Path,
+    ) -> Result<Report, FleetError> {
         if !valid_name(name) {
-            return Err(input(format!("scraper name {name:?}: 1-64 of a-z, 0-9, '-'")));
+            return Err(input(format!(
+                "scraper name {name:?}: 1-64 of a-z, 0-9, '-'"
+            )));
         }
         if !self.anchor_list()?.anchors.iter().any(|a| a.name == anchor) {
-            return Err(input(format!("no live anchor {anchor:?} (see `mesh anchor list`)")));
+            return Err(input(format!(
+                "no live anchor {anchor:?} (see `mesh anchor list`)"
+            )));
         }
         let kp = self.anchor_key_path(anchor);
-        let pem = std::fs::read_to_string(&kp).map_err(|e| repo_err(format!("{}: {e}", kp.display())))?;
-        let ca_key = rcgen::KeyPair::from_pem(&pem).map_err(|e| repo_err(format!("{}: {e}", kp.display())))?;
+        let pem =
+            std::fs::read_to_string(&kp).map_err(|e| repo_err(format!("{}: {e}", kp.display())))?;
+        let ca_key = rcgen::KeyPair::from_pem(&pem)
+            .map_err(|e| repo_err(format!("{}: {e}", kp.display())))?;
         let issuer = rcgen::Issuer::new(ca_params(anchor), ca_key);
         let (cert, key) = issue(name, lifetime, not_before, &issuer)?;
         std::fs::create_dir_all(out).map_err(|e| input(format!("{}: {e}", out.display())))?;
-        let (cp, kp) = (out.join(format!("{name}.crt.pem")), out.join(format!("{name}.key.pem")));
+        let (cp, kp) = (
+            out.join(format!("{name}.crt.pem")),
+            out.join(format!("{name}.key.pem")),
+        );
         write_private(&kp, key.as_bytes(), true)?;
         write_atomic(&cp, cert.as_bytes())?;
         Ok(Report {
-            text: format!("issued {} (anchor {anchor}, valid {} s), key {}", cp.display(), lifetime.as_secs(), kp.display()),
+            text: format!(
+                "issued {} (anchor {anchor}, valid {} s), key {}",
+                cp.display(),
+                lifetime.as_secs(),
+                kp.display()
+            ),
             json: json!({"ok": true, "cert": cp, "key": kp, "anchor": anchor, "lifetime_secs": lifetime.as_secs()}),
         })
     }
@@ -228,20 +299,33 @@ impl Fleet {
 
 /// A client certificate (PEM) and its key (PEM) for `name`, valid from
 /// `not_before` (Unix seconds; default now) for `lifetime`.
-pub fn issue<S: rcgen::SigningKey>(name: &str, lifetime: Duration, not_before: Option<i64>, issuer: &rcgen::Issuer<'_, S>) -> Result<(String, String), FleetError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| FleetError::Other(format!("key: {e}")))?;
-    let mut p = rcgen::CertificateParams::new(vec![format!("{name}.scraper.palisade")]).map_err(|e| input(format!("name {name}: {e}")))?;
-    p.distinguished_name.push(rcgen::DnType::CommonName, format!("palisade scraper {name}"));
+pub fn issue<S: rcgen::SigningKey>(
+    name: &str,
+    lifetime: Duration,
+    not_before: Option<i64>,
+    issuer: &rcgen::Issuer<'_, S>,
+) -> Result<(String, String), FleetError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| FleetError::Other(format!("key: {e}")))?;
+    let mut p = rcgen::CertificateParams::new(vec![format!("{name}.scraper.palisade")])
+        .map_err(|e| input(format!("name {name}: {e}")))?;
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("palisade scraper {name}"),
+    );
     p.is_ca = rcgen::IsCa::ExplicitNoCa;
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     let from = match not_before {
-        Some(t) => time::OffsetDateTime::from_unix_timestamp(t).map_err(|e| input(format!("not before: {e}")))?,
+        Some(t) => time::OffsetDateTime::from_unix_timestamp(t)
+            .map_err(|e| input(format!("not before: {e}")))?,
         None => now(),
     };
     p.not_before = from;
     p.not_after = from + time::Duration::seconds(lifetime.as_secs() as i64);
-    let cert = p.signed_by(&key, issuer).map_err(|e| FleetError::Other(format!("certificate: {e}")))?;
+    let cert = p
+        .signed_by(&key, issuer)
+        .map_err(|e| FleetError::Other(format!("certificate: {e}")))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -256,24 +340,48 @@ struct PinnedNode {
 fn ed25519_key(der: &[u8]) -> Option<Vec<u8>> {
     let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
     let spki = c.public_key();
-    (spki.algorithm.algorithm.to_id_string() == "1.3.101.112").then(|| spki.subject_public_key.data.to_vec())
+    (spki.algorithm.algorithm.to_id_string() == "1.3.101.112")
+        .then(|| spki.subject_public_key.data.to_vec())
 }
 
 impl ServerCertVerifier for PinnedNode {
-    fn verify_server_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         match ed25519_key(end_entity) {
             Some(k) if k == self.key => Ok(ServerCertVerified::assertion()),
-            _ => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)),
+            _ => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
         }
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], _: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        _: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         if dss.scheme != SignatureScheme::ED25519 {
-            return Err(rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme));
+            return Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ));
         }
         aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &self.key)
             .verify(message, dss.signature())
@@ -302,23 +410,35 @@ struct Conn {
 const MAX_BODY: usize = 4 << 20;
 
 impl Conn {
-    fn open(cfg: &Arc<rustls::ClientConfig>, node: &str, addr: SocketAddr) -> Result<Conn, FleetError> {
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| FleetError::Other(format!("{addr}: {e}")))?;
+    fn open(
+        cfg: &Arc<rustls::ClientConfig>,
+        node: &str,
+        addr: SocketAddr,
+    ) -> Result<Conn, FleetError> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| FleetError::Other(format!("{addr}: {e}")))?;
         tcp.set_read_timeout(Some(Duration::from_secs(15))).ok();
         tcp.set_write_timeout(Some(Duration::from_secs(15))).ok();
-        let name = ServerName::try_from(format!("{node}.node.palisade")).map_err(|e| input(format!("node {node}: {e}")))?;
-        let c = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| FleetError::Other(e.to_string()))?;
+        let name = ServerName::try_from(format!("{node}.node.palisade"))
+            .map_err(|e| input(format!("node {node}: {e}")))?;
+        let c = rustls::ClientConnection::new(cfg.clone(), name)
+            .map_err(|e| FleetError::Other(e.to_string()))?;
         let mut tls = rustls::StreamOwned::new(c, tcp);
         // Handshake now, so a refusal is reported as one.
         while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).map_err(|e| FleetError::Other(format!("TLS handshake with {addr}: {e}")))?;
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| FleetError::Other(format!("TLS handshake with {addr}: {e}")))?;
         }
         Ok(Conn { tls })
     }
 
     /// GET /metrics on this connection (kept open unless `close`).
     fn get(&mut self, close: bool) -> Result<String, FleetError> {
-        let req = format!("GET /metrics HTTP/1.1\r\nHost: palisade\r\nConnection: {}\r\n\r\n", if close { "close" } else { "keep-alive" });
+        let req = format!(
+            "GET /metrics HTTP/1.1\r\nHost: palisade\r\nConnection: {}\r\n\r\n",
+            if close { "close" } else { "keep-alive" }
+        );
         let io = |e: std::io::Error| FleetError::Other(format!("metrics request: {e}"));
         self.tls.write_all(req.as_bytes()).map_err(io)?;
         self.tls.flush().map_err(io)?;
@@ -330,11 +450,15 @@ impl Conn {
                 break i + 4;
             }
             if buf.len() > 64 << 10 {
-                return Err(FleetError::Other("metrics response: header too long".into()));
+                return Err(FleetError::Other(
+                    "metrics response: header too long".into(),
+                ));
             }
             let n = self.tls.read(&mut byte).map_err(io)?;
             if n == 0 {
-                return Err(FleetError::Other("metrics: the node closed the connection (no valid certificate?)".into()));
+                return Err(FleetError::Other(
+                    "metrics: the node closed the connection (no valid certificate?)".into(),
+                ));
             }
             buf.extend_from_slice(&byte[..n]);
         };
@@ -345,11 +469,17 @@ impl Conn {
         }
         let len: usize = head
             .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.trim().parse().ok())
+            })
             .flatten()
             .ok_or_else(|| FleetError::Other("metrics response: no Content-Length".into()))?;
         if len > MAX_BODY {
-            return Err(FleetError::Other(format!("metrics response: {len} bytes, at most {MAX_BODY}")));
+            return Err(FleetError::Other(format!(
+                "metrics response: {len} bytes, at most {MAX_BODY}"
+            )));
         }
         let mut body = buf[head_end..].to_vec();
         while body.len() < len {
@@ -367,10 +497,17 @@ impl Conn {
 impl Fleet {
     fn client_config(&self, s: &Scrape) -> Result<Arc<rustls::ClientConfig>, FleetError> {
         if !valid_node_id(&s.node) {
-            return Err(input(format!("node id {:?}: 16 lowercase hex digits", s.node)));
+            return Err(input(format!(
+                "node id {:?}: 16 lowercase hex digits",
+                s.node
+            )));
         }
         let inv = self.inventory()?;
-        let n = inv.nodes.iter().find(|n| n.id == s.node).ok_or_else(|| input(format!("node {} is not in the inventory", s.node)))?;
+        let n = inv
+            .nodes
+            .iter()
+            .find(|n| n.id == s.node)
+            .ok_or_else(|| input(format!("node {} is not in the inventory", s.node)))?;
         let key = parse_key32(&n.public_key, "inventory public key")?;
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&s.cert)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
@@ -378,14 +515,17 @@ impl Fleet {
         if certs.is_empty() {
             return Err(input(format!("{}: no certificate", s.cert.display())));
         }
-        let pk = PrivateKeyDer::from_pem_file(&s.key).map_err(|e| input(format!("{}: {e}", s.key.display())))?;
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| FleetError::Other(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedNode { key }))
-            .with_client_auth_cert(certs, pk)
-            .map_err(|e| input(format!("client certificate: {e}")))?;
+        let pk = PrivateKeyDer::from_pem_file(&s.key)
+            .map_err(|e| input(format!("{}: {e}", s.key.display())))?;
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| FleetError::Other(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedNode { key }))
+        .with_client_auth_cert(certs, pk)
+        .map_err(|e| input(format!("client certificate: {e}")))?;
         Ok(Arc::new(cfg))
     }
 
@@ -394,7 +534,10 @@ impl Fleet {
     pub fn metrics(&self, s: &Scrape) -> Result<Report, FleetError> {
         let cfg = self.client_config(s)?;
         let body = Conn::open(&cfg, &s.node, s.addr)?.get(true)?;
-        Ok(Report { json: json!({"ok": true, "node": s.node, "samples": parse_samples(&body)}), text: body.trim_end().to_string() })
+        Ok(Report {
+            json: json!({"ok": true, "node": s.node, "samples": parse_samples(&body)}),
+            text: body.trim_end().to_string(),
+        })
     }
 
     /// `metrics --bench N`: N scrapes each on a new connection (TLS
@@ -453,10 +596,17 @@ pub fn parse_samples(text: &str) -> Vec<Value> {
         let mut l = serde_json::Map::new();
         for kv in split_labels(labels) {
             if let Some((k, v)) = kv.split_once('=') {
-                l.insert(k.to_string(), Value::String(v.trim_matches('"').replace("\\\"", "\"")));
+                l.insert(
+                    k.to_string(),
+                    Value::String(v.trim_matches('"').replace("\\\"", "\"")),
+                );
             }
         }
-        let v = value.parse::<f64>().ok().map(Value::from).unwrap_or(Value::String(value.to_string()));
+        let v = value
+            .parse::<f64>()
+            .ok()
+            .map(Value::from)
+            .unwrap_or(Value::String(value.to_string()));
         out.push(json!({"name": name, "labels": l, "value": v}));
     }
     out

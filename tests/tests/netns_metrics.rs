@@ -16,81 +16,29 @@
 //! precedence) and rotated there: a new anchor issues certificates that
 //! work, the retired one's are refused, without a restart.
 //!
-//! `bench_metrics_endpoint` (ignored, run by hand): scrape latency and
-//! palisaded's RSS with and without the endpoint.
+//! Latency and RSS figures: tests/tests/bench_metrics.rs (bench/metrics/run.sh).
 
-use palisade_tests::palisade::{render_node_toml, NodeOptions, Palisade};
+use palisade_tests::metrics::{
+    fleet_with_anchor, issue, metrics_addr, node_id_of, node_toml, sample, scrape, MESH_NODE, PORT,
+};
+use palisade_tests::palisade::{NodeOptions, Palisade};
 use palisade_tests::probe::{self, Outcome};
-use palisade_tests::update::{fleet_bin, Fleet};
+use palisade_tests::update::Fleet;
 use palisade_tests::{addr, sa, wait_until, Bins, TestBed};
 use serde_json::Value;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-fn bins() -> Bins {
-    Bins { testhost: env!("CARGO_BIN_EXE_pal-testhost").into() }
-}
-
-/// The node's address in the management mesh (a second address on eth0).
-const MESH_NODE: Ipv4Addr = Ipv4Addr::new(100, 100, 0, 10);
-const PORT: u16 = 9100;
 const T: Duration = Duration::from_millis(1500);
-
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::new(MESH_NODE.into(), PORT)
-}
-
-/// The bed's node config with the mesh address on the uplink and the
-/// metrics endpoint on it (certificates may live 1 h at most).
-fn node_toml(bed: &TestBed, opts: &NodeOptions) -> String {
-    let t = render_node_toml(bed, opts);
-    let up = format!("addresses = [\"{}/24\", \"{}/64\"]", addr::NODE_UP_V4, addr::NODE_UP_V6);
-    assert!(t.contains(&up), "the bed's uplink line changed: {t}");
-    let t = t.replace(&up, &format!("addresses = [\"{}/24\", \"{}/64\", \"{MESH_NODE}/16\"]", addr::NODE_UP_V4, addr::NODE_UP_V6));
-    t.replace("[management]\n", &format!("[management]\nmetrics_listen = \"{}\"\nmetrics_max_cert_lifetime = \"1h\"\n", metrics_addr()))
-}
 
 fn json(p: &Palisade, bed: &TestBed, args: &[&str]) -> Value {
     serde_json::from_str(&p.cli_ok(bed, args).unwrap()).unwrap()
 }
 
-/// `palisade-fleet metrics` from the mesh host; the samples or the error.
-fn scrape(bed: &TestBed, fleet: &Fleet, node: &str, cert: &Path, key: &Path) -> Result<(Value, String), String> {
-    let bin = fleet_bin().unwrap();
-    let run = |json: bool| {
-        let mut c = bed.inet.command(&bin);
-        c.args(["metrics", "--node", node, "--addr", &metrics_addr().to_string()]);
-        c.arg("--cert").arg(cert).arg("--key").arg(key).arg("--repo").arg(&fleet.repo);
-        if json {
-            c.arg("--json");
-        }
-        c.output().expect("run palisade-fleet metrics")
-    };
-    let o = run(true);
-    if !o.status.success() {
-        return Err(format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+fn bins() -> Bins {
+    Bins {
+        testhost: env!("CARGO_BIN_EXE_pal-testhost").into(),
     }
-    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())?;
-    let text = run(false);
-    Ok((v, String::from_utf8_lossy(&text.stdout).into_owned()))
-}
-
-/// The value of sample `name` (with `label` = value, if given).
-fn sample(v: &Value, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
-    v["samples"].as_array()?.iter().find_map(|s| {
-        let ok = s["name"] == name && label.is_none_or(|(k, want)| s["labels"][k] == want);
-        ok.then(|| s["value"].as_f64()).flatten()
-    })
-}
-
-/// A certificate: `mesh cert issue` from `fleet`'s anchor; (cert, key).
-fn issue(fleet: &Fleet, anchor: &str, name: &str, extra: &[&str], out: &Path) -> (PathBuf, PathBuf) {
-    let o = out.to_string_lossy();
-    let mut args = vec!["mesh", "cert", "issue", "--anchor", anchor, "--name", name, "--out", &o];
-    args.extend_from_slice(extra);
-    fleet.fleet(&args).unwrap_or_else(|e| panic!("issue {name}: {e}"));
-    (out.join(format!("{name}.crt.pem")), out.join(format!("{name}.key.pem")))
 }
 
 /// A TLS client with no certificate (python3's ssl module): what it read.
@@ -112,8 +60,17 @@ fn no_cert_scrape(bed: &TestBed) -> String {
          \x20   print('error:', type(e).__name__, e)\n\
          print('read', len(out), out[:200])\n"
     );
-    let o = bed.inet.command("python3").args(["-c", &script]).output().expect("python3");
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    let o = bed
+        .inet
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Refused at the handshake, with the TLS alert (or local check) `why`.
@@ -122,7 +79,10 @@ fn assert_refused(r: Result<(Value, String), String>, what: &str, why: &str) {
         Ok((v, _)) => panic!("{what}: scrape succeeded: {v}"),
         Err(e) => {
             println!("{what}: {}", e.trim());
-            assert!(!e.contains("palisade_"), "{what}: metrics in the refusal: {e}");
+            assert!(
+                !e.contains("palisade_"),
+                "{what}: metrics in the refusal: {e}"
+            );
             assert!(e.contains(why), "{what}: refused, but not for {why}: {e}");
         }
     }
@@ -132,38 +92,45 @@ fn assert_refused(r: Result<(Value, String), String>, what: &str, why: &str) {
 #[ignore = "root: run by tests/run.sh"]
 fn metrics_over_mtls_from_the_mesh_only_aggregates_and_anchor_rotation() {
     let mut bed = TestBed::new(2, bins()).expect("test bed");
-    bed.node.ip(&["addr", "add", &format!("{MESH_NODE}/16"), "dev", "eth0"]).unwrap();
+    bed.node
+        .ip(&["addr", "add", &format!("{MESH_NODE}/16"), "dev", "eth0"])
+        .unwrap();
     let dir = bed.dir.path().join("fleet");
     let certs = bed.dir.path().join("certs");
     std::fs::create_dir_all(&dir).unwrap();
-    let opts = NodeOptions { extra_args: vec!["--fleet-poll-secs".into(), "2".into()], ..Default::default() };
+    let opts = NodeOptions {
+        extra_args: vec!["--fleet-poll-secs".into(), "2".into()],
+        ..Default::default()
+    };
     let text = node_toml(&bed, &opts);
     let mut p = Palisade::start_with_config(&mut bed, &text, &opts).expect("palisaded");
     for i in [1, 2] {
-        bed.wait_handshake(i, Duration::from_secs(10)).expect("handshake");
+        bed.wait_handshake(i, Duration::from_secs(10))
+            .expect("handshake");
     }
 
     // The fleet: a repository, the first anchor, the node in the inventory.
-    let fleet = Fleet::init(&dir).expect("repo init");
-    fleet.fleet(&["mesh", "anchor", "init", "a1"]).unwrap();
-    let id = json(&p, &bed, &["identity", "--json"]);
-    let node = id["node_id"].as_str().unwrap().to_string();
-    fleet
-        .fleet(&["node", "add", "--id", &node, "--public-key", id["public_key"].as_str().unwrap(), "--name", "n1", "--region", "test"])
-        .unwrap();
     // Not enrolled: the anchors come from the node's anchors file (the
     // bundle the fleet published, copied by the operator).
-    let list: Value = serde_json::from_slice(&std::fs::read(fleet.repo.join("inventory/mesh-anchors.json")).unwrap()).unwrap();
-    std::fs::write(p.state_dir.join("mesh-anchors.pem"), list["anchors"][0]["cert_pem"].as_str().unwrap()).unwrap();
-    let (c1, k1) = issue(&fleet, "a1", "prom", &["--expires", "30m"], &certs);
+    let (fleet, node, c1, k1) = fleet_with_anchor(&p, &bed, &dir, &certs);
 
     // Real traffic and DNS queries from both clients.
-    let names: Vec<String> = (1..=2).map(|i| format!("mxcanary-c{i}.canary.example.test")).collect();
+    let names: Vec<String> = (1..=2)
+        .map(|i| format!("mxcanary-c{i}.canary.example.test"))
+        .collect();
     for (c, name) in bed.clients.iter().zip(&names) {
-        let o = c.ns.enter(|| probe::http_get(None, sa(addr::WEB_V4, addr::WEB_HTTP), T)).unwrap();
-        assert!(matches!(o, Outcome::Answered(_)), "c{} -> web: {o:?}", c.index);
+        let o =
+            c.ns.enter(|| probe::http_get(None, sa(addr::WEB_V4, addr::WEB_HTTP), T))
+                .unwrap();
+        assert!(
+            matches!(o, Outcome::Answered(_)),
+            "c{} -> web: {o:?}",
+            c.index
+        );
         let a = wait_until(Duration::from_secs(10), "resolver answering", || {
-            c.ns.enter(|| probe::dns_udp(sa(addr::NODE_TUN_V4, 53), name, 1, T)).ok()?.ok()
+            c.ns.enter(|| probe::dns_udp(sa(addr::NODE_TUN_V4, 53), name, 1, T))
+                .ok()?
+                .ok()
         })
         .unwrap();
         assert_eq!(a.rcode, 0, "{name}");
@@ -171,81 +138,233 @@ fn metrics_over_mtls_from_the_mesh_only_aggregates_and_anchor_rotation() {
 
     // A valid certificate: the aggregates, and nothing per client.
     let t0 = Instant::now();
-    let (v, text) = wait_until(Duration::from_secs(20), "metrics served over mTLS", || scrape(&bed, &fleet, &node, &c1, &k1).ok())
-        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    let (v, text) = wait_until(Duration::from_secs(20), "metrics served over mTLS", || {
+        scrape(&bed, &fleet, &node, &c1, &k1).ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
     println!("first scrape after {:?}", t0.elapsed());
-    assert_eq!(sample(&v, "palisade_peers_configured", None), Some(2.0), "{text}");
-    assert_eq!(sample(&v, "palisade_peers_recent_handshake", None), Some(2.0), "{text}");
-    assert!(sample(&v, "palisade_wireguard_rx_bytes_total", None).unwrap_or(0.0) > 0.0, "{text}");
-    assert!(sample(&v, "palisade_wireguard_tx_bytes_total", None).unwrap_or(0.0) > 0.0, "{text}");
-    assert!(sample(&v, "palisade_dns_queries_total", None).unwrap_or(0.0) >= 2.0, "{text}");
-    assert!(sample(&v, "palisade_dns_query_duration_seconds_count", None).unwrap_or(0.0) >= 2.0, "{text}");
-    assert_eq!(sample(&v, "palisade_health", Some(("check", "wireguard"))), Some(1.0), "{text}");
-    assert_eq!(sample(&v, "palisade_health", Some(("check", "firewall"))), Some(1.0), "{text}");
-    assert!(sample(&v, "palisade_reconcile_passes_total", None).unwrap_or(0.0) >= 1.0, "{text}");
-    assert!(sample(&v, "palisade_boots_total", None).unwrap_or(0.0) >= 1.0, "{text}");
-    assert_eq!(sample(&v, "palisade_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&v, "palisade_peers_configured", None),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&v, "palisade_peers_recent_handshake", None),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        sample(&v, "palisade_wireguard_rx_bytes_total", None).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(
+        sample(&v, "palisade_wireguard_tx_bytes_total", None).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(
+        sample(&v, "palisade_dns_queries_total", None).unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&v, "palisade_dns_query_duration_seconds_count", None).unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&v, "palisade_health", Some(("check", "wireguard"))),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&v, "palisade_health", Some(("check", "firewall"))),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&v, "palisade_reconcile_passes_total", None).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&v, "palisade_boots_total", None).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &v,
+            "palisade_build_info",
+            Some(("version", env!("CARGO_PKG_VERSION")))
+        ),
+        Some(1.0),
+        "{text}"
+    );
     // The zero-log scan of the output: no client key, tunnel or endpoint
     // address, peer name or queried name.
     let mut secrets: Vec<String> = names.clone();
     for c in &bed.clients {
-        secrets.extend([c.keys.public_key.clone(), c.tun_v4.to_string(), c.tun_v6.to_string(), c.up_v4.to_string(), c.up_v6.to_string(), format!("client-{}", c.index)]);
+        secrets.extend([
+            c.keys.public_key.clone(),
+            c.tun_v4.to_string(),
+            c.tun_v6.to_string(),
+            c.up_v4.to_string(),
+            c.up_v6.to_string(),
+            format!("client-{}", c.index),
+        ]);
     }
     for s in &secrets {
-        assert!(!text.contains(s.as_str()) && !v.to_string().contains(s.as_str()), "metrics output names {s}:\n{text}");
+        assert!(
+            !text.contains(s.as_str()) && !v.to_string().contains(s.as_str()),
+            "metrics output names {s}:\n{text}"
+        );
     }
 
     // Refused: no certificate; a CA that is not an anchor; expired; too long-lived.
     let out = no_cert_scrape(&bed);
-    assert!(out.contains("read 0") || out.contains("error:"), "no-certificate client: {out}");
-    assert!(!out.contains("palisade_"), "no-certificate client got metrics: {out}");
+    assert!(
+        out.contains("read 0") || out.contains("error:"),
+        "no-certificate client: {out}"
+    );
+    assert!(
+        !out.contains("palisade_"),
+        "no-certificate client got metrics: {out}"
+    );
     let rogue = Fleet::init(&bed.dir.path().join("rogue")).expect("rogue repo");
     // Same anchor name (and so the same issuer name) as the real a1, another
     // key: the chain's signature does not verify.
     rogue.fleet(&["mesh", "anchor", "init", "a1"]).unwrap();
-    let (rc, rk) = issue(&rogue, "a1", "prom", &[], &bed.dir.path().join("rogue-certs"));
-    assert_refused(scrape(&bed, &fleet, &node, &rc, &rk), "certificate from a non-anchor CA", "DecryptError");
+    let (rc, rk) = issue(
+        &rogue,
+        "a1",
+        "prom",
+        &[],
+        &bed.dir.path().join("rogue-certs"),
+    );
+    assert_refused(
+        scrape(&bed, &fleet, &node, &rc, &rk),
+        "certificate from a non-anchor CA",
+        "DecryptError",
+    );
     let past = (chrono::Utc::now().timestamp() - 7200).to_string();
-    let (ec, ek) = issue(&fleet, "a1", "expired", &["--expires", "1h", "--not-before", &past], &certs);
-    assert_refused(scrape(&bed, &fleet, &node, &ec, &ek), "expired certificate", "CertificateExpired");
+    let (ec, ek) = issue(
+        &fleet,
+        "a1",
+        "expired",
+        &["--expires", "1h", "--not-before", &past],
+        &certs,
+    );
+    assert_refused(
+        scrape(&bed, &fleet, &node, &ec, &ek),
+        "expired certificate",
+        "CertificateExpired",
+    );
     let (lc, lk) = issue(&fleet, "a1", "long", &["--expires", "2h"], &certs);
-    assert_refused(scrape(&bed, &fleet, &node, &lc, &lk), "certificate living 2 h (node allows 1 h)", "CertificateUnknown");
+    assert_refused(
+        scrape(&bed, &fleet, &node, &lc, &lk),
+        "certificate living 2 h (node allows 1 h)",
+        "CertificateUnknown",
+    );
     // A scraper pinning another node's key refuses this node (the
     // inventory's entry for another id, scraped at this node's address).
     let other_key = palisade_tests::palisade::throwaway_public_key().unwrap();
-    let added = fleet.fleet(&["node", "add", "--id", &other_id(&other_key), "--public-key", &other_key, "--name", "n2", "--region", "test"]).unwrap();
+    let added = fleet
+        .fleet(&[
+            "node",
+            "add",
+            "--id",
+            &node_id_of(&other_key),
+            "--public-key",
+            &other_key,
+            "--name",
+            "n2",
+            "--region",
+            "test",
+        ])
+        .unwrap();
     assert_eq!(added["ok"], true, "{added}");
-    assert_refused(scrape(&bed, &fleet, &other_id(&other_key), &c1, &k1), "the node's key is not the pinned one", "ApplicationVerificationFailure");
-    assert!(scrape(&bed, &fleet, &node, &c1, &k1).is_ok(), "valid certificate after the refusals");
+    assert_refused(
+        scrape(&bed, &fleet, &node_id_of(&other_key), &c1, &k1),
+        "the node's key is not the pinned one",
+        "ApplicationVerificationFailure",
+    );
+    assert!(
+        scrape(&bed, &fleet, &node, &c1, &k1).is_ok(),
+        "valid certificate after the refusals"
+    );
 
     // Unreachable from the tunnel side, and nothing on the public address.
     for c in &bed.clients {
-        let o = c.ns.enter(|| probe::tcp_connect(None, metrics_addr(), T)).unwrap();
-        assert!(!o.reached(), "client {} reached the metrics port through the tunnel: {o:?}", c.index);
+        let o =
+            c.ns.enter(|| probe::tcp_connect(None, metrics_addr(), T))
+                .unwrap();
+        assert!(
+            !o.reached(),
+            "client {} reached the metrics port through the tunnel: {o:?}",
+            c.index
+        );
     }
-    let o = bed.inet.enter(|| probe::tcp_connect(Some(IpAddr::V4(addr::MESH_SRC_V4)), sa(addr::NODE_UP_V4, PORT), T)).unwrap();
-    assert!(!o.reached(), "something listens on the public uplink address: {o:?}");
-    let o = bed.inet.enter(|| probe::tcp_connect(Some(IpAddr::V4(addr::MESH_SRC_V4)), metrics_addr(), T)).unwrap();
-    assert!(o.reached(), "the mesh host cannot reach the metrics address: {o:?}");
+    let o = bed
+        .inet
+        .enter(|| {
+            probe::tcp_connect(
+                Some(IpAddr::V4(addr::MESH_SRC_V4)),
+                sa(addr::NODE_UP_V4, PORT),
+                T,
+            )
+        })
+        .unwrap();
+    assert!(
+        !o.reached(),
+        "something listens on the public uplink address: {o:?}"
+    );
+    let o = bed
+        .inet
+        .enter(|| probe::tcp_connect(Some(IpAddr::V4(addr::MESH_SRC_V4)), metrics_addr(), T))
+        .unwrap();
+    assert!(
+        o.reached(),
+        "the mesh host cannot reach the metrics address: {o:?}"
+    );
 
     // Enrolled: the repository's anchors take precedence over the file.
     // Rotation there: a2 added and issuing, a1 retired.
-    fleet.enrol_bundle(&node, &format!("file://{}", fleet.repo.display()), "n1", "test", &p.state_dir.join("enrol.json")).unwrap();
-    wait_until(Duration::from_secs(20), "node enrolled", || (json(&p, &bed, &["identity", "--json"])["enrolled"] == true).then_some(()))
-        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    fleet
+        .enrol_bundle(
+            &node,
+            &format!("file://{}", fleet.repo.display()),
+            "n1",
+            "test",
+            &p.state_dir.join("enrol.json"),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(20), "node enrolled", || {
+        (json(&p, &bed, &["identity", "--json"])["enrolled"] == true).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
     fleet.fleet(&["mesh", "anchor", "init", "a2"]).unwrap();
     let (c2, k2) = issue(&fleet, "a2", "prom2", &["--expires", "30m"], &certs);
     let t0 = Instant::now();
-    wait_until(Duration::from_secs(30), "a certificate from the new anchor a2 accepted", || scrape(&bed, &fleet, &node, &c2, &k2).ok())
-        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    wait_until(
+        Duration::from_secs(30),
+        "a certificate from the new anchor a2 accepted",
+        || scrape(&bed, &fleet, &node, &c2, &k2).ok(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
     println!("new anchor in force after {:?}", t0.elapsed());
-    assert!(scrape(&bed, &fleet, &node, &c1, &k1).is_ok(), "a1 still an anchor");
+    assert!(
+        scrape(&bed, &fleet, &node, &c1, &k1).is_ok(),
+        "a1 still an anchor"
+    );
     let r = fleet.fleet(&["mesh", "anchor", "retire", "a1"]).unwrap();
     assert_eq!(r["anchors"], serde_json::json!(["a2"]), "{r}");
-    assert!(!fleet.keys.join("mesh-anchor-a1.key.pem").exists(), "the retired anchor's key is still there");
+    assert!(
+        !fleet.keys.join("mesh-anchor-a1.key.pem").exists(),
+        "the retired anchor's key is still there"
+    );
     let t0 = Instant::now();
-    wait_until(Duration::from_secs(30), "a1's certificate refused after its retirement", || scrape(&bed, &fleet, &node, &c1, &k1).is_err().then_some(()))
-        .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
+    wait_until(
+        Duration::from_secs(30),
+        "a1's certificate refused after its retirement",
+        || scrape(&bed, &fleet, &node, &c1, &k1).is_err().then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", bed.dump_logs()));
     println!("retired anchor refused after {:?}", t0.elapsed());
     // The anchors file still holds a1: the repository's bundle wins.
     let (v, _) = scrape(&bed, &fleet, &node, &c2, &k2).expect("a2 after a1's retirement");
@@ -255,97 +374,13 @@ fn metrics_over_mtls_from_the_mesh_only_aggregates_and_anchor_rotation() {
 
     // The endpoint said it serves, and never logged a scraper's address.
     let log = bed.node_procs.palisaded.as_ref().unwrap().log_tail(100_000);
-    assert!(log.contains(&format!("metrics: serving on {} (mTLS, ", metrics_addr())), "{log}");
-    assert!(!log.contains(&addr::MESH_SRC_V4.to_string()), "the scraper's address in the log:\n{log}");
+    assert!(
+        log.contains(&format!("metrics: serving on {} (mTLS, ", metrics_addr())),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&addr::MESH_SRC_V4.to_string()),
+        "the scraper's address in the log:\n{log}"
+    );
     p.spawn(&mut bed).unwrap();
-}
-
-/// The node id of an ed25519 public key (base64): the first 16 hex digits
-/// of its SHA-256.
-fn other_id(key_b64: &str) -> String {
-    use sha2::Digest;
-    let k = base64_decode(key_b64);
-    sha2::Sha256::digest(&k)[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let o = std::process::Command::new("python3")
-        .args(["-c", "import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))", s])
-        .output()
-        .expect("python3");
-    o.stdout
-}
-
-/// palisaded's resident set (kB) in the node namespace.
-fn rss_kb(bed: &TestBed) -> u64 {
-    let pid = bed.node_procs.palisaded.as_ref().unwrap().pid().expect("running");
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap()
-}
-
-#[test]
-#[ignore = "bench: run by hand (tests/run.sh skips bench_*)"]
-fn bench_metrics_endpoint() {
-    let mut bed = TestBed::new(2, bins()).expect("test bed");
-    bed.node.ip(&["addr", "add", &format!("{MESH_NODE}/16"), "dev", "eth0"]).unwrap();
-    let dir = bed.dir.path().join("fleet");
-    let certs = bed.dir.path().join("certs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let opts = NodeOptions::default();
-    let with = node_toml(&bed, &opts);
-    let without = render_node_toml(&bed, &opts);
-    let mut p = Palisade::start_with_config(&mut bed, &with, &opts).expect("palisaded");
-    let fleet = Fleet::init(&dir).expect("repo init");
-    fleet.fleet(&["mesh", "anchor", "init", "a1"]).unwrap();
-    let id = json(&p, &bed, &["identity", "--json"]);
-    let node = id["node_id"].as_str().unwrap().to_string();
-    fleet.fleet(&["node", "add", "--id", &node, "--public-key", id["public_key"].as_str().unwrap(), "--name", "n1", "--region", "test"]).unwrap();
-    let list: Value = serde_json::from_slice(&std::fs::read(fleet.repo.join("inventory/mesh-anchors.json")).unwrap()).unwrap();
-    std::fs::write(p.state_dir.join("mesh-anchors.pem"), list["anchors"][0]["cert_pem"].as_str().unwrap()).unwrap();
-    let (c1, k1) = issue(&fleet, "a1", "prom", &["--expires", "30m"], &certs);
-    for i in [1, 2] {
-        bed.wait_handshake(i, Duration::from_secs(10)).expect("handshake");
-    }
-    wait_until(Duration::from_secs(20), "metrics served", || scrape(&bed, &fleet, &node, &c1, &k1).ok()).unwrap();
-    let bin = fleet_bin().unwrap();
-    let o = bed
-        .inet
-        .command(&bin)
-        .args(["metrics", "--node", &node, "--addr", &metrics_addr().to_string(), "--bench", "30"])
-        .arg("--cert")
-        .arg(&c1)
-        .arg("--key")
-        .arg(&k1)
-        .arg("--repo")
-        .arg(&fleet.repo)
-        .output()
-        .unwrap();
-    println!("latency: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-
-    // RSS: 3 rounds each, 10 s after start (after a few scrapes when enabled).
-    let mut rounds: Vec<(bool, u64)> = Vec::new();
-    for round in 0..3 {
-        for enabled in [true, false] {
-            std::fs::write(&p.config, if enabled { &with } else { &without }).unwrap();
-            if let Some(mut old) = bed.node_procs.palisaded.take() {
-                old.kill();
-            }
-            p.spawn(&mut bed).unwrap();
-            std::thread::sleep(Duration::from_secs(4));
-            if enabled {
-                for _ in 0..5 {
-                    wait_until(Duration::from_secs(20), "metrics served", || scrape(&bed, &fleet, &node, &c1, &k1).ok()).unwrap();
-                }
-            }
-            std::thread::sleep(Duration::from_secs(2));
-            let kb = rss_kb(&bed);
-            println!("round {round}: endpoint {}: palisaded RSS {kb} kB", if enabled { "on" } else { "off" });
-            rounds.push((enabled, kb));
-        }
-    }
-    for enabled in [true, false] {
-        let mut v: Vec<u64> = rounds.iter().filter(|r| r.0 == enabled).map(|r| r.1).collect();
-        v.sort();
-        println!("RSS endpoint {}: median {} kB (min {}, max {})", if enabled { "on" } else { "off" }, v[v.len() / 2], v[0], v[v.len() - 1]);
-    }
 }

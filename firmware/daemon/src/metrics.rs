@@ -176,15 +176,25 @@ impl Anchors {
         let pem = match ctx.fleet.as_ref().and_then(|f| f.mesh_anchors()) {
             Some(b) => b.to_vec(),
             None => {
-                let p = if s.anchors_file.is_absolute() { s.anchors_file.clone() } else { ctx.state_dir.join(&s.anchors_file) };
+                let p = if s.anchors_file.is_absolute() {
+                    s.anchors_file.clone()
+                } else {
+                    ctx.state_dir.join(&s.anchors_file)
+                };
                 let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
                 if meta.len() > palisade_update::mesh::MAX_ANCHORS_BYTES {
-                    return Err(format!("{}: larger than {} bytes", p.display(), palisade_update::mesh::MAX_ANCHORS_BYTES));
+                    return Err(format!(
+                        "{}: larger than {} bytes",
+                        p.display(),
+                        palisade_update::mesh::MAX_ANCHORS_BYTES
+                    ));
                 }
                 std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?
             }
         };
-        let count = palisade_update::mesh::parse_anchors(&pem).map_err(|e| e.to_string())?.len();
+        let count = palisade_update::mesh::parse_anchors(&pem)
+            .map_err(|e| e.to_string())?
+            .len();
         Ok(Anchors { pem, count })
     }
 }
@@ -220,7 +230,10 @@ impl Tls {
         match fleet.with_identity(|i| server_config(i, &anchors.pem, s.max_lifetime)) {
             Ok(c) => {
                 if self.key.is_some() {
-                    tracing::info!("metrics: trust anchors changed: {} anchor(s)", anchors.count);
+                    tracing::info!(
+                        "metrics: trust anchors changed: {} anchor(s)",
+                        anchors.count
+                    );
                 }
                 self.last_error = None;
                 self.config = Some(Arc::new(c));
@@ -238,7 +251,11 @@ impl Tls {
 
 async fn serve(listener: TcpListener, ctx: Arc<(Ctx, Option<u64>)>, settings: Settings) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
-    let tls = Arc::new(Mutex::new(Tls { key: None, config: None, last_error: None }));
+    let tls = Arc::new(Mutex::new(Tls {
+        key: None,
+        config: None,
+        last_error: None,
+    }));
     loop {
         // The peer address is dropped at once: it is never logged or kept.
         let stream = match listener.accept().await {
@@ -258,21 +275,29 @@ async fn serve(listener: TcpListener, ctx: Arc<(Ctx, Option<u64>)>, settings: Se
                 let (c, s) = (&ctx.0, &settings);
                 let tls = tls.clone();
                 let (c, s) = (c.clone(), s.clone());
-                tokio::task::spawn_blocking(move || tls.lock().expect("tls poisoned").current(&c, &s)).await.ok().flatten()
+                tokio::task::spawn_blocking(move || {
+                    tls.lock().expect("tls poisoned").current(&c, &s)
+                })
+                .await
+                .ok()
+                .flatten()
             };
             let Some(cfg) = cfg else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                _ => {
-                    REFUSED.fetch_add(1, Relaxed);
-                    return;
-                }
-            };
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(req, &ctx.0, ctx.1).await) }
-            });
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        REFUSED.fetch_add(1, Relaxed);
+                        return;
+                    }
+                };
+            let svc = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(req, &ctx.0, ctx.1).await) }
+                },
+            );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -282,7 +307,11 @@ async fn serve(listener: TcpListener, ctx: Arc<(Ctx, Option<u64>)>, settings: Se
     }
 }
 
-async fn respond(req: hyper::Request<hyper::body::Incoming>, ctx: &Ctx, boots: Option<u64>) -> hyper::Response<Full<Bytes>> {
+async fn respond(
+    req: hyper::Request<hyper::body::Incoming>,
+    ctx: &Ctx,
+    boots: Option<u64>,
+) -> hyper::Response<Full<Bytes>> {
     let reply = |code: u16, ctype: &str, body: String| {
         hyper::Response::builder()
             .status(code)
@@ -294,7 +323,11 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, ctx: &Ctx, boots: O
         return reply(404, "text/plain", "not found: GET /metrics\n".into());
     }
     let text = collect(ctx, boots).await;
-    reply(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
+    reply(
+        200,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        text,
+    )
 }
 
 /// A histogram given as a snapshot (the resolver keeps its own buckets).
@@ -354,48 +387,123 @@ pub async fn collect(ctx: &Ctx, boots: Option<u64>) -> String {
     let fleet = ctx.fleet.as_ref().map(|f| f.figures());
 
     let mut reg = Registry::with_prefix("palisade");
-    let version = update.as_ref().and_then(|u| u["installed"].as_str()).unwrap_or(env!("CARGO_PKG_VERSION")).to_string();
+    let version = update
+        .as_ref()
+        .and_then(|u| u["installed"].as_str())
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+        .to_string();
     let slot = update
         .as_ref()
         .and_then(|u| u["booted_slot"].as_str().map(str::to_string))
         .or_else(|| ctx.booted_slot.clone())
         .unwrap_or_else(|| "none".into());
-    let board = update.as_ref().and_then(|u| u["board"].as_str()).unwrap_or("unknown").to_string();
+    let board = update
+        .as_ref()
+        .and_then(|u| u["board"].as_str())
+        .unwrap_or("unknown")
+        .to_string();
     reg.register(
         "build",
         "Version, booted slot and board of this node",
-        Info::new(vec![("version".to_string(), version), ("slot".to_string(), slot), ("board".to_string(), board)]),
+        Info::new(vec![
+            ("version".to_string(), version),
+            ("slot".to_string(), slot),
+            ("board".to_string(), board),
+        ]),
     );
-    if let Some(up) = std::fs::read_to_string("/proc/uptime").ok().and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok()) {
-        gauge(&mut reg, "uptime_seconds", "Seconds since the node booted", up);
+    if let Some(up) = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    {
+        gauge(
+            &mut reg,
+            "uptime_seconds",
+            "Seconds since the node booted",
+            up,
+        );
     }
     if let Some(n) = boots {
-        counter(&mut reg, "boots", "Boots of this node (counted once per kernel boot, kept in the state store)", n);
+        counter(
+            &mut reg,
+            "boots",
+            "Boots of this node (counted once per kernel boot, kept in the state store)",
+            n,
+        );
     }
 
     let wg = &status["wireguard"];
     let health: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>> = Family::default();
     let checks = [
         ("wireguard", wg["up"].as_bool().unwrap_or(false)),
-        ("firewall", status["firewall"]["verified"].as_bool().unwrap_or(false)),
+        (
+            "firewall",
+            status["firewall"]["verified"].as_bool().unwrap_or(false),
+        ),
         ("dns", dns_status["answering"].as_bool().unwrap_or(false)),
     ];
     for (check, ok) in checks {
-        health.get_or_create(&vec![("check".to_string(), check.to_string())]).set(b(ok));
+        health
+            .get_or_create(&vec![("check".to_string(), check.to_string())])
+            .set(b(ok));
     }
     reg.register("health", "Health checks (1 healthy, 0 not): wireguard up, firewall verified, DNS answering its canary", health);
-    gauge(&mut reg, "forwarding", "Forwarding on (0: failing closed)", b(status["forwarding"].as_bool().unwrap_or(false)));
+    gauge(
+        &mut reg,
+        "forwarding",
+        "Forwarding on (0: failing closed)",
+        b(status["forwarding"].as_bool().unwrap_or(false)),
+    );
 
-    counter(&mut reg, "reconcile_passes", "Reconcile passes since palisaded started", PASSES.load(Relaxed));
-    counter(&mut reg, "reconcile_errors", "Reconcile passes that reported errors", PASS_ERRORS.load(Relaxed));
-    counter(&mut reg, "firewall_applies", "Firewall table transactions applied", FW_APPLIES.load(Relaxed));
-    gauge(&mut reg, "firewall_last_apply_seconds", "Duration of the last firewall transaction (check, apply, read-back)", FW_APPLY_US.load(Relaxed) as f64 / 1e6);
+    counter(
+        &mut reg,
+        "reconcile_passes",
+        "Reconcile passes since palisaded started",
+        PASSES.load(Relaxed),
+    );
+    counter(
+        &mut reg,
+        "reconcile_errors",
+        "Reconcile passes that reported errors",
+        PASS_ERRORS.load(Relaxed),
+    );
+    counter(
+        &mut reg,
+        "firewall_applies",
+        "Firewall table transactions applied",
+        FW_APPLIES.load(Relaxed),
+    );
+    gauge(
+        &mut reg,
+        "firewall_last_apply_seconds",
+        "Duration of the last firewall transaction (check, apply, read-back)",
+        FW_APPLY_US.load(Relaxed) as f64 / 1e6,
+    );
 
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    gauge(&mut reg, "peers_configured", "Peers in the node's desired state", n(&wg["peers_configured"]) as f64);
-    gauge(&mut reg, "peers_recent_handshake", "Peers with a handshake in the last 180 s", n(&wg["peers_active_3min"]) as f64);
-    counter(&mut reg, "wireguard_rx_bytes", "Bytes received from all peers (sum, current peers)", n(&wg["rx_bytes_total"]));
-    counter(&mut reg, "wireguard_tx_bytes", "Bytes sent to all peers (sum, current peers)", n(&wg["tx_bytes_total"]));
+    gauge(
+        &mut reg,
+        "peers_configured",
+        "Peers in the node's desired state",
+        n(&wg["peers_configured"]) as f64,
+    );
+    gauge(
+        &mut reg,
+        "peers_recent_handshake",
+        "Peers with a handshake in the last 180 s",
+        n(&wg["peers_active_3min"]) as f64,
+    );
+    counter(
+        &mut reg,
+        "wireguard_rx_bytes",
+        "Bytes received from all peers (sum, current peers)",
+        n(&wg["rx_bytes_total"]),
+    );
+    counter(
+        &mut reg,
+        "wireguard_tx_bytes",
+        "Bytes sent to all peers (sum, current peers)",
+        n(&wg["tx_bytes_total"]),
+    );
 
     if let Some(d) = &dns_stats {
         if d["enabled"].as_bool() == Some(true) {
@@ -404,40 +512,109 @@ pub async fn collect(ctx: &Ctx, boots: Option<u64>) -> String {
                 ("blocked", "dns_blocked", "DNS queries blocked by a list"),
                 ("cache_hits", "dns_cache_hits", "DNS cache hits"),
                 ("cache_misses", "dns_cache_misses", "DNS cache misses"),
-                ("upstream_failures", "dns_upstream_failures", "Queries no upstream answered (SERVFAIL)"),
+                (
+                    "upstream_failures",
+                    "dns_upstream_failures",
+                    "Queries no upstream answered (SERVFAIL)",
+                ),
                 ("servfail", "dns_servfail", "SERVFAIL answers"),
-                ("rate_limited", "dns_rate_limited", "Queries dropped by the rate limit"),
-                ("refused", "dns_refused", "Queries refused (class, zone transfer)"),
+                (
+                    "rate_limited",
+                    "dns_rate_limited",
+                    "Queries dropped by the rate limit",
+                ),
+                (
+                    "refused",
+                    "dns_refused",
+                    "Queries refused (class, zone transfer)",
+                ),
                 ("malformed", "dns_malformed", "Malformed queries"),
             ] {
                 counter(&mut reg, name, help, n(&d[key]));
             }
-            gauge(&mut reg, "dns_cache_entries", "Entries in the DNS cache", n(&d["cache_entries"]) as f64);
+            gauge(
+                &mut reg,
+                "dns_cache_entries",
+                "Entries in the DNS cache",
+                n(&d["cache_entries"]) as f64,
+            );
         }
     }
     if let Some(l) = latency {
-        reg.register("dns_query_duration_seconds", "Time from a query's arrival to its answer", Snapshot(l));
+        reg.register(
+            "dns_query_duration_seconds",
+            "Time from a query's arrival to its answer",
+            Snapshot(l),
+        );
     }
 
     if let Some(u) = &update {
         let phase = u["phase_text"].as_str().unwrap_or("unknown");
         // The phase's first word: `idle`, `downloading`, `trial`... (the rest
         // names versions, which are in the build info and the journal).
-        let phase = phase.split(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_').next().unwrap_or("unknown").to_lowercase();
-        reg.register("update_phase", "The update journal's phase", Info::new(vec![("phase".to_string(), phase)]));
-        gauge(&mut reg, "update_busy", "An install is running or queued", b(u["busy"].as_bool().unwrap_or(false)));
+        let phase = phase
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_')
+            .next()
+            .unwrap_or("unknown")
+            .to_lowercase();
+        reg.register(
+            "update_phase",
+            "The update journal's phase",
+            Info::new(vec![("phase".to_string(), phase)]),
+        );
+        gauge(
+            &mut reg,
+            "update_busy",
+            "An install is running or queued",
+            b(u["busy"].as_bool().unwrap_or(false)),
+        );
     }
     if let Some(f) = &fleet {
-        gauge(&mut reg, "fleet_enrolled", "Enrolled in a fleet", b(f.enrolled));
-        gauge(&mut reg, "fleet_revoked", "Revoked by the fleet", b(f.revoked));
+        gauge(
+            &mut reg,
+            "fleet_enrolled",
+            "Enrolled in a fleet",
+            b(f.enrolled),
+        );
+        gauge(
+            &mut reg,
+            "fleet_revoked",
+            "Revoked by the fleet",
+            b(f.revoked),
+        );
         if let Some(t) = f.last_ok_unix {
-            gauge(&mut reg, "fleet_last_sync_timestamp_seconds", "Unix time of the last verified fleet sync", t as f64);
+            gauge(
+                &mut reg,
+                "fleet_last_sync_timestamp_seconds",
+                "Unix time of the last verified fleet sync",
+                t as f64,
+            );
         }
-        counter(&mut reg, "fleet_refusals", "Fleet sync refusals since palisaded started", f.refusals);
-        gauge(&mut reg, "fleet_grants_active", "Client grants in force", f.grants_active as f64);
-        gauge(&mut reg, "fleet_grants_rejected", "Client grants not taken (expired, revoked, invalid)", f.grants_rejected as f64);
+        counter(
+            &mut reg,
+            "fleet_refusals",
+            "Fleet sync refusals since palisaded started",
+            f.refusals,
+        );
+        gauge(
+            &mut reg,
+            "fleet_grants_active",
+            "Client grants in force",
+            f.grants_active as f64,
+        );
+        gauge(
+            &mut reg,
+            "fleet_grants_rejected",
+            "Client grants not taken (expired, revoked, invalid)",
+            f.grants_rejected as f64,
+        );
     }
-    counter(&mut reg, "metrics_handshakes_refused", "TLS handshakes on this endpoint that were refused", REFUSED.load(Relaxed));
+    counter(
+        &mut reg,
+        "metrics_handshakes_refused",
+        "TLS handshakes on this endpoint that were refused",
+        REFUSED.load(Relaxed),
+    );
 
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
@@ -449,16 +626,26 @@ pub async fn collect(ctx: &Ctx, boots: Option<u64>) -> String {
 /// The server side of the mTLS: the node's identity key and a self-signed
 /// certificate over it; client certificates verified against `anchors_pem`
 /// with a lifetime cap.
-fn server_config(id: &palisade_update::identity::Identity, anchors_pem: &[u8], max_lifetime: Duration) -> Result<rustls::ServerConfig, String> {
+fn server_config(
+    id: &palisade_update::identity::Identity,
+    anchors_pem: &[u8],
+    max_lifetime: Duration,
+) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in palisade_update::mesh::parse_anchors(anchors_pem).map_err(|e| e.to_string())? {
         roots.add(c).map_err(|e| e.to_string())?;
     }
-    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| format!("client verifier: {e}"))?;
-    let verifier = Arc::new(LifetimeCap { inner, max: max_lifetime });
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("client verifier: {e}"))?;
+    let verifier = Arc::new(LifetimeCap {
+        inner,
+        max: max_lifetime,
+    });
     let (cert, key) = node_certificate(id)?;
     rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -470,18 +657,24 @@ fn server_config(id: &palisade_update::identity::Identity, anchors_pem: &[u8], m
 
 /// A certificate for the node's identity key (ed25519), self-signed by it;
 /// subject and DNS name: the node id.
-pub fn node_certificate(id: &palisade_update::identity::Identity) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), String> {
+pub fn node_certificate(
+    id: &palisade_update::identity::Identity,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), String> {
     let pkcs8 = PrivatePkcs8KeyDer::from(id.pkcs8_der().to_vec());
-    let kp = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).map_err(|e| format!("identity key: {e}"))?;
+    let kp = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
+        .map_err(|e| format!("identity key: {e}"))?;
     let node = id.node_id();
-    let mut p = rcgen::CertificateParams::new(vec![format!("{node}.node.palisade")]).map_err(|e| e.to_string())?;
-    p.distinguished_name.push(rcgen::DnType::CommonName, format!("palisade node {node}"));
+    let mut p = rcgen::CertificateParams::new(vec![format!("{node}.node.palisade")])
+        .map_err(|e| e.to_string())?;
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("palisade node {node}"));
     // Validity: rcgen's default (1975..4096). The scraper pins the key,
     // not a CA or a date: the identity key is the node.
-    let cert = p.self_signed(&kp).map_err(|e| format!("self-signing: {e}"))?;
+    let cert = p
+        .self_signed(&kp)
+        .map_err(|e| format!("self-signing: {e}"))?;
     Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
 }
-
 
 /// The WebPKI client verifier plus a cap on the certificate's lifetime
 /// (notAfter - notBefore): short-lived certificates only.
@@ -510,22 +703,46 @@ impl ClientCertVerifier for LifetimeCap {
         self.inner.root_hint_subjects()
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         match lifetime(end_entity) {
             Some(l) if l >= 0 && (l as u64) <= self.max.as_secs() => {}
             Some(_) => {
-                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(TooLong(self.max))))));
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(TooLong(
+                        self.max,
+                    )))),
+                ));
             }
-            None => return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
+            None => {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::BadEncoding,
+                ))
+            }
         }
-        self.inner.verify_client_cert(end_entity, intermediates, now)
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -539,7 +756,11 @@ struct TooLong(Duration);
 
 impl std::fmt::Display for TooLong {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client certificate lives longer than {} s", self.0.as_secs())
+        write!(
+            f,
+            "client certificate lives longer than {} s",
+            self.0.as_secs()
+        )
     }
 }
 

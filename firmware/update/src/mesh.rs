@@ -32,7 +32,9 @@ pub fn parse_anchors(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Anchors
     for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
         let (kind, der) = item.map_err(|e| AnchorsError::Pem(e.to_string()))?;
         if kind != SectionKind::Certificate {
-            return Err(AnchorsError::Pem(format!("a {kind:?} section; only CERTIFICATE is allowed")));
+            return Err(AnchorsError::Pem(format!(
+                "a {kind:?} section; only CERTIFICATE is allowed"
+            )));
         }
         out.push(CertificateDer::from(der));
         if out.len() > MAX_ANCHORS {
@@ -44,7 +46,10 @@ pub fn parse_anchors(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Anchors
     }
     for (index, c) in out.iter().enumerate() {
         let mut store = rustls::RootCertStore::empty();
-        store.add(c.clone()).map_err(|e| AnchorsError::Anchor { index, message: e.to_string() })?;
+        store.add(c.clone()).map_err(|e| AnchorsError::Anchor {
+            index,
+            message: e.to_string(),
+        })?;
     }
     Ok(out)
 }
