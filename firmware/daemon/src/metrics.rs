@@ -97,6 +97,9 @@ struct Settings {
 /// `metrics_listen` (checked every 2 s): binds, serves, rebinds on change.
 pub async fn run(ctx: Ctx) {
     let boot_count = count_boot(&ctx.state_dir);
+    if ctx.fleet.is_none() {
+        tracing::error!("metrics: no node identity (the state store could not be opened); the endpoint cannot serve");
+    }
     let ctx = Arc::new((ctx, boot_count));
     let mut current: Option<(Settings, tokio::task::JoinHandle<()>)> = None;
     let mut last_error: Option<String> = None;
@@ -271,10 +274,10 @@ async fn serve(listener: TcpListener, ctx: Arc<(Ctx, Option<u64>)>, settings: Se
         let (ctx, tls, settings) = (ctx.clone(), tls.clone(), settings.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            // Anchors are read (file, or the fleet's verified bundle) and the
+            // TLS config rebuilt if they changed: off the runtime's threads.
             let cfg = {
-                let (c, s) = (&ctx.0, &settings);
-                let tls = tls.clone();
-                let (c, s) = (c.clone(), s.clone());
+                let (c, s) = (ctx.0.clone(), settings.clone());
                 tokio::task::spawn_blocking(move || {
                     tls.lock().expect("tls poisoned").current(&c, &s)
                 })

@@ -58,3 +58,46 @@ pub fn parse_anchors(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Anchors
 pub fn first_cert(pem: &[u8]) -> Option<CertificateDer<'static>> {
     CertificateDer::from_pem_slice(pem).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn bundles_of_anchors_parse_and_nothing_else_does() {
+        let (a, key) = ca("a1");
+        let (b, _) = ca("a2");
+        assert_eq!(
+            parse_anchors(format!("{a}{b}").as_bytes()).unwrap().len(),
+            2
+        );
+        assert!(matches!(parse_anchors(b""), Err(AnchorsError::Empty)));
+        assert!(matches!(
+            parse_anchors(b"not pem at all\n"),
+            Err(AnchorsError::Empty)
+        ));
+        // A private key has no business in an anchor bundle.
+        assert!(matches!(
+            parse_anchors(format!("{a}{key}").as_bytes()),
+            Err(AnchorsError::Pem(_))
+        ));
+        let many: String = std::iter::repeat_n(a.as_str(), MAX_ANCHORS + 1).collect();
+        assert!(matches!(
+            parse_anchors(many.as_bytes()),
+            Err(AnchorsError::TooMany(_))
+        ));
+        let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(matches!(
+            parse_anchors(bad.as_bytes()),
+            Err(AnchorsError::Anchor { index: 0, .. })
+        ));
+    }
+}
