@@ -127,8 +127,10 @@ pub async fn run(ctx: Ctx) {
                 match TcpListener::bind(w.listen).await {
                     Ok(l) => {
                         last_error = None;
-                        let n = Anchors::load(&ctx.0, &w).map(|a| a.count).unwrap_or(0);
-                        tracing::info!("metrics: serving on {} (mTLS, {n} anchor(s))", w.listen);
+                        match Anchors::load(&ctx.0, &w) {
+                            Ok(a) => tracing::info!("metrics: serving on {} (mTLS, {} anchor(s))", w.listen, a.count),
+                            Err(e) => tracing::warn!("metrics: serving on {} (mTLS, 0 anchor(s): {e}; every scraper is refused until there are anchors)", w.listen),
+                        }
                         let t = tokio::spawn(serve(l, ctx.clone(), w.clone()));
                         current = Some((w, t));
                     }
