@@ -7,11 +7,18 @@
 # namespace with two WireGuard clients. About 1 minute.
 #
 #   sudo bench/metrics/run.sh [SCRAPES] [ROUNDS]     (default 30, 3)
+#
+# PALISADED_BIN, PALISADE_BIN, PALISADE_FLEET_BIN given: those binaries (e.g.
+# the image build's node profile, target/x86_64-unknown-linux-gnu/node/),
+# else a release build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CARGO_INCREMENTAL=0 cargo build --locked -q --release -p palisaded -p palisade-cli -p palisade-fleet
 target=${CARGO_TARGET_DIR:-$PWD/target}
-export BENCH_SCRAPES=${1:-30} BENCH_ROUNDS=${2:-3} PALISADED_BIN=$target/release/palisaded \
-    PALISADE_BIN=$target/release/palisade PALISADE_FLEET_BIN=$target/release/palisade-fleet
+if [ -z "${PALISADED_BIN:-}" ]; then
+    CARGO_INCREMENTAL=0 cargo build --locked -q --release -p palisaded -p palisade-cli -p palisade-fleet
+    export PALISADED_BIN=$target/release/palisaded PALISADE_BIN=$target/release/palisade \
+        PALISADE_FLEET_BIN=$target/release/palisade-fleet
+fi
+export BENCH_SCRAPES=${1:-30} BENCH_ROUNDS=${2:-3}
 cargo test --locked -q -p palisade-tests --test bench_metrics -- --ignored --nocapture --test-threads=1 2>&1 \
     | grep -E "^(latency|round|RSS)"
