@@ -782,6 +782,28 @@ mod tests {
     }
 
     #[test]
+    fn mesh_anchors_are_kept_and_handed_on() {
+        let mut fx = Fx::new(&[claims(1)]);
+        let s = MemStore::new();
+        // A state saved before mesh anchors existed still loads: no anchors.
+        fx.state.save(&s).unwrap();
+        let raw = String::from_utf8(s.get(Key::FleetState).unwrap().unwrap()).unwrap();
+        assert!(!raw.contains("mesh_anchors"), "{raw}");
+        assert_eq!(evaluate(&fx.state, NODE, NOW).mesh_anchors, None);
+        let pem = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+        let mut with = fx.state.clone();
+        with.mesh_anchors = Some(blob(pem, 2));
+        assert!(!fx.state.same_targets(&with), "new anchors are a change to save");
+        with.save(&s).unwrap();
+        assert_eq!(FleetState::load(&s).unwrap(), Some(with.clone()));
+        assert_eq!(evaluate(&with, NODE, NOW).mesh_anchors.as_deref(), Some(pem.as_bytes()));
+        // A revoked node gets nothing, anchors included.
+        fx.revoke(Revocations { nodes: vec![NODE.into()], ..Default::default() });
+        with.revocations = fx.state.revocations.clone();
+        assert_eq!(evaluate(&with, NODE, NOW).mesh_anchors, None);
+    }
+
+    #[test]
     fn ten_thousand_grants() {
         let n = 10_000u32;
         let grants: Vec<GrantClaims> = (0..n).map(claims).collect();
