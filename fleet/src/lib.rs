@@ -14,6 +14,7 @@
 //! top-level targets, which would put `targets.pk8` in every key set).
 
 pub mod enrol;
+pub mod mesh;
 pub mod trust;
 
 pub use trust::new_grant_id;
@@ -493,7 +494,14 @@ impl Fleet {
         };
         let mut t = signed.signed.clone();
         let mut changed = false;
+        // A repository made before a role gained a path (`mesh/*` for
+        // configs): widen its delegation to the role's paths now (this
+        // signs the top-level targets too).
+        let top = self.widened_delegation(&cur, role, &puts)?;
         // The keys first: without them nothing is written, not even targets.
+        if top.is_some() {
+            self.keys_of(&[role, "targets", "snapshot", "timestamp"])?;
+        }
         self.keys_of(&[role, "snapshot", "timestamp"])?;
         for (name, bytes) in &puts {
             let sha: [u8; 32] = Sha256::digest(bytes).into();
@@ -517,10 +525,35 @@ impl Fleet {
             return Ok(None);
         }
         let change = Change {
-            top: None,
+            top,
             roles: vec![(role.to_string(), t)],
         };
         Ok(Some(self.commit(&cur, change, exp).await?))
+    }
+
+    /// The top-level targets with `role`'s delegation widened by those of
+    /// its own paths ([`palisade_update::fleet::Role`]) that `puts` need
+    /// and the delegation lacks; `None` when nothing is missing.
+    fn widened_delegation(&self, cur: &Current, role: &str, puts: &[(String, Vec<u8>)]) -> Result<Option<Targets>, FleetError> {
+        let Some(r) = palisade_update::fleet::Role::by_name(role) else {
+            return Ok(None);
+        };
+        let mut top = cur.targets.signed.clone();
+        let mut widened = false;
+        if let Some(d) = top.delegations.as_mut() {
+            for dr in d.roles.iter_mut().filter(|x| x.name == role) {
+                if let PathSet::Paths(p) = &mut dr.paths {
+                    for pat in r.paths {
+                        let one = palisade_update::fleet::Role { name: r.name, paths: std::slice::from_ref(pat) };
+                        if puts.iter().any(|(n, _)| one.owns(n)) && !p.iter().any(|x| x.value() == *pat) {
+                            p.push(PathPattern::new(*pat).map_err(|e| FleetError::Other(format!("path {pat}: {e}")))?);
+                            widened = true;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(widened.then_some(top))
     }
 
     /// The bytes of a published target (from `<repo>/targets/`), checked

@@ -139,6 +139,34 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// The management mesh: trust anchors for the nodes' metrics endpoints
+    /// (mesh/anchors.pem, configs role) and scraper certificates.
+    Mesh {
+        #[command(subcommand)]
+        cmd: MeshCmd,
+    },
+    /// Scrape a node's metrics endpoint over mutual TLS, pinning the node's
+    /// enrolled identity key (the fleet's check-in on a node).
+    Metrics {
+        /// The node id (its identity key comes from the inventory).
+        #[arg(long)]
+        node: String,
+        /// The node's metrics address (`[management] metrics_listen`).
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Scraper certificate (PEM, from `mesh cert issue`).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Scraper key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Repository directory (its inventory names the node's key).
+        #[arg(long)]
+        repo: PathBuf,
+        /// Benchmark: N scrapes on new connections, then N on one connection.
+        #[arg(long)]
+        bench: Option<usize>,
+    },
     /// Role keys.
     Keys {
         #[command(subcommand)]
@@ -249,6 +277,72 @@ enum NodeCmd {
         /// Not needed (accepted for symmetry with the other commands).
         #[arg(long)]
         keys: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeshCmd {
+    /// Trust anchors (CA keys in the keys directory, certificates in mesh/anchors.pem).
+    Anchor {
+        #[command(subcommand)]
+        cmd: AnchorCmd,
+    },
+    /// Scraper certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnchorCmd {
+    /// Make a CA key and certificate NAME and publish it in the bundle (beside the others).
+    Init {
+        name: String,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// Take NAME off the bundle, republish, destroy its key.
+    Retire {
+        name: String,
+        #[command(flatten)]
+        rk: RepoKeys,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// The live anchors.
+    List {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// A short-lived client certificate and key for a scraper: OUT/NAME.crt.pem, OUT/NAME.key.pem.
+    Issue {
+        /// The anchor that signs it.
+        #[arg(long)]
+        anchor: String,
+        /// The scraper's name.
+        #[arg(long)]
+        name: String,
+        /// Lifetime: 600s, 30m, 1h, 1d (nodes refuse certificates living longer than their metrics_max_cert_lifetime).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+        /// TEST HOOK: start of validity (Unix seconds) instead of now.
+        #[arg(long, hide = true)]
+        not_before: Option<i64>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
     },
 }
 
@@ -602,6 +696,27 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                 }
             };
             fleet(rk).refresh(at).await
+        }
+        Cmd::Mesh { cmd } => match cmd {
+            MeshCmd::Anchor { cmd: AnchorCmd::Init { name, rk, exp } } => fleet(rk).mesh_anchor_init(&name, exp.get()?).await,
+            MeshCmd::Anchor { cmd: AnchorCmd::Retire { name, rk, exp } } => fleet(rk).mesh_anchor_retire(&name, exp.get()?).await,
+            MeshCmd::Anchor { cmd: AnchorCmd::List { repo, keys } } => fleet(RepoKeys { repo, keys }).mesh_anchor_list(),
+            MeshCmd::Cert { cmd: CertCmd::Issue { anchor, name, expires, not_before, out, repo, keys } } => {
+                let lifetime = palisade_core::config::parse_duration(&expires)
+                    .ok_or_else(|| FleetError::Input(format!("--expires {expires:?}: use 600s, 30m, 1h or 1d")))?;
+                fleet(RepoKeys { repo, keys }).mesh_cert_issue(&anchor, &name, lifetime, not_before, &out)
+            }
+        },
+        Cmd::Metrics { node, addr, cert, key, repo, bench } => {
+            let s = palisade_fleet::mesh::Scrape { node, addr, cert, key };
+            let f = repo_only(repo);
+            let r = tokio::task::spawn_blocking(move || match bench {
+                Some(n) => f.metrics_bench(&s, n.max(1)),
+                None => f.metrics(&s),
+            })
+            .await
+            .map_err(|e| FleetError::Other(e.to_string()))?;
+            r
         }
         Cmd::Node { cmd } => match cmd {
             NodeCmd::Add {

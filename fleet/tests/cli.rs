@@ -750,3 +750,58 @@ fn enrol_bundle_for_a_config_drive() {
     assert_eq!(c, 2, "{v}");
     assert!(v["error"].as_str().unwrap().contains("/nonexistent/ttyS9"), "{v}");
 }
+
+/// Mesh anchors (docs/metrics.md): init publishes the bundle under the
+/// configs role, a second anchor joins it, retire takes one off and
+/// destroys its key, the last one stays; certificates chain to their anchor.
+#[test]
+fn mesh_anchors_are_published_rotated_and_issue_certificates() {
+    let t = T::new();
+    assert_eq!(t.ok(&["mesh", "anchor", "init", "a1"])["anchors"], serde_json::json!(["a1"]));
+    assert_eq!(t.ok(&["mesh", "anchor", "init", "a2"])["anchors"], serde_json::json!(["a1", "a2"]));
+    // Again: nothing new to publish.
+    assert_eq!(t.ok(&["mesh", "anchor", "init", "a2"])["configs_version"], Value::Null);
+    assert_eq!(t.run(&["mesh", "anchor", "init", "Bad_Name"]).0, 2);
+    let bundle = |ds: &str| {
+        let repo = t.load(ds).unwrap();
+        assert!(palisade_fleet::verified_role_targets(&repo, "configs").unwrap().contains(&"mesh/anchors.pem".to_string()));
+        rt().block_on(palisade_fleet::verified_target(&repo, "mesh/anchors.pem")).unwrap().unwrap()
+    };
+    assert_eq!(palisade_update::mesh::parse_anchors(&bundle("ds1")).unwrap().len(), 2);
+
+    // A certificate from a2: 1 h, client auth, chained to a2's certificate.
+    let out = t.path.join("certs");
+    let o = out.to_str().unwrap();
+    let c = t.ok(&["mesh", "cert", "issue", "--anchor", "a2", "--name", "prom", "--expires", "1h", "--out", o]);
+    assert_eq!(c["lifetime_secs"], 3600);
+    let pem = std::fs::read(out.join("prom.crt.pem")).unwrap();
+    let der = palisade_update::mesh::first_cert(&pem).unwrap();
+    let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(rustls_roots(&bundle("ds2"))),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    v.verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now()).expect("chains to a published anchor");
+    assert_eq!(t.run(&["mesh", "cert", "issue", "--anchor", "nope", "--name", "x", "--out", o]).0, 2);
+    assert_eq!(t.run(&["mesh", "cert", "issue", "--anchor", "a2", "--name", "x", "--expires", "soon", "--out", o]).0, 2);
+
+    // Retire a1: off the bundle, key gone; a2 is the last and stays.
+    assert_eq!(t.ok(&["mesh", "anchor", "retire", "a1"])["anchors"], serde_json::json!(["a2"]));
+    assert!(!Path::new(&t.keys).join("mesh-anchor-a1.key.pem").exists());
+    assert_eq!(palisade_update::mesh::parse_anchors(&bundle("ds3")).unwrap().len(), 1);
+    let (c, v, _) = t.run(&["mesh", "anchor", "retire", "a2"]);
+    assert_eq!(c, 2, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("only anchor"), "{v}");
+    assert_eq!(t.run(&["mesh", "cert", "issue", "--anchor", "a1", "--name", "x", "--out", o]).0, 2, "retired anchors issue nothing");
+    let l = t.ok(&["mesh", "anchor", "list"]);
+    assert_eq!(l["anchors"].as_array().unwrap().len(), 1);
+}
+
+fn rustls_roots(pem: &[u8]) -> rustls::RootCertStore {
+    let mut r = rustls::RootCertStore::empty();
+    for c in palisade_update::mesh::parse_anchors(pem).unwrap() {
+        r.add(c).unwrap();
+    }
+    r
+}

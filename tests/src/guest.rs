@@ -163,6 +163,9 @@ pub const STATE_ALLOWLIST: &[&str] = &[
     "store/enrolment.json",
     "store/fleet-state.json",
     "store/revoked.json",
+    "store/boot-count.json",
+    // The metrics endpoint's trust anchors (`[management] metrics_anchors_file`).
+    "mesh-anchors.pem",
     "tuf/",
 ];
 

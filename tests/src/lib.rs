@@ -11,6 +11,7 @@ pub mod capture;
 pub mod fleet;
 pub mod guest;
 pub mod matrix;
+pub mod metrics;
 pub mod mutation;
 pub mod ns;
 pub mod palisade;

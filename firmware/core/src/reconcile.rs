@@ -128,6 +128,9 @@ pub struct Report {
     pub sysctl_changes: usize,
     pub errors: Vec<String>,
     pub duration_us: u64,
+    /// Time the firewall transaction took (check, apply, read-back), when
+    /// this pass applied the table; 0 otherwise.
+    pub firewall_apply_us: u64,
 }
 
 pub struct Engine {
@@ -504,7 +507,10 @@ impl Engine {
                 .iter()
                 .filter(|p| p.last_handshake.is_some_and(|t| now.duration_since(t).unwrap_or_default() < Duration::from_secs(180)))
                 .count();
-            (o.exists, o.peers.len(), recent)
+            // Sums over every peer: the only traffic figures exported.
+            let rx: u64 = o.peers.iter().map(|p| p.rx_bytes).sum();
+            let tx: u64 = o.peers.iter().map(|p| p.tx_bytes).sum();
+            (o.exists, o.peers.len(), recent, rx, tx)
         });
         let fw_live = self.fw.fingerprint();
         let fw_error = fw_live.as_ref().err().map(|e| e.to_string());
@@ -528,6 +534,8 @@ impl Engine {
                 "peers_configured": s.peers.len(),
                 "peers_on_interface": active.map(|a| a.1),
                 "peers_active_3min": active.map(|a| a.2),
+                "rx_bytes_total": active.map(|a| a.3),
+                "tx_bytes_total": active.map(|a| a.4),
             })),
             "firewall": {
                 "table": format!("inet {}", firewall::TABLE),
@@ -635,11 +643,13 @@ fn enforce_table(
     if in_force {
         return Ok(());
     }
+    let started = Instant::now();
     match fw.apply(&rules) {
         Ok(fp) => {
             *fw_fingerprint = Some(fp);
             *fw_rules = Some(rules);
             r.firewall_applied = true;
+            r.firewall_apply_us = started.elapsed().as_micros() as u64;
             Ok(())
         }
         Err(e) => {

@@ -138,6 +138,11 @@ impl DnsService {
         }
     }
 
+    /// The query latency histogram of the running resolver.
+    pub fn latency(&self) -> Option<palisade_dns::engine::LatencySnapshot> {
+        self.engine.as_ref().map(|e| e.latency())
+    }
+
     /// True once the resolver is listening.
     pub fn is_running(&self) -> bool {
         self.server.is_some()

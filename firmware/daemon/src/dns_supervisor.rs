@@ -506,6 +506,11 @@ impl DnsSupervisor {
         }
     }
 
+    /// The running resolver's query latency histogram.
+    pub fn latency(&self) -> Option<palisade_dns::engine::LatencySnapshot> {
+        self.inner().service.as_ref().and_then(|s| s.latency())
+    }
+
     /// Stop the resolver for good (palisaded is stopping).
     pub async fn shutdown(&self) {
         let _op = self.op.lock().await;

@@ -68,6 +68,23 @@ struct FleetStatus {
     grants_rejected: usize,
     next_expiry: Option<i64>,
     lists: Vec<String>,
+    /// Unix time of the last round that fetched and verified the repository.
+    last_ok_unix: Option<i64>,
+    /// Refusals recorded since palisaded started (metrics).
+    refusals: u64,
+    /// The repository's metrics trust anchors (`mesh/anchors.pem`), verified.
+    mesh_anchors: Option<bytes::Bytes>,
+}
+
+/// Aggregate fleet figures for the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct FleetFigures {
+    pub enrolled: bool,
+    pub revoked: bool,
+    pub last_ok_unix: Option<i64>,
+    pub refusals: u64,
+    pub grants_active: usize,
+    pub grants_rejected: usize,
 }
 
 fn now_unix() -> i64 {
@@ -175,6 +192,33 @@ impl Fleet {
         })
     }
 
+    /// What the metrics endpoint shows of the fleet subsystem.
+    pub fn figures(&self) -> FleetFigures {
+        let s = self.status.lock().expect("status poisoned");
+        FleetFigures {
+            enrolled: self.enrolment().is_some(),
+            revoked: self.is_revoked(),
+            last_ok_unix: s.last_ok_unix,
+            refusals: s.refusals,
+            grants_active: s.grants_active,
+            grants_rejected: s.grants_rejected,
+        }
+    }
+
+    /// The metrics trust anchors from the repository (PEM, verified), if it
+    /// publishes them; they take precedence over the node's anchors file.
+    pub fn mesh_anchors(&self) -> Option<bytes::Bytes> {
+        if self.is_revoked() {
+            return None;
+        }
+        self.status.lock().expect("status poisoned").mesh_anchors.clone()
+    }
+
+    /// The node's identity key, for the metrics endpoint's certificate.
+    pub fn with_identity<T>(&self, f: impl FnOnce(&Identity) -> T) -> T {
+        f(&self.identity.lock().expect("identity poisoned"))
+    }
+
     /// Accept an enrolment (serial console or config drive).
     fn accept(&self, bundle: &EnrolmentBundle) -> Result<(), enrol::EnrolRefusal> {
         let id = self.identity.lock().expect("identity poisoned");
@@ -240,7 +284,9 @@ impl Fleet {
         if self.logged.lock().expect("logged poisoned").insert(e.clone()) {
             tracing::warn!("fleet: refused: {}: {}", e.0, e.1);
         }
-        self.status.lock().expect("status poisoned").last_error = Some(e);
+        let mut s = self.status.lock().expect("status poisoned");
+        s.refusals += 1;
+        s.last_error = Some(e);
     }
 
     /// A new round: no refusal yet.
@@ -308,7 +354,11 @@ impl Fleet {
         let previous = FleetState::load(&self.store).ok().flatten();
         match self.fetch(&bundle, &node_id, previous.as_ref()).await {
             Ok((state, shadowed)) => {
-                self.status.lock().expect("status poisoned").last_check = Some(rfc3339(now_unix()));
+                {
+                    let mut s = self.status.lock().expect("status poisoned");
+                    s.last_check = Some(rfc3339(now_unix()));
+                    s.last_ok_unix = Some(now_unix());
+                }
                 self.clear_error();
                 if !shadowed.is_empty() {
                     self.set_error("wrong-role", format!("{}; those listings are ignored, the owning roles' targets are used (a key signing outside its paths: rotate it)", shadowed.join("; ")));
@@ -434,6 +484,10 @@ impl Fleet {
             s.grants_rejected = ev.rejected.len();
             s.next_expiry = ev.next_expiry;
             s.lists = ev.lists.keys().cloned().collect();
+            if s.mesh_anchors != ev.mesh_anchors {
+                tracing::info!("fleet: mesh trust anchors {} (metrics)", if ev.mesh_anchors.is_some() { "from the repository" } else { "not in the repository" });
+            }
+            s.mesh_anchors = ev.mesh_anchors.clone();
         }
         let Some(text) = ev.config_text.clone() else {
             return;

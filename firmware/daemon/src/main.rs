@@ -6,6 +6,7 @@ mod dns;
 mod dns_supervisor;
 mod fleet;
 mod init;
+mod metrics;
 mod supervisor;
 mod update;
 

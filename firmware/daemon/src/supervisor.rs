@@ -65,6 +65,7 @@ pub(crate) async fn blocking<T: Send + 'static>(engine: &Shared, f: impl FnOnce(
 }
 
 pub(crate) fn log_report(what: &str, r: &Report) {
+    crate::metrics::record_pass(r);
     if r.firewall_drift {
         tracing::warn!("{what}: firewall table was changed outside palisaded; restored");
     }
@@ -180,6 +181,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Box::pin(async move { node_view(&engine, fleet.as_deref()).await })
         }))
     });
+    // The metrics endpoint (on the mesh address, mTLS; metrics.rs).
+    let metrics_task = tokio::spawn(crate::metrics::run(crate::metrics::Ctx {
+        engine: engine.clone(),
+        dns: dns.clone(),
+        updates: updates.clone(),
+        fleet: fleet.clone(),
+        state_dir: args.state_dir.clone(),
+        booted_slot: args.booted_slot.clone(),
+    }));
     let control_task = tokio::spawn(control_server(listener, Ctx { engine: engine.clone(), dns: dns.clone(), updates, fleet }, ControlLimits::default()));
 
     loop {
@@ -207,6 +217,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // isolated while palisaded is down.
     tracing::info!("stopping; firewall table left in place");
     control_task.abort();
+    metrics_task.abort();
     dns_task.abort();
     if let Some(t) = update_task {
         t.abort();

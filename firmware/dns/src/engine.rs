@@ -78,6 +78,56 @@ pub struct Counters {
     /// TCP connections closed at accept because their client already had
     /// [`crate::server::TCP_MAX_CONNS_PER_CLIENT`] open.
     pub tcp_over_limit: AtomicU64,
+    /// Time from a query's arrival to its answer, every answered query.
+    pub latency: Latency,
+}
+
+/// Upper bounds (seconds) of the query latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// A latency histogram: counts per bucket of [`LATENCY_BUCKETS`] (plus one
+/// above the last), the sum and the count. Aggregate only.
+#[derive(Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A snapshot of [`Latency`]: cumulative counts per upper bound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySnapshot {
+    /// (upper bound in seconds, queries at or below it), ascending.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let mut acc = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                acc += self.buckets[i].load(Relaxed);
+                (*b, acc)
+            })
+            .collect();
+        LatencySnapshot {
+            buckets,
+            sum_seconds: self.sum_us.load(Relaxed) as f64 / 1e6,
+            count: self.count.load(Relaxed),
+        }
+    }
 }
 
 /// The live configuration, swapped atomically on reload.
@@ -187,6 +237,8 @@ pub enum Outcome {
 
 /// A query waiting for an upstream answer.
 pub struct Pending {
+    /// When the query arrived (for the latency histogram).
+    started: Instant,
     msg: Vec<u8>,
     tier: Option<u16>,
     live: Arc<Live>,
@@ -329,6 +381,15 @@ impl Engine {
 
     /// Handle one packet from `src`. `tcp`: no UDP size limit.
     pub fn handle(&self, msg: &[u8], src: IpAddr, tcp: bool) -> Outcome {
+        let started = Instant::now();
+        let o = self.handle_at(msg, src, tcp, started);
+        if matches!(o, Outcome::Reply(_)) {
+            self.counters.latency.observe(started.elapsed());
+        }
+        o
+    }
+
+    fn handle_at(&self, msg: &[u8], src: IpAddr, tcp: bool, started: Instant) -> Outcome {
         let live = self.live.load();
         if !live.allowed_sources.iter().any(|n| n.contains(&src)) {
             self.counters.foreign_source.fetch_add(1, Relaxed);
@@ -386,6 +447,7 @@ impl Engine {
         }
         self.counters.cache_misses.fetch_add(1, Relaxed);
         Outcome::Resolve(Pending {
+            started,
             msg: msg.to_vec(),
             tier,
             live: arc_swap::Guard::into_inner(live),
@@ -396,6 +458,13 @@ impl Engine {
     /// Resolve a cache miss upstream. Always returns an answer (SERVFAIL when
     /// every upstream failed: fail closed).
     pub async fn resolve(&self, p: Pending) -> Vec<u8> {
+        let started = p.started;
+        let r = self.resolve_pending(p).await;
+        self.counters.latency.observe(started.elapsed());
+        r
+    }
+
+    async fn resolve_pending(&self, p: Pending) -> Vec<u8> {
         let Ok(q) = wire::parse_query(&p.msg) else {
             unreachable!("pending queries were parsed before")
         };
@@ -427,6 +496,11 @@ impl Engine {
                 servfail("")
             }
         }
+    }
+
+    /// The query latency histogram (aggregate).
+    pub fn latency(&self) -> LatencySnapshot {
+        self.counters.latency.snapshot()
     }
 
     /// Aggregate counters as JSON (no names, no addresses).
@@ -478,5 +552,25 @@ impl Engine {
             "policy_loads": self.loads.load(Relaxed),
             "last_load_ms": self.last_load_ms.load(Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let l = Latency::default();
+        l.observe(Duration::from_micros(300));
+        l.observe(Duration::from_millis(3));
+        l.observe(Duration::from_secs(10));
+        let s = l.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.0005, 1));
+        assert_eq!(s.buckets[3], (0.005, 2));
+        // Above the last bound: only in the count (the +Inf bucket).
+        assert_eq!(s.buckets.last().unwrap().1, 2);
+        assert!((s.sum_seconds - 10.0033).abs() < 1e-6, "{}", s.sum_seconds);
     }
 }

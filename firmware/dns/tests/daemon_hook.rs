@@ -63,6 +63,10 @@ async fn service_starts_reloads_and_stops() {
     let rtt = dns::canary(&listen[..1], t).await.expect("canary answered");
     assert!(rtt < t);
     assert_eq!(svc.stats()["local"], 1, "answered locally, not upstream");
+    // Both answered queries (the block, the canary) are in the histogram.
+    let lat = svc.latency().expect("running resolver");
+    assert_eq!(lat.count, 2, "{lat:?}");
+    assert_eq!(lat.buckets.last().unwrap().1, 2, "both within 2.5 s: {lat:?}");
     // The v6 tunnel address is on no interface here: not the resolver's fault.
     let e = dns::canary(&listen, t).await.unwrap_err();
     assert!(!e.resolver_fault(), "{e}");

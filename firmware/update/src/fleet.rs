@@ -9,7 +9,7 @@
 //! | role          | paths                                 | content                              |
 //! |---------------|---------------------------------------|--------------------------------------|
 //! | `images`      | `images/*`, `rollout.json`            | slot images, the rollout policy      |
-//! | `configs`     | `nodes/*`                             | `nodes/<id>/config.toml`, `nodes/<id>/grants.json` |
+//! | `configs`     | `nodes/*`, `mesh/*`                   | `nodes/<id>/config.toml`, `nodes/<id>/grants.json`, `mesh/anchors.pem` (metrics mTLS anchors) |
 //! | `grants`      | `jwks.json`                           | the grant issuer's public keys       |
 //! | `revocations` | `revoked.json`                        | [`Revocations`]                      |
 //! | `lists`       | `lists/*`                             | `lists/<name>.txt` DNS lists         |
@@ -26,7 +26,7 @@ pub struct Role {
 }
 
 pub const IMAGES: Role = Role { name: "images", paths: &["images/*", "rollout.json"] };
-pub const CONFIGS: Role = Role { name: "configs", paths: &["nodes/*"] };
+pub const CONFIGS: Role = Role { name: "configs", paths: &["nodes/*", "mesh/*"] };
 pub const GRANTS: Role = Role { name: "grants", paths: &["jwks.json"] };
 pub const REVOCATIONS: Role = Role { name: "revocations", paths: &["revoked.json"] };
 pub const LISTS: Role = Role { name: "lists", paths: &["lists/*"] };
@@ -60,6 +60,11 @@ pub fn owner(target: &str) -> Option<Role> {
 pub const JWKS_TARGET: &str = "jwks.json";
 /// The revocation list ([`Revocations`]).
 pub const REVOKED_TARGET: &str = "revoked.json";
+
+/// The management mesh's trust anchors: a PEM bundle of CA certificates
+/// that metrics scrapers' certificates chain to (docs/metrics.md). A
+/// repository without it has no repository anchors.
+pub const MESH_ANCHORS_TARGET: &str = "mesh/anchors.pem";
 
 /// A node's desired config: node.toml content.
 pub fn config_target(node_id: &str) -> String {

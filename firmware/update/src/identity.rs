@@ -96,6 +96,13 @@ impl Identity {
         fleet::node_id(&self.public_key())
     }
 
+    /// The private key as a PKCS#8 document: for the node's own TLS
+    /// certificate (the metrics endpoint's identity is this key). Never
+    /// written anywhere but the store.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self._pkcs8
+    }
+
     /// The ed25519 public key.
     pub fn public_key(&self) -> [u8; 32] {
         self.pair

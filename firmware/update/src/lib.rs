@@ -30,6 +30,7 @@
 //!   console protocol's node side ([`enrol::Responder`]).
 //! - [`grant`]: client grants (ES384 JWTs): verification against the
 //!   issuer's keys, and the issuing side used by `palisade-fleet` and tests.
+//! - [`mesh`]: the management mesh's trust anchors (metrics mTLS).
 //! - [`sync`]: fetching the fleet state (config, grants, keys, revocations,
 //!   lists) and evaluating it into the peers to serve.
 pub mod enrol;
@@ -38,6 +39,7 @@ pub mod fleet;
 pub mod grant;
 pub mod identity;
 pub mod journal;
+pub mod mesh;
 pub mod refusal;
 pub mod repo;
 pub mod rollout;

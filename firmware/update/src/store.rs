@@ -42,6 +42,9 @@ pub enum Key {
     /// Set when this node was revoked: it stays stopped across reboots
     /// until it is enrolled again.
     Revoked,
+    /// Boots counted so far and the kernel boot id of the last one
+    /// ([`BootCount`]); exported as a metric.
+    BootCount,
 }
 
 impl Key {
@@ -53,6 +56,7 @@ impl Key {
             Key::Enrolment => "enrolment",
             Key::FleetState => "fleet-state",
             Key::Revoked => "revoked",
+            Key::BootCount => "boot-count",
         }
     }
 
@@ -192,6 +196,29 @@ impl Store for MemStore {
 
 /// The JSON value under `key`, `None` if never written; a value that does
 /// not parse is an error naming the key (never silently reset).
+/// The boot counter ([`Key::BootCount`]): incremented once per kernel boot
+/// (the kernel's random boot id changes), not when palisaded restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootCount {
+    pub count: u64,
+    pub boot_id: String,
+}
+
+impl BootCount {
+    /// Count this boot (`boot_id`: `/proc/sys/kernel/random/boot_id`) if it
+    /// was not counted yet; returns the count. Durable when it returns.
+    pub fn record(store: &dyn Store, boot_id: &str) -> Result<u64, StoreError> {
+        let mut c: BootCount = get_json(store, Key::BootCount)?.unwrap_or_default();
+        if c.boot_id != boot_id {
+            c.count += 1;
+            c.boot_id = boot_id.to_string();
+            put_json(store, Key::BootCount, &c)?;
+        }
+        Ok(c.count)
+    }
+}
+
 pub fn get_json<T: serde::de::DeserializeOwned>(store: &dyn Store, key: Key) -> Result<Option<T>, StoreError> {
     match store.get(key)? {
         None => Ok(None),
@@ -229,6 +256,16 @@ mod tests {
     use semver::Version;
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
+
+    #[test]
+    fn boot_count_counts_boots_not_restarts() {
+        let s = MemStore::default();
+        assert_eq!(BootCount::record(&s, "a").unwrap(), 1);
+        // palisaded restarted within the same boot: not counted again.
+        assert_eq!(BootCount::record(&s, "a").unwrap(), 1);
+        assert_eq!(BootCount::record(&s, "b").unwrap(), 2);
+        assert_eq!(get_json::<BootCount>(&s, Key::BootCount).unwrap().unwrap().boot_id, "b");
+    }
 
     fn journal(n: u64) -> Journal {
         let now = Utc.with_ymd_and_hms(2025, 3, 1, 2, 0, 0).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! [`fetch`] reads, each from the one role that owns it
 //! ([`Repo::role_entry`]): the node's config and grants (`configs`), the
-//! grant issuer's keys (`grants`), the revocations (`revocations`) and every
-//! DNS list (`lists`), with a cap on each. A target whose signed SHA-256 is
+//! grant issuer's keys (`grants`), the revocations (`revocations`), every
+//! DNS list (`lists`) and the mesh trust anchors (`configs`,
+//! `mesh/anchors.pem`), with a cap on each. A target whose signed SHA-256 is
 //! the one already held is not downloaded again. Content is checked before
 //! it is taken (config UTF-8, grants, keys and revocations parse): a bad
 //! publish fails the fetch and the node keeps its last state.
@@ -141,6 +142,10 @@ pub struct FleetState {
     /// DNS lists by name (`lists/<name>.txt`, lists role).
     #[serde(default)]
     pub lists: BTreeMap<String, Blob>,
+    /// `mesh/anchors.pem` (configs role): the metrics scrapers' trust
+    /// anchors. Absent in repositories that do not publish it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_anchors: Option<Blob>,
     /// When it was fetched (Unix seconds, the node's clock).
     pub fetched_at: i64,
 }
@@ -160,6 +165,7 @@ impl FleetState {
             && self.jwks == other.jwks
             && self.revocations == other.revocations
             && self.lists == other.lists
+            && self.mesh_anchors == other.mesh_anchors
     }
 
     /// Saves the state (durable when it returns `Ok`).
@@ -288,6 +294,17 @@ pub async fn fetch(
         serde_json::from_slice::<Revocations>(&b.bytes)
             .map_err(|e| invalid(fleet::REVOKED_TARGET, e))?;
     }
+    let mesh_anchors = get(
+        repo,
+        fleet::CONFIGS,
+        fleet::MESH_ANCHORS_TARGET,
+        crate::mesh::MAX_ANCHORS_BYTES,
+        prev(|s| s.mesh_anchors.as_ref()),
+    )
+    .await?;
+    if let Some((b, true)) = &mesh_anchors {
+        crate::mesh::parse_anchors(&b.bytes).map_err(|e| invalid(fleet::MESH_ANCHORS_TARGET, e))?;
+    }
     let mut lists = BTreeMap::new();
     let entries: Vec<_> = repo
         .role_targets(fleet::LISTS)
@@ -314,6 +331,7 @@ pub async fn fetch(
         jwks: take(jwks),
         revocations: take(revocations),
         lists,
+        mesh_anchors: take(mesh_anchors),
         fetched_at: now_unix,
     })
 }
@@ -346,6 +364,9 @@ pub struct Evaluated {
     pub next_expiry: Option<i64>,
     /// DNS lists by name.
     pub lists: BTreeMap<String, Bytes>,
+    /// The metrics scrapers' trust anchors (PEM), if the repository
+    /// publishes them.
+    pub mesh_anchors: Option<Bytes>,
 }
 
 impl Evaluated {
@@ -409,6 +430,7 @@ impl Verifier {
                 Err(_) => out.rejected.push(("config".into(), "invalid")),
             }
         }
+        out.mesh_anchors = state.mesh_anchors.as_ref().map(|b| b.bytes.clone());
         out.lists = state
             .lists
             .iter()
@@ -757,6 +779,28 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn mesh_anchors_are_kept_and_handed_on() {
+        let mut fx = Fx::new(&[claims(1)]);
+        let s = MemStore::new();
+        // A state saved before mesh anchors existed still loads: no anchors.
+        fx.state.save(&s).unwrap();
+        let raw = String::from_utf8(s.get(Key::FleetState).unwrap().unwrap()).unwrap();
+        assert!(!raw.contains("mesh_anchors"), "{raw}");
+        assert_eq!(evaluate(&fx.state, NODE, NOW).mesh_anchors, None);
+        let pem = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+        let mut with = fx.state.clone();
+        with.mesh_anchors = Some(blob(pem, 2));
+        assert!(!fx.state.same_targets(&with), "new anchors are a change to save");
+        with.save(&s).unwrap();
+        assert_eq!(FleetState::load(&s).unwrap(), Some(with.clone()));
+        assert_eq!(evaluate(&with, NODE, NOW).mesh_anchors.as_deref(), Some(pem.as_bytes()));
+        // A revoked node gets nothing, anchors included.
+        fx.revoke(Revocations { nodes: vec![NODE.into()], ..Default::default() });
+        with.revocations = fx.state.revocations.clone();
+        assert_eq!(evaluate(&with, NODE, NOW).mesh_anchors, None);
     }
 
     #[test]

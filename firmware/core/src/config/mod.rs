@@ -203,12 +203,65 @@ pub struct ManagementSection {
     /// TCP ports of node services reachable from the mesh (SSH, metrics, API).
     #[serde(default = "default_mgmt_ports")]
     pub ports: Vec<u16>,
+    /// The metrics endpoint (Prometheus text over mutual TLS, docs/metrics.md):
+    /// an address the node holds on an uplink, with a port of `ports`.
+    /// Absent: no endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// PEM bundle of the CA certificates scrapers' certificates must chain
+    /// to, relative to the state directory unless absolute. A fleet
+    /// repository's `mesh/anchors.pem` takes precedence over it.
+    #[serde(default = "default_metrics_anchors")]
+    pub metrics_anchors_file: PathBuf,
+    /// Longest lifetime (notAfter - notBefore) of a scraper's certificate:
+    /// `90s`, `30m`, `24h`, `7d`.
+    #[serde(default = "default_metrics_lifetime")]
+    pub metrics_max_cert_lifetime: String,
 }
 
 impl Default for ManagementSection {
     fn default() -> Self {
-        ManagementSection { mesh: Vec::new(), ports: default_mgmt_ports() }
+        ManagementSection {
+            mesh: Vec::new(),
+            ports: default_mgmt_ports(),
+            metrics_listen: None,
+            metrics_anchors_file: default_metrics_anchors(),
+            metrics_max_cert_lifetime: default_metrics_lifetime(),
+        }
     }
+}
+
+impl ManagementSection {
+    /// `metrics_max_cert_lifetime` as a duration; `None` if it does not parse.
+    pub fn max_cert_lifetime(&self) -> Option<std::time::Duration> {
+        parse_duration(&self.metrics_max_cert_lifetime)
+    }
+}
+
+fn default_metrics_anchors() -> PathBuf {
+    PathBuf::from("mesh-anchors.pem")
+}
+
+fn default_metrics_lifetime() -> String {
+    "24h".into()
+}
+
+/// `<n>s`, `<n>m`, `<n>h` or `<n>d` (a positive whole number and one unit).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let unit = s.chars().last()?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: u64 = s[..s.len() - 1].parse().ok()?;
+    if n == 0 {
+        return None;
+    }
+    Some(std::time::Duration::from_secs(n.checked_mul(mult)?))
 }
 
 fn default_mgmt_ports() -> Vec<u16> {

@@ -232,3 +232,47 @@ fn many_errors_in_a_big_peers_file_are_located_in_linear_time() {
     assert!(last.starts_with("peers.toml:24998: peer[4999].public_key: duplicate public key"), "{last}");
     load_from_text(Path::new("fleet:x"), GOOD, &[], Path::new("fleet:grants")).expect("text entry point accepts the example");
 }
+
+fn with_metrics(listen: &str, extra: &str) -> String {
+    GOOD.replace("addresses = [\"203.0.113.10/24\"]", "addresses = [\"203.0.113.10/24\", \"100.100.0.10/16\"]")
+        .replace("ports = [22, 9100]", &format!("ports = [22, 9100]\nmetrics_listen = \"{listen}\"\n{extra}"))
+}
+
+#[test]
+fn metrics_listen_on_an_uplink_mesh_address_is_taken() {
+    let s = parse(&with_metrics("100.100.0.10:9100", "metrics_max_cert_lifetime = \"1h\"")).unwrap();
+    assert_eq!(s.management.metrics_listen, Some("100.100.0.10:9100".parse().unwrap()));
+    assert_eq!(s.management.max_cert_lifetime(), Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(s.management.metrics_anchors_file, Path::new("mesh-anchors.pem"));
+    // Absent: no endpoint.
+    assert_eq!(parse(GOOD).unwrap().management.metrics_listen, None);
+}
+
+#[test]
+fn metrics_listen_is_refused_off_the_mesh_side() {
+    for (listen, why) in [
+        ("0.0.0.0:9100", "listens everywhere"),
+        ("[::]:9100", "listens everywhere"),
+        ("10.66.0.1:9100", "tunnel prefixes"),
+        ("[fd66::1]:9100", "tunnel prefixes"),
+        ("100.100.0.11:9100", "not an address of any [[uplink]]"),
+        ("100.100.0.10:9200", "not in management.ports"),
+    ] {
+        let e = err(&with_metrics(listen, ""));
+        assert!(e.contains("management.metrics_listen"), "{listen}: {e}");
+        assert!(e.contains(why), "{listen}: {e}");
+    }
+    let e = err(&with_metrics("100.100.0.10:9100", "").replace("mesh = [\"100.100.0.0/16\"]", "mesh = []"));
+    assert!(e.contains("management.mesh is empty"), "{e}");
+}
+
+#[test]
+fn metrics_cert_lifetime_must_be_a_short_duration() {
+    for (v, why) in [("24", "not a duration"), ("0h", "not a duration"), ("1w", "not a duration"), ("31d", "at most 30d")] {
+        let e = err(&with_metrics("100.100.0.10:9100", &format!("metrics_max_cert_lifetime = \"{v}\"")));
+        assert!(e.contains("management.metrics_max_cert_lifetime"), "{v}: {e}");
+        assert!(e.contains(why), "{v}: {e}");
+    }
+    assert_eq!(parse_duration("90s"), Some(std::time::Duration::from_secs(90)));
+    assert_eq!(parse_duration("7d"), Some(std::time::Duration::from_secs(7 * 86_400)));
+}

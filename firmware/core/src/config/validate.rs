@@ -236,6 +236,54 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 impl NodeConfig {
+    /// `[management] metrics_*`: the endpoint listens only on an address the
+    /// node holds on an uplink (never a tunnel address, never the wildcard),
+    /// on a port the firewall admits from the mesh only.
+    fn validate_metrics(&self, e: &mut Errors<'_>, v4: Option<Ipv4Net>, v6: Option<Ipv6Net>, routed: Option<Ipv6Net>) {
+        let m = &self.management;
+        match m.max_cert_lifetime() {
+            None => {
+                let at = e.at("management", None, "metrics_max_cert_lifetime");
+                e.push(at, format!("'{}' is not a duration (e.g. 90s, 30m, 24h, 7d)", m.metrics_max_cert_lifetime));
+            }
+            Some(d) if d > std::time::Duration::from_secs(30 * 86_400) => {
+                let at = e.at("management", None, "metrics_max_cert_lifetime");
+                e.push(at, "at most 30d: scraper certificates are meant to be short-lived");
+            }
+            Some(_) => {}
+        }
+        if m.metrics_anchors_file.as_os_str().is_empty() {
+            let at = e.at("management", None, "metrics_anchors_file");
+            e.push(at, "must name a file (a PEM bundle of CA certificates)");
+        }
+        let Some(listen) = m.metrics_listen else { return };
+        let at = e.at("management", None, "metrics_listen");
+        let ip = listen.ip();
+        if ip.is_unspecified() {
+            e.push(at, format!("{ip} listens everywhere (the tunnel included); give the node's mesh-facing uplink address"));
+            return;
+        }
+        let in_tunnel = match ip {
+            std::net::IpAddr::V4(a) => v4.is_some_and(|n| n.trunc().contains(&a)),
+            std::net::IpAddr::V6(a) => v6.is_some_and(|n| n.trunc().contains(&a)) || routed.is_some_and(|n| n.contains(&a)),
+        };
+        if in_tunnel {
+            e.push(at, format!("{ip} is in the tunnel prefixes; metrics are served on the management mesh only"));
+            return;
+        }
+        if !self.uplinks.iter().any(|u| u.addresses.iter().any(|n| n.addr() == ip)) {
+            e.push(at, format!("{ip} is not an address of any [[uplink]] (static `addresses`); the endpoint listens only on an address the node holds"));
+            return;
+        }
+        if !m.ports.contains(&listen.port()) {
+            e.push(at, format!("port {} is not in management.ports {:?}: the firewall would not admit it from the mesh", listen.port(), m.ports));
+            return;
+        }
+        if m.mesh.is_empty() {
+            e.push(at, "management.mesh is empty: the firewall admits the metrics port only from mesh prefixes, so no scraper could reach it");
+        }
+    }
+
     /// Validate a config that came from a single text (`file`).
     pub fn validate(&self, file: &Path, text: &str) -> Result<NodeSpec, ConfigError> {
         self.validate_with_sources(&[(file.to_path_buf(), text.to_string(), self.peers.len())])
@@ -442,6 +490,8 @@ impl NodeConfig {
                 e.push(at, format!("{net} is not canonical; did you mean {}?", net.trunc()));
             }
         }
+
+        self.validate_metrics(&mut e, v4, v6, routed);
 
         if let Some(url) = &self.update.repository {
             if !["http://", "https://", "file:///"].iter().any(|p| url.starts_with(p)) {
