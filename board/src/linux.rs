@@ -161,6 +161,16 @@ pub enum LinuxLed {
     VirtioSerial(VirtioSerialLed),
 }
 
+impl LinuxLed {
+    /// Opens the LED `def` names.
+    pub fn open(def: &LedDef) -> Result<LinuxLed, BoardError> {
+        match def {
+            LedDef::Sysfs { name } => SysfsLed::open(Path::new("/sys/class/leds"), name).map(LinuxLed::Sysfs),
+            LedDef::VirtioSerial { port } => VirtioSerialLed::open(port).map(LinuxLed::VirtioSerial),
+        }
+    }
+}
+
 impl ErrorType for LinuxLed {
     type Error = Infallible;
 }
@@ -424,18 +434,13 @@ impl LinuxBoard {
     /// it). The watchdog is opened (armed) only by [`Watchdog::start`].
     pub fn open(name: &str, devices: &DevicesDef) -> LinuxBoard {
         let mut missing = Vec::new();
-        let led = match &devices.led {
-            Some(LedDef::Sysfs { name }) => SysfsLed::open(Path::new("/sys/class/leds"), name).map(LinuxLed::Sysfs),
-            Some(LedDef::VirtioSerial { port }) => VirtioSerialLed::open(port).map(LinuxLed::VirtioSerial),
-            None => Err(dev_err("led", std::io::Error::other("none"))),
-        };
-        let led = match (led, &devices.led) {
-            (Ok(l), _) => Some(l),
-            (Err(e), Some(_)) => {
+        let led = match devices.led.as_ref().map(LinuxLed::open) {
+            Some(Ok(l)) => Some(l),
+            Some(Err(e)) => {
                 missing.push(e.to_string());
                 None
             }
-            (Err(_), None) => None,
+            None => None,
         };
         let button = match &devices.button {
             Some(ButtonDef::Evdev { key }) => match EvdevButton::open(key) {

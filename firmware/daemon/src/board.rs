@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use palisade_board::{InputPin, OutputPin};
 use palisade_board::linux::{LinuxBoard, LinuxLed, LinuxWatchdog, StatusLed};
-use palisade_board::{BoardDef, DevicesDef, Watchdog};
+use palisade_board::{Board, BoardDef, DevicesDef, Watchdog};
 
 /// Held this long, the reset button means factory reset.
 pub const LONG_PRESS: Duration = Duration::from_secs(10);
@@ -368,9 +368,14 @@ pub fn start(board_file: &Path, state_dir: &Path, heartbeats: Arc<Heartbeats>) -
         tracing::info!("board: {name}: no [devices] in {}", board_file.display());
         return None;
     }
-    let board = LinuxBoard::open(&name, &devices);
+    let mut board = LinuxBoard::open(&name, &devices);
+    // A virtio-serial port's name arrives from the host shortly after its
+    // driver loads: the board thread tries a missing LED again for 10 s.
+    let led_retry = devices.led.clone().filter(|_| board.status_led().is_none());
     for m in &board.missing {
-        tracing::warn!("board: {m}; running without it");
+        if led_retry.is_none() || !m.starts_with("board device led") {
+            tracing::warn!("board: {m}; running without it");
+        }
     }
     let (led, button, mut watchdog) = board.into_parts();
     if let Some(w) = &watchdog {
@@ -384,7 +389,7 @@ pub fn start(board_file: &Path, state_dir: &Path, heartbeats: Arc<Heartbeats>) -
         }
     }
     let (tx, rx) = mpsc::channel();
-    let handle = BoardHandle { cmds: tx, state: Arc::new(Mutex::new(LedState::Booting)), has_led: led.is_some() };
+    let handle = BoardHandle { cmds: tx, state: Arc::new(Mutex::new(LedState::Booting)), has_led: devices.led.is_some() };
     let _ = HANDLE.set(handle.clone());
     let actions = Actions {
         state_dir: state_dir.to_path_buf(),
@@ -393,7 +398,7 @@ pub fn start(board_file: &Path, state_dir: &Path, heartbeats: Arc<Heartbeats>) -
     let state = handle.state.clone();
     let spawned = std::thread::Builder::new()
         .name("board".into())
-        .spawn(move || board_thread(led, button, watchdog, heartbeats, state, rx, actions));
+        .spawn(move || board_thread(led, led_retry, button, watchdog, heartbeats, state, rx, actions));
     if let Err(e) = spawned {
         tracing::error!("board: cannot start the board thread: {e}");
         return None;
@@ -418,8 +423,10 @@ fn report_bootstatus(dev: &Path) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn board_thread(
     mut led: Option<LinuxLed>,
+    mut led_retry: Option<palisade_board::LedDef>,
     mut button: Option<palisade_board::linux::EvdevButton>,
     mut watchdog: Option<LinuxWatchdog>,
     heartbeats: Arc<Heartbeats>,
@@ -436,6 +443,7 @@ fn board_thread(
     let mut level_now: Option<bool> = None;
     let mut tracker = ButtonTracker::default();
     let mut factory = false;
+    let mut tick_no: u64 = 0;
     loop {
         let now = Instant::now();
         while let Ok(cmd) = cmds.try_recv() {
@@ -522,7 +530,21 @@ fn board_thread(
                 None => {}
             }
         }
-        // LED.
+        // LED (a port that was not there at start: again every 500 ms for 10 s).
+        if let Some(def) = led_retry.as_ref().filter(|_| led.is_none() && tick_no.is_multiple_of(10)) {
+            match LinuxLed::open(def) {
+                Ok(l) => {
+                    led = Some(l);
+                    led_retry = None;
+                }
+                Err(e) if tick_no >= 200 => {
+                    tracing::warn!("board: {e}; running without it");
+                    led_retry = None;
+                }
+                Err(_) => {}
+            }
+        }
+        tick_no += 1;
         if let Some(l) = led.as_mut() {
             let want = if factory { LedState::FactoryReset } else { *state.lock().expect("led state poisoned") };
             if shown.is_none_or(|(s, _)| s != want) {

@@ -122,7 +122,16 @@ const TEST_PORT: &str = "palisade.test";
 /// the supervisor (a hung palisaded, for the watchdog test).
 fn test_hooks(supervisor: &AtomicI32) {
     use std::io::BufRead;
-    let Some(dev) = palisade_board::linux::find_virtio_port(Path::new("/sys/class/virtio-ports"), Path::new("/dev"), TEST_PORT) else {
+    // The port's name arrives from the host shortly after virtio_console loads.
+    let mut found = None;
+    for _ in 0..60 {
+        found = palisade_board::linux::find_virtio_port(Path::new("/sys/class/virtio-ports"), Path::new("/dev"), TEST_PORT);
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let Some(dev) = found else {
         console(&format!("test hooks: no virtio-serial port {TEST_PORT}"));
         return;
     };
