@@ -727,6 +727,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn led_states_in_order() {
+        assert_eq!(led_states("state booting\nled on\nled off\nstate healthy\nled on\n"), ["booting", "healthy"]);
+        assert!(led_states("led on\n").is_empty());
+    }
+
+    #[test]
     fn scan_counts_across_chunk_boundaries_once() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");

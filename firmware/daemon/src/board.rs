@@ -346,7 +346,10 @@ impl Actions {
             return;
         }
         if let Some(w) = wd.as_mut() {
-            let _ = w.stop();
+            match w.stop() {
+                Ok(()) => tracing::info!("board: watchdog released (magic close)"),
+                Err(e) => tracing::warn!("board: watchdog magic close: {e}"),
+            }
         }
         RELEASED.store(true, Ordering::SeqCst);
         crate::init::power_off(true);
