@@ -56,7 +56,12 @@ impl SysfsLed {
         OpenOptions::new()
             .write(true)
             .open(&brightness)
-            .map_err(|e| dev_err("led", std::io::Error::new(e.kind(), format!("{}: {e}", brightness.display()))))?;
+            .map_err(|e| {
+                dev_err(
+                    "led",
+                    std::io::Error::new(e.kind(), format!("{}: {e}", brightness.display())),
+                )
+            })?;
         Ok(SysfsLed { brightness, max })
     }
 }
@@ -83,7 +88,11 @@ impl StatusLed for SysfsLed {}
 /// `/sys/class/virtio-ports/<vportNpM>` whose `name` is `port`, as
 /// `<dev>/<vportNpM>`.
 pub fn find_virtio_port(class_dir: &Path, dev: &Path, port: &str) -> Option<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(class_dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(class_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     entries.into_iter().find_map(|e| {
         let name = std::fs::read_to_string(e.join("name")).ok()?;
@@ -102,8 +111,19 @@ pub struct VirtioSerialLed {
 impl VirtioSerialLed {
     /// Opens the port named `port` (`/sys/class/virtio-ports`, `/dev`).
     pub fn open(port: &str) -> Result<VirtioSerialLed, BoardError> {
-        let path = find_virtio_port(Path::new("/sys/class/virtio-ports"), Path::new("/dev"), port).ok_or_else(|| {
-            dev_err("led", std::io::Error::new(std::io::ErrorKind::NotFound, format!("no virtio-serial port named {port}")))
+        let path = find_virtio_port(
+            Path::new("/sys/class/virtio-ports"),
+            Path::new("/dev"),
+            port,
+        )
+        .ok_or_else(|| {
+            dev_err(
+                "led",
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no virtio-serial port named {port}"),
+                ),
+            )
         })?;
         Self::open_path(&path)
     }
@@ -116,7 +136,12 @@ impl VirtioSerialLed {
             .append(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| dev_err("led", std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+            .map_err(|e| {
+                dev_err(
+                    "led",
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                )
+            })?;
         Ok(VirtioSerialLed { out, on: None })
     }
 
@@ -165,8 +190,12 @@ impl LinuxLed {
     /// Opens the LED `def` names.
     pub fn open(def: &LedDef) -> Result<LinuxLed, BoardError> {
         match def {
-            LedDef::Sysfs { name } => SysfsLed::open(Path::new("/sys/class/leds"), name).map(LinuxLed::Sysfs),
-            LedDef::VirtioSerial { port } => VirtioSerialLed::open(port).map(LinuxLed::VirtioSerial),
+            LedDef::Sysfs { name } => {
+                SysfsLed::open(Path::new("/sys/class/leds"), name).map(LinuxLed::Sysfs)
+            }
+            LedDef::VirtioSerial { port } => {
+                VirtioSerialLed::open(port).map(LinuxLed::VirtioSerial)
+            }
         }
     }
 }
@@ -252,7 +281,8 @@ pub fn find_key_device(class_dir: &Path, code: u16) -> Option<String> {
         .collect();
     names.sort();
     names.into_iter().map(|(_, n)| n).find(|n| {
-        std::fs::read_to_string(class_dir.join(n).join("device/capabilities/key")).is_ok_and(|b| bitmap_has(&b, code))
+        std::fs::read_to_string(class_dir.join(n).join("device/capabilities/key"))
+            .is_ok_and(|b| bitmap_has(&b, code))
     })
 }
 
@@ -288,10 +318,22 @@ impl EvdevButton {
     /// The first `/dev/input/event*` that reports `key` (`KEY_POWER`).
     pub fn open(key: &str) -> Result<EvdevButton, BoardError> {
         let code = key_code(key).ok_or_else(|| {
-            dev_err("button", std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("unsupported key name {key}")))
+            dev_err(
+                "button",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("unsupported key name {key}"),
+                ),
+            )
         })?;
         let ev = find_key_device(Path::new("/sys/class/input"), code).ok_or_else(|| {
-            dev_err("button", std::io::Error::new(std::io::ErrorKind::NotFound, format!("no input device reports {key}")))
+            dev_err(
+                "button",
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no input device reports {key}"),
+                ),
+            )
         })?;
         Self::open_path(&Path::new("/dev/input").join(ev), code)
     }
@@ -302,8 +344,19 @@ impl EvdevButton {
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| dev_err("button", std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
-        Ok(EvdevButton { dev, code, pressed: false, partial: Vec::new(), path: path.to_path_buf() })
+            .map_err(|e| {
+                dev_err(
+                    "button",
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                )
+            })?;
+        Ok(EvdevButton {
+            dev,
+            code,
+            pressed: false,
+            partial: Vec::new(),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Reads every pending event.
@@ -368,7 +421,12 @@ pub struct LinuxWatchdog {
 
 impl LinuxWatchdog {
     pub fn new(path: PathBuf, timeout_secs: u32) -> Self {
-        LinuxWatchdog { path, timeout_secs, dev: None, effective_timeout: None }
+        LinuxWatchdog {
+            path,
+            timeout_secs,
+            dev: None,
+            effective_timeout: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -388,14 +446,25 @@ impl Watchdog for LinuxWatchdog {
         }
         // Opening arms it. The device is single-open: EBUSY while another
         // process (a supervisor that has not exited yet) holds it.
-        let f = OpenOptions::new().write(true).open(&self.path).map_err(|e| {
-            dev_err("watchdog", std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
-        })?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| {
+                dev_err(
+                    "watchdog",
+                    std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())),
+                )
+            })?;
         self.effective_timeout = match ioctl::set_timeout(&f, self.timeout_secs) {
             Ok(t) => Some(t),
             // Not a watchdog (a FIFO or file standing in for one in tests).
             Err(nix::errno::Errno::ENOTTY) => None,
-            Err(e) => return Err(dev_err("watchdog", std::io::Error::other(format!("WDIOC_SETTIMEOUT {} s: {e}", self.timeout_secs)))),
+            Err(e) => {
+                return Err(dev_err(
+                    "watchdog",
+                    std::io::Error::other(format!("WDIOC_SETTIMEOUT {} s: {e}", self.timeout_secs)),
+                ))
+            }
         };
         self.dev = Some(f);
         // The first feed right away: the new timeout counts from now.
@@ -452,15 +521,19 @@ impl LinuxBoard {
             },
             None => None,
         };
-        let console: Box<dyn Write + Send> = match OpenOptions::new().write(true).open("/dev/console") {
-            Ok(f) => Box::new(f),
-            Err(_) => Box::new(std::io::stderr()),
-        };
+        let console: Box<dyn Write + Send> =
+            match OpenOptions::new().write(true).open("/dev/console") {
+                Ok(f) => Box::new(f),
+                Err(_) => Box::new(std::io::stderr()),
+            };
         LinuxBoard {
             name: name.to_string(),
             led,
             button,
-            watchdog: devices.watchdog.as_ref().map(|w| LinuxWatchdog::new(w.path.clone(), w.timeout_secs)),
+            watchdog: devices
+                .watchdog
+                .as_ref()
+                .map(|w| LinuxWatchdog::new(w.path.clone(), w.timeout_secs)),
             console,
             missing,
         }
@@ -474,7 +547,14 @@ impl LinuxBoard {
         watchdog: Option<LinuxWatchdog>,
         console: Box<dyn Write + Send>,
     ) -> LinuxBoard {
-        LinuxBoard { name: name.to_string(), led, button, watchdog, console, missing: Vec::new() }
+        LinuxBoard {
+            name: name.to_string(),
+            led,
+            button,
+            watchdog,
+            console,
+            missing: Vec::new(),
+        }
     }
 
     /// Takes the devices apart (each is driven on its own).

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use palisade_board::{InputPin, OutputPin};
 use palisade_board::linux::{LinuxBoard, LinuxLed, LinuxWatchdog, StatusLed};
 use palisade_board::{Board, BoardDef, DevicesDef, Watchdog};
+use palisade_board::{InputPin, OutputPin};
 
 /// Held this long, the reset button means factory reset.
 pub const LONG_PRESS: Duration = Duration::from_secs(10);
@@ -73,7 +73,13 @@ impl Heartbeat {
     }
 
     fn set(&self, now: Instant, parked: bool) {
-        if let Some(b) = self.all.beats.lock().expect("heartbeats poisoned").get_mut(self.name) {
+        if let Some(b) = self
+            .all
+            .beats
+            .lock()
+            .expect("heartbeats poisoned")
+            .get_mut(self.name)
+        {
             b.last = now;
             b.parked = parked;
         }
@@ -90,18 +96,37 @@ impl Heartbeats {
         self.register_at(name, max_age, Instant::now())
     }
 
-    fn register_at(self: &Arc<Self>, name: &'static str, max_age: Duration, now: Instant) -> Heartbeat {
-        self.beats.lock().expect("heartbeats poisoned").insert(name, Beat { last: now, max_age, parked: false });
-        Heartbeat { all: self.clone(), name }
+    fn register_at(
+        self: &Arc<Self>,
+        name: &'static str,
+        max_age: Duration,
+        now: Instant,
+    ) -> Heartbeat {
+        self.beats.lock().expect("heartbeats poisoned").insert(
+            name,
+            Beat {
+                last: now,
+                max_age,
+                parked: false,
+            },
+        );
+        Heartbeat {
+            all: self.clone(),
+            name,
+        }
     }
 
     /// The first subsystem (by name) whose heartbeat is older than its
     /// limit at `now`, with its age; None when all are fresh.
     pub fn stale(&self, now: Instant) -> Option<(&'static str, Duration)> {
-        self.beats.lock().expect("heartbeats poisoned").iter().find_map(|(name, b)| {
-            let age = now.saturating_duration_since(b.last);
-            (!b.parked && age > b.max_age).then_some((*name, age))
-        })
+        self.beats
+            .lock()
+            .expect("heartbeats poisoned")
+            .iter()
+            .find_map(|(name, b)| {
+                let age = now.saturating_duration_since(b.last);
+                (!b.parked && age > b.max_age).then_some((*name, age))
+            })
     }
 }
 
@@ -209,11 +234,17 @@ impl StateTracker {
                 Some(format!("board: status degraded: {}", i.problems.join("; ")))
             }
             _ if self.shown == Some(s) => None,
-            LedState::Healthy if self.shown == Some(LedState::Degraded) => Some("board: status healthy again".to_string()),
+            LedState::Healthy if self.shown == Some(LedState::Degraded) => {
+                Some("board: status healthy again".to_string())
+            }
             _ => Some(format!("board: status {}", s.name())),
         };
         self.shown = Some(s);
-        self.problems = if s == LedState::Degraded { i.problems } else { Vec::new() };
+        self.problems = if s == LedState::Degraded {
+            i.problems
+        } else {
+            Vec::new()
+        };
         (s, msg)
     }
 }
@@ -247,13 +278,19 @@ impl ButtonTracker {
                 self.long_announced = false;
                 None
             }
-            (Some(t), true) if !self.long_announced && now.saturating_duration_since(t) >= LONG_PRESS => {
+            (Some(t), true)
+                if !self.long_announced && now.saturating_duration_since(t) >= LONG_PRESS =>
+            {
                 self.long_announced = true;
                 Some(ButtonEvent::LongHeld)
             }
             (Some(t), false) => {
                 self.since = None;
-                Some(if now.saturating_duration_since(t) >= LONG_PRESS { ButtonEvent::Long } else { ButtonEvent::Short })
+                Some(if now.saturating_duration_since(t) >= LONG_PRESS {
+                    ButtonEvent::Long
+                } else {
+                    ButtonEvent::Short
+                })
             }
             _ => None,
         }
@@ -359,7 +396,11 @@ impl Actions {
 /// Starts the board from the definition at `board_file`: opens the devices,
 /// arms the watchdog and runs the board thread. Returns None when the board
 /// has no devices.
-pub fn start(board_file: &Path, state_dir: &Path, heartbeats: Arc<Heartbeats>) -> Option<BoardHandle> {
+pub fn start(
+    board_file: &Path,
+    state_dir: &Path,
+    heartbeats: Arc<Heartbeats>,
+) -> Option<BoardHandle> {
     let (name, devices) = match load_devices(board_file) {
         Ok(d) => d,
         Err(e) => {
@@ -392,7 +433,11 @@ pub fn start(board_file: &Path, state_dir: &Path, heartbeats: Arc<Heartbeats>) -
         }
     }
     let (tx, rx) = mpsc::channel();
-    let handle = BoardHandle { cmds: tx, state: Arc::new(Mutex::new(LedState::Booting)), has_led: devices.led.is_some() };
+    let handle = BoardHandle {
+        cmds: tx,
+        state: Arc::new(Mutex::new(LedState::Booting)),
+        has_led: devices.led.is_some(),
+    };
     let _ = HANDLE.set(handle.clone());
     let actions = Actions {
         state_dir: state_dir.to_path_buf(),
@@ -401,7 +446,11 @@ pub fn start(board_file: &Path, state_dir: &Path, heartbeats: Arc<Heartbeats>) -
     let state = handle.state.clone();
     let spawned = std::thread::Builder::new()
         .name("board".into())
-        .spawn(move || board_thread(led, led_retry, button, watchdog, heartbeats, state, rx, actions));
+        .spawn(move || {
+            board_thread(
+                led, led_retry, button, watchdog, heartbeats, state, rx, actions,
+            )
+        });
     if let Err(e) = spawned {
         tracing::error!("board: cannot start the board thread: {e}");
         return None;
@@ -415,7 +464,11 @@ fn report_bootstatus(dev: &Path) {
     use std::os::unix::fs::MetadataExt;
     let by_rdev = std::fs::metadata(dev).ok().map(|m| {
         let r = m.rdev();
-        PathBuf::from(format!("/sys/dev/char/{}:{}/bootstatus", nix::sys::stat::major(r), nix::sys::stat::minor(r)))
+        PathBuf::from(format!(
+            "/sys/dev/char/{}:{}/bootstatus",
+            nix::sys::stat::major(r),
+            nix::sys::stat::minor(r)
+        ))
     });
     let status = by_rdev
         .into_iter()
@@ -473,7 +526,10 @@ fn board_thread(
                     Ok(()) => {
                         armed = true;
                         last_feed = Some(now);
-                        let t = w.effective_timeout.map(|t| format!("{t} s")).unwrap_or_else(|| "not settable (not a watchdog device)".into());
+                        let t = w
+                            .effective_timeout
+                            .map(|t| format!("{t} s"))
+                            .unwrap_or_else(|| "not settable (not a watchdog device)".into());
                         tracing::info!("board: watchdog {} armed, timeout {t}", w.path().display());
                     }
                     Err(e) if !open_error_logged => {
@@ -496,7 +552,10 @@ fn board_thread(
                     Some((name, age)) => {
                         if stale_logged != Some(name) {
                             stale_logged = Some(name);
-                            tracing::error!("board: watchdog not fed: {name} silent for {} s", age.as_secs());
+                            tracing::error!(
+                                "board: watchdog not fed: {name} silent for {} s",
+                                age.as_secs()
+                            );
                         }
                         // Not fed: the board resets when the timeout runs out.
                         last_feed = Some(now);
@@ -520,8 +579,14 @@ fn board_thread(
                     tracing::warn!("board: reset button held 10 s: factory reset");
                     if actions.can_reboot {
                         match wipe_state(&actions.state_dir) {
-                            Ok(n) => tracing::warn!("board: factory reset: {n} entries removed from {}", actions.state_dir.display()),
-                            Err(e) => tracing::error!("board: factory reset: {}: {e}", actions.state_dir.display()),
+                            Ok(n) => tracing::warn!(
+                                "board: factory reset: {n} entries removed from {}",
+                                actions.state_dir.display()
+                            ),
+                            Err(e) => tracing::error!(
+                                "board: factory reset: {}: {e}",
+                                actions.state_dir.display()
+                            ),
                         }
                         nix::unistd::sync();
                     } else {
@@ -534,7 +599,10 @@ fn board_thread(
             }
         }
         // LED (a port that was not there at start: again every 500 ms for 10 s).
-        if let Some(def) = led_retry.as_ref().filter(|_| led.is_none() && tick_no.is_multiple_of(10)) {
+        if let Some(def) = led_retry
+            .as_ref()
+            .filter(|_| led.is_none() && tick_no.is_multiple_of(10))
+        {
             match LinuxLed::open(def) {
                 Ok(l) => {
                     led = Some(l);
@@ -549,7 +617,11 @@ fn board_thread(
         }
         tick_no += 1;
         if let Some(l) = led.as_mut() {
-            let want = if factory { LedState::FactoryReset } else { *state.lock().expect("led state poisoned") };
+            let want = if factory {
+                LedState::FactoryReset
+            } else {
+                *state.lock().expect("led state poisoned")
+            };
             if shown.is_none_or(|(s, _)| s != want) {
                 shown = Some((want, now));
                 l.show_state(want.name());
@@ -580,7 +652,10 @@ pub async fn status_task(
     loop {
         t.tick().await;
         let (mut status, uplinks) = crate::supervisor::blocking(&engine, |e| {
-            let up: Vec<String> = e.spec().map(|s| s.uplinks.iter().map(|u| u.interface.clone()).collect()).unwrap_or_default();
+            let up: Vec<String> = e
+                .spec()
+                .map(|s| s.uplinks.iter().map(|u| u.interface.clone()).collect())
+                .unwrap_or_default();
             (e.status(), up)
         })
         .await;
@@ -607,11 +682,13 @@ pub async fn status_task(
 pub fn uplink_problems(net: &Path, uplinks: &[String]) -> Vec<String> {
     uplinks
         .iter()
-        .filter_map(|u| match std::fs::read_to_string(net.join(u).join("carrier")) {
-            Ok(s) if s.trim() == "1" => None,
-            Ok(_) => Some(format!("uplink {u} has no carrier")),
-            Err(_) => Some(format!("uplink {u} is down or missing")),
-        })
+        .filter_map(
+            |u| match std::fs::read_to_string(net.join(u).join("carrier")) {
+                Ok(s) if s.trim() == "1" => None,
+                Ok(_) => Some(format!("uplink {u} has no carrier")),
+                Err(_) => Some(format!("uplink {u} is down or missing")),
+            },
+        )
         .collect()
 }
 
@@ -626,26 +703,41 @@ mod tests {
         let r = hb.register_at("reconcile", Duration::from_secs(30), t0);
         let d = hb.register_at("dns", Duration::from_secs(10), t0);
         assert_eq!(hb.stale(t0 + Duration::from_secs(10)), None);
-        assert_eq!(hb.stale(t0 + Duration::from_secs(11)), Some(("dns", Duration::from_secs(11))));
+        assert_eq!(
+            hb.stale(t0 + Duration::from_secs(11)),
+            Some(("dns", Duration::from_secs(11)))
+        );
         // Parked (waiting on a timer): never stale on its own.
         d.park();
         let now = Instant::now();
         assert_eq!(hb.stale(now + Duration::from_secs(29)), None);
-        assert_eq!(hb.stale(now + Duration::from_secs(40)).map(|s| s.0), Some("reconcile"));
+        assert_eq!(
+            hb.stale(now + Duration::from_secs(40)).map(|s| s.0),
+            Some("reconcile")
+        );
         r.tick();
         d.tick();
         let now = Instant::now();
         assert_eq!(hb.stale(now + Duration::from_secs(5)), None);
-        assert_eq!(hb.stale(now + Duration::from_secs(20)).map(|s| s.0), Some("dns"));
+        assert_eq!(
+            hb.stale(now + Duration::from_secs(20)).map(|s| s.0),
+            Some("dns")
+        );
     }
 
     fn inputs(problems: &[&str]) -> Inputs {
-        Inputs { problems: problems.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        Inputs {
+            problems: problems.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn selection_precedence() {
-        let mut i = Inputs { gate_passed: true, ..Default::default() };
+        let mut i = Inputs {
+            gate_passed: true,
+            ..Default::default()
+        };
         assert_eq!(select(&i), LedState::Healthy);
         i.problems = vec!["dns".into()];
         assert_eq!(select(&i), LedState::Degraded);
@@ -662,32 +754,76 @@ mod tests {
     #[test]
     fn tracker_boots_then_degrades_and_recovers_with_one_line_per_change() {
         let mut t = StateTracker::default();
-        assert_eq!(t.update(inputs(&["wireguard not up"])), (LedState::Booting, Some("board: status booting".into())));
-        assert_eq!(t.update(inputs(&["dns canary pending"])), (LedState::Booting, None));
-        assert_eq!(t.update(inputs(&[])), (LedState::Healthy, Some("board: status healthy".into())));
+        assert_eq!(
+            t.update(inputs(&["wireguard not up"])),
+            (LedState::Booting, Some("board: status booting".into()))
+        );
+        assert_eq!(
+            t.update(inputs(&["dns canary pending"])),
+            (LedState::Booting, None)
+        );
+        assert_eq!(
+            t.update(inputs(&[])),
+            (LedState::Healthy, Some("board: status healthy".into()))
+        );
         assert_eq!(t.update(inputs(&[])), (LedState::Healthy, None));
         let (s, m) = t.update(inputs(&["uplink eth0 has no carrier"]));
-        assert_eq!((s, m.as_deref()), (LedState::Degraded, Some("board: status degraded: uplink eth0 has no carrier")));
-        assert_eq!(t.update(inputs(&["uplink eth0 has no carrier"])), (LedState::Degraded, None));
+        assert_eq!(
+            (s, m.as_deref()),
+            (
+                LedState::Degraded,
+                Some("board: status degraded: uplink eth0 has no carrier")
+            )
+        );
+        assert_eq!(
+            t.update(inputs(&["uplink eth0 has no carrier"])),
+            (LedState::Degraded, None)
+        );
         // A different reason is printed again.
-        let (_, m) = t.update(inputs(&["uplink eth0 has no carrier", "dns canary pending"]));
-        assert_eq!(m.as_deref(), Some("board: status degraded: uplink eth0 has no carrier; dns canary pending"));
-        assert_eq!(t.update(inputs(&[])), (LedState::Healthy, Some("board: status healthy again".into())));
+        let (_, m) = t.update(inputs(&[
+            "uplink eth0 has no carrier",
+            "dns canary pending",
+        ]));
+        assert_eq!(
+            m.as_deref(),
+            Some("board: status degraded: uplink eth0 has no carrier; dns canary pending")
+        );
+        assert_eq!(
+            t.update(inputs(&[])),
+            (
+                LedState::Healthy,
+                Some("board: status healthy again".into())
+            )
+        );
         // An update while healthy, then back.
-        let (s, _) = t.update(Inputs { updating: true, ..Default::default() });
+        let (s, _) = t.update(Inputs {
+            updating: true,
+            ..Default::default()
+        });
         assert_eq!(s, LedState::Updating);
         assert_eq!(t.update(inputs(&[])).0, LedState::Healthy);
         // Being revoked does not pass the gate.
         let mut t = StateTracker::default();
-        assert_eq!(t.update(Inputs { revoked: true, ..Default::default() }).0, LedState::Revoked);
+        assert_eq!(
+            t.update(Inputs {
+                revoked: true,
+                ..Default::default()
+            })
+            .0,
+            LedState::Revoked
+        );
         assert_eq!(t.update(inputs(&["x"])).0, LedState::Booting);
     }
 
     #[test]
     fn patterns() {
         let ms = |m| Duration::from_millis(m);
-        assert!((0..5000).step_by(50).all(|m| level(LedState::Healthy, ms(m))));
-        assert!((0..5000).step_by(50).all(|m| !level(LedState::Revoked, ms(m))));
+        assert!((0..5000)
+            .step_by(50)
+            .all(|m| level(LedState::Healthy, ms(m))));
+        assert!((0..5000)
+            .step_by(50)
+            .all(|m| !level(LedState::Revoked, ms(m))));
         assert!(level(LedState::Booting, ms(500)) && !level(LedState::Booting, ms(1500)));
         assert!(level(LedState::Degraded, ms(100)) && !level(LedState::Degraded, ms(200)));
         let on = |s, period: u64| (0..period).filter(|m| level(s, ms(*m))).count() as u64;
@@ -696,7 +832,9 @@ mod tests {
         assert_eq!(on(LedState::Degraded, 1000), 500);
         assert_eq!(on(LedState::Booting, 2000), 1000);
         // Updating: two flashes per 1.5 s.
-        let edges = (1..1500).filter(|m| level(LedState::Updating, ms(*m)) && !level(LedState::Updating, ms(*m - 1))).count();
+        let edges = (1..1500)
+            .filter(|m| level(LedState::Updating, ms(*m)) && !level(LedState::Updating, ms(*m - 1)))
+            .count();
         assert_eq!(edges + usize::from(level(LedState::Updating, ms(0))), 2);
     }
 
@@ -726,7 +864,10 @@ mod tests {
         std::fs::write(d.path().join("store/identity.json"), "{}").unwrap();
         std::fs::create_dir(d.path().join("lost+found")).unwrap();
         assert_eq!(wipe_state(d.path()).unwrap(), 3);
-        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, ["lost+found"]);
     }
 
@@ -740,7 +881,10 @@ mod tests {
         assert!(uplink_problems(d.path(), &["eth0".into()]).is_empty());
         assert_eq!(
             uplink_problems(d.path(), &["eth0".into(), "eth1".into(), "eth2".into()]),
-            ["uplink eth1 has no carrier", "uplink eth2 is down or missing"]
+            [
+                "uplink eth1 has no carrier",
+                "uplink eth2 is down or missing"
+            ]
         );
     }
 
@@ -750,6 +894,8 @@ mod tests {
         let (name, d) = load_devices(&ws).unwrap();
         assert_eq!(name, "qemu-x86_64");
         assert!(d.watchdog.is_some() && d.led.is_some() && d.button.is_some());
-        assert!(load_devices(Path::new("/nonexistent/board.toml")).unwrap_err().contains("/nonexistent/board.toml"));
+        assert!(load_devices(Path::new("/nonexistent/board.toml"))
+            .unwrap_err()
+            .contains("/nonexistent/board.toml"));
     }
 }
