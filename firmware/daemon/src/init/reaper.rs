@@ -119,7 +119,9 @@ const TEST_PORT: &str = "palisade.test";
 /// Test hooks, only with `palisade.test_hooks=1` on the kernel command line
 /// (docs/testing.md): lines read from the virtio-serial port `palisade.test`,
 /// which only the hypervisor's owner can write. `stop-supervisor`: SIGSTOP
-/// the supervisor (a hung palisaded, for the watchdog test).
+/// the supervisor (a hung palisaded, for the watchdog test);
+/// `kill-supervisor`: SIGKILL it (a crash: PID 1 restarts it, and the new
+/// one must re-arm the watchdog before it fires).
 fn test_hooks(supervisor: &AtomicI32) {
     use std::io::BufRead;
     // The port's name arrives from the host shortly after virtio_console loads.
@@ -152,6 +154,12 @@ fn test_hooks(supervisor: &AtomicI32) {
                     let pid = supervisor.load(Ordering::SeqCst);
                     if pid > 0 && kill(Pid::from_raw(pid), Signal::SIGSTOP).is_ok() {
                         console("test hook: supervisor stopped");
+                    }
+                }
+                "kill-supervisor" => {
+                    let pid = supervisor.load(Ordering::SeqCst);
+                    if pid > 0 && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                        console("test hook: supervisor killed");
                     }
                 }
                 "" => {}
