@@ -362,15 +362,19 @@ impl BoardHandle {
     }
 }
 
-/// Reads the board definition's devices: a missing file or no `[devices]`
-/// means no devices (said once, by the caller's log line).
-pub fn load_devices(path: &Path) -> Result<(String, DevicesDef), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Reads the board definition's devices. `Ok(None)`: no file (no devices).
+pub fn load_devices(path: &Path) -> Result<Option<(String, DevicesDef)>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
     let def = BoardDef::from_str(&text, path).map_err(|e| e.to_string())?;
-    Ok((def.name, def.devices))
+    Ok(Some((def.name, def.devices)))
 }
 
-/// What the reset button does; `Real` on the node (PID 1's child).
+/// What the reset button may do: reboot and wipe only as PID 1's child on
+/// the node (never a host's init or a test's directory by accident).
 struct Actions {
     state_dir: PathBuf,
     can_reboot: bool,
@@ -402,9 +406,13 @@ pub fn start(
     heartbeats: Arc<Heartbeats>,
 ) -> Option<BoardHandle> {
     let (name, devices) = match load_devices(board_file) {
-        Ok(d) => d,
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            tracing::info!("board: no devices ({} not found)", board_file.display());
+            return None;
+        }
         Err(e) => {
-            tracing::info!("board: no devices ({e})");
+            tracing::error!("board: no devices: {e}");
             return None;
         }
     };
@@ -891,11 +899,13 @@ mod tests {
     #[test]
     fn devices_from_the_board_file() {
         let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../board/boards/qemu-x86_64.toml");
-        let (name, d) = load_devices(&ws).unwrap();
+        let (name, d) = load_devices(&ws).unwrap().unwrap();
         assert_eq!(name, "qemu-x86_64");
         assert!(d.watchdog.is_some() && d.led.is_some() && d.button.is_some());
-        assert!(load_devices(Path::new("/nonexistent/board.toml"))
-            .unwrap_err()
-            .contains("/nonexistent/board.toml"));
+        assert_eq!(load_devices(Path::new("/nonexistent/board.toml")), Ok(None));
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("board.toml");
+        std::fs::write(&bad, "name = 3\n").unwrap();
+        assert!(load_devices(&bad).unwrap_err().contains("board.toml"));
     }
 }
