@@ -27,14 +27,20 @@
 #                         e1000e NIC, an i6300esb watchdog (q35's ICH9 TCO is there too;
 #                         the board loads i6300esb first, so it is /dev/watchdog), no
 #                         virtio device at all
+#     --led FILE          the status LED: virtio-serial port `palisade.led` written to
+#                         FILE (lines `state <name>`, `led on`, `led off`; docs/board.md)
+#     --test-port SOCK    virtio-serial port `palisade.test` on a Unix socket (server,
+#                         no wait): test hooks, read by PID 1 only with
+#                         palisade.test_hooks=1 (docs/testing.md)
+#     --qmp SOCK          QMP on a Unix socket (e.g. input-send-event: the reset button)
 #
 # The script execs QEMU, so its pid is QEMU's pid. No user networking is used.
 set -euo pipefail
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 image=$1; shift
-netns= tap= mac=52:54:00:50:41:01 serial= pidfile= monitor= cfgdrive= vars= mem=512 smp=2 snapshot= noreboot= serialpty= hw=virtio
+netns= tap= mac=52:54:00:50:41:01 serial= pidfile= monitor= cfgdrive= vars= mem=512 smp=2 snapshot= noreboot= serialpty= hw=virtio led= testport= qmp=
 while [ $# -gt 0 ]; do
     case "$1" in
         --netns) netns=$2; shift 2 ;;
@@ -51,6 +57,9 @@ while [ $# -gt 0 ]; do
         --snapshot) snapshot=1; shift ;;
         --no-reboot) noreboot=1; shift ;;
         --hw) hw=$2; shift 2 ;;
+        --led) led=$2; shift 2 ;;
+        --test-port) testport=$2; shift 2 ;;
+        --qmp) qmp=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "boot.sh: unknown option $1" >&2; usage ;;
     esac
@@ -117,6 +126,16 @@ elif [ -n "$cfgdrive" ]; then
     args+=(-drive "if=virtio,format=raw,readonly=on,file=$cfgdrive")
 fi
 [ -n "$noreboot" ] && args+=(-no-reboot)
+if [ -n "$led" ] || [ -n "$testport" ]; then
+    args+=(-device virtio-serial-pci,id=vser0)
+fi
+if [ -n "$led" ]; then
+    args+=(-chardev "file,id=led0,path=$led" -device "virtserialport,bus=vser0.0,chardev=led0,name=palisade.led")
+fi
+if [ -n "$testport" ]; then
+    args+=(-chardev "socket,id=test0,path=$testport,server=on,wait=off" -device "virtserialport,bus=vser0.0,chardev=test0,name=palisade.test")
+fi
+[ -n "$qmp" ] && args+=(-qmp "unix:$qmp,server=on,wait=off")
 
 if [ -n "$netns" ]; then
     exec ip netns exec "$netns" qemu-system-x86_64 "${args[@]}"

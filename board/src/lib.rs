@@ -10,9 +10,9 @@
 //!   partition layout).
 //! - [`Board`]: the node's hardware as embedded-hal concepts — a status LED (an
 //!   [`OutputPin`]), a reset button (an [`InputPin`]), a hardware watchdog and a
-//!   console — with the [`qemu::QemuX86_64`] implementation; [`DevicesDef`] names
-//!   the devices in the board definition. Not used by palisaded
-//!   yet either.
+//!   console — with the Linux implementation [`linux::LinuxBoard`] (sysfs or
+//!   virtio-serial LED, evdev button, watchdog device) built from the
+//!   [`DevicesDef`] of the board definition; palisaded drives it (its `board.rs`).
 //! - [`kmod`]: module names, `modules.dep` and load plans, the one implementation
 //!   used by the image builder (what goes into the image) and by palisaded (what
 //!   it loads at boot).
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod entries;
 pub mod kmod;
-pub mod qemu;
+pub mod linux;
 
 pub use kmod::module_key;
 
@@ -373,7 +373,8 @@ impl BoardDef {
 
 /// A hardware watchdog: once started, the board resets unless fed in time.
 pub trait Watchdog {
-    /// Arms the watchdog (opening the device arms it on Linux).
+    /// Arms the watchdog with the board's timeout (opening the device arms it
+    /// on Linux) and feeds it once.
     fn start(&mut self) -> Result<(), BoardError>;
     /// Feeds it.
     fn feed(&mut self) -> Result<(), BoardError>;
@@ -389,8 +390,10 @@ pub trait Board {
     type Button: InputPin;
     /// Board name (matches the board definition).
     fn name(&self) -> &str;
-    fn status_led(&mut self) -> &mut Self::Led;
-    fn reset_button(&mut self) -> &mut Self::Button;
+    /// The status LED, if the board has one (and it could be opened).
+    fn status_led(&mut self) -> Option<&mut Self::Led>;
+    /// The reset button, if the board has one (and it could be opened).
+    fn reset_button(&mut self) -> Option<&mut Self::Button>;
     /// The hardware watchdog, if the board has one.
     fn watchdog(&mut self) -> Option<&mut dyn Watchdog>;
     /// The console, for the status banner (never client data).

@@ -1,6 +1,7 @@
 use super::*;
-use crate::qemu::{FileButton, FileLed, QemuX86_64};
+use crate::linux::*;
 use std::path::Path;
+use std::io::Write;
 
 fn boards_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("boards")
@@ -140,26 +141,119 @@ fn unknown_board_and_traversal_refused() {
     ));
 }
 
+fn event(ty: u16, code: u16, value: i32) -> Vec<u8> {
+    let mut r = vec![0u8; 16];
+    r.extend_from_slice(&ty.to_ne_bytes());
+    r.extend_from_slice(&code.to_ne_bytes());
+    r.extend_from_slice(&value.to_ne_bytes());
+    r
+}
+
 #[test]
-fn qemu_led_and_button_files() {
+fn evdev_button_follows_its_key_only() {
     let dir = tempfile::tempdir().unwrap();
-    let led = dir.path().join("led");
-    let btn = dir.path().join("btn");
-    let mut b = QemuX86_64::with_devices(
-        FileLed::new(Some(led.clone())),
-        FileButton::new(btn.clone()),
-        None,
-        Box::new(Vec::new()),
-    );
-    b.status_led().set_high().unwrap();
-    assert_eq!(std::fs::read_to_string(&led).unwrap(), "on\n");
-    b.status_led().set_low().unwrap();
-    assert_eq!(std::fs::read_to_string(&led).unwrap(), "off\n");
-    assert!(!b.reset_button().is_high().unwrap());
-    std::fs::write(&btn, "").unwrap();
-    assert!(b.reset_button().is_high().unwrap());
-    assert!(b.watchdog().is_none());
+    let p = dir.path().join("event0");
+    let mut bytes = Vec::new();
+    bytes.extend(event(1, 116, 1)); // KEY_POWER down
+    bytes.extend(event(0, 0, 0)); // SYN
+    std::fs::write(&p, &bytes).unwrap();
+    let mut b = EvdevButton::open_path(&p, 116).unwrap();
+    assert!(b.is_high().unwrap());
+    // A file keeps its offset: append the next events.
+    let mut more = event(1, 28, 0); // another key up: no change
+    more.extend(event(1, 116, 2)); // autorepeat: still down
+    std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(&more).unwrap();
+    assert!(b.is_high().unwrap());
+    // A partial record waits for the rest.
+    let up = event(1, 116, 0);
+    std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(&up[..10]).unwrap();
+    assert!(b.is_high().unwrap());
+    std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(&up[10..]).unwrap();
+    assert!(b.is_low().unwrap());
+}
+
+#[test]
+fn key_capabilities_find_the_device() {
+    // capabilities/key as the kernel prints it: 64-bit words, most significant first.
+    assert!(bitmap_has("10000000000000 0", 116));
+    assert!(!bitmap_has("20000000000000 0", 116));
+    let power = format!("{:x} 0", 1u64 << (116 - 64));
+    assert!(bitmap_has(&power, 116));
+    assert!(!bitmap_has(&power, 115));
+    assert!(bitmap_has("1", 0));
+    assert!(!bitmap_has("0", 500));
+    assert_eq!(key_code("KEY_POWER"), Some(116));
+    assert_eq!(key_code("KEY_RESTART"), Some(0x198));
+    assert_eq!(key_code("BTN_3"), Some(0x103));
+    assert_eq!(key_code("KEY_NOPE"), None);
+
+    let dir = tempfile::tempdir().unwrap();
+    for (ev, caps) in [("event0", "0".to_string()), ("event2", power.clone()), ("event10", power.clone())] {
+        std::fs::create_dir_all(dir.path().join(ev).join("device/capabilities")).unwrap();
+        std::fs::write(dir.path().join(ev).join("device/capabilities/key"), format!("{caps}\n")).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("input3")).unwrap();
+    assert_eq!(find_key_device(dir.path(), 116).as_deref(), Some("event2"));
+    assert_eq!(find_key_device(dir.path(), 28), None);
+}
+
+#[test]
+fn virtio_port_found_by_name_and_led_writes_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let class = dir.path().join("virtio-ports");
+    for (p, name) in [("vport0p1", "org.qemu.guest_agent.0"), ("vport1p1", "palisade.led")] {
+        std::fs::create_dir_all(class.join(p)).unwrap();
+        std::fs::write(class.join(p).join("name"), format!("{name}\n")).unwrap();
+    }
+    assert_eq!(find_virtio_port(&class, Path::new("/dev"), "palisade.led"), Some(Path::new("/dev/vport1p1").to_path_buf()));
+    assert_eq!(find_virtio_port(&class, Path::new("/dev"), "palisade.test"), None);
+
+    let out = dir.path().join("port");
+    std::fs::write(&out, "").unwrap();
+    let mut led = LinuxLed::VirtioSerial(VirtioSerialLed::open_path(&out).unwrap());
+    led.show_state("booting");
+    led.set_high().unwrap();
+    led.set_high().unwrap(); // no change, no line
+    led.set_low().unwrap();
+    led.show_state("healthy");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "state booting\nled on\nled off\nstate healthy\n");
+}
+
+#[test]
+fn sysfs_led_writes_brightness() {
+    let dir = tempfile::tempdir().unwrap();
+    let led = dir.path().join("status");
+    std::fs::create_dir_all(&led).unwrap();
+    std::fs::write(led.join("brightness"), "0").unwrap();
+    std::fs::write(led.join("max_brightness"), "255\n").unwrap();
+    let mut l = SysfsLed::open(dir.path(), "status").unwrap();
+    l.set_high().unwrap();
+    assert_eq!(std::fs::read_to_string(led.join("brightness")).unwrap(), "255");
+    l.set_low().unwrap();
+    assert_eq!(std::fs::read_to_string(led.join("brightness")).unwrap(), "0");
+    assert!(SysfsLed::open(dir.path(), "missing").is_err());
+}
+
+#[test]
+fn watchdog_on_a_fifo_feeds_and_magic_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("watchdog");
+    // A plain file stands in for the device: the ioctl fails with ENOTTY, which is tolerated.
+    std::fs::write(&p, "").unwrap();
+    let mut w = LinuxWatchdog::new(p.clone(), 10);
+    assert!(!w.is_char_device());
+    assert!(w.feed().is_err(), "feeding before start must fail");
+    w.start().unwrap();
+    assert_eq!(w.effective_timeout, None);
+    w.feed().unwrap();
+    w.stop().unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"\0\0V");
+    let mut b = LinuxBoard::with_devices("t", None, None, Some(LinuxWatchdog::new(p, 10)), Box::new(Vec::new()));
+    assert!(b.status_led().is_none() && b.reset_button().is_none());
+    assert!(b.watchdog().is_some());
     writeln!(b.console(), "banner").unwrap();
+    let missing = LinuxWatchdog::new(dir.path().join("nope"), 10).start().unwrap_err();
+    assert!(missing.to_string().contains("nope"), "{missing}");
 }
 
 #[test]

@@ -232,6 +232,8 @@ pub struct GuestOptions {
     pub allow_reboot: bool,
     /// The emulated hardware (`qemu/boot.sh --hw`).
     pub hw: Hw,
+    /// The board's host-side devices (status LED file, test port, QMP).
+    pub devices: VmDevices,
 }
 
 /// The hardware QEMU emulates (`qemu/boot.sh --hw`).
@@ -251,6 +253,88 @@ impl Hw {
             Hw::Virtio => "virtio",
             Hw::Appliance => "appliance",
         }
+    }
+}
+
+/// Host-side board devices of a [`Vm`] (qemu/boot.sh `--led`, `--test-port`,
+/// `--qmp`), each in the bed's log directory when asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmDevices {
+    /// The status LED's virtio-serial port, written to `led.log`.
+    pub led: bool,
+    /// The `palisade.test` port on `test.sock` (test hooks).
+    pub test_port: bool,
+    /// QMP on `qmp.sock` (the reset button).
+    pub qmp: bool,
+}
+
+impl VmDevices {
+    pub fn all() -> VmDevices {
+        VmDevices { led: true, test_port: true, qmp: true }
+    }
+}
+
+/// The states in a status LED log (lines `state <name>`), in order.
+pub fn led_states(text: &str) -> Vec<String> {
+    text.lines().filter_map(|l| l.strip_prefix("state ")).map(str::to_string).collect()
+}
+
+/// A QMP session on a Unix socket: greeting read, `qmp_capabilities` sent.
+pub struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    pub fn connect(sock: &Path) -> Result<Qmp> {
+        let s = std::os::unix::net::UnixStream::connect(sock).with_context(|| format!("connect QMP {}", sock.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut q = Qmp { reader: std::io::BufReader::new(s.try_clone()?), writer: s };
+        let greeting = q.read_message()?;
+        if greeting.get("QMP").is_none() {
+            bail!("QMP: no greeting: {greeting}");
+        }
+        q.execute("qmp_capabilities", serde_json::json!({}))?;
+        Ok(q)
+    }
+
+    fn read_message(&mut self) -> Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("QMP closed");
+        }
+        serde_json::from_str(&line).with_context(|| format!("QMP sent {line:?}"))
+    }
+
+    /// Runs `command`; its `return` value (events in between are skipped).
+    pub fn execute(&mut self, command: &str, arguments: serde_json::Value) -> Result<serde_json::Value> {
+        use std::io::Write;
+        let mut req = serde_json::to_vec(&serde_json::json!({"execute": command, "arguments": arguments}))?;
+        req.push(b'\n');
+        self.writer.write_all(&req)?;
+        loop {
+            let m = self.read_message()?;
+            if let Some(r) = m.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = m.get("error") {
+                bail!("QMP {command}: {e}");
+            }
+        }
+    }
+
+    /// Presses (`down`) or releases the key `qcode` (e.g. `power`).
+    pub fn key(&mut self, qcode: &str, down: bool) -> Result<()> {
+        let ev = serde_json::json!({"events": [{"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": qcode}}}]});
+        self.execute("input-send-event", ev).map(|_| ())
+    }
+
+    /// Presses the key `qcode`, holds it `hold`, releases it.
+    pub fn press_key(&mut self, qcode: &str, hold: Duration) -> Result<()> {
+        self.key(qcode, true)?;
+        std::thread::sleep(hold);
+        self.key(qcode, false)
     }
 }
 
@@ -407,6 +491,12 @@ pub struct Vm {
     pub console: PathBuf,
     pub monitor: PathBuf,
     pub started: Instant,
+    /// The status LED's log (qemu/boot.sh `--led`), when started with it.
+    pub led: Option<PathBuf>,
+    /// The test hooks' port (`--test-port`), when started with it.
+    pub test_port: Option<PathBuf>,
+    /// The QMP socket (`--qmp`), when started with it.
+    pub qmp: Option<PathBuf>,
 }
 
 impl Vm {
@@ -414,11 +504,18 @@ impl Vm {
     /// internet bridge, console to a file, a monitor socket, and optionally
     /// a config drive. `no_reboot`: QEMU exits when the guest reboots.
     pub fn start(bed: &TestBed, disk: &Path, config_drive: Option<&Path>, no_reboot: bool) -> Result<Vm> {
-        Vm::start_hw(bed, disk, config_drive, no_reboot, Hw::Virtio)
+        Vm::start_with(bed, disk, config_drive, no_reboot, VmDevices::default(), Hw::Virtio)
     }
 
-    /// [`Vm::start`] on the given emulated hardware.
-    pub fn start_hw(bed: &TestBed, disk: &Path, config_drive: Option<&Path>, no_reboot: bool, hw: Hw) -> Result<Vm> {
+    /// [`Vm::start`] with the board's host-side devices, on the given emulated hardware.
+    pub fn start_with(
+        bed: &TestBed,
+        disk: &Path,
+        config_drive: Option<&Path>,
+        no_reboot: bool,
+        devices: VmDevices,
+        hw: Hw,
+    ) -> Result<Vm> {
         let dir = bed.log_dir();
         let tap = format!("pt{}{}", std::process::id(), bed.id.rsplit('-').next().unwrap_or("0"));
         bed.add_tap(&tap)?;
@@ -448,12 +545,20 @@ impl Vm {
         if hw != Hw::Virtio {
             argv.extend(["--hw".to_string(), hw.arg().to_string()]);
         }
+        let led = devices.led.then(|| dir.join("led.log"));
+        let test_port = devices.test_port.then(|| dir.join("test.sock"));
+        let qmp = devices.qmp.then(|| dir.join("qmp.sock"));
+        for (flag, p) in [("--led", &led), ("--test-port", &test_port), ("--qmp", &qmp)] {
+            if let Some(p) = p {
+                argv.extend([flag.to_string(), p.display().to_string()]);
+            }
+        }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let started = Instant::now();
         // boot.sh execs QEMU: the Proc's pid is QEMU's. It runs inside the
         // internet namespace, where the tap is.
         let qemu = bed.inet.spawn("qemu", dir, &argv)?;
-        Ok(Vm { qemu, disk: disk.to_path_buf(), console, monitor, started })
+        Ok(Vm { qemu, disk: disk.to_path_buf(), console, monitor, started, led, test_port, qmp })
     }
 
     /// The host side of the guest's serial console, a pty (QEMU names it
@@ -467,6 +572,39 @@ impl Vm {
                 (label == "(label ser0)").then(|| PathBuf::from(path))
             })
         })
+    }
+
+    /// The states the status LED has shown so far, in order.
+    pub fn led_states(&self) -> Vec<String> {
+        let text = self.led.as_ref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+        led_states(&String::from_utf8_lossy(&text))
+    }
+
+    /// Wait (bounded) until the LED shows `state` as its state number
+    /// `from` or later; returns that state's index.
+    pub fn wait_led_state(&self, state: &str, from: usize, within: Duration) -> Result<usize> {
+        wait_until(within, &format!("status LED {state:?} (from state #{from})"), || {
+            self.led_states().iter().enumerate().skip(from).find(|(_, s)| *s == state).map(|(i, _)| i)
+        })
+        .with_context(|| format!("LED states: {:?}\nconsole so far:\n{}", self.led_states(), tail(&self.console_text(), 40)))
+    }
+
+    /// Send one line to the guest's test hooks (PID 1 reads it only with
+    /// `palisade.test_hooks=1`).
+    pub fn send_test_line(&self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let sock = self.test_port.as_ref().context("the VM has no test port")?;
+        let mut s = std::os::unix::net::UnixStream::connect(sock).with_context(|| format!("connect {}", sock.display()))?;
+        s.write_all(format!("{line}\n").as_bytes())?;
+        s.flush()?;
+        // Give QEMU a moment to pass the bytes on before the host side closes.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
+    /// A QMP session with this VM.
+    pub fn qmp(&self) -> Result<Qmp> {
+        Qmp::connect(self.qmp.as_ref().context("the VM has no QMP socket")?)
     }
 
     pub fn console_text(&self) -> String {
@@ -560,7 +698,7 @@ impl Guest {
             mk.arg(root);
         }
         run_cmd(&mut mk)?;
-        let vm = Vm::start_hw(bed, &disk, Some(&cfg), !opts.allow_reboot, opts.hw)?;
+        let vm = Vm::start_with(bed, &disk, Some(&cfg), !opts.allow_reboot, opts.devices, opts.hw)?;
         for c in &bed.clients {
             c.connect(&node_key.public_key)?;
         }
@@ -622,6 +760,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn led_states_in_order() {
+        assert_eq!(led_states("state booting\nled on\nled off\nstate healthy\nled on\n"), ["booting", "healthy"]);
+        assert!(led_states("led on\n").is_empty());
+    }
 
     #[test]
     fn scan_counts_across_chunk_boundaries_once() {

@@ -308,7 +308,7 @@ impl Fleet {
     }
 
     /// The fleet task: never returns.
-    pub async fn run(self: Arc<Self>, engine: Shared, dns: Dns) {
+    pub async fn run(self: Arc<Self>, engine: Shared, dns: Dns, hb: crate::board::Heartbeat) {
         if self.is_revoked() {
             tracing::warn!("fleet: this node is revoked; it stays stopped until it is enrolled again");
             self.lock_down(&engine, &dns).await;
@@ -327,7 +327,9 @@ impl Fleet {
             }
         }
         loop {
+            hb.tick();
             let delay = self.step(&engine, &dns).await;
+            hb.park();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.wake.notified() => {}

@@ -2,6 +2,7 @@
 //! ordinary daemon in namespace tests. It owns the reconcile engine, the
 //! control socket, the reconcile timer and signal handling.
 
+mod board;
 mod dns;
 mod dns_supervisor;
 mod fleet;
@@ -45,6 +46,11 @@ pub struct Args {
     /// Updates: the running root's board file (its name selects the images).
     #[arg(long, default_value = "/usr/share/palisade/board.toml")]
     pub board_file: PathBuf,
+    /// Board: the board definition whose `[devices]` (watchdog, status LED,
+    /// reset button) palisaded drives; missing or without devices: none.
+    /// Tests point it at a board file whose watchdog is a FIFO.
+    #[arg(long, default_value = "/usr/share/palisade/board.toml")]
+    pub board: PathBuf,
     /// Fleet: seconds between polls of the repository for this node's
     /// config, grants, revocations and lists (each interval is shortened by
     /// up to 20 % jitter, never lengthened).

@@ -94,6 +94,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.run_dir).with_context(|| format!("creating {}", args.run_dir.display()))?;
     std::fs::set_permissions(&args.run_dir, std::fs::Permissions::from_mode(0o700))?;
 
+    // The board first: a restarted supervisor re-arms the watchdog before
+    // the slow parts of starting (board.rs). Each subsystem below ticks its
+    // heartbeat; the watchdog is fed only while all are fresh.
+    let heartbeats = crate::board::Heartbeats::new();
+    let board = crate::board::start(&args.board, &args.state_dir, heartbeats.clone());
+    let reconcile_hb = heartbeats.register("reconcile", Duration::from_secs(args.reconcile_secs.max(1).saturating_mul(3).saturating_add(30)));
+    let runtime_hb = heartbeats.register("runtime", Duration::from_secs(15));
+    let dns_hb = heartbeats.register("dns", Duration::from_secs(120));
+    let runtime_task = tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            t.tick().await;
+            runtime_hb.tick();
+        }
+    });
+
     // The backend comes from the config; until one loads, assume the kernel.
     let backend = palisade_core::config::read(&paths.config).map(|(c, _)| c.wireguard.backend).unwrap_or_default();
     let engine: Shared = Arc::new(Mutex::new(Engine::new(
@@ -150,6 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 t.tick().await;
+                dns_hb.tick();
                 dns.tick(|| blocking(&engine, served_spec)).await;
             }
         })
@@ -158,7 +175,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if let Some(dev) = args.enrol_console.clone() {
             crate::fleet::spawn_console(f.clone(), dev);
         }
-        tokio::spawn(f.run(engine.clone(), dns.clone()))
+        tokio::spawn(f.run(engine.clone(), dns.clone(), heartbeats.register("fleet", Duration::from_secs(300))))
     });
     let updates: Updates = match Layout::discover(&args) {
         Ok(layout) => match Updater::open(layout) {
@@ -176,10 +193,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let update_task = updates.clone().map(|u| {
         let engine = engine.clone();
         let fleet = fleet.clone();
+        let hb = heartbeats.register("update", Duration::from_secs(900));
         tokio::spawn(u.run(move || {
             let (engine, fleet) = (engine.clone(), fleet.clone());
             Box::pin(async move { node_view(&engine, fleet.as_deref()).await })
-        }))
+        }, hb))
     });
     // The metrics endpoint (on the mesh address, mTLS; metrics.rs).
     let metrics_task = tokio::spawn(crate::metrics::run(crate::metrics::Ctx {
@@ -190,13 +208,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         booted_slot: args.booted_slot.clone(),
     }));
+    // The status LED follows health, updates and revocation.
+    let status_task = board.filter(|b| b.has_led).map(|b| tokio::spawn(crate::board::status_task(b, engine.clone(), dns.clone(), updates.clone(), fleet.clone())));
     let control_task = tokio::spawn(control_server(listener, Ctx { engine: engine.clone(), dns: dns.clone(), updates, fleet }, ControlLimits::default()));
 
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                reconcile_hb.tick();
                 let r = blocking(&engine, |e| e.reconcile()).await;
                 log_report("reconcile", &r);
+                reconcile_hb.tick();
             }
             _ = hup.recv() => {
                 match blocking(&engine, |e| e.reload()).await {
@@ -219,6 +241,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     control_task.abort();
     metrics_task.abort();
     dns_task.abort();
+    runtime_task.abort();
+    if let Some(t) = status_task {
+        t.abort();
+    }
+    // An orderly stop: the watchdog is magic-closed (PID 1 reboots or powers off next).
+    crate::board::release_watchdog();
     if let Some(t) = update_task {
         t.abort();
     }

@@ -317,6 +317,17 @@ impl Updater {
         Ok(())
     }
 
+    /// Whether an update is under way (downloading, writing, or switched
+    /// and waiting for its reboot time): the status LED's `updating`.
+    pub fn updating(&self) -> bool {
+        self.progress.lock().expect("progress poisoned").is_some()
+            || self.pending.lock().expect("pending poisoned").is_some()
+            || matches!(
+                self.journal().phase,
+                Phase::Staging { .. } | Phase::Writing { .. } | Phase::Written { .. } | Phase::Switched { reboot_at: Some(_), .. }
+            )
+    }
+
     pub fn check_now(&self) {
         self.wake.notify_one();
     }
@@ -355,7 +366,7 @@ impl Updater {
     }
 
     /// The update task: never returns.
-    pub async fn run(self: Arc<Self>, view: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<NodeView>> + Send>> + Send + Sync) {
+    pub async fn run(self: Arc<Self>, view: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<NodeView>> + Send>> + Send + Sync, hb: crate::board::Heartbeat) {
         if let Err(e) = tokio::task::block_in_place(|| self.after_boot()) {
             tracing::error!("update: after boot: {e:#}");
         }
@@ -366,6 +377,7 @@ impl Updater {
         }
         let mut failures = 0u32;
         loop {
+            hb.tick();
             let v = view().await;
             let poll = Duration::from_secs(v.as_ref().map(|v| v.update.poll_secs).unwrap_or(300));
             let delay = match self.step(v.as_ref()).await {
@@ -380,6 +392,7 @@ impl Updater {
             };
             *self.next_check.lock().expect("check poisoned") =
                 chrono::Duration::from_std(delay).ok().map(|d| Utc::now() + d);
+            hb.park();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.wake.notified() => {}

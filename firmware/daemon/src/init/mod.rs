@@ -40,6 +40,7 @@ mod watchdogs;
 pub use bless::bless_boot_entry;
 pub use boot::{boot, STATE_DIR};
 pub use cmdline::Cmdline;
+pub use health::health_problems;
 pub use mounts::{find_partition, mount_erofs_ro, mount_vfat, unmount};
 pub use power::power_off;
 pub use reaper::spawn_reaper;

@@ -13,6 +13,8 @@ use super::{console, is_pid1, mounts};
 /// do it (SIGUSR1 reboot / SIGUSR2 power off) and exits; PID 1 stops the rest.
 pub fn power_off(reboot: bool) -> ! {
     if !is_pid1() {
+        // An orderly reboot: the watchdog is magic-closed, not left to fire.
+        crate::board::release_watchdog();
         let _ = kill(
             Pid::from_raw(1),
             if reboot {

@@ -1,7 +1,10 @@
 //! PID 1's process model: the supervisor runs as a child; PID 1 reaps
 //! orphans, restarts the supervisor with backoff, and shuts down cleanly.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -60,6 +63,12 @@ fn reaper_loop(env: &BootEnv) -> bool {
     let _ = set.thread_block();
     let mut backoff = Backoff::default();
     let mut child = spawn_supervisor(env);
+    let supervisor_pid = Arc::new(AtomicI32::new(pid_of(&child)));
+    let cmd = super::Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if cmd.get("palisade.test_hooks") == Some("1") {
+        let pid = supervisor_pid.clone();
+        std::thread::spawn(move || test_hooks(&pid));
+    }
     let sock = env.run_dir.join("palisaded.sock");
     std::thread::spawn(move || health::health_watch(&sock));
     loop {
@@ -79,6 +88,7 @@ fn reaper_loop(env: &BootEnv) -> bool {
                         ));
                         std::thread::sleep(delay);
                         child = spawn_supervisor(env);
+                        supervisor_pid.store(pid_of(&child), Ordering::SeqCst);
                     }
                 }
             }
@@ -96,6 +106,67 @@ fn reaper_loop(env: &BootEnv) -> bool {
                 return false;
             }
         }
+    }
+}
+
+fn pid_of(child: &Option<std::process::Child>) -> i32 {
+    child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+}
+
+/// The virtio-serial port of the test hooks.
+const TEST_PORT: &str = "palisade.test";
+
+/// Test hooks, only with `palisade.test_hooks=1` on the kernel command line
+/// (docs/testing.md): lines read from the virtio-serial port `palisade.test`,
+/// which only the hypervisor's owner can write. `stop-supervisor`: SIGSTOP
+/// the supervisor (a hung palisaded, for the watchdog test);
+/// `kill-supervisor`: SIGKILL it (a crash: PID 1 restarts it, and the new
+/// one must re-arm the watchdog before it fires).
+fn test_hooks(supervisor: &AtomicI32) {
+    use std::io::BufRead;
+    // The port's name arrives from the host shortly after virtio_console loads.
+    let mut found = None;
+    for _ in 0..60 {
+        found = palisade_board::linux::find_virtio_port(Path::new("/sys/class/virtio-ports"), Path::new("/dev"), TEST_PORT);
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let Some(dev) = found else {
+        console(&format!("test hooks: no virtio-serial port {TEST_PORT}"));
+        return;
+    };
+    console(&format!("test hooks on {}", dev.display()));
+    loop {
+        let f = match std::fs::File::open(&dev) {
+            Ok(f) => f,
+            Err(e) => {
+                console(&format!("test hooks: {}: {e}", dev.display()));
+                return;
+            }
+        };
+        // Lines are short; a port without a host reads end-of-file: wait and reopen.
+        for line in std::io::BufReader::new(f).take(1 << 16).lines() {
+            let Ok(line) = line else { break };
+            match line.trim() {
+                "stop-supervisor" => {
+                    let pid = supervisor.load(Ordering::SeqCst);
+                    if pid > 0 && kill(Pid::from_raw(pid), Signal::SIGSTOP).is_ok() {
+                        console("test hook: supervisor stopped");
+                    }
+                }
+                "kill-supervisor" => {
+                    let pid = supervisor.load(Ordering::SeqCst);
+                    if pid > 0 && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                        console("test hook: supervisor killed");
+                    }
+                }
+                "" => {}
+                other => console(&format!("test hook: unknown command {:?}", other.chars().take(40).collect::<String>())),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
