@@ -95,6 +95,38 @@ pub fn sample(v: &Value, name: &str, label: Option<(&str, &str)>) -> Option<f64>
     })
 }
 
+/// The aggregates a scrape shows once `peers` clients have passed traffic
+/// and at least two DNS queries: peers configured and with a recent
+/// handshake, bytes received, DNS queries, WireGuard healthy.
+pub fn assert_traffic_aggregates(v: &Value, text: &str, peers: f64) {
+    assert_eq!(sample(v, "palisade_peers_configured", None), Some(peers), "{text}");
+    assert_eq!(sample(v, "palisade_peers_recent_handshake", None), Some(peers), "{text}");
+    assert!(sample(v, "palisade_wireguard_rx_bytes_total", None).unwrap_or(0.0) > 0.0, "{text}");
+    assert!(sample(v, "palisade_dns_queries_total", None).unwrap_or(0.0) >= 2.0, "{text}");
+    assert_eq!(sample(v, "palisade_health", Some(("check", "wireguard"))), Some(1.0), "{text}");
+}
+
+/// The zero-log scan of a scrape (text and parsed samples): no client key,
+/// tunnel or endpoint address, peer name, nor any of `names` (the names
+/// the clients queried).
+pub fn assert_nothing_per_client(bed: &TestBed, names: &[String], v: &Value, text: &str) {
+    let mut secrets: Vec<String> = names.to_vec();
+    for c in &bed.clients {
+        secrets.extend([
+            c.keys.public_key.clone(),
+            c.tun_v4.to_string(),
+            c.tun_v6.to_string(),
+            c.up_v4.to_string(),
+            c.up_v6.to_string(),
+            format!("client-{}", c.index),
+        ]);
+    }
+    let parsed = v.to_string();
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()) && !parsed.contains(s.as_str()), "metrics output names {s}:\n{text}");
+    }
+}
+
 /// A certificate: `mesh cert issue` from `fleet`'s anchor; (cert, key).
 pub fn issue(
     fleet: &Fleet,

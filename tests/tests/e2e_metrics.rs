@@ -14,7 +14,9 @@
 use palisade_tests::guest::{
     copy_image, debugfs_write, guest_node_toml, image_path, partition, workspace, GuestOptions, Vm,
 };
-use palisade_tests::metrics::{issue, metrics_addr, sample, scrape, MESH_NODE, PORT};
+use palisade_tests::metrics::{
+    assert_nothing_per_client, assert_traffic_aggregates, issue, metrics_addr, sample, scrape, MESH_NODE, PORT,
+};
 use palisade_tests::ns::run_cmd;
 use palisade_tests::update::Fleet;
 use palisade_tests::wg::gen_keypair;
@@ -169,29 +171,7 @@ fn image_serves_metrics_over_mtls_to_the_mesh_only() {
     )
     .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console_text()));
     println!("scrape (TCG guest) answered after {:?}", t0.elapsed());
-    assert_eq!(
-        sample(&v, "palisade_peers_configured", None),
-        Some(2.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&v, "palisade_peers_recent_handshake", None),
-        Some(2.0),
-        "{text}"
-    );
-    assert!(
-        sample(&v, "palisade_wireguard_rx_bytes_total", None).unwrap_or(0.0) > 0.0,
-        "{text}"
-    );
-    assert!(
-        sample(&v, "palisade_dns_queries_total", None).unwrap_or(0.0) >= 2.0,
-        "{text}"
-    );
-    assert_eq!(
-        sample(&v, "palisade_health", Some(("check", "wireguard"))),
-        Some(1.0),
-        "{text}"
-    );
+    assert_traffic_aggregates(&v, &text, 2.0);
     assert_eq!(
         sample(&v, "palisade_boots_total", None),
         Some(1.0),
@@ -203,24 +183,7 @@ fn image_serves_metrics_over_mtls_to_the_mesh_only() {
     );
 
     // Zero-log scan of the output.
-    for cl in &bed.clients {
-        for s in [
-            cl.keys.public_key.clone(),
-            cl.tun_v4.to_string(),
-            cl.tun_v6.to_string(),
-            cl.up_v4.to_string(),
-            cl.up_v6.to_string(),
-            format!("client-{}", cl.index),
-        ] {
-            assert!(
-                !text.contains(&s) && !v.to_string().contains(&s),
-                "metrics output names {s}"
-            );
-        }
-    }
-    for n in &names {
-        assert!(!text.contains(n.as_str()), "metrics output names {n}");
-    }
+    assert_nothing_per_client(&bed, &names, &v, &text);
 
     // Refused without a certificate (python3's ssl module, no client cert).
     let script = format!(
