@@ -24,6 +24,13 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else the workspace's `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
 /// Run one command on a QEMU human monitor (`-monitor unix:SOCK,server,nowait`)
 /// and return what it printed. QEMU prints the `(qemu) ` prompt when it is
 /// ready and again once the command has run: this waits for both (5 s each)

@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use palisade_tests::guest::{Guest, GuestOptions, Hw};
+use palisade_tests::guest::{target_dir, workspace, Guest, GuestOptions, Hw};
 use palisade_tests::probe::{self, Outcome};
 use palisade_tests::{addr, sa, wait_until, Bins, TestBed};
 
@@ -37,23 +37,12 @@ const BOARD: &str = "x86-appliance";
 const RUST_TARGET: &str = "x86_64-unknown-linux-gnu";
 const KERNEL_PKG: &str = "linux-image-6.1.0-56-amd64";
 
-fn ws() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws().join("target"))
-}
 
 fn cache() -> Result<PathBuf> {
     let c = std::env::var_os("PALISADE_DEB_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| ws().join("out/debs"));
+        .unwrap_or_else(|| workspace().join("out/debs"));
     fs::create_dir_all(&c)?;
     Ok(c)
 }
@@ -62,7 +51,7 @@ fn cache() -> Result<PathBuf> {
 fn builder() -> Result<PathBuf> {
     let st = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
         .args(["build", "-q", "--locked", "-p", "palisade-image"])
-        .current_dir(ws())
+        .current_dir(workspace())
         .status()?;
     if !st.success() {
         bail!("cargo build -p palisade-image failed");
@@ -74,7 +63,7 @@ fn builder() -> Result<PathBuf> {
 fn build_cmd(builder: &Path, out: &Path) -> Result<Command> {
     let mut c = Command::new(builder);
     c.args(["build", "--no-qcow2", "--workspace"])
-        .arg(ws())
+        .arg(workspace())
         .arg("--out")
         .arg(out)
         .arg("--cache")
@@ -101,7 +90,7 @@ fn bed() -> Result<TestBed> {
 /// A board naming a module the kernel package lacks is refused by the module
 /// check, before the node binaries are built, naming board, module and package.
 fn bogus_module_is_refused(builder: &Path, scratch: &Path) -> Result<()> {
-    let text = fs::read_to_string(ws().join(format!("board/boards/{BOARD}.toml")))?;
+    let text = fs::read_to_string(workspace().join(format!("board/boards/{BOARD}.toml")))?;
     let bogus = text.replacen("\"evdev\",", "\"evdev\", \"palisade_no_such_module\",", 1);
     if bogus == text {
         bail!("the board file has no `\"evdev\",` to add a module after");
@@ -157,7 +146,7 @@ fn appliance_image(builder: &Path) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("PALISADE_APPLIANCE_IMAGE") {
         return Ok(PathBuf::from(p));
     }
-    let out = ws().join("out").join(BOARD);
+    let out = workspace().join("out").join(BOARD);
     let t = Instant::now();
     let o = build_cmd(builder, &out)?
         .args(["--board", BOARD])

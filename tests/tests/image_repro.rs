@@ -19,28 +19,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use palisade_tests::guest::{target_dir, workspace};
+
 use anyhow::{bail, Context, Result};
 
 /// The board built, and its node binaries' target.
 const BOARD: &str = "qemu-x86_64";
 const RUST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-fn ws() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws().join("target"))
-}
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
-    c.current_dir(ws());
+    c.current_dir(workspace());
     c
 }
 
@@ -48,7 +39,7 @@ fn cargo() -> Command {
 fn build(builder: &Path, out: &Path, cwd: &Path, cache: &Path, bins: Option<&Path>) -> Result<()> {
     let mut c = Command::new(builder);
     c.args(["build", "--board", BOARD, "--workspace"])
-        .arg(ws())
+        .arg(workspace())
         .arg("--out")
         .arg(out)
         .arg("--cache")
@@ -186,7 +177,7 @@ fn two_builds_of_the_same_inputs_are_identical() -> Result<()> {
     let builder = target_dir().join("debug/palisade-image");
     let cache = std::env::var_os("PALISADE_DEB_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| ws().join("out/debs"));
+        .unwrap_or_else(|| workspace().join("out/debs"));
     fs::create_dir_all(&cache)?;
     let node = target_dir().join(RUST_TARGET).join("node");
     let prebuilt = ["palisaded", "palisade"]
