@@ -13,8 +13,12 @@
 //!    module loaded, `/dev/watchdog` backed by the i6300esb (PID 1's watchdog
 //!    line), the health gate's `ready`, a wireguard-go client's handshake, DNS and
 //!    HTTP through the tunnel (the web host sees the node's uplink address, so the
-//!    e1000e NIC came up as `eth0`, the name the node config uses); then a clean
-//!    power-off.
+//!    e1000e NIC came up as `eth0`, the name the node config uses).
+//! 3. A hung palisaded on watchdog hardware: the supervisor stopped (SIGSTOP
+//!    through the test-hook port, `palisade.test_hooks=1`), the i6300esb resets
+//!    the machine after its 30 s timeout, the next boot reports the watchdog
+//!    reset (the driver's bootstatus) and the client is served again; then a
+//!    clean shutdown on ctrl-alt-del.
 //!
 //! Builds into `out/x86-appliance/` with the cache `$PALISADE_DEB_CACHE` (default
 //! `out/debs`, the one tests/run.sh fills) and, when tests/run.sh's image build
@@ -29,7 +33,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use palisade_tests::guest::{target_dir, workspace, Guest, GuestOptions, Hw};
+use palisade_tests::guest::{target_dir, workspace, Guest, GuestOptions, Hw, VmDevices};
 use palisade_tests::probe::{self, Outcome};
 use palisade_tests::{addr, sa, wait_until, Bins, TestBed};
 
@@ -184,6 +188,10 @@ fn appliance_image_module_check_boots_on_ahci_e1000e_i6300esb_and_serves() -> Re
     let bed = bed()?;
     let opts = GuestOptions {
         hw: Hw::Appliance,
+        extra_cmdline: Some("palisade.test_hooks=1".into()),
+        devices: VmDevices { test_port: true, ..Default::default() },
+        // The watchdog reset reboots the guest: QEMU keeps running.
+        allow_reboot: true,
         ..Default::default()
     };
     let mut guest = Guest::boot(&bed, &image, &opts)?;
@@ -273,13 +281,45 @@ fn appliance_image_module_check_boots_on_ahci_e1000e_i6300esb_and_serves() -> Re
         r?;
     }
 
-    if !guest.power_off(Duration::from_secs(90))? {
-        bail!(
-            "QEMU still running 90 s after ctrl-alt-del; console:\n{}",
-            console(&guest)
-        );
-    }
-    assert!(console(&guest).contains("palisade-init: shutting down"));
+    // 3. A hung palisaded: the i6300esb resets the machine.
+    let banner = "palisade-init: Palisade ";
+    let (banners, readies) = {
+        let t = console(&guest);
+        (t.matches(banner).count(), t.matches("palisade-init: ready").count())
+    };
+    let hang = Instant::now();
+    guest.send_test_line("stop-supervisor")?;
+    guest.wait_console("palisade-init: test hook: supervisor stopped", Duration::from_secs(30))?;
+    guest
+        .wait_console_count(banner, banners + 1, Duration::from_secs(240))
+        .with_context(|| format!("no reset after the hang; console:\n{}", console(&guest)))?;
+    let t_banner = hang.elapsed();
+    guest
+        .wait_console("board: the previous boot ended in a watchdog reset", Duration::from_secs(120))
+        .with_context(|| console(&guest))?;
+    guest.wait_console_count("palisade-init: ready", readies + 1, Duration::from_secs(240))?;
+    wait_until(Duration::from_secs(120), "served again after the watchdog reset", || {
+        c.ns.enter(|| probe::udp_exchange(None, sa(addr::WEB_V4, addr::ECHO_UDP), b"wd", Duration::from_millis(500)))
+            .ok()
+            .filter(|o| matches!(o, Outcome::Answered(_)))
+    })
+    .with_context(|| console(&guest))?;
+    eprintln!(
+        "i6300esb: hang -> next boot's banner {:.1} s -> node serving again {:.1} s (timeout 30 s, TCG)",
+        t_banner.as_secs_f64(),
+        hang.elapsed().as_secs_f64()
+    );
+
+    // A clean shutdown on ctrl-alt-del (PID 1 stops everything, then reboots:
+    // QEMU keeps running across reboots here, so it is stopped after).
+    let (downs, reboots) = {
+        let t = console(&guest);
+        (t.matches("palisade-init: shutting down").count(), t.matches("palisade-init: rebooting").count())
+    };
+    guest.monitor("sendkey ctrl-alt-delete")?;
+    guest.wait_console_count("palisade-init: shutting down", downs + 1, Duration::from_secs(90))?;
+    guest.wait_console_count("palisade-init: rebooting", reboots + 1, Duration::from_secs(60))?;
+    guest.kill();
     eprintln!(
         "image_appliance: whole test {:.1} s",
         t0.elapsed().as_secs_f64()
