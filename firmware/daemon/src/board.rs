@@ -386,15 +386,22 @@ impl Actions {
             tracing::warn!("board: not PID 1's child, so not rebooting");
             return;
         }
-        if let Some(w) = wd.as_mut() {
-            match w.stop() {
-                Ok(()) => tracing::info!("board: watchdog released (magic close)"),
-                Err(e) => tracing::warn!("board: watchdog magic close: {e}"),
-            }
-        }
-        RELEASED.store(true, Ordering::SeqCst);
+        // On the board thread itself: release_watchdog() would wait on it.
+        magic_close(wd);
         crate::init::power_off(true);
     }
+}
+
+/// Magic-closes the watchdog (an orderly stop or reboot); nothing feeds it
+/// after. Only on the board thread, which owns the device.
+fn magic_close(wd: &mut Option<LinuxWatchdog>) {
+    if let Some(w) = wd.as_mut() {
+        match w.stop() {
+            Ok(()) => tracing::info!("board: watchdog released (magic close)"),
+            Err(e) => tracing::warn!("board: watchdog magic close: {e}"),
+        }
+    }
+    RELEASED.store(true, Ordering::SeqCst);
 }
 
 /// Starts the board from the definition at `board_file`: opens the devices,
@@ -499,7 +506,6 @@ fn board_thread(
     actions: Actions,
 ) {
     let mut armed = false;
-    let mut released = false;
     let mut open_error_logged = false;
     let mut stale_logged: Option<&'static str> = None;
     let mut last_feed: Option<Instant> = None;
@@ -513,20 +519,13 @@ fn board_thread(
         while let Ok(cmd) = cmds.try_recv() {
             match cmd {
                 Cmd::ReleaseWatchdog(ack) => {
-                    if let Some(w) = watchdog.as_mut() {
-                        match w.stop() {
-                            Ok(()) => tracing::info!("board: watchdog released (magic close)"),
-                            Err(e) => tracing::warn!("board: watchdog magic close: {e}"),
-                        }
-                    }
-                    released = true;
-                    RELEASED.store(true, Ordering::SeqCst);
+                    magic_close(&mut watchdog);
                     let _ = ack.send(());
                 }
             }
         }
         // Watchdog.
-        if let Some(w) = watchdog.as_mut().filter(|_| !released) {
+        if let Some(w) = watchdog.as_mut().filter(|_| !RELEASED.load(Ordering::SeqCst)) {
             if !armed {
                 // A restarted supervisor reopens it quickly: the old one's
                 // descriptor may take a moment to close (EBUSY meanwhile).
@@ -678,8 +677,10 @@ pub async fn status_task(
             gate_passed: false,
         };
         let (s, msg) = tracker.update(inputs);
-        if let Some(m) = msg {
-            tracing::warn!("{m}");
+        match msg {
+            Some(m) if s == LedState::Degraded => tracing::warn!("{m}"),
+            Some(m) => tracing::info!("{m}"),
+            None => {}
         }
         handle.set_state(s);
     }
