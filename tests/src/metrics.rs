@@ -172,6 +172,28 @@ fn base64_decode(s: &str) -> Vec<u8> {
     o.stdout
 }
 
+/// A namespace bed with `clients` clients whose node also holds the mesh
+/// address [`MESH_NODE`] on its uplink, and the directories for the fleet
+/// repository and the scraper certificates: (bed, fleet dir, certs dir).
+pub fn mesh_bed(clients: usize, bins: crate::Bins) -> (TestBed, PathBuf, PathBuf) {
+    let bed = TestBed::new(clients, bins).expect("test bed");
+    bed.node
+        .ip(&["addr", "add", &format!("{MESH_NODE}/16"), "dev", "eth0"])
+        .unwrap();
+    let dir = bed.dir.path().join("fleet");
+    let certs = bed.dir.path().join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    (bed, dir, certs)
+}
+
+/// The node `id` with its identity `public_key` in the fleet's inventory
+/// (region `test`): what a scraper pins.
+pub fn add_node(fleet: &Fleet, id: &str, public_key: &str, name: &str) {
+    fleet
+        .fleet(&["node", "add", "--id", id, "--public-key", public_key, "--name", name, "--region", "test"])
+        .unwrap();
+}
+
 /// The fleet's first anchor `a1` in a repository under `dir`, the node in
 /// its inventory, the anchor bundle copied to the node's anchors file, and
 /// a scraper certificate (30 min) in `certs`: (fleet, node id, cert, key).
@@ -185,20 +207,7 @@ pub fn fleet_with_anchor(
     fleet.fleet(&["mesh", "anchor", "init", "a1"]).unwrap();
     let id: Value = serde_json::from_str(&p.cli_ok(bed, &["identity", "--json"]).unwrap()).unwrap();
     let node = id["node_id"].as_str().unwrap().to_string();
-    fleet
-        .fleet(&[
-            "node",
-            "add",
-            "--id",
-            &node,
-            "--public-key",
-            id["public_key"].as_str().unwrap(),
-            "--name",
-            "n1",
-            "--region",
-            "test",
-        ])
-        .unwrap();
+    add_node(&fleet, &node, id["public_key"].as_str().unwrap(), "n1");
     let list: Value = serde_json::from_slice(
         &std::fs::read(fleet.repo.join("inventory/mesh-anchors.json")).unwrap(),
     )

@@ -9,7 +9,7 @@
 //! Bounded: BENCH_ROUNDS rounds (default 5), each at most 300 s.
 
 use palisade_tests::guest::{image_path, Guest, GuestOptions, VmDevices};
-use palisade_tests::{addr, probe, sa, wait_until, Bins, Outcome, TestBed};
+use palisade_tests::{addr, median_min_max, probe, sa, wait_until, Bins, Outcome, TestBed};
 use std::time::{Duration, Instant};
 
 const ROUND_LIMIT: Duration = Duration::from_secs(300);
@@ -31,15 +31,9 @@ fn served(bed: &TestBed) -> bool {
         .unwrap_or(false)
 }
 
-fn summary(what: &str, v: &mut [f64]) {
-    v.sort_by(f64::total_cmp);
-    println!(
-        "{what}: {} rounds: median {:.1} s, min {:.1} s, max {:.1} s",
-        v.len(),
-        v[v.len() / 2],
-        v[0],
-        v[v.len() - 1]
-    );
+fn summary(what: &str, v: &[f64]) {
+    let (median, min, max) = median_min_max(v);
+    println!("{what}: {} rounds: median {median:.1} s, min {min:.1} s, max {max:.1} s", v.len());
 }
 
 #[test]
@@ -93,9 +87,9 @@ fn hang_to_serving_again() {
         ready.push(secs(t_ready));
         serving.push(s.as_secs_f64());
     }
-    summary("hang -> watchdog fired", &mut fired);
-    summary("hang -> next boot's banner", &mut banner);
-    summary("hang -> health gate passed", &mut ready);
-    summary("hang -> node serving again", &mut serving);
+    summary("hang -> watchdog fired", &fired);
+    summary("hang -> next boot's banner", &banner);
+    summary("hang -> health gate passed", &ready);
+    summary("hang -> node serving again", &serving);
     guest.kill();
 }

@@ -19,7 +19,7 @@
 use palisade_tests::palisade::{render_node_toml, NodeOptions, Palisade};
 use palisade_tests::probe::{self, Outcome};
 use palisade_tests::update::Fleet;
-use palisade_tests::{addr, sa, wait_until, Bins, TestBed};
+use palisade_tests::{addr, median_min_max, sa, wait_until, Bins, TestBed};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
@@ -46,15 +46,9 @@ fn client_addresses(bed: &TestBed) -> Vec<String> {
     vec![format!("{}/32", c.tun_v4), format!("{}/128", c.tun_v6)]
 }
 
-fn summary(what: &str, v: &mut [f64]) {
-    v.sort_by(f64::total_cmp);
-    println!(
-        "{what}: {} rounds: median {:.1} s, min {:.1} s, max {:.1} s (goal: within 60 s)",
-        v.len(),
-        v[v.len() / 2],
-        v[0],
-        v[v.len() - 1]
-    );
+fn summary(what: &str, v: &[f64]) {
+    let (median, min, max) = median_min_max(v);
+    println!("{what}: {} rounds: median {median:.1} s, min {min:.1} s, max {max:.1} s (goal: within 60 s)", v.len());
 }
 
 /// A random moment within one poll interval (so publications do not line
@@ -146,9 +140,9 @@ fn bench_publication_to_effect_at_the_default_poll_interval() {
             node = enrol_and_serve(&p, &bed, &fleet, &base, &dir).0;
         }
     }
-    summary("publication -> config applied", &mut config);
-    summary("publication -> revoked client cut off", &mut grant);
-    summary("publication -> revoked node stopped (tunnel and key gone)", &mut nodes);
+    summary("publication -> config applied", &config);
+    summary("publication -> revoked client cut off", &grant);
+    summary("publication -> revoked node stopped (tunnel and key gone)", &nodes);
 }
 
 fn palisaded_pid(bed: &TestBed) -> u32 {
@@ -225,23 +219,21 @@ fn bench_apply_ten_thousand_grants() {
         );
         rounds_out.push((checked, applied, now));
     }
-    let mut c: Vec<u64> = rounds_out.iter().map(|r| r.0).collect();
-    let mut a: Vec<u64> = rounds_out.iter().map(|r| r.1).collect();
-    let mut m: Vec<f64> = rounds_out.iter().map(|r| r.2).collect();
-    c.sort();
-    a.sort();
-    m.sort_by(f64::total_cmp);
+    let c: Vec<u64> = rounds_out.iter().map(|r| r.0).collect();
+    let a: Vec<u64> = rounds_out.iter().map(|r| r.1).collect();
+    let m: Vec<f64> = rounds_out.iter().map(|r| r.2).collect();
+    let (c, a, m) = (median_min_max(&c), median_min_max(&a), median_min_max(&m));
     println!(
         "{COUNT} grants, {} rounds: check median {} ms ({}..{}), apply median {} ms ({}..{}), RSS median {:.1} MiB ({:.1}..{:.1})",
         rounds_out.len(),
-        c[c.len() / 2],
-        c[0],
-        c[c.len() - 1],
-        a[a.len() / 2],
-        a[0],
-        a[a.len() - 1],
-        m[m.len() / 2],
-        m[0],
-        m[m.len() - 1]
+        c.0,
+        c.1,
+        c.2,
+        a.0,
+        a.1,
+        a.2,
+        m.0,
+        m.1,
+        m.2
     );
 }

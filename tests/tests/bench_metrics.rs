@@ -7,7 +7,7 @@
 //! min, max. palisaded's RSS with the endpoint on (after 5 scrapes) and off,
 //! BENCH_ROUNDS rounds each (default 3), palisaded restarted each time.
 
-use palisade_tests::metrics::{fleet_with_anchor, metrics_addr, node_toml, scrape, MESH_NODE};
+use palisade_tests::metrics::{fleet_with_anchor, mesh_bed, metrics_addr, node_toml, scrape};
 use palisade_tests::palisade::{render_node_toml, NodeOptions, Palisade};
 use palisade_tests::update::fleet_bin;
 use palisade_tests::{wait_until, Bins, TestBed};
@@ -38,13 +38,7 @@ fn rss_kb(bed: &TestBed) -> u64 {
 #[test]
 #[ignore = "bench: bench/metrics/run.sh"]
 fn bench_metrics_endpoint() {
-    let mut bed = TestBed::new(2, bins()).expect("test bed");
-    bed.node
-        .ip(&["addr", "add", &format!("{MESH_NODE}/16"), "dev", "eth0"])
-        .unwrap();
-    let dir = bed.dir.path().join("fleet");
-    let certs = bed.dir.path().join("certs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (mut bed, dir, certs) = mesh_bed(2, bins());
     let opts = NodeOptions::default();
     let with = node_toml(&bed, &opts);
     let without = render_node_toml(&bed, &opts);
@@ -121,18 +115,15 @@ fn bench_metrics_endpoint() {
         }
     }
     for enabled in [true, false] {
-        let mut v: Vec<u64> = rounds
+        let v: Vec<u64> = rounds
             .iter()
             .filter(|r| r.0 == enabled)
             .map(|r| r.1)
             .collect();
-        v.sort();
+        let (median, min, max) = palisade_tests::median_min_max(&v);
         println!(
-            "RSS endpoint {}: median {} kB (min {}, max {})",
-            if enabled { "on" } else { "off" },
-            v[v.len() / 2],
-            v[0],
-            v[v.len() - 1]
+            "RSS endpoint {}: median {median} kB (min {min}, max {max})",
+            if enabled { "on" } else { "off" }
         );
     }
 }

@@ -15,7 +15,7 @@ use palisade_tests::guest::{
     copy_image, debugfs_write, guest_node_toml, image_path, partition, workspace, GuestOptions, Vm,
 };
 use palisade_tests::metrics::{
-    assert_nothing_per_client, assert_traffic_aggregates, issue, metrics_addr, sample, scrape, MESH_NODE, PORT,
+    add_node, assert_nothing_per_client, assert_traffic_aggregates, issue, metrics_addr, sample, scrape, MESH_NODE, PORT,
 };
 use palisade_tests::ns::run_cmd;
 use palisade_tests::update::Fleet;
@@ -122,20 +122,7 @@ fn image_serves_metrics_over_mtls_to_the_mesh_only() {
         .next()
         .unwrap()
         .to_string();
-    fleet
-        .fleet(&[
-            "node",
-            "add",
-            "--id",
-            &node,
-            "--public-key",
-            &key,
-            "--name",
-            "g1",
-            "--region",
-            "test",
-        ])
-        .unwrap();
+    add_node(&fleet, &node, &key, "g1");
     let certs = dir.join("certs");
     let (c, k) = issue(&fleet, "a1", "prom", &["--expires", "30m"], &certs);
 

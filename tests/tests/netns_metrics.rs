@@ -19,7 +19,8 @@
 //! Latency and RSS figures: tests/tests/bench_metrics.rs (bench/metrics/run.sh).
 
 use palisade_tests::metrics::{
-    assert_nothing_per_client, assert_traffic_aggregates, fleet_with_anchor, issue, metrics_addr, node_id_of, node_toml, sample,
+    assert_nothing_per_client, assert_traffic_aggregates, fleet_with_anchor, issue, mesh_bed, metrics_addr, node_id_of, node_toml,
+    sample,
     scrape, MESH_NODE, PORT,
 };
 use palisade_tests::palisade::{NodeOptions, Palisade};
@@ -92,13 +93,7 @@ fn assert_refused(r: Result<(Value, String), String>, what: &str, why: &str) {
 #[test]
 #[ignore = "root: run by tests/run.sh"]
 fn metrics_over_mtls_from_the_mesh_only_aggregates_and_anchor_rotation() {
-    let mut bed = TestBed::new(2, bins()).expect("test bed");
-    bed.node
-        .ip(&["addr", "add", &format!("{MESH_NODE}/16"), "dev", "eth0"])
-        .unwrap();
-    let dir = bed.dir.path().join("fleet");
-    let certs = bed.dir.path().join("certs");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (mut bed, dir, certs) = mesh_bed(2, bins());
     let opts = NodeOptions {
         extra_args: vec!["--fleet-poll-secs".into(), "2".into()],
         ..Default::default()
