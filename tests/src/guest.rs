@@ -273,12 +273,91 @@ pub struct VmDevices {
     pub test_port: bool,
     /// QMP on `qmp.sock` (the reset button).
     pub qmp: bool,
+    /// The console also on a pty (qemu/boot.sh `--serial-pty`), for a host
+    /// tool that talks to the node over its serial line ([`Vm::serial_pty`]).
+    pub serial_pty: bool,
 }
 
 impl VmDevices {
     pub fn all() -> VmDevices {
-        VmDevices { led: true, test_port: true, qmp: true }
+        VmDevices { led: true, test_port: true, qmp: true, serial_pty: false }
     }
+}
+
+/// The host side of the console's pty, held open in raw mode and read
+/// (the text is in the console log already) from boot until a test takes
+/// the port. A pty whose other side nobody has open echoes the guest's
+/// output back to it as serial input, and once a few KB are unread QEMU
+/// stops taking the guest's output: every console write in the guest then
+/// blocks, and with it whatever logs. When the drain lets go, the pty is
+/// closed and QEMU drops (but still logs) the output until a tool opens it.
+#[derive(Debug)]
+struct SerialDrain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Option<PathBuf>>>,
+}
+
+impl SerialDrain {
+    fn start(qemu_log: PathBuf) -> SerialDrain {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || Self::run(&qemu_log, &s));
+        SerialDrain { stop, thread: Some(thread) }
+    }
+
+    fn run(qemu_log: &Path, stop: &std::sync::atomic::AtomicBool) -> Option<PathBuf> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::Ordering;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let path = loop {
+            if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                return None;
+            }
+            let log = std::fs::read_to_string(qemu_log).unwrap_or_default();
+            if let Some(p) = pty_path(&log) {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let flags = nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_NONBLOCK;
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).custom_flags(flags.bits()).open(&path).ok()?;
+        if let Ok(mut t) = nix::sys::termios::tcgetattr(&f) {
+            nix::sys::termios::cfmakeraw(&mut t);
+            let _ = nix::sys::termios::tcsetattr(&f, nix::sys::termios::SetArg::TCSANOW, &t);
+        }
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::SeqCst) {
+            match f.read(&mut buf) {
+                Ok(n) if n > 0 => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                // EIO: QEMU is gone.
+                _ => break,
+            }
+        }
+        Some(path)
+    }
+
+    /// Stops reading and closes the pty; its path.
+    fn release(mut self) -> Option<PathBuf> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().and_then(|t| t.join().ok()).flatten()
+    }
+}
+
+impl Drop for SerialDrain {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The console pty QEMU names on stderr once it has started.
+fn pty_path(qemu_log: &str) -> Option<PathBuf> {
+    qemu_log.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix("char device redirected to ")?;
+        let (path, label) = rest.split_once(' ')?;
+        (label == "(label ser0)").then(|| PathBuf::from(path))
+    })
 }
 
 /// The states in a status LED log (lines `state <name>`), in order.
@@ -504,6 +583,8 @@ pub struct Vm {
     pub test_port: Option<PathBuf>,
     /// The QMP socket (`--qmp`), when started with it.
     pub qmp: Option<PathBuf>,
+    /// The console pty's reader, when started with `serial_pty`.
+    serial: Option<SerialDrain>,
 }
 
 impl Vm {
@@ -537,7 +618,6 @@ impl Vm {
             tap,
             "--serial".into(),
             console.display().to_string(),
-            "--serial-pty".into(),
             "--pidfile".into(),
             pidfile.display().to_string(),
             "--monitor".into(),
@@ -548,6 +628,9 @@ impl Vm {
         }
         if no_reboot {
             argv.push("--no-reboot".into());
+        }
+        if devices.serial_pty {
+            argv.push("--serial-pty".into());
         }
         if hw != Hw::Virtio {
             argv.extend(["--hw".to_string(), hw.arg().to_string()]);
@@ -565,20 +648,16 @@ impl Vm {
         // boot.sh execs QEMU: the Proc's pid is QEMU's. It runs inside the
         // internet namespace, where the tap is.
         let qemu = bed.inet.spawn("qemu", dir, &argv)?;
-        Ok(Vm { qemu, disk: disk.to_path_buf(), console, monitor, started, led, test_port, qmp })
+        let serial = devices.serial_pty.then(|| SerialDrain::start(qemu.log_path().to_path_buf()));
+        Ok(Vm { qemu, disk: disk.to_path_buf(), console, monitor, started, led, test_port, qmp, serial })
     }
 
-    /// The host side of the guest's serial console, a pty (QEMU names it
-    /// on stderr once it has started).
-    pub fn serial_pty(&self) -> Result<PathBuf> {
-        wait_until(Duration::from_secs(30), "QEMU's serial pty", || {
-            let log = self.qemu.log_text();
-            log.lines().rev().find_map(|l| {
-                let rest = l.strip_prefix("char device redirected to ")?;
-                let (path, label) = rest.split_once(' ')?;
-                (label == "(label ser0)").then(|| PathBuf::from(path))
-            })
-        })
+    /// The host side of the guest's serial console, a pty, handed to the
+    /// test: the harness stops reading it and closes it (started with
+    /// `serial_pty`; once per boot of QEMU).
+    pub fn serial_pty(&mut self) -> Result<PathBuf> {
+        let drain = self.serial.take().context("the VM was started without serial_pty, or its pty was handed out already")?;
+        drain.release().with_context(|| format!("QEMU named no console pty:\n{}", self.qemu.log_text()))
     }
 
     /// The states the status LED has shown so far, in order.

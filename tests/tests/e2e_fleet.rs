@@ -11,7 +11,7 @@
 //!
 //! Needs `PALISADE_IMAGE` (tests/run.sh builds it).
 
-use palisade_tests::guest::{append_cmdline, copy_image, guest_node_toml, image_path, state_files_off_allowlist, GuestOptions, Vm};
+use palisade_tests::guest::{append_cmdline, copy_image, guest_node_toml, image_path, state_files_off_allowlist, GuestOptions, Hw, Vm, VmDevices};
 use palisade_tests::update::{fleet_bin, Fleet};
 use palisade_tests::{addr, probe, sa, wait_until, Bins, Outcome, Proc, TestBed};
 use std::path::Path;
@@ -98,7 +98,8 @@ fn enrolled_over_serial_configured_from_the_repository_and_revoked() {
     // The blank image: no config drive, only the fast poll for the test.
     let disk = copy_image(&image, bed.log_dir()).unwrap();
     append_cmdline(&disk, &format!("palisade.fleet_poll={POLL_SECS}")).unwrap();
-    let mut vm = Vm::start(&bed, &disk, None, false).expect("boot");
+    let devices = VmDevices { serial_pty: true, ..Default::default() };
+    let mut vm = Vm::start_with(&bed, &disk, None, false, devices, Hw::Virtio).expect("boot");
     vm.wait_console("fleet: enrolment protocol on /dev/ttyS0", Duration::from_secs(180)).unwrap();
     let pty = vm.serial_pty().unwrap();
 
