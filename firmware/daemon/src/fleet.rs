@@ -741,11 +741,14 @@ pub fn spawn_console(fleet: Arc<Fleet>, dev: PathBuf) {
 }
 
 fn serve_console(fleet: &Fleet, dev: &Path) -> std::io::Result<()> {
-    use nix::sys::termios::{self, LocalFlags, SetArg};
+    use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg};
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc_o_noctty()).open(dev)?;
     let mut t = termios::tcgetattr(&f).map_err(std::io::Error::from)?;
     t.local_flags.remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ISIG | LocalFlags::IEXTEN);
+    // No software flow control: an XOFF from the other end must not stop
+    // the console, which every boot message and log line goes through.
+    t.input_flags.remove(InputFlags::IXON);
     t.control_chars[termios::SpecialCharacterIndices::VMIN as usize] = 1;
     t.control_chars[termios::SpecialCharacterIndices::VTIME as usize] = 0;
     termios::tcsetattr(&f, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;

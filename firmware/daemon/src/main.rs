@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
         use tracing_subscriber::util::SubscriberInitExt;
         let spec = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into());
         tracing_subscriber::registry()
-            .with(log_layer(&spec, std::io::stderr))
+            .with(log_layer(&spec, console_writer(std::io::stderr())))
             .init();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -121,13 +121,81 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(supervisor::run(args))
+    let r = rt.block_on(supervisor::run(args));
+    flush_logs();
+    r
+}
+
+/// The writer thread's guard: dropping it writes out what is queued.
+static LOG_GUARD: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = std::sync::Mutex::new(None);
+
+/// Lines queued for the console before the newest are dropped: a console
+/// that stops taking output (a serial line held by XOFF, a pty nobody
+/// reads) costs log lines, never a stalled subsystem.
+const LOG_QUEUE_LINES: usize = 1024;
+
+/// The console (stderr) behind a queue and a writer thread of its own, so
+/// that logging never blocks the thread that logs.
+fn console_writer<W: std::io::Write + Send + 'static>(out: W) -> tracing_appender::non_blocking::NonBlocking {
+    let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("console-log")
+        .finish(out);
+    *LOG_GUARD.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+    w
+}
+
+/// Writes out the queued log lines (waiting at most about a second for a
+/// stalled console); before the process exits.
+pub fn flush_logs() {
+    drop(LOG_GUARD.lock().unwrap_or_else(|e| e.into_inner()).take());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    /// A console that takes nothing (held by XOFF, say): logging through
+    /// [`console_writer`] still returns at once, dropping what does not fit.
+    #[test]
+    fn a_stalled_console_drops_lines_and_never_blocks_the_logger() {
+        use std::io::Write;
+        use tracing_subscriber::layer::SubscriberExt;
+        /// Blocks every write until opened.
+        struct Stalled(Arc<(Mutex<bool>, std::sync::Condvar)>);
+        impl Write for Stalled {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let (open, cv) = &*self.0;
+                let _open = cv.wait_while(open.lock().unwrap(), |o| !*o).unwrap();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let w = console_writer(Stalled(gate.clone()));
+        // The logger runs on a thread of its own so that a blocking writer
+        // fails this test instead of hanging it.
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let logger = w.clone();
+        std::thread::spawn(move || {
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(log_layer("info", logger)), || {
+                for i in 0..(4 * LOG_QUEUE_LINES) {
+                    tracing::info!("line {i}");
+                }
+            });
+            let _ = done_tx.send(());
+        });
+        assert!(done.recv_timeout(std::time::Duration::from_secs(10)).is_ok(), "logging blocked on the stalled console");
+        let dropped = w.error_counter().dropped_lines();
+        assert!(dropped >= 2 * LOG_QUEUE_LINES, "dropped {dropped} of {}", 4 * LOG_QUEUE_LINES);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        flush_logs();
+    }
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Layer;
 

@@ -23,6 +23,7 @@ pub fn power_off(reboot: bool) -> ! {
                 Signal::SIGUSR2
             },
         );
+        crate::flush_logs();
         std::process::exit(0);
     }
     nix::unistd::sync();
