@@ -10,7 +10,7 @@
 //! Both nodes carry client 1's peer (the same grant on each node of a region).
 
 use crate::bed::{addr, TestBed};
-use crate::guest::workspace;
+use crate::guest::{workspace, Guest, GuestOptions, Vm};
 use crate::ns::{run_cmd, wait_until, Netns, Proc};
 use crate::palisade::{render_node_toml, NodeOptions, Palisade};
 use crate::probe::{udp_exchange, Outcome};
@@ -136,11 +136,17 @@ impl Which {
     }
 }
 
+/// Node 1: palisaded in the bed's node namespace, or the QEMU guest.
+pub enum Node1 {
+    Ns(Palisade),
+    Guest(Guest),
+}
+
 /// The whole failover bed. Field order is drop order.
 pub struct FailoverBed {
     pub client: Option<Proc>,
     pub node2: Node2,
-    pub pal1: Palisade,
+    pub node1: Node1,
     pub bed: TestBed,
     pub list: PathBuf,
     pub list_key: String,
@@ -225,14 +231,36 @@ impl FailoverBed {
     /// Build the bed, both nodes, the signed list, and start palisade-client
     /// on node 1 (waits until the stream flows through it).
     pub fn new(testhost: &str) -> Result<FailoverBed> {
-        let mut bed = TestBed::new(
-            1,
-            crate::bed::Bins {
-                testhost: testhost.into(),
-            },
-        )?;
+        FailoverBed::new_with(testhost, None)
+    }
+
+    /// Like [`FailoverBed::new`], node 1 the QEMU guest booted from `image`
+    /// (kernel WireGuard) when given.
+    pub fn new_with(testhost: &str, image: Option<&std::path::Path>) -> Result<FailoverBed> {
+        let bins = crate::bed::Bins {
+            testhost: testhost.into(),
+        };
         let opts = NodeOptions::default();
-        let pal1 = Palisade::start(&mut bed, &opts)?;
+        let (bed, node1) = match image {
+            None => {
+                let mut bed = TestBed::new(1, bins)?;
+                let p = Palisade::start(&mut bed, &opts)?;
+                (bed, Node1::Ns(p))
+            }
+            Some(image) => {
+                let bed = TestBed::new_for_guest(1, bins)?;
+                let g = Guest::boot(&bed, image, &GuestOptions::default())?;
+                if let Err(e) = bed.wait_handshake(1, Duration::from_secs(300)) {
+                    bail!("{e:#}\nconsole:\n{}", g.console_text());
+                }
+                (bed, Node1::Guest(g))
+            }
+        };
+        let node1_key = match &node1 {
+            Node1::Ns(p) => p.public_key.clone(),
+            Node1::Guest(g) => g.node_key.public_key.clone(),
+        };
+        let palisaded = crate::palisade::PalisadeBins::locate()?.palisaded;
         let c = &bed.clients[0];
         // The bed's own wireguard-go client gives way to palisade-client.
         c.ns.ip(&["link", "del", &c.ifname])?;
@@ -285,7 +313,7 @@ impl FailoverBed {
         std::fs::create_dir_all(dir.join("run"))?;
         std::fs::write(dir.join("state/node.toml"), text)?;
         let argv = vec![
-            pal1.bins.palisaded.to_string_lossy().into_owned(),
+            palisaded.to_string_lossy().into_owned(),
             "--config".into(),
             dir.join("state/node.toml").to_string_lossy().into_owned(),
             "--state-dir".into(),
@@ -312,7 +340,7 @@ impl FailoverBed {
         };
         std::fs::write(
             &nodes,
-            entry("node-1", addr::NODE_UP_V4.into(), &pal1.public_key)
+            entry("node-1", addr::NODE_UP_V4.into(), &node1_key)
                 + &entry("node-2", NODE2_UP_V4.into(), &node2.public_key),
         )?;
         let key_file = fleet.keys.join("nodelists.pk8");
@@ -352,7 +380,7 @@ impl FailoverBed {
         let mut fb = FailoverBed {
             client: None,
             node2,
-            pal1,
+            node1,
             bed,
             list,
             list_key,
@@ -457,12 +485,16 @@ impl FailoverBed {
     /// Kill a node: SIGKILL its palisaded and delete its WireGuard interface.
     pub fn kill(&mut self, which: Which) -> Result<()> {
         match which {
-            Which::One => {
-                if let Some(mut p) = self.bed.node_procs.palisaded.take() {
-                    p.kill();
+            Which::One => match &mut self.node1 {
+                Node1::Ns(_) => {
+                    if let Some(mut p) = self.bed.node_procs.palisaded.take() {
+                        p.kill();
+                    }
+                    self.bed.node.ip(&["link", "del", &self.bed.node_if])?;
                 }
-                self.bed.node.ip(&["link", "del", &self.bed.node_if])?;
-            }
+                // Power gone: QEMU killed.
+                Node1::Guest(g) => g.vm.qemu.kill(),
+            },
             Which::Two => {
                 if let Some(mut p) = self.node2.proc.take() {
                     p.kill();
@@ -478,10 +510,25 @@ impl FailoverBed {
         // wireguard-go (palisaded's userspace backend) leaves its UAPI socket behind when killed.
         let sock = |i: &str| format!("/var/run/wireguard/{i}.sock");
         match which {
-            Which::One => {
-                let _ = std::fs::remove_file(sock(&self.bed.node_if));
-                self.pal1.spawn(&mut self.bed)
-            }
+            Which::One => match &mut self.node1 {
+                Node1::Ns(p) => {
+                    let _ = std::fs::remove_file(sock(&self.bed.node_if));
+                    p.spawn(&mut self.bed)
+                }
+                Node1::Guest(g) => {
+                    // Boot the same disk again (its state partition keeps the
+                    // node's key) with a fresh console log, until the health
+                    // gate says ready.
+                    let n = std::fs::read_dir(self.bed.log_dir())?.count();
+                    let old = self.bed.log_dir().join(format!("console-before-{n}.log"));
+                    let _ = std::fs::rename(&g.vm.console, old);
+                    let cfg = self.bed.log_dir().join("config-drive.img");
+                    let disk = g.vm.disk.clone();
+                    g.vm = Vm::start(&self.bed, &disk, Some(&cfg), true)?;
+                    g.vm.wait_console("ready: wireguard up", Duration::from_secs(300))
+                        .map(|_| ())
+                }
+            },
             Which::Two => {
                 let _ = std::fs::remove_file(sock(&self.node2.ifname));
                 self.node2.start()

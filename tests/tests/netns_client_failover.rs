@@ -12,7 +12,7 @@
 
 use palisade_tests::bed::addr;
 use palisade_tests::capture::Capture;
-use palisade_tests::client::{leaked, FailoverBed, Stream, Which, NODE2_UP_V4};
+use palisade_tests::client::{leaked, FailoverBed, Node1, Stream, Which, NODE2_UP_V4};
 use palisade_tests::probe::{dns_udp, udp_exchange, Outcome};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -27,8 +27,10 @@ fn client_moves_to_the_next_node_without_leaking() {
     let mut fb = bed();
 
     // client-config prints the wg-quick config unchanged and the verified list.
-    let cfg = fb
-        .pal1
+    let Node1::Ns(pal1) = &fb.node1 else {
+        unreachable!("node 1 runs in a namespace here")
+    };
+    let cfg = pal1
         .cli_ok(
             &fb.bed,
             &[
@@ -50,7 +52,7 @@ fn client_moves_to_the_next_node_without_leaking() {
     assert!(
         cfg.contains(&format!(
             "1. node-1 203.0.113.10:51820 {} tunnel 10.66.0.1/16,fd66::1/64 (this node)",
-            fb.pal1.public_key
+            pal1.public_key
         )),
         "{cfg}"
     );
@@ -63,8 +65,7 @@ fn client_moves_to_the_next_node_without_leaking() {
     );
     assert!(cfg.contains("# palisade-client --private-key-file CLIENT.key --address 10.66.0.2/32 --address fd66::2/128"), "{cfg}");
     // A list signed by another key is refused and nothing is printed.
-    let o = fb
-        .pal1
+    let o = pal1
         .cli(
             &fb.bed,
             &[
