@@ -545,7 +545,8 @@ mod tests {
     #[test]
     fn content_is_validated_naming_the_field() {
         let k = key();
-        let cases: Vec<(Box<dyn Fn(&mut NodeList)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut NodeList)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|l| l.nodes.clear()), "nodes: empty"),
             (Box::new(|l| l.region = "EU".into()), "region"),
             (Box::new(|l| l.version = 2), "version 2"),
