@@ -20,8 +20,8 @@ stage "tier 2a: nft loads the rendered ruleset; the DNS service binds port 53 (p
 unshare -n sh -c 'ip link set lo up && exec cargo test --locked -p palisade-core -p palisade-dns -- --ignored'
 
 stage "tier 2b: namespace tests (palisaded + wireguard-go clients, real nftables)"
-cargo build --locked -p palisaded -p palisade-cli -p palisade-fleet
-export PALISADE_FLEET_BIN=$target/debug/palisade-fleet
+cargo build --locked -p palisaded -p palisade-cli -p palisade-fleet -p palisade-client
+export PALISADE_FLEET_BIN=$target/debug/palisade-fleet PALISADE_CLIENT_BIN=$target/debug/palisade-client
 PALISADED_BIN=$target/debug/palisaded PALISADE_BIN=$target/debug/palisade \
     cargo test -p palisade-tests --locked --test 'netns_*' --test 'dns_*' -- --ignored --test-threads=1
 

@@ -15,6 +15,7 @@
 
 pub mod enrol;
 pub mod mesh;
+pub mod nodelist;
 pub mod trust;
 
 pub use trust::new_grant_id;

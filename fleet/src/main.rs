@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use palisade_fleet::{
-    enrol, parse_expiry, parse_region, parse_start, parse_version, parse_window, trust, Expiries,
+    enrol, nodelist, parse_expiry, parse_region, parse_start, parse_version, parse_window, trust, Expiries,
     Fleet, FleetError, Report,
 };
 use palisade_update::rollout::RolloutPolicy;
@@ -138,6 +138,12 @@ enum Cmd {
     List {
         #[command(subcommand)]
         cmd: ListCmd,
+    },
+    /// Signed node lists for client failover (regions/<region>.json,
+    /// nodelists role, or a standalone signed file).
+    Nodelist {
+        #[command(subcommand)]
+        cmd: NodelistCmd,
     },
     /// The management mesh: trust anchors for the nodes' metrics endpoints
     /// (mesh/anchors.pem, configs role) and scraper certificates.
@@ -494,6 +500,48 @@ enum ListCmd {
 }
 
 #[derive(Subcommand)]
+enum NodelistCmd {
+    /// Sign REGION's node list from a nodes file ([[node]] name, endpoint,
+    /// public_key, addresses; in order of preference) and publish it as
+    /// regions/REGION.json (--repo, --keys), or write it to --out (--key).
+    Set {
+        region: String,
+        /// The nodes file (TOML).
+        #[arg(long)]
+        nodes: PathBuf,
+        /// Expiry: a duration (30d, 12h) or RFC 3339.
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// Signing key (ed25519 PKCS#8); default with --repo: <keys>/nodelists.pk8.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Write the signed file here instead of publishing (no repository).
+        #[arg(long, conflicts_with_all = ["repo", "keys"])]
+        out: Option<PathBuf>,
+        #[arg(long, requires = "keys")]
+        repo: Option<PathBuf>,
+        #[arg(long, requires = "repo")]
+        keys: Option<PathBuf>,
+        #[command(flatten)]
+        exp: Exp,
+    },
+    /// Check and print a node list file (verified with --key; otherwise
+    /// everything but the signature).
+    Show {
+        file: PathBuf,
+        /// Trusted public key (base64), repeatable.
+        #[arg(long)]
+        key: Vec<String>,
+    },
+    /// Print the public key (base64) of a signing key: what clients pin.
+    Key {
+        /// The signing key (ed25519 PKCS#8), e.g. keys/nodelists.pk8.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCmd {
     /// New key for ROLE (a delegated role, or targets, snapshot, timestamp).
     Rotate {
@@ -834,6 +882,22 @@ async fn run(cmd: Cmd) -> Result<Report, FleetError> {
                 exp,
             } => fleet(rk).list_set(&name, &file, exp.get()?).await,
             ListCmd::Remove { name, rk, exp } => fleet(rk).list_remove(&name, exp.get()?).await,
+        },
+        Cmd::Nodelist { cmd } => match cmd {
+            NodelistCmd::Set { region, nodes, expires, key, out, repo, keys, exp } => match (out, repo, keys) {
+                (Some(out), None, None) => {
+                    let key = key.ok_or_else(|| FleetError::Input("nodelist set --out needs --key (the signing key)".into()))?;
+                    nodelist::set_standalone(&region, &nodes, &expires, &key, &out)
+                }
+                (None, Some(repo), Some(keys)) => {
+                    fleet(RepoKeys { repo, keys })
+                        .nodelist_set(&region, &nodes, &expires, key.as_deref(), exp.get()?)
+                        .await
+                }
+                _ => Err(FleetError::Input("nodelist set: give --repo and --keys, or --out and --key".into())),
+            },
+            NodelistCmd::Show { file, key } => nodelist::show(&file, &key),
+            NodelistCmd::Key { key } => nodelist::public_key(&key),
         },
         Cmd::Keys {
             cmd: KeysCmd::Rotate { role, rk, exp },

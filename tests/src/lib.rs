@@ -8,6 +8,7 @@
 
 pub mod bed;
 pub mod capture;
+pub mod client;
 pub mod fleet;
 pub mod guest;
 pub mod matrix;

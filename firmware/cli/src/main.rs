@@ -44,6 +44,13 @@ enum Cmd {
         private_key_file: Option<PathBuf>,
         #[arg(long)]
         no_qr: bool,
+        /// Also print this signed node list (palisade-fleet nodelist set) and
+        /// the palisade-client command that fails over along it.
+        #[arg(long, value_name = "FILE")]
+        node_list: Option<PathBuf>,
+        /// The fleet's node-list public key (base64): verify the list with it.
+        #[arg(long, value_name = "BASE64", requires = "node_list")]
+        node_list_key: Vec<String>,
     },
     /// The DNS resolver.
     Dns {
@@ -267,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{l}");
             }
         }
-        Cmd::ClientConfig { peer, private_key_file, no_qr } => {
+        Cmd::ClientConfig { peer, private_key_file, no_qr, node_list, node_list_key } => {
             let c = req(&cli, &Request::ClientConfig { peer: peer.clone() })?;
             let key = match private_key_file {
                 Some(p) => Some(Zeroizing::new(
@@ -275,7 +282,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )),
                 None => None,
             };
+            // Check the list before printing anything: a bad list prints nothing.
+            let nodes = match node_list {
+                Some(f) => Some(render_node_list(&c, f, node_list_key, private_key_file.as_deref())?),
+                None => None,
+            };
             print_client_config(&c, key.as_deref().map(String::as_str), !*no_qr)?;
+            if let Some(n) = nodes {
+                print!("{n}");
+            }
         }
         Cmd::Update { cmd: UpdateCmd::Status { json } } => {
             let v = req(&cli, &Request::UpdateStatus)?;
@@ -603,6 +618,56 @@ fn render_client_config(c: &Value, private_key: Option<&str>) -> String {
     s += &format!("Endpoint = {}\n", c["endpoint"].as_str().unwrap_or(""));
     s += "PersistentKeepalive = 25\n";
     s
+}
+
+/// The node list after the wg-quick config, as comments (the config above
+/// stays a plain single-node wg-quick config for stock WireGuard apps).
+fn render_node_list(c: &Value, file: &std::path::Path, keys: &[String], private_key_file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let bytes = std::fs::read(file).with_context(|| format!("node list {}", file.display()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let pks = keys
+        .iter()
+        .map(|k| palisade_nodelist::PublicKey::from_base64(k).with_context(|| format!("--node-list-key {k:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let list = if pks.is_empty() { palisade_nodelist::inspect(&bytes, now) } else { palisade_nodelist::verify(&bytes, &pks, now) }
+        .with_context(|| format!("node list {}", file.display()))?;
+    let this = c["server_public_key"].as_str().unwrap_or("");
+    let mut s = format!(
+        "# Failover: palisade-client moves to the next node of this list when its node fails.\n# node list {}: region {}, serial {}, expires at unix time {}, {}\n",
+        file.display(),
+        list.region,
+        list.serial,
+        list.expires,
+        match pks.first() {
+            Some(k) if pks.len() == 1 => format!("signature verified (key {})", k.key_id()),
+            Some(_) => "signature verified".to_string(),
+            None => "signature NOT checked (give --node-list-key)".to_string(),
+        }
+    );
+    for (i, n) in list.nodes.iter().enumerate() {
+        let addrs: Vec<String> = n.addresses.iter().map(ToString::to_string).collect();
+        s += &format!(
+            "#   {}. {} {} {} tunnel {}{}\n",
+            i + 1,
+            n.name,
+            n.endpoint,
+            n.public_key,
+            addrs.join(","),
+            if n.public_key == this { " (this node)" } else { "" }
+        );
+    }
+    if !list.nodes.iter().any(|n| n.public_key == this) {
+        s += "# WARNING: this node is not in the list\n";
+    }
+    let addr_args: String = c["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str).map(|a| format!(" --address {a}")).collect();
+    let key_args: String = keys.iter().map(|k| format!(" --node-list-key {k}")).collect();
+    s += &format!(
+        "# palisade-client --private-key-file {}{addr_args} --node-list {}{}\n",
+        private_key_file.map(|p| p.display().to_string()).unwrap_or_else(|| "CLIENT.key".into()),
+        file.display(),
+        if key_args.is_empty() { " --node-list-key FLEET_KEY".to_string() } else { key_args }
+    );
+    Ok(s)
 }
 
 fn print_client_config(c: &Value, private_key: Option<&str>, qr: bool) -> anyhow::Result<()> {
