@@ -8,7 +8,8 @@
 //! attempt). Also: `palisade client-config --node-list`, a refused bad list,
 //! and a clean exit that removes the kill-switch, the tunnel and resolv.conf.
 //!
-//! The QEMU variant (node 1 the guest) is in the bench (bench/failover/run.sh).
+//! The QEMU variant (node 1 the guest) is e2e_client_failover; the bench
+//! (bench/failover/run.sh) repeats both.
 
 use palisade_tests::bed::addr;
 use palisade_tests::capture::Capture;
