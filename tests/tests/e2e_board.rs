@@ -313,6 +313,21 @@ fn led_button_and_watchdog_in_the_guest() {
         "the node seeded again from the config drive:\n{}",
         tail(&console, 60)
     );
+
+    // ctrl-alt-del: PID 1 stops the supervisor with SIGTERM, which takes its
+    // orderly path (the watchdog magic-closed) well before PID 1's 10 s
+    // SIGKILL, then reboots.
+    let reboots = console.matches("palisade-init: rebooting").count();
+    guest.monitor("sendkey ctrl-alt-delete").unwrap();
+    guest
+        .wait_console_count("palisade-init: rebooting", reboots + 1, Duration::from_secs(60))
+        .unwrap();
+    let console = guest.console_text();
+    let shutdown = &console[console.rfind("palisade-init: shutting down").expect("shutting down")..];
+    for want in ["stopping; firewall table left in place", "board: watchdog released (magic close)"] {
+        assert!(shutdown.contains(want), "ctrl-alt-del: {want:?} missing:\n{shutdown}");
+    }
+    assert!(!shutdown.contains("watchdog did not stop"), "ctrl-alt-del left the watchdog armed:\n{shutdown}");
     // QEMU runs across reboots here (no -no-reboot): stop it.
     guest.kill();
 }

@@ -107,6 +107,11 @@ fn main() -> anyhow::Result<()> {
         }
         init::spawn_reaper();
     }
+    // PID 1 blocks the signals it takes with sigwait, and a child inherits
+    // the mask across fork and exec: unblock them before any thread starts,
+    // or PID 1's SIGTERM (an orderly stop) and SIGHUP (reload) would stay
+    // pending in the supervisor forever.
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
     let args = Args::parse();
     {
         use tracing_subscriber::layer::SubscriberExt;

@@ -59,7 +59,8 @@ fn reaper_loop(env: &BootEnv) -> bool {
     ] {
         set.add(s);
     }
-    // Blocked here, consumed with sigwait; std's spawn resets the mask in children.
+    // Blocked here, consumed with sigwait. Children inherit the mask: the
+    // supervisor unblocks everything first thing (main.rs).
     let _ = set.thread_block();
     let mut backoff = Backoff::default();
     let mut child = spawn_supervisor(env);
