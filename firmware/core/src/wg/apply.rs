@@ -35,6 +35,31 @@ pub trait WgControl: Send + Sync {
 /// replace-peers); batching only saves round trips.
 const BATCH: usize = 256;
 
+/// Joins the parts of a peer that the kernel split over several netlink
+/// messages of one dump. A peer whose allowed IPs do not fit in the rest of
+/// a message continues in the next one as an entry with the same key and
+/// the remaining allowed IPs, and nothing else (wireguard-tools' `wg` joins
+/// them; wireguard-control 2.0 lists them as separate peers). Unjoined, a
+/// split peer looked like two, each missing some addresses, and every
+/// reconcile pass at 10k peers "fixed" dozens of peers that were fine.
+pub(crate) fn merge_split_peers(peers: Vec<ObservedPeer>) -> Vec<ObservedPeer> {
+    let mut out: Vec<ObservedPeer> = Vec::with_capacity(peers.len());
+    for p in peers {
+        match out.last_mut() {
+            Some(last) if last.public_key == p.public_key => {
+                last.allowed_ips.extend(p.allowed_ips);
+                last.preshared_key = last.preshared_key.or(p.preshared_key);
+                last.endpoint = last.endpoint.or(p.endpoint);
+                last.last_handshake = last.last_handshake.or(p.last_handshake);
+                last.rx_bytes += p.rx_bytes;
+                last.tx_bytes += p.tx_bytes;
+            }
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
 pub struct KernelWg {
     backend: Backend,
 }
@@ -129,6 +154,7 @@ impl WgControl for KernelWg {
                 tx_bytes: p.stats.tx_bytes,
             })
             .collect();
+        let peers = merge_split_peers(peers);
         Ok(ObservedDevice {
             exists: true,
             public_key: dev.public_key.map(|k| PublicKey(k.0)),
@@ -277,5 +303,42 @@ impl WgControl for RecordingWg {
         *s = ObservedDevice::default();
         *self.deleted.lock().expect("poisoned") += usize::from(existed);
         Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(key: u8, ips: &[&str], stats: bool) -> ObservedPeer {
+        ObservedPeer {
+            public_key: PublicKey([key; 32]),
+            allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            preshared_key: stats.then_some([9; 32]),
+            endpoint: stats.then(|| Endpoint("203.0.113.7:51820".parse().unwrap())),
+            last_handshake: stats.then_some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(5)),
+            rx_bytes: if stats { 100 } else { 0 },
+            tx_bytes: if stats { 200 } else { 0 },
+        }
+    }
+
+    #[test]
+    fn a_peer_split_over_two_netlink_messages_is_one_peer() {
+        // Peer 2's first part ends one message, its second part (key and the
+        // rest of its allowed IPs only) starts the next.
+        let dump = vec![
+            part(1, &["10.66.0.2/32", "fd66::2/128"], true),
+            part(2, &["10.66.0.3/32"], true),
+            part(2, &["fd66::3/128"], false),
+            part(3, &["10.66.0.4/32", "fd66::4/128"], true),
+        ];
+        let merged = merge_split_peers(dump);
+        assert_eq!(merged.len(), 3);
+        assert_eq!(merged[1].allowed_ips, vec!["10.66.0.3/32".parse::<IpNet>().unwrap(), "fd66::3/128".parse().unwrap()]);
+        assert_eq!(merged[1].preshared_key, Some([9; 32]));
+        assert!(merged[1].endpoint.is_some() && merged[1].last_handshake.is_some());
+        assert_eq!((merged[1].rx_bytes, merged[1].tx_bytes), (100, 200));
+        assert_eq!(merged[0], part(1, &["10.66.0.2/32", "fd66::2/128"], true));
+        assert_eq!(merged[2], part(3, &["10.66.0.4/32", "fd66::4/128"], true));
     }
 }
