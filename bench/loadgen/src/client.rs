@@ -94,6 +94,8 @@ pub struct ClientStats {
     /// When the session first came up.
     pub up_at: Option<Instant>,
     pub handshake_latency: Option<Duration>,
+    /// Rounds started (each one `Flows::interval` of scheduled time).
+    pub rounds: u32,
 }
 
 /// Flow settings shared by every client.
@@ -154,6 +156,8 @@ pub struct Client {
     next_round: Option<Instant>,
     /// Flows start at this instant (all clients up, or the ramp's deadline).
     flows_from: Option<Instant>,
+    /// No round starts after this (its answers could not come back in time).
+    last_round_by: Option<Instant>,
     t0: Instant,
 }
 
@@ -216,6 +220,7 @@ impl Client {
             echo_pending: None,
             next_round: None,
             flows_from: None,
+            last_round_by: None,
             t0,
         }
     }
@@ -239,9 +244,11 @@ impl Client {
         self.phase = Phase::Handshaking(now);
     }
 
-    /// Flows begin at `at` (after the ramp).
-    pub fn start_flows(&mut self, at: Instant, jitter: Duration) {
+    /// Flows begin at `at` (after the ramp), first round after `jitter`;
+    /// no round starts after `last_round_by`.
+    pub fn start_flows(&mut self, at: Instant, jitter: Duration, last_round_by: Instant) {
         self.flows_from = Some(at);
+        self.last_round_by = Some(last_round_by);
         self.next_round = Some(at + jitter);
     }
 
@@ -378,8 +385,13 @@ impl Client {
         }
         self.tcp_step(now, flows, agg, scratch);
         // A new round: one DNS query, one echo, one HTTP GET (if the last ended).
+        if self.next_round.is_some_and(|r| now >= r) && self.last_round_by.is_some_and(|l| now > l)
+        {
+            self.next_round = None;
+        }
         if self.next_round.is_some_and(|r| now >= r) {
             self.next_round = Some(now + flows.interval);
+            self.stats.rounds += 1;
             if self.dns_pending.is_none() {
                 self.dns_seq = self.dns_seq.wrapping_add(1);
                 let id = (self.index as u16) ^ (self.dns_seq as u16).rotate_left(7);

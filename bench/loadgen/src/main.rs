@@ -36,6 +36,8 @@ const MAX_RAMP_S: u64 = 900;
 const MAX_HANDSHAKE_RATE: u32 = 5_000;
 const MIN_INTERVAL_MS: u64 = 200;
 const MAX_UDP_SIZE: usize = 1200;
+/// No client round starts this close to the end (its answers would be cut off).
+const LAST_ROUND_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -278,6 +280,7 @@ fn run(a: RunArgs) -> Result<()> {
     let mut all_up_at: Option<Instant> = None;
     let mut flows_at: Option<Instant> = None;
     let mut end: Option<Instant> = None;
+    let mut last_round_by = ramp_deadline;
     let mut node_at_flows = None;
     let mut gen_at_flows = None;
     let mut node_rss_max = node0.map_or(0, |p| p.rss_kb);
@@ -310,7 +313,7 @@ fn run(a: RunArgs) -> Result<()> {
                             up += 1;
                             if let Some(f) = flows_at {
                                 // Late joiner: flows start now.
-                                c.start_flows(f.max(now), Duration::ZERO);
+                                c.start_flows(f.max(now), Duration::ZERO, last_round_by);
                             }
                         }
                     }
@@ -333,13 +336,14 @@ fn run(a: RunArgs) -> Result<()> {
             }
             flows_at = Some(now);
             end = Some(now + Duration::from_secs(a.duration));
+            last_round_by = now + Duration::from_secs(a.duration).saturating_sub(LAST_ROUND_MARGIN);
             node_at_flows = proc_point(a.node_pid);
             gen_at_flows = proc_point(self_pid);
             let interval = Duration::from_millis(a.interval_ms);
             for c in clients.iter_mut() {
                 // Spread the first rounds over one interval.
                 let jitter = interval.mul_f64(f64::from(c.index) / f64::from(n));
-                c.start_flows(now, jitter);
+                c.start_flows(now, jitter, last_round_by);
                 c.wake = now + jitter;
                 heap.push(Reverse((c.wake, c.index)));
             }
@@ -420,14 +424,16 @@ fn run(a: RunArgs) -> Result<()> {
     } else {
         0.0
     };
-    // Goodput over the flow phase, per client that was up in it.
+    // Per-client goodput over the time the client was scheduled for: its
+    // rounds times the interval (a client whose first round came late in the
+    // run is not counted as slow).
     let flow_s = (stop - flows_at).as_secs_f64().max(1e-9);
     let per_client: Vec<f64> = clients
         .iter()
-        .filter_map(|c| {
-            let from = c.stats.up_at?.max(flows_at);
-            let secs = (stop - from).as_secs_f64();
-            (secs > 0.0).then(|| c.stats.goodput_bytes as f64 * 8.0 / secs / 1e3)
+        .filter(|c| c.stats.rounds > 0)
+        .map(|c| {
+            let secs = f64::from(c.stats.rounds) * flows.interval.as_secs_f64();
+            c.stats.goodput_bytes as f64 * 8.0 / secs / 1e3
         })
         .collect();
     let total_bytes: u64 = clients.iter().map(|c| c.stats.goodput_bytes).sum();
@@ -473,8 +479,8 @@ fn run(a: RunArgs) -> Result<()> {
     );
     if let Some(f) = fair {
         println!(
-            "fairness kbit/s per client: min {:.1} p10 {:.1} p50 {:.1} p90 {:.1} max {:.1}; Jain {}",
-            f.min, f.p10, f.p50, f.p90, f.max,
+            "fairness kbit/s per client (bytes / (rounds x interval)), {} clients: min {:.3} p10 {:.3} p50 {:.3} p90 {:.3} max {:.3}; Jain {}",
+            f.n, f.min, f.p10, f.p50, f.p90, f.max,
             jain.map_or("-".into(), |j| format!("{j:.3}"))
         );
     }
