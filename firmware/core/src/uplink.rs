@@ -137,7 +137,8 @@ impl Selector {
 
     /// Given each rank's health, the new active rank if it changes.
     ///
-    /// - Nothing active yet: the best healthy rank (rank 0 when none is).
+    /// - Nothing active yet: the best healthy rank (none while none is: the
+    ///   routes stay as they are).
     /// - The active rank is unhealthy and another is healthy: the best
     ///   healthy one, at once (no hold-down on a failure).
     /// - A better rank than the active one is healthy: only once it has
@@ -152,8 +153,8 @@ impl Selector {
         let best = health.iter().position(|h| h.healthy);
         let (to, reason) = match (self.active, best) {
             (_, _) if health.is_empty() => return None,
-            (None, b) => (b.unwrap_or(0), Reason::Initial),
-            (Some(_), None) => return None,
+            (None, Some(b)) => (b, Reason::Initial),
+            (_, None) => return None,
             (Some(a), Some(b)) if a >= health.len() || !health[a].healthy => (b, Reason::Failed),
             (Some(a), Some(b)) if b < a => {
                 let stable = now.saturating_duration_since(health[b].since) >= self.hold_down;
@@ -350,14 +351,13 @@ mod tests {
     }
 
     #[test]
-    fn nothing_healthy_at_start_still_picks_rank_zero() {
+    fn nothing_healthy_at_start_picks_nothing_until_one_is() {
         let t0 = Instant::now();
         let mut s = Selector::new(Duration::from_secs(10));
-        assert_eq!(
-            s.decide(&healthy(&[(false, 0), (false, 0)], t0), t0),
-            Some((None, 0, Reason::Initial))
-        );
+        assert_eq!(s.decide(&healthy(&[(false, 0), (false, 0)], t0), t0), None);
         assert_eq!(s.decide(&healthy(&[], t0), t0), None);
+        assert_eq!(s.decide(&healthy(&[(false, 0), (true, 500)], t0), t(t0, 500)), Some((None, 1, Reason::Initial)));
+        assert_eq!(s.last_switch, None, "the first choice is not a switch");
     }
 
     proptest::proptest! {

@@ -400,7 +400,15 @@ pub async fn run(engine: Shared, run_dir: PathBuf) {
             Relaxed,
         );
         let mut switched = false;
-        if let Some((from, to, reason)) = st.selector.decide(&st.health, now) {
+        // Only an uplink with a gateway can hold the default route (one
+        // without is a LAN: on-link traffic only).
+        let eligible: Vec<Health> = st
+            .health
+            .iter()
+            .zip(&st.seen)
+            .map(|(h, s)| Health { healthy: h.healthy && !s.gateways.is_empty(), ..*h })
+            .collect();
+        if let Some((from, to, reason)) = st.selector.decide(&eligible, now) {
             switched = from.is_some();
             let name = |i: Option<usize>| {
                 i.map(|i| st.uplinks[i].interface.clone())
@@ -460,6 +468,9 @@ fn why_unhealthy(s: &Seen) -> &'static str {
 /// route even if it is in place, so route listeners (wireguard-go's
 /// sticky source addresses) look again.
 async fn apply_routes(st: &State, renew: bool) -> Vec<IpAddr> {
+    if st.selector.active.is_none() {
+        return Vec::new(); // nothing chosen yet: leave the routes as they are
+    }
     let gateways: Vec<(String, Vec<IpAddr>)> = st
         .uplinks
         .iter()

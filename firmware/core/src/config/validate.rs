@@ -320,11 +320,6 @@ impl NodeConfig {
                 let at = e.at("uplink", Some(i), "interface");
                 e.push(at, format!("'{}' is named by an earlier [[uplink]]; each interface once", u.interface));
             }
-            // The default route moves between uplinks: each needs a gateway.
-            if self.uplinks.len() > 1 && !u.dhcp && u.gateway_v4.is_none() && u.gateway_v6.is_none() {
-                let at = e.at("uplink", Some(i), "gateway_v4");
-                e.push(at, "with several uplinks, each needs gateway_v4 and/or gateway_v6 (or dhcp = true): the default route fails over between them");
-            }
             for t in &u.probe_targets {
                 let bad = t.is_unspecified() || t.is_loopback() || t.is_multicast()
                     || matches!(t, std::net::IpAddr::V4(a) if a.is_broadcast());
