@@ -15,7 +15,7 @@
 //! ends stay up.
 
 use crate::bed::{addr, Bins, TestBed};
-use crate::ns::{wait_until, Netns};
+use crate::ns::{wait_until, Netns, Proc};
 use crate::palisade::{render_node_toml, NodeOptions, Palisade};
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -52,8 +52,21 @@ impl HealthOpts {
 }
 
 pub struct UplinkBed {
+    /// DHCP server and client when wan2 uses DHCP (killed first).
+    pub dhcp: Vec<Proc>,
     pub node: Palisade,
     pub bed: TestBed,
+}
+
+/// The second router address on wan2's LAN (a DHCP lease can name it).
+pub const WAN2_GW_ALT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+/// busybox udhcpd's config for wan2's LAN, naming `router`.
+fn udhcpd_conf(dir: &std::path::Path, router: Ipv4Addr) -> String {
+    format!(
+        "start 198.51.100.100\nend 198.51.100.110\ninterface u2\nlease_file {d}/udhcpd.leases\npidfile {d}/udhcpd.pid\noption router {router}\noption subnet 255.255.255.0\noption lease 600\n",
+        d = dir.display()
+    )
 }
 
 fn unix_now() -> f64 {
@@ -68,6 +81,13 @@ impl UplinkBed {
     /// connect the client to wan1's address. Returns once wan1 is active and
     /// the client has a handshake.
     pub fn start(bins: Bins, h: HealthOpts) -> Result<UplinkBed> {
+        UplinkBed::start_with(bins, h, false)
+    }
+
+    /// Like [`UplinkBed::start`]; with `wan2_dhcp`, wan2 gets its address
+    /// and router from busybox udhcpd in the internet namespace through
+    /// busybox udhcpc and the node's hook script (rootfs/), as on the node.
+    pub fn start_with(bins: Bins, h: HealthOpts, wan2_dhcp: bool) -> Result<UplinkBed> {
         let mut bed = TestBed::new_for_guest(1, bins)?;
         let (inet, node) = (&bed.inet, &bed.node);
         inet.sysctl("net.ipv4.ip_forward", "1")?;
@@ -93,8 +113,22 @@ impl UplinkBed {
             .with_context(|| format!("veth for uplink {n}"))?;
             inet.ip(&["addr", "add", &format!("{gw}/24"), "dev", inet_end])?;
             inet.ip(&["link", "set", inet_end, "up"])?;
-            node.ip(&["addr", "add", &format!("{me}/24"), "dev", node_end])?;
+            if !(wan2_dhcp && n == 2) {
+                node.ip(&["addr", "add", &format!("{me}/24"), "dev", node_end])?;
+            }
             node.ip(&["link", "set", node_end, "up"])?;
+        }
+        let mut dhcp = Vec::new();
+        if wan2_dhcp {
+            inet.ip(&["addr", "add", &format!("{WAN2_GW_ALT}/24"), "dev", "u2"])?;
+            let conf = bed.dir.path().join("udhcpd.conf");
+            std::fs::write(&conf, udhcpd_conf(bed.dir.path(), WAN2_GW))?;
+            std::fs::write(bed.dir.path().join("udhcpd.leases"), "")?;
+            dhcp.push(inet.spawn(
+                "inet-udhcpd",
+                bed.dir.path(),
+                &["busybox", "udhcpd", "-f", &conf.to_string_lossy()],
+            )?);
         }
         let c = &bed.clients[0].ns;
         c.ip(&[
@@ -124,9 +158,14 @@ impl UplinkBed {
         if !base.contains(&eth0) {
             bail!("render_node_toml changed its [[uplink]] table; update tests/src/uplink.rs");
         }
+        let wan2 = if wan2_dhcp {
+            "dhcp = true".to_string()
+        } else {
+            format!("addresses = [\"{WAN2}/24\"]\ngateway_v4 = \"{WAN2_GW}\"")
+        };
         let uplinks = format!(
             "[[uplink]]\ninterface = \"wan1\"\naddresses = [\"{WAN1}/24\"]\ngateway_v4 = \"{WAN1_GW}\"\npriority = 0\nprobe_targets = [\"{t}\"]\n\n\
-             [[uplink]]\ninterface = \"wan2\"\naddresses = [\"{WAN2}/24\"]\ngateway_v4 = \"{WAN2_GW}\"\npriority = 10\nprobe_targets = [\"{t}\"]\n",
+             [[uplink]]\ninterface = \"wan2\"\n{wan2}\npriority = 10\nprobe_targets = [\"{t}\"]\n",
             t = addr::INET_V4
         );
         let health = format!(
@@ -135,7 +174,31 @@ impl UplinkBed {
         );
         let text = base.replace(&eth0, &uplinks) + &health;
         let node = Palisade::start_with_config(&mut bed, &text, &NodeOptions::default())?;
-        let ub = UplinkBed { node, bed };
+        if wan2_dhcp {
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../rootfs/usr/share/palisade/udhcpc.script");
+            let run = node.run_dir.to_string_lossy().into_owned();
+            dhcp.push(bed.node.spawn_env(
+                "node-udhcpc",
+                bed.dir.path(),
+                &[
+                    "busybox",
+                    "udhcpc",
+                    "-f",
+                    "-S",
+                    "-t",
+                    "5",
+                    "-T",
+                    "1",
+                    "-s",
+                    &script.to_string_lossy(),
+                    "-i",
+                    "wan2",
+                ],
+                &[("PALISADE_RUN_DIR", &run)],
+            )?);
+        }
+        let ub = UplinkBed { dhcp, node, bed };
         let c = &ub.bed.clients[0];
         c.ns.run(&[
             "wg",
@@ -208,6 +271,45 @@ impl UplinkBed {
         let d = self.bed.clients[0].dump()?;
         let p = d.peers.first().context("client has no peer")?;
         Ok((p.latest_handshake, p.endpoint.clone()))
+    }
+
+    /// wan2's IPv4 address now (static, or from the lease).
+    pub fn wan2_addr(&self) -> Result<Ipv4Addr> {
+        let out = self
+            .bed
+            .node
+            .ip(&["-4", "-o", "addr", "show", "dev", "wan2"])?;
+        let a = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .context("wan2 has no IPv4 address")?;
+        Ok(a.split('/').next().unwrap_or_default().parse()?)
+    }
+
+    /// Restart the DHCP server naming `router` (the lease it gave stays in
+    /// its lease file); [`UplinkBed::renew`] makes the node ask again.
+    pub fn renew_lease_with_router(&mut self, router: Ipv4Addr) -> Result<()> {
+        let dir = self.bed.dir.path().to_path_buf();
+        std::fs::write(dir.join("udhcpd.conf"), udhcpd_conf(&dir, router))?;
+        // The server first (it reads its config at start; leases stay in its file).
+        let mut server = self.dhcp.remove(0);
+        server.stop(Duration::from_secs(2))?;
+        let conf = dir.join("udhcpd.conf");
+        self.dhcp.insert(
+            0,
+            self.bed.inet.spawn(
+                "inet-udhcpd",
+                &dir,
+                &["busybox", "udhcpd", "-f", &conf.to_string_lossy()],
+            )?,
+        );
+        Ok(())
+    }
+
+    /// Ask the node's DHCP client to renew its lease now (SIGUSR1).
+    pub fn renew(&self) -> Result<()> {
+        self.dhcp[1].signal(nix::sys::signal::Signal::SIGUSR1)
     }
 
     /// Unix time now (to compare with the node's `last_switch`).

@@ -24,7 +24,9 @@ const HOLD: u64 = 2;
 const GOAL: f64 = 3.0;
 
 fn bins() -> Bins {
-    Bins { testhost: env!("CARGO_BIN_EXE_pal-testhost").into() }
+    Bins {
+        testhost: env!("CARGO_BIN_EXE_pal-testhost").into(),
+    }
 }
 
 fn summary(what: &str, v: &[f64]) {
@@ -47,30 +49,48 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 fn round(ub: &UplinkBed, stream: &Stream, cut: &dyn Fn(), restore: &dyn Fn()) -> (f64, f64) {
-    stream.first_via_after(Instant::now(), WAN1, Duration::from_secs(10)).expect("stream via wan1 before the cut");
+    stream
+        .first_via_after(Instant::now(), WAN1, Duration::from_secs(10))
+        .expect("stream via wan1 before the cut");
     let (n0, _) = ub.switches().unwrap();
     let t_unix = UplinkBed::now_unix();
     let t = Instant::now();
     cut();
-    let resumed = stream.first_via_after(t, WAN2, Duration::from_secs(30)).expect("stream resumed via wan2");
+    let resumed = stream
+        .first_via_after(t, WAN2, Duration::from_secs(30))
+        .expect("stream resumed via wan2");
     let (n1, at) = ub.switches().unwrap();
     assert_eq!(n1, n0 + 1);
     let switch = at.unwrap() - t_unix;
     restore();
-    ub.wait_active("wan1", Duration::from_secs(30)).expect("back on wan1");
+    ub.wait_active("wan1", Duration::from_secs(30))
+        .expect("back on wan1");
     (switch, resumed.as_secs_f64())
 }
 
 #[test]
 #[ignore = "benchmark: bench/uplink/run.sh"]
 fn uplink_failover_times_and_probe_cost() {
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let ub = UplinkBed::start(bins(), HealthOpts::product(HOLD)).unwrap();
     let stream = Stream::start(&ub.bed.clients[0].ns).unwrap();
 
-    let link_down = (|| ub.set_link(false).unwrap(), || ub.set_link(true).unwrap());
-    let black_hole = (|| ub.set_black_hole(true).unwrap(), || ub.set_black_hole(false).unwrap());
-    let kinds: [(&str, &dyn Fn(), &dyn Fn()); 2] = [("link down", &link_down.0, &link_down.1), ("black hole", &black_hole.0, &black_hole.1)];
+    let link_down = (
+        || ub.set_link(false).unwrap(),
+        || ub.set_link(true).unwrap(),
+    );
+    let black_hole = (
+        || ub.set_black_hole(true).unwrap(),
+        || ub.set_black_hole(false).unwrap(),
+    );
+    type Action<'a> = &'a dyn Fn();
+    let kinds: [(&str, Action, Action); 2] = [
+        ("link down", &link_down.0, &link_down.1),
+        ("black hole", &black_hole.0, &black_hole.1),
+    ];
     for (what, cut, restore) in kinds {
         let (mut switch, mut resumed) = (vec![], vec![]);
         for i in 1..=rounds {
@@ -85,7 +105,14 @@ fn uplink_failover_times_and_probe_cost() {
     drop(stream);
 
     // The probes' cost at the product defaults.
-    let pid = ub.bed.node_procs.palisaded.as_ref().unwrap().pid().expect("palisaded pid");
+    let pid = ub
+        .bed
+        .node_procs
+        .palisaded
+        .as_ref()
+        .unwrap()
+        .pid()
+        .expect("palisaded pid");
     ub.bed
         .nft(
             "inet",
@@ -96,7 +123,11 @@ fn uplink_failover_times_and_probe_cost() {
     let c0 = cpu_secs(pid);
     std::thread::sleep(window);
     let on = cpu_secs(pid) - c0;
-    let counters = ub.bed.inet.run(&["nft", "list", "table", "inet", "uplinkcount"]).unwrap();
+    let counters = ub
+        .bed
+        .inet
+        .run(&["nft", "list", "table", "inet", "uplinkcount"])
+        .unwrap();
     let (mut packets, mut bytes) = (0f64, 0f64);
     if let Some(c) = counters.split("counter packets ").nth(1) {
         let f: Vec<&str> = c.split_whitespace().collect();
@@ -111,7 +142,11 @@ fn uplink_failover_times_and_probe_cost() {
     );
     // Same node, no probe targets (carrier and addresses only): reload.
     let cfg = std::fs::read_to_string(&ub.node.config).unwrap();
-    let without: String = cfg.lines().filter(|l| !l.starts_with("probe_targets")).map(|l| format!("{l}\n")).collect();
+    let without: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("probe_targets"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&ub.node.config, without).unwrap();
     ub.node.cli_ok(&ub.bed, &["reload"]).unwrap();
     std::thread::sleep(Duration::from_secs(2));

@@ -194,3 +194,75 @@ fn uplink_failover_link_down_black_hole_and_flapping() {
         );
     }
 }
+
+/// A DHCP uplink: its router comes from the lease (busybox udhcpd in the
+/// internet namespace, busybox udhcpc with the node's hook script), a
+/// renewal naming another router moves its routes, and the failover to it
+/// carries the client's stream through the leased address.
+#[test]
+#[ignore = "root: run by tests/run.sh"]
+fn dhcp_uplink_routes_follow_the_lease() {
+    use palisade_tests::uplink::{WAN2_GW, WAN2_GW_ALT};
+    use palisade_tests::wait_until;
+    let mut ub = UplinkBed::start_with(
+        bins(),
+        HealthOpts {
+            interval_ms: 200,
+            timeout_ms: 150,
+            fall: 2,
+            rise: 2,
+            hold_down_secs: HOLD,
+        },
+        true,
+    )
+    .unwrap();
+    let standby = |gw| format!("default via {gw} dev wan2 metric 1001");
+    let routes = |ub: &UplinkBed| ub.bed.node.ip(&["-4", "route", "show", "default"]).unwrap();
+    assert!(routes(&ub).contains(&standby(WAN2_GW)), "{}", routes(&ub));
+    let leased = ub.wan2_addr().unwrap();
+    let s = ub.status().unwrap();
+    assert_eq!(s["uplinks"][1]["gateways"][0], WAN2_GW.to_string(), "{s}");
+
+    // A renewal that names another router.
+    ub.renew_lease_with_router(WAN2_GW_ALT).unwrap();
+    let mut last_renew: Option<Instant> = None;
+    wait_until(
+        Duration::from_secs(20),
+        "wan2's routes follow the renewed lease",
+        || {
+            if last_renew.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                ub.renew().ok()?;
+                last_renew = Some(Instant::now());
+            }
+            let r = routes(&ub);
+            (r.contains(&standby(WAN2_GW_ALT)) && !r.contains(&format!("via {WAN2_GW} ")))
+                .then_some(())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        ub.wan2_addr().unwrap(),
+        leased,
+        "the renewal kept the address"
+    );
+
+    // Fail over to the DHCP uplink: the stream leaves through the new router.
+    let stream = Stream::start(&ub.bed.clients[0].ns).unwrap();
+    stream
+        .first_via_after(Instant::now(), WAN1, Duration::from_secs(5))
+        .unwrap();
+    let (hs0, _) = ub.client_session().unwrap();
+    let t = Instant::now();
+    ub.set_link(false).unwrap();
+    let resumed = stream
+        .first_via_after(t, leased, Duration::from_secs(10))
+        .unwrap();
+    println!("dhcp: stream resumed via wan2's leased address {leased} (router {WAN2_GW_ALT}) {} ms after the cut", resumed.as_millis());
+    let active = format!("default via {WAN2_GW_ALT} dev wan2");
+    assert!(
+        routes(&ub).lines().any(|l| l.trim() == active),
+        "{}",
+        routes(&ub)
+    );
+    assert_same_session(&ub, hs0, Some(leased));
+}

@@ -356,7 +356,10 @@ mod tests {
         let mut s = Selector::new(Duration::from_secs(10));
         assert_eq!(s.decide(&healthy(&[(false, 0), (false, 0)], t0), t0), None);
         assert_eq!(s.decide(&healthy(&[], t0), t0), None);
-        assert_eq!(s.decide(&healthy(&[(false, 0), (true, 500)], t0), t(t0, 500)), Some((None, 1, Reason::Initial)));
+        assert_eq!(
+            s.decide(&healthy(&[(false, 0), (true, 500)], t0), t(t0, 500)),
+            Some((None, 1, Reason::Initial))
+        );
         assert_eq!(s.last_switch, None, "the first choice is not a switch");
     }
 

@@ -406,7 +406,10 @@ pub async fn run(engine: Shared, run_dir: PathBuf) {
             .health
             .iter()
             .zip(&st.seen)
-            .map(|(h, s)| Health { healthy: h.healthy && !s.gateways.is_empty(), ..*h })
+            .map(|(h, s)| Health {
+                healthy: h.healthy && !s.gateways.is_empty(),
+                ..*h
+            })
             .collect();
         if let Some((from, to, reason)) = st.selector.decide(&eligible, now) {
             switched = from.is_some();
