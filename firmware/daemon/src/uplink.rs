@@ -563,12 +563,27 @@ fn send_keepalives(engine: &Shared) {
             }
         };
         let n = peers.len();
-        let p2 = peers.clone();
-        if let Err(e) = blocking(&engine, move |e| e.set_keepalive(&p2, 1)).await {
-            tracing::error!("uplink failover: keepalives: {e}");
+        // Off and on again sends one at once: three early ones (a route
+        // listener that is late misses only the first), then one a second.
+        let mut waited = Duration::ZERO;
+        for (i, gap) in [0u64, 200, 300].into_iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+            waited += Duration::from_millis(gap);
+            let p = peers.clone();
+            let r = blocking(&engine, move |e| {
+                if i > 0 {
+                    e.set_keepalive(&p, 0)?;
+                }
+                e.set_keepalive(&p, 1)
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::error!("uplink failover: keepalives: {e}");
+                break;
+            }
         }
         tracing::info!("uplink failover: keepalives to {n} peer(s) with a live session");
-        tokio::time::sleep(KEEPALIVE_FOR).await;
+        tokio::time::sleep(KEEPALIVE_FOR.saturating_sub(waited)).await;
         if let Err(e) = blocking(&engine, move |e| e.set_keepalive(&peers, 0)).await {
             tracing::error!("uplink failover: keepalives off: {e}");
         }
