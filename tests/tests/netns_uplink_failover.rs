@@ -122,8 +122,14 @@ fn uplink_failover_link_down_black_hole_and_flapping() {
     )
     .unwrap();
     let text = ub.node.cli_ok(&ub.bed, &["status"]).unwrap();
-    assert!(text.contains("uplink      wan1 ACTIVE healthy (probe rtt"), "{text}");
-    assert!(text.contains("uplink      wan2 healthy (probe rtt"), "{text}");
+    assert!(
+        text.contains("uplink      wan1 ACTIVE healthy (probe rtt"),
+        "{text}"
+    );
+    assert!(
+        text.contains("uplink      wan2 healthy (probe rtt"),
+        "{text}"
+    );
     let stream = Stream::start(&ub.bed.clients[0].ns).unwrap();
 
     // (a) Link down: the node sees no carrier on wan1.
