@@ -19,6 +19,7 @@ pub mod palisade;
 pub mod probe;
 pub mod qr;
 pub mod update;
+pub mod uplink;
 pub mod wg;
 
 pub use bed::{addr, sa, Bins, Client, TestBed};

@@ -565,6 +565,9 @@ fn print_status(v: &Value) {
         None => println!("forwarding  on"),
     }
     println!("dns         {}", dns_line(&v["dns"]));
+    for u in v["uplinks"]["uplinks"].as_array().into_iter().flatten() {
+        println!("{}", uplink_line(u));
+    }
     if let Some(e) = v["dns"]["reload_error"].as_str() {
         println!("            last reload refused (previous policy kept): {e}");
     }
@@ -572,6 +575,24 @@ fn print_status(v: &Value) {
         let errs = r["report"]["errors"].as_array().map(|a| a.len()).unwrap_or(0);
         println!("reconcile   {} error(s), {} us", errs, r["report"]["duration_us"]);
     }
+}
+
+/// One uplink in one line: `uplink      eth0 ACTIVE healthy (rtt 1.2 ms)`.
+fn uplink_line(u: &Value) -> String {
+    let mut s = format!("uplink      {}", u["interface"].as_str().unwrap_or("?"));
+    if u["active"] == true {
+        s += " ACTIVE";
+    }
+    s += if u["healthy"] == true { " healthy" } else { " UNHEALTHY" };
+    if u["carrier"] == false {
+        s += ", no carrier";
+    }
+    if let Some(ms) = u["last_rtt_ms"].as_f64() {
+        s += &format!(" (probe rtt {ms:.1} ms)");
+    } else if u["probe_targets"].as_u64().unwrap_or(0) > 0 {
+        s += &format!(" ({} failed probe round(s))", u["failed_rounds"]);
+    }
+    s
 }
 
 /// The resolver's state in one line: running (and whether its canary query

@@ -10,3 +10,5 @@ pub mod link;
 pub mod netlink;
 pub mod reconcile;
 pub mod sysctl;
+pub mod uplink;
+pub mod conntrack;

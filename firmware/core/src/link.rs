@@ -88,6 +88,7 @@ mod tests {
             index: 7,
             up: false,
             mtu: 1500,
+            lower_up: false,
         };
         let plan: Vec<String> = plan_tunnel(&spec, &bare, &[], true)
             .iter()
@@ -113,6 +114,7 @@ mod tests {
             index: 7,
             up: true,
             mtu: spec.wg.mtu,
+            lower_up: true,
         };
         assert!(plan_tunnel(&spec, &ok, &have, true).is_empty());
         // Fail-closed: the same link, wanted down, gets exactly one change.

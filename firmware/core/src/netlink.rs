@@ -41,6 +41,7 @@ pub enum Op {
     DeleteLink,
     ReplaceAddress(IpNet),
     ReplaceDefaultRoute { gateway: IpAddr, metric: u32 },
+    DeleteDefaultRoute { gateway: IpAddr, metric: u32 },
 }
 
 impl fmt::Display for Op {
@@ -56,6 +57,9 @@ impl fmt::Display for Op {
             Op::ReplaceAddress(a) => write!(f, "add address {a}"),
             Op::ReplaceDefaultRoute { gateway, metric } => {
                 write!(f, "replace default route via {gateway} metric {metric}")
+            }
+            Op::DeleteDefaultRoute { gateway, metric } => {
+                write!(f, "delete default route via {gateway} metric {metric}")
             }
         }
     }
@@ -108,6 +112,8 @@ pub struct LinkState {
     /// Administratively up (IFF_UP), whatever the carrier.
     pub up: bool,
     pub mtu: u32,
+    /// The link has carrier (IFF_LOWER_UP): a cable, a peer, a radio link.
+    pub lower_up: bool,
 }
 
 /// Duplicate address detection for a new IPv6 address.
@@ -161,7 +167,12 @@ const DUMP_TRIES: usize = 3;
 /// NLMSGERR_ATTR_MSG: the extended-ACK error string.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
-static SEQ: AtomicU32 = AtomicU32::new(1);
+/// Sequence numbers start high, as iproute2's (the time) do: the kernel
+/// copies a request's number into the notifications it causes, and
+/// wireguard-go's route listener takes notifications numbered 1..=65536 for
+/// answers to its own queries and ignores them. A default route moved with
+/// a small number would leave its sticky source address on the old uplink.
+static SEQ: AtomicU32 = AtomicU32::new(1 << 24);
 
 /// One request; returns the messages the kernel sent before its ACK (or, for
 /// a dump, before NLMSG_DONE), and whether a dump was interrupted.
@@ -321,6 +332,7 @@ pub fn link_state(dev: &str) -> Result<Option<LinkState>, NetlinkError> {
         index: link.header.index,
         up: link.header.flags.contains(LinkFlags::Up),
         mtu,
+        lower_up: link.header.flags.contains(LinkFlags::LowerUp),
     }))
 }
 
@@ -466,6 +478,28 @@ pub fn replace_default_route(dev: &str, gateway: IpAddr, metric: u32) -> Result<
     .map_err(|e| e.at(dev, op))
 }
 
+/// Delete the default route via `gateway` on `dev` with `metric` (main
+/// table). A route that is already gone is not an error.
+pub fn delete_default_route(dev: &str, gateway: IpAddr, metric: u32) -> Result<(), NetlinkError> {
+    let op = Op::DeleteDefaultRoute { gateway, metric };
+    let index = existing(dev, &op)?.index;
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(gateway);
+    msg.header.destination_prefix_length = 0;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.scope = RouteScope::NoWhere;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg.attributes.push(RouteAttribute::Priority(metric));
+    match request(RouteNetlinkMessage::DelRoute(msg), 0) {
+        Ok(_) => Ok(()),
+        Err(Fail::Kernel(e, _)) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e.at(dev, op)),
+    }
+}
+
 /// The default routes (main table, both families) that leave through `dev`.
 pub fn default_routes(dev: &str) -> Result<Vec<DefaultRoute>, NetlinkError> {
     let op = Op::ListRoutes;
@@ -518,6 +552,34 @@ pub fn default_routes(dev: &str) -> Result<Vec<DefaultRoute>, NetlinkError> {
     Ok(out)
 }
 
+/// A socket subscribed to the kernel's link and address notifications
+/// (RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR): carrier changes,
+/// links going up or down, addresses added or removed (DHCP). The messages
+/// are not parsed: a caller re-reads the state it cares about.
+pub struct Watch(Socket);
+
+impl Watch {
+    pub fn new() -> io::Result<Watch> {
+        const RTMGRP_LINK: u32 = 0x1;
+        const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+        const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))?;
+        Ok(Watch(socket))
+    }
+
+    /// Block until the kernel sends a notification (or the socket overran,
+    /// which means the same: something changed).
+    pub fn wait(&mut self) -> io::Result<()> {
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+        match self.0.recv(&mut buf, 0) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn family(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv6() {
         AddressFamily::Inet6
@@ -548,6 +610,11 @@ pub enum Change {
         gateway: IpAddr,
         metric: u32,
     },
+    DeleteDefaultRoute {
+        dev: String,
+        gateway: IpAddr,
+        metric: u32,
+    },
 }
 
 impl Change {
@@ -562,6 +629,11 @@ impl Change {
                 gateway,
                 metric,
             } => replace_default_route(dev, *gateway, *metric),
+            Change::DeleteDefaultRoute {
+                dev,
+                gateway,
+                metric,
+            } => delete_default_route(dev, *gateway, *metric),
         }
     }
 }
@@ -589,6 +661,17 @@ impl fmt::Display for Change {
                 write!(
                     f,
                     "{fam} route replace default via {gateway} dev {dev} metric {metric}"
+                )
+            }
+            Change::DeleteDefaultRoute {
+                dev,
+                gateway,
+                metric,
+            } => {
+                let fam = if gateway.is_ipv6() { "-6" } else { "-4" };
+                write!(
+                    f,
+                    "{fam} route delete default via {gateway} dev {dev} metric {metric}"
                 )
             }
         }

@@ -176,6 +176,34 @@ impl Engine {
         self.spec.as_ref()
     }
 
+    /// The peers with a live session: an endpoint and a handshake within
+    /// `within` (for keepalives after an uplink switch). None while revoked
+    /// or failing closed.
+    pub fn live_peers(&mut self, within: Duration) -> Result<Vec<config::PublicKey>, EngineError> {
+        let Some(spec) = self.spec.as_ref() else { return Ok(Vec::new()) };
+        if self.revoked || self.fail_closed.is_some() {
+            return Ok(Vec::new());
+        }
+        let now = SystemTime::now();
+        let observed = self.wg.observe(&spec.wg.interface)?;
+        Ok(observed
+            .peers
+            .iter()
+            .filter(|p| p.endpoint.is_some())
+            .filter(|p| p.last_handshake.and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age <= within))
+            .map(|p| p.public_key)
+            .collect())
+    }
+
+    /// Set the persistent keepalive of `peers` that are still configured
+    /// (see [`WgControl::set_keepalive`]).
+    pub fn set_keepalive(&mut self, peers: &[config::PublicKey], secs: u16) -> Result<(), EngineError> {
+        let Some(spec) = self.spec.as_ref() else { return Ok(()) };
+        let still: Vec<config::PublicKey> = peers.iter().filter(|k| spec.peers.contains_key(k)).copied().collect();
+        self.wg.set_keepalive(&spec.wg.interface, &still, secs)?;
+        Ok(())
+    }
+
     /// The desired state from its source: the fleet config when there is
     /// one, else the config file and the peers file.
     fn load(&self) -> Result<NodeSpec, ConfigError> {

@@ -10,6 +10,7 @@ mod init;
 mod metrics;
 mod supervisor;
 mod update;
+mod uplink;
 
 use anyhow::Context;
 use clap::Parser;

@@ -452,6 +452,13 @@ pub async fn collect(ctx: &Ctx, boots: Option<u64>) -> String {
             .set(b(ok));
     }
     reg.register("health", "Health checks (1 healthy, 0 not): wireguard up, firewall verified, DNS answering its canary", health);
+    {
+        use crate::uplink::{ACTIVE_RANK, CONFIGURED, HEALTHY, SWITCHES};
+        gauge(&mut reg, "uplinks_configured", "Uplinks in the node config", CONFIGURED.load(Relaxed) as f64);
+        gauge(&mut reg, "uplinks_healthy", "Uplinks healthy now (carrier, address, probes answered)", HEALTHY.load(Relaxed) as f64);
+        gauge(&mut reg, "uplink_active_rank", "Preference rank of the uplink holding the default route (0: the preferred one; -1: none yet)", ACTIVE_RANK.load(Relaxed) as f64);
+        counter(&mut reg, "uplink_switches", "Times the default route moved to another uplink since palisaded started", SWITCHES.load(Relaxed));
+    }
     gauge(
         &mut reg,
         "forwarding",

@@ -208,6 +208,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         booted_slot: args.booted_slot.clone(),
     }));
+    // Uplink health and failover of the default route (uplink.rs).
+    let uplink_task = tokio::spawn(crate::uplink::run(engine.clone(), args.run_dir.clone()));
     // The status LED follows health, updates and revocation.
     let status_task = board.filter(|b| b.has_led).map(|b| tokio::spawn(crate::board::status_task(b, engine.clone(), dns.clone(), updates.clone(), fleet.clone())));
     let control_task = tokio::spawn(control_server(listener, Ctx { engine: engine.clone(), dns: dns.clone(), updates, fleet }, ControlLimits::default()));
@@ -240,6 +242,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("stopping; firewall table left in place");
     control_task.abort();
     metrics_task.abort();
+    uplink_task.abort();
     dns_task.abort();
     runtime_task.abort();
     if let Some(t) = status_task {
@@ -478,6 +481,7 @@ async fn handle(req: Request, ctx: &Ctx) -> Response {
         Request::Status => {
             let mut v = blocking(engine, |e| e.status()).await;
             v["dns"] = dns.status();
+            v["uplinks"] = crate::uplink::status_json();
             Response::ok(v)
         }
         Request::PeersList => Response::ok(blocking(engine, |e| e.peers()).await),

@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub dns: DnsSection,
     #[serde(default)]
     pub update: UpdateSection,
+    #[serde(default)]
+    pub uplink_health: UplinkHealthSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -74,6 +76,63 @@ pub struct UplinkSection {
     /// side). Set false only where that LAN is meant to be reachable.
     #[serde(default = "yes")]
     pub block_on_link: bool,
+    /// Addresses probed (ICMP echo) through this uplink only; the uplink is
+    /// healthy while one of them answers (docs/failover.md). Empty: carrier
+    /// and address only.
+    #[serde(default)]
+    pub probe_targets: Vec<std::net::IpAddr>,
+}
+
+/// `[uplink_health]`: how uplinks are probed and when the default route
+/// moves between them (docs/failover.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkHealthSection {
+    /// Milliseconds between probe rounds (one echo to each target per round).
+    #[serde(default = "default_probe_interval")]
+    pub interval_ms: u64,
+    /// Milliseconds an echo may take; at most `interval_ms`.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout_ms: u64,
+    /// Failed rounds in a row that make an uplink unhealthy.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Answered rounds in a row that make an unhealthy uplink healthy again.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Seconds a recovered, preferred uplink must stay healthy before the
+    /// default route returns to it, and the least time between two returns:
+    /// a flapping link moves clients at most once per period.
+    #[serde(default = "default_hold_down")]
+    pub hold_down_secs: u64,
+}
+
+impl Default for UplinkHealthSection {
+    fn default() -> Self {
+        UplinkHealthSection {
+            interval_ms: default_probe_interval(),
+            timeout_ms: default_probe_timeout(),
+            fall: default_fall(),
+            rise: default_rise(),
+            hold_down_secs: default_hold_down(),
+        }
+    }
+}
+
+fn default_probe_interval() -> u64 {
+    500
+}
+fn default_probe_timeout() -> u64 {
+    400
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_rise() -> u32 {
+    3
+}
+fn default_hold_down() -> u64 {
+    30
 }
 
 fn yes() -> bool {

@@ -276,3 +276,32 @@ fn metrics_cert_lifetime_must_be_a_short_duration() {
     assert_eq!(parse_duration("90s"), Some(std::time::Duration::from_secs(90)));
     assert_eq!(parse_duration("7d"), Some(std::time::Duration::from_secs(7 * 86_400)));
 }
+
+#[test]
+fn several_uplinks_with_probes_and_health_settings_are_validated() {
+    let two = GOOD.replace(
+        "gateway_v4 = \"203.0.113.1\"\n",
+        "gateway_v4 = \"203.0.113.1\"\nprobe_targets = [\"198.51.100.53\"]\n\n[[uplink]]\ninterface = \"eth1\"\ndhcp = true\npriority = 10\nprobe_targets = [\"198.51.100.53\"]\n",
+    );
+    let s = parse(&format!("{two}\n[uplink_health]\ninterval_ms = 250\ntimeout_ms = 200\nhold_down_secs = 5\n")).unwrap();
+    assert_eq!(s.uplinks.len(), 2);
+    assert_eq!((s.uplink_health.interval_ms, s.uplink_health.fall, s.uplink_health.hold_down_secs), (250, 3, 5));
+    // Defaults: 500 ms rounds, 400 ms timeout, 3 to fall, 3 to rise, 30 s hold-down.
+    assert_eq!(parse(GOOD).unwrap().uplink_health, UplinkHealthSection::default());
+
+    let e = err(&format!("{two}\n[uplink_health]\ninterval_ms = 200\ntimeout_ms = 300\n"));
+    assert!(e.contains("uplink_health.timeout_ms") && e.contains("50..=interval_ms (200)"), "{e}");
+    let e = err(&format!("{two}\n[uplink_health]\nfall = 0\n"));
+    assert!(e.contains("uplink_health.fall"), "{e}");
+    let e = err(&format!("{two}\n[uplink_health]\nprobe_every = 1\n"));
+    assert!(e.contains("unknown field") && e.contains("probe_every"), "{e}");
+    // An IPv6 target on an uplink without an IPv6 gateway cannot be reached.
+    let e = err(&two.replace("probe_targets = [\"198.51.100.53\"]\n\n", "probe_targets = [\"2001:db8::53\"]\n\n"));
+    assert!(e.contains("uplink.0.probe_targets") || e.contains("uplink[0].probe_targets") || e.contains("probe_targets"), "{e}");
+    assert!(e.contains("no gateway of that family"), "{e}");
+    let e = err(&two.replace("probe_targets = [\"198.51.100.53\"]\n\n", "probe_targets = [\"127.0.0.1\"]\n\n"));
+    assert!(e.contains("cannot be probed"), "{e}");
+    // Interfaces once each.
+    let e = err(&two.replace("interface = \"eth1\"", "interface = \"eth0\""));
+    assert!(e.contains("named by an earlier [[uplink]]"), "{e}");
+}

@@ -3,7 +3,7 @@
 
 use super::{
     AllowRule, ConfigError, DnsSection, Location, ManagementSection, NodeConfig, UpdateSection,
-    NodeSection, PresharedKey, Protocol, PublicKey, UplinkSection, WgBackend,
+    NodeSection, PresharedKey, Protocol, PublicKey, UplinkHealthSection, UplinkSection, WgBackend,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +22,7 @@ pub struct NodeSpec {
     pub management: ManagementSection,
     pub dns: DnsSection,
     pub update: UpdateSection,
+    pub uplink_health: UplinkHealthSection,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -315,6 +316,50 @@ impl NodeConfig {
                 let at = e.at("uplink", Some(i), "addresses");
                 e.push(at, "give static addresses or set dhcp = true");
             }
+            if self.uplinks[..i].iter().any(|o| o.interface == u.interface) {
+                let at = e.at("uplink", Some(i), "interface");
+                e.push(at, format!("'{}' is named by an earlier [[uplink]]; each interface once", u.interface));
+            }
+            for t in &u.probe_targets {
+                let bad = t.is_unspecified() || t.is_loopback() || t.is_multicast()
+                    || matches!(t, std::net::IpAddr::V4(a) if a.is_broadcast());
+                let gw = match t {
+                    std::net::IpAddr::V4(_) => u.gateway_v4.is_some() || u.dhcp,
+                    std::net::IpAddr::V6(_) => u.gateway_v6.is_some(),
+                };
+                if bad {
+                    let at = e.at("uplink", Some(i), "probe_targets");
+                    e.push(at, format!("{t} cannot be probed (unspecified, loopback, multicast or broadcast); give a host beyond the uplink's gateway"));
+                } else if !gw {
+                    let at = e.at("uplink", Some(i), "probe_targets");
+                    e.push(at, format!("{t}: this uplink has no gateway of that family (gateway_v4/gateway_v6 or dhcp for IPv4), so it cannot reach the target"));
+                }
+            }
+            if u.probe_targets.len() > 8 {
+                let at = e.at("uplink", Some(i), "probe_targets");
+                e.push(at, "at most 8 probe targets per uplink");
+            }
+        }
+        let h = &self.uplink_health;
+        if !(100..=60_000).contains(&h.interval_ms) {
+            let at = e.at("uplink_health", None, "interval_ms");
+            e.push(at, "interval_ms must be 100..=60000");
+        }
+        if h.timeout_ms < 50 || h.timeout_ms > h.interval_ms {
+            let at = e.at("uplink_health", None, "timeout_ms");
+            e.push(at, format!("timeout_ms must be 50..=interval_ms ({})", h.interval_ms));
+        }
+        if !(1..=20).contains(&h.fall) {
+            let at = e.at("uplink_health", None, "fall");
+            e.push(at, "fall must be 1..=20 (failed rounds in a row)");
+        }
+        if !(1..=100).contains(&h.rise) {
+            let at = e.at("uplink_health", None, "rise");
+            e.push(at, "rise must be 1..=100 (answered rounds in a row)");
+        }
+        if h.hold_down_secs > 86_400 {
+            let at = e.at("uplink_health", None, "hold_down_secs");
+            e.push(at, "hold_down_secs must be at most 86400");
         }
 
         let w = &self.wireguard;
@@ -543,6 +588,7 @@ impl NodeConfig {
             management: self.management.clone(),
             dns: self.dns.clone(),
             update: self.update.clone(),
+            uplink_health: self.uplink_health.clone(),
         })
     }
 }

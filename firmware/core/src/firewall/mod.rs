@@ -394,10 +394,16 @@ pub fn forwarding_off() -> Vec<(String, &'static str, bool)> {
 /// soon as the interface exists; the reconcile timer catches late ones).
 pub fn sysctls(spec: &NodeSpec, forwarding: bool) -> Vec<(String, &'static str, bool)> {
     let fwd = if forwarding { "1" } else { "0" };
+    // Strict reverse-path filtering everywhere, unless several uplinks
+    // share the default route: then a standby uplink receives what the
+    // active route would not send through it (its probe replies, clients
+    // roaming to its address), so uplinks are loose (2) and the tunnel stays
+    // strict (the kernel takes the larger of `all` and the interface's value).
+    let multi = spec.uplinks.len() > 1;
     let mut v = vec![
         ("net/ipv4/ip_forward".to_string(), fwd, true),
         ("net/ipv6/conf/all/forwarding".to_string(), fwd, true),
-        ("net/ipv4/conf/all/rp_filter".to_string(), "1", true),
+        ("net/ipv4/conf/all/rp_filter".to_string(), if multi { "0" } else { "1" }, true),
         ("net/ipv4/conf/default/rp_filter".to_string(), "1", true),
         ("net/ipv4/conf/all/accept_source_route".to_string(), "0", true),
         // Short conntrack lifetimes: less client state held in the kernel.
@@ -418,6 +424,12 @@ pub fn sysctls(spec: &NodeSpec, forwarding: bool) -> Vec<(String, &'static str, 
             ("ipv6", "accept_redirects"),
         ] {
             v.push((format!("net/{fam}/conf/{i}/{key}"), "0", required));
+        }
+    }
+    if multi {
+        v.push((format!("net/ipv4/conf/{}/rp_filter", spec.wg.interface), "1", false));
+        for u in &spec.uplinks {
+            v.push((format!("net/ipv4/conf/{}/rp_filter", u.interface), "2", false));
         }
     }
     for u in &spec.uplinks {

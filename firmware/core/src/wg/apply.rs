@@ -29,6 +29,13 @@ pub trait WgControl: Send + Sync {
     /// Delete the interface (not just down): its peers, sessions and key go
     /// with it. Returns whether it existed. For the revoked lockdown.
     fn delete(&self, iface: &str) -> Result<bool, WgError>;
+    /// Set the persistent keepalive of each of `peers` (0: off). Turned
+    /// from off to on, WireGuard sends a keepalive at once on the current
+    /// session. After an uplink switch this carries the node's new source
+    /// address to clients, which roam to it without a new handshake.
+    fn set_keepalive(&self, _iface: &str, _peers: &[PublicKey], _secs: u16) -> Result<(), WgError> {
+        Ok(())
+    }
 }
 
 /// Peers per netlink/UAPI request. Each peer is still its own entry (no
@@ -186,6 +193,21 @@ impl WgControl for KernelWg {
                     })?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn set_keepalive(&self, iface: &str, peers: &[PublicKey], secs: u16) -> Result<(), WgError> {
+        let name = ifname(iface)?;
+        for chunk in peers.chunks(BATCH) {
+            let b: Vec<PeerConfigBuilder> = chunk
+                .iter()
+                .map(|k| PeerConfigBuilder::new(&k.to_wg()).set_persistent_keepalive_interval(secs))
+                .collect();
+            DeviceUpdate::new()
+                .add_peers(&b)
+                .apply(&name, self.backend)
+                .map_err(|source| WgError::Configure { iface: iface.into(), source })?;
         }
         Ok(())
     }

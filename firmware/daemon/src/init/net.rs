@@ -8,17 +8,21 @@ use std::process::Command;
 use anyhow::bail;
 use palisade_core::config::UplinkSection;
 use palisade_core::netlink::{Change, Dad};
+use palisade_core::uplink;
 
 /// The changes that bring up lo and the uplinks, in order (pure, for tests).
-/// DHCP uplinks are only set up here; udhcpc configures them.
+/// DHCP uplinks are only set up here; udhcpc configures their address and
+/// palisaded's uplink task their routes (from the lease the hook writes).
+/// Default routes follow palisade-core's `uplink` scheme: the preferred
+/// uplink holds the active route (metric 0), every uplink a standby route;
+/// palisaded's uplink task moves the active one when an uplink fails.
 pub fn plan(uplinks: &[UplinkSection]) -> Vec<Change> {
     let mut plan = vec![Change::SetUp {
         dev: "lo".into(),
         up: true,
     }];
-    let mut sorted: Vec<&UplinkSection> = uplinks.iter().collect();
-    sorted.sort_by_key(|u| u.priority);
-    for (i, u) in sorted.iter().enumerate() {
+    let sorted = uplink::ranked(uplinks);
+    for u in &sorted {
         let dev = u.interface.clone();
         plan.push(Change::SetUp {
             dev: dev.clone(),
@@ -35,20 +39,15 @@ pub fn plan(uplinks: &[UplinkSection]) -> Vec<Change> {
                 dad: Dad::Kernel,
             });
         }
-        // The preferred uplink gets metric 0; the others back it up.
-        let metric = u32::try_from(i * 100).unwrap_or(u32::MAX);
-        let gateways = [
-            u.gateway_v4.map(std::net::IpAddr::from),
-            u.gateway_v6.map(std::net::IpAddr::from),
-        ];
-        for gateway in gateways.into_iter().flatten() {
-            plan.push(Change::ReplaceDefaultRoute {
-                dev: dev.clone(),
-                gateway,
-                metric,
-            });
-        }
     }
+    let gateways: Vec<(String, Vec<std::net::IpAddr>)> = sorted
+        .iter()
+        .map(|u| {
+            let g = [u.gateway_v4.map(std::net::IpAddr::from), u.gateway_v6.map(std::net::IpAddr::from)];
+            (u.interface.clone(), g.into_iter().flatten().collect())
+        })
+        .collect();
+    plan.extend(uplink::route_changes(&uplink::wanted_routes(&gateways, Some(0)), &[]));
     plan
 }
 
@@ -116,6 +115,8 @@ mod tests {
                 "addr replace 2001:db8::10/64 dev eth0",
                 "-4 route replace default via 203.0.113.1 dev eth0 metric 0",
                 "-6 route replace default via 2001:db8::1 dev eth0 metric 0",
+                "-4 route replace default via 203.0.113.1 dev eth0 metric 1000",
+                "-6 route replace default via 2001:db8::1 dev eth0 metric 1000",
             ]
         );
     }
@@ -128,7 +129,11 @@ mod tests {
         let c = lines(&p);
         assert_eq!(c[1], "link set eth1 up");
         assert_eq!(c[2], "link set eth0 up");
-        assert!(c.last().unwrap().ends_with("metric 100"));
+        // eth1 (DHCP) ranks first but has no gateway yet: eth0 gets the
+        // standby route of rank 1 and no active one (the uplink task adds
+        // it from the lease).
+        assert_eq!(c.last().unwrap(), "-4 route replace default via 192.0.2.1 dev eth0 metric 1001");
+        assert!(!c.iter().any(|l| l.ends_with("metric 0")));
         assert!(!p.iter().any(|ch| matches!(ch,
             Change::ReplaceAddress { dev, .. } | Change::ReplaceDefaultRoute { dev, .. } if dev == "eth1")));
     }
