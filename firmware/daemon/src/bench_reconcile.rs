@@ -142,19 +142,26 @@ impl Bench {
         self.dir.join("peers.toml")
     }
 
-    /// palisaded's path over the files: parse, validate, observe, plan, apply.
-    fn palisade(&self, peers: &[Peer]) -> anyhow::Result<(f64, usize)> {
+    /// palisaded's path over the files: parse, validate, observe, plan,
+    /// apply. Returns the total, the peer operations and the phases (ms:
+    /// read + parse + validate, observe, plan, apply).
+    fn palisade(&self, peers: &[Peer]) -> anyhow::Result<(f64, usize, [f64; 4])> {
         std::fs::write(self.peers(), peers_toml(peers))?;
         let t = Instant::now();
         let spec = config::load(&self.node(), Some(&self.peers()))?;
-        let plan = wg::plan(&self.wgc.observe(IFACE)?, &spec, &self.key.public_key());
+        let t1 = t.elapsed();
+        let observed = self.wgc.observe(IFACE)?;
+        let t2 = t.elapsed();
+        let plan = wg::plan(&observed, &spec, &self.key.public_key());
+        let t3 = t.elapsed();
         let ops = plan.peers.len();
         if !plan.is_empty() {
             self.wgc.apply(IFACE, &plan, &self.key)?;
         }
-        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let t4 = t.elapsed();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         self.expect(peers.len())?;
-        Ok((ms, ops))
+        Ok((ms(t4), ops, [ms(t1), ms(t2 - t1), ms(t3 - t2), ms(t4 - t3)]))
     }
 
     fn syncconf(&self, peers: &[Peer]) -> anyhow::Result<f64> {
@@ -223,17 +230,23 @@ pub fn run(sizes: &[usize], rounds: usize, run_dir: &Path) -> anyhow::Result<()>
         let (mut pf, mut ps, mut pp) = (Vec::new(), Vec::new(), Vec::new());
         let (mut sf, mut ss, mut sp) = (Vec::new(), Vec::new(), Vec::new());
         let mut ops = 0;
+        let mut phases: [Vec<[f64; 4]>; 3] = Default::default();
         for r in 0..rounds {
             let full = r == 0 || n <= FULL_EVERY_ROUND_MAX;
             for tool in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
                 if tool == 0 {
                     if full {
                         b.palisade(&[])?;
-                        pf.push(b.palisade(&all)?.0);
+                        let (ms, _, ph) = b.palisade(&all)?;
+                        pf.push(ms);
+                        phases[0].push(ph);
                     }
-                    ps.push(b.palisade(&all)?.0);
-                    let (ms, o) = b.palisade(&changed)?;
+                    let (ms, _, ph) = b.palisade(&all)?;
+                    ps.push(ms);
+                    phases[1].push(ph);
+                    let (ms, o, ph) = b.palisade(&changed)?;
                     pp.push(ms);
+                    phases[2].push(ph);
                     ops = o;
                     let spec = config::load(&b.node(), Some(&b.peers()))?;
                     anyhow::ensure!(
@@ -252,16 +265,29 @@ pub fn run(sizes: &[usize], rounds: usize, run_dir: &Path) -> anyhow::Result<()>
                 }
             }
         }
-        for (case, p, s) in [
+        for (i, (case, p, s)) in [
             ("from empty", &mut pf, &mut sf),
             ("no change", &mut ps, &mut ss),
             ("1% change", &mut pp, &mut sp),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let ratio = median(s) / median(p);
             tracing::warn!(
                 "bench: reconcile {n} peers, {case}: palisade {} vs wg syncconf {} = {ratio:.1}x",
                 stat(p),
                 stat(s)
+            );
+            let ph: Vec<f64> = (0..4)
+                .map(|k| median(&phases[i].iter().map(|x| x[k]).collect::<Vec<_>>()))
+                .collect();
+            tracing::warn!(
+                "bench: reconcile {n} peers, {case}: palisade phases (median ms): read+parse+validate {:.1}, observe {:.1}, plan {:.1}, apply {:.1}",
+                ph[0],
+                ph[1],
+                ph[2],
+                ph[3]
             );
         }
         tracing::warn!("bench: reconcile {n} peers: 1% change = {ops} peer operations");
