@@ -2,22 +2,29 @@
 # DNS benchmark: palisade-dns side by side with unbound and dnsmasq, on
 # loopback only, in one run.
 #
-#   bench/dns/run.sh [--seconds N] [--rounds N] [--names N] [--only "palisade unbound dnsmasq"]
+#   bench/dns/run.sh [--seconds N] [--rounds N] [--names N] [--threads N] [--base BIN] [--only "palisade unbound dnsmasq"]
 #
 # For each resolver: start it with the same 1M-name blocklist (unbound:
 # local-zone always_nxdomain; dnsmasq: address=/name/; palisade: plain list),
 # measure the list load time (process start -> first answer for a listed name),
-# then with dnsperf (-l N each; interleaved rounds, best round kept): cache hits (1000 names, warmed first),
+# then with dnsperf (-l N each; interleaved rounds, median and min-max over
+# the rounds): cache hits (1000 names, warmed first),
 # blocked names (200k queries over the list), cache misses (unique names,
 # forwarded to the local test authority palisade-dns-testauth on
 # 127.0.0.1:5399), and resident memory (VmRSS after load, VmHWM at the end).
+# palisade and unbound get the same number of threads (--threads, default 2:
+# palisaded's runtime has 2 workers); dnsmasq is single-threaded. --base BIN
+# adds another palisade-dns-serve binary (e.g. a build of main) as "base", for
+# before/after figures in the same run.
 # Every process is started and stopped by this script (by PID).
 # Needs: dnsperf unbound dnsmasq-base python3 (tests/packages.txt).
 set -euo pipefail
 
 SECONDS_PER_RUN=10
-ROUNDS=2
+ROUNDS=5
 NAMES=1000000
+THREADS=2
+BASE=
 ONLY="palisade unbound dnsmasq"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -25,7 +32,9 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --names) NAMES=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
-        *) echo "usage: $0 [--seconds N] [--rounds N] [--names N] [--only LIST]" >&2; exit 2 ;;
+        --threads) THREADS=$2; shift 2 ;;
+        --base) BASE=$2; shift 2 ;;
+        *) echo "usage: $0 [--seconds N] [--rounds N] [--names N] [--threads N] [--base BIN] [--only LIST]" >&2; exit 2 ;;
     esac
 done
 
@@ -109,7 +118,8 @@ perf() {
     echo "${qps:-0} ${cpu}"
 }
 
-declare -A LOAD RSS HWML PID PORT BEST
+[ -n "$BASE" ] && ONLY="$ONLY base"
+declare -A LOAD RSS HWML PID PORT ALL
 
 # start_one NAME PORT PID: wait for the first answer (load time), record memory,
 # warm the cache with the hit set (twice, so every name is cached).
@@ -128,7 +138,7 @@ start_one() {
 for r in $ONLY; do
     echo "== starting $r"
     case $r in
-        palisade)
+        palisade|base)
             cat >"$WORK/palisade.toml" <<EOF
 block_mode = "nxdomain"
 cache_entries = 65536
@@ -141,11 +151,13 @@ path = "$WORK/blocklist.txt"
 [tier.default]
 lists = ["bench"]
 EOF
+            bin=$SERVE; port=5300
+            [ "$r" = base ] && { bin=$BASE; port=5303; }
             T0=$(date +%s.%N)
-            "$SERVE" --config "$WORK/palisade.toml" --listen 127.0.0.1:5300 2>"$WORK/palisade.log" &
+            "$bin" --config "$WORK/palisade.toml" --listen 127.0.0.1:$port --threads "$THREADS" 2>"$WORK/$r.log" &
             pid=$!; PIDS+=($pid)
-            start_one palisade 5300 $pid
-            grep -o "lists loaded in [0-9]* ms" "$WORK/palisade.log" | sed 's/^/   palisade: /' || true
+            start_one "$r" $port $pid
+            grep -o "lists loaded in [0-9]* ms" "$WORK/$r.log" | sed "s/^/   $r: /" || true
             ;;
         unbound)
             cat >"$WORK/unbound.conf" <<EOF
@@ -160,7 +172,7 @@ server:
     use-syslog: no
     logfile: ""
     verbosity: 0
-    num-threads: 2
+    num-threads: $THREADS
     so-reuseport: yes
     access-control: 127.0.0.0/8 allow
     do-not-query-localhost: no
@@ -189,9 +201,9 @@ EOF
     esac
 done
 
-# Interleaved rounds: each scenario runs against every resolver in turn, and
-# each cell keeps its best round, so background load on a shared machine does
-# not favour whoever ran at a quiet moment.
+# Interleaved rounds: each scenario runs against every resolver in turn, so
+# background load on a shared machine hits all of them alike; each cell is
+# the median (min-max) of its rounds.
 for round in $(seq 1 "$ROUNDS"); do
     sed "s/^/r$round-/" "$WORK/q-misses.txt" >"$WORK/q-misses-$round.txt"
     for scen in hits blocked misses; do
@@ -202,21 +214,29 @@ for round in $(seq 1 "$ROUNDS"); do
             # shellcheck disable=SC2046
             set -- $(perf "${PORT[$r]}" "$file" "${PID[$r]}")
             echo "   round $round $scen $r: $1 QPS, cpu $2%"
-            prev=${BEST[$r.$scen]:-0 0}
-            if [ "$1" -gt "${prev%% *}" ]; then BEST[$r.$scen]="$1 $2"; fi
+            ALL[$r.$scen]="${ALL[$r.$scen]:-} $1:$2"
         done
     done
 done
 
+# med "q:c q:c ...": "median_qps (min-max) median_cpu"
+med() {
+    echo "$1" | tr ' ' '\n' | grep . | sort -t: -k1,1n | awk -F: '{q[NR]=$1; c[NR]=$2} END {m=int((NR+1)/2); printf "%d (%d-%d) %d", q[m], q[1], q[NR], c[m]}'
+}
+
 echo
-echo "DNS benchmark: $NAMES blocked names, dnsperf -l $SECONDS_PER_RUN ${DNSPERF_ARGS[*]}, best of $ROUNDS interleaved rounds, loopback, $(nproc) cores"
-printf "%-10s %7s %7s %9s %8s %16s %16s %16s\n" resolver "load s" "RSS MB" "load peak" "peak MB" "hits QPS (cpu)" "blocked QPS" "misses QPS"
+echo "DNS benchmark: $NAMES blocked names, dnsperf -l $SECONDS_PER_RUN ${DNSPERF_ARGS[*]}, median (min-max) of $ROUNDS interleaved rounds, loopback, $(nproc) cores, $THREADS threads for palisade and unbound"
+printf "%-10s %7s %7s %9s %8s %26s %26s %26s\n" resolver "load s" "RSS MB" "load peak" "peak MB" "hits QPS (cpu)" "blocked QPS (cpu)" "misses QPS (cpu)"
 for r in $ONLY; do
     [ -n "${PID[$r]:-}" ] || { echo "$r: did not start"; continue; }
     hwm=$(( $(hwm_kb "${PID[$r]}") / 1024 ))
-    # shellcheck disable=SC2086
-    set -- ${BEST[$r.hits]:-0 0} ${BEST[$r.blocked]:-0 0} ${BEST[$r.misses]:-0 0}
-    printf "%-10s %7s %7s %9s %8s %9s (%3s%%) %9s (%3s%%) %9s (%3s%%)\n" "$r" "${LOAD[$r]}" "${RSS[$r]}" "${HWML[$r]}" "$hwm" "$1" "$2" "$3" "$4" "$5" "$6"
+    cells=()
+    for scen in hits blocked misses; do
+        # shellcheck disable=SC2046
+        set -- $(med "${ALL[$r.$scen]:-0:0}")
+        cells+=("$(printf "%s %s (%s%%)" "$1" "$2" "$3")")
+    done
+    printf "%-10s %7s %7s %9s %8s %26s %26s %26s\n" "$r" "${LOAD[$r]}" "${RSS[$r]}" "${HWML[$r]}" "$hwm" "${cells[0]}" "${cells[1]}" "${cells[2]}"
 done
 echo "(load s: start to first answer for a listed name; RSS after load; load peak: VmHWM"
-echo " after load; peak MB: VmHWM at the end, cache full; cpu: resolver CPU, 100% = 1 core)"
+echo " after load; peak MB: VmHWM at the end, cache full; cpu: resolver CPU, 100% = 1 core, median round)"

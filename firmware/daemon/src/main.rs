@@ -2,6 +2,7 @@
 //! ordinary daemon in namespace tests. It owns the reconcile engine, the
 //! control socket, the reconcile timer and signal handling.
 
+mod bench_reconcile;
 mod board;
 mod dns;
 mod dns_supervisor;
@@ -121,6 +122,17 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::registry()
             .with(log_layer(&spec, console_writer(std::io::stderr())))
             .init();
+    }
+    // The reconcile benchmark hook (bench/reconcile/run.sh), on its own
+    // thread beside the supervisor.
+    if let Some((sizes, rounds)) = bench_reconcile::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default()) {
+        let run_dir = args.run_dir.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            if let Err(e) = bench_reconcile::run(&sizes, rounds, &run_dir) {
+                tracing::error!("bench: reconcile: {e:#}");
+            }
+        });
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -64,6 +64,9 @@ pub struct Counters {
     pub blocked: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// Cache misses that joined an identical upstream query already in
+    /// flight instead of sending their own.
+    pub coalesced: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub servfail: AtomicU64,
     pub malformed: AtomicU64,
@@ -245,6 +248,62 @@ pub struct Pending {
     limit: usize,
 }
 
+/// What identical in-flight upstream queries share: the cache key of
+/// (qname, qtype) (the class is always IN here: other classes are refused)
+/// and the client's DO bit.
+type FlightKey = (u128, bool);
+type FlightResult = Result<Arc<Answer>, crate::upstream::ResolveError>;
+
+/// Upstream queries in flight, each with the misses waiting for its answer.
+#[derive(Default)]
+struct Flights(Mutex<HashMap<FlightKey, Vec<tokio::sync::oneshot::Sender<FlightResult>>>>);
+
+/// Held by the miss that sends the upstream query. Dropped without an
+/// answer (the leader was cancelled), the entry goes and the waiters'
+/// channels close: each then resolves by itself.
+struct Leader<'a> {
+    flights: &'a Flights,
+    key: FlightKey,
+}
+
+impl Leader<'_> {
+    fn finish(self, r: &FlightResult) {
+        let waiters = self.flights.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        std::mem::forget(self);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(r.clone());
+        }
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.flights.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}
+
+enum Flight<'a> {
+    Lead(Leader<'a>),
+    Wait(tokio::sync::oneshot::Receiver<FlightResult>),
+}
+
+impl Flights {
+    fn join(&self, key: FlightKey) -> Flight<'_> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(&key) {
+            Some(waiters) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                waiters.push(tx);
+                Flight::Wait(rx)
+            }
+            None => {
+                m.insert(key, Vec::new());
+                Flight::Lead(Leader { flights: self, key })
+            }
+        }
+    }
+}
+
 /// The resolver core.
 pub struct Engine {
     live: ArcSwap<Live>,
@@ -255,6 +314,7 @@ pub struct Engine {
     tiers: Mutex<BTreeMap<String, Arc<TierCounters>>>,
     store: ListStore,
     inflight: tokio::sync::Semaphore,
+    flights: Flights,
     loads: AtomicU64,
     last_load_ms: AtomicU64,
     /// Serialises reloads (so an older policy can never be published after
@@ -288,6 +348,7 @@ impl Engine {
             tiers: Mutex::new(BTreeMap::new()),
             store: ListStore::default(),
             inflight: tokio::sync::Semaphore::new(MAX_INFLIGHT),
+            flights: Flights::default(),
             loads: AtomicU64::new(0),
             last_load_ms: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
@@ -477,15 +538,39 @@ impl Engine {
                 p.limit,
             )
         };
-        let Ok(_permit) = self.inflight.try_acquire() else {
-            return servfail("");
-        };
-        match p.live.upstreams.resolve(q.name(), q.qtype).await {
-            Ok(a) => {
-                let a = Arc::new(a);
-                if a.ttl > 0 {
-                    self.cache.insert(self.keys.key(q.name(), q.qtype), a.clone());
+        let key = (self.keys.key(q.name(), q.qtype), q.edns.as_ref().is_some_and(|e| e.dnssec_ok));
+        let mut r = None;
+        if let Flight::Wait(rx) = self.flights.join(key) {
+            self.counters.coalesced.fetch_add(1, Relaxed);
+            // A closed channel: the leader was cancelled; resolve here.
+            r = rx.await.ok();
+        }
+        let r = match r {
+            Some(r) => r,
+            None => {
+                // Lead (again, if the first leader went away): this miss
+                // sends the one upstream query and answers every waiter.
+                let leader = match self.flights.join(key) {
+                    Flight::Lead(l) => Some(l),
+                    Flight::Wait(_) => None,
+                };
+                let Ok(_permit) = self.inflight.try_acquire() else {
+                    return servfail("");
+                };
+                let r = p.live.upstreams.resolve(q.name(), q.qtype).await.map(Arc::new);
+                if let Ok(a) = &r {
+                    if a.ttl > 0 {
+                        self.cache.insert(self.keys.key(q.name(), q.qtype), a.clone());
+                    }
                 }
+                if let Some(l) = leader {
+                    l.finish(&r);
+                }
+                r
+            }
+        };
+        match r {
+            Ok(a) => {
                 if let Some(t) = Engine::chain_blocked(&p.live, p.tier, &a) {
                     return self.block_reply(&p.live, &q, t, p.limit);
                 }
@@ -533,9 +618,11 @@ impl Engine {
             "blocked": c.blocked.load(Relaxed),
             "cache_hits": c.cache_hits.load(Relaxed),
             "cache_misses": c.cache_misses.load(Relaxed),
+            "coalesced": c.coalesced.load(Relaxed),
             "cache_entries": self.cache.len(),
             "upstream_failures": c.upstream_failures.load(Relaxed),
             "upstream_attempt_errors": live.upstreams.errors(),
+            "upstream_udp_sockets": live.upstreams.udp_sockets(),
             "doh_h2_connections": doh.h2,
             "doh_http1_connections": doh.http1,
             "servfail": c.servfail.load(Relaxed),

@@ -92,6 +92,15 @@ pub fn assemble(b: &mut Build) -> Result<()> {
     binaries.push(file_record("/usr/sbin/nft", &nft)?);
     let pkgs = b.inp.work.join("pkgs");
     let mut libs = install_libs(&pkgs, &root, &nft)?;
+    // `wg` only when the board pins wireguard-tools: the bench variant
+    // (bench/reconcile/run.sh) compares palisaded with `wg syncconf`; no
+    // production board pins it.
+    if b.inp.board.packages.iter().any(|p| p.name == "wireguard-tools") {
+        let wg = b.inp.pkg("wireguard-tools").join("usr/bin/wg");
+        overlay::install_file(&root, Path::new("usr/bin/wg"), &wg, 0o755)?;
+        binaries.push(file_record("/usr/bin/wg", &wg)?);
+        libs.extend(install_libs(&pkgs, &root, &wg)?);
+    }
     libs.sort();
     libs.dedup();
 

@@ -1,6 +1,7 @@
 //! The only code that runs `nft`: check (`nft -c`), apply (`nft -f`, one
 //! transaction) and read back (`nft -j list table`) to verify against the
-//! render and detect drift.
+//! render. The drift check of every pass reads the table over netlink
+//! (`nfnl.rs`) unless [`TableReader::NftJson`] is chosen.
 
 use super::{Ruleset, TABLE};
 use std::io::Write;
@@ -15,6 +16,20 @@ pub enum FirewallError {
     Rejected { stage: &'static str, stderr: String },
     #[error("the loaded table does not match what was applied: {0}")]
     Verify(String),
+    #[error("cannot read the nftables ruleset over netlink: {0}")]
+    Read(String),
+}
+
+/// How [`NftCli`] reads the live table for its fingerprint (the drift check
+/// of every reconcile pass and of `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableReader {
+    /// Dumps over `NETLINK_NETFILTER`, hashed; no process is spawned.
+    #[default]
+    Netlink,
+    /// `nft -j list table`, normalised (the reader before netlink; kept for
+    /// bench/nft/run.sh's side-by-side figures).
+    NftJson,
 }
 
 /// Side effects on the firewall. [`NftCli`] is real; [`RecordingFirewall`]
@@ -30,11 +45,12 @@ pub trait Firewall: Send + Sync {
 /// Runs the `nft` binary (found on PATH, or the given path).
 pub struct NftCli {
     pub nft: String,
+    pub reader: TableReader,
 }
 
 impl Default for NftCli {
     fn default() -> Self {
-        NftCli { nft: std::env::var("PALISADE_NFT").unwrap_or_else(|_| "nft".into()) }
+        NftCli { nft: std::env::var("PALISADE_NFT").unwrap_or_else(|_| "nft".into()), reader: TableReader::default() }
     }
 }
 
@@ -125,17 +141,30 @@ impl Firewall for NftCli {
         let script = rules.script_over(&stale);
         self.run(&["-c", "-f", "-"], Some(&script), "check")?;
         self.run(&["-f", "-"], Some(&script), "apply")?;
-        match self.live()? {
-            Some((v, fp)) => {
-                super::verify::check(&v, rules)?;
-                Ok(fp)
+        let missing = || FirewallError::Verify(format!("table inet {TABLE} missing right after apply"));
+        let before = match self.reader {
+            TableReader::Netlink => Some(super::nfnl::fingerprint(TABLE)?.ok_or_else(missing)?),
+            TableReader::NftJson => None,
+        };
+        let (v, json_fp) = self.live()?.ok_or_else(missing)?;
+        super::verify::check(&v, rules)?;
+        match before {
+            None => Ok(json_fp),
+            Some(before) => {
+                // The fingerprint must be of the table that was checked.
+                if super::nfnl::fingerprint(TABLE)?.as_ref() != Some(&before) {
+                    return Err(FirewallError::Verify(format!("table inet {TABLE} changed during its read-back")));
+                }
+                Ok(before)
             }
-            None => Err(FirewallError::Verify(format!("table inet {TABLE} missing right after apply"))),
         }
     }
 
     fn fingerprint(&self) -> Result<Option<String>, FirewallError> {
-        Ok(self.live()?.map(|(_, fp)| fp))
+        match self.reader {
+            TableReader::Netlink => super::nfnl::fingerprint(TABLE),
+            TableReader::NftJson => Ok(self.live()?.map(|(_, fp)| fp)),
+        }
     }
 }
 

@@ -9,9 +9,10 @@
 //! There is never a `log` statement.
 
 mod apply;
+mod nfnl;
 mod verify;
 
-pub use apply::{Firewall, FirewallError, NftCli, RecordingFirewall};
+pub use apply::{Firewall, FirewallError, NftCli, RecordingFirewall, TableReader};
 pub use verify::stale;
 
 use crate::config::{NodeSpec, Protocol};

@@ -241,7 +241,51 @@ fn nft_lockdown_replaces_the_table_and_back() {
     assert_eq!(chains, want);
     assert!(!v["nftables"].as_array().unwrap().iter().any(|o| o.get("set").is_some()), "{v}");
     // Back (re-enrolment): applies and verifies; the fingerprint may differ
-    // from the first load only in the order nft lists the recreated chains.
+    // from the first load only in the order the kernel lists the recreated chains.
     let again = nft.apply(&render(&spec(), &none)).expect("normal again");
-    assert!(again.contains("postrouting") && again.contains("blocked_v4"));
+    assert_eq!(nft.fingerprint().unwrap().as_deref(), Some(again.as_str()));
+    let list = std::process::Command::new("nft").args(["list", "table", "inet", "palisade"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("postrouting") && text.contains("blocked_v4"), "{text}");
+}
+
+/// The netlink reader (the drift check of every pass) sees each kind of
+/// change made outside palisaded, as the `nft -j` reader does, is stable
+/// while nothing changes, and is back to the applied value after a repair.
+#[test]
+#[ignore = "root: run by tests/run.sh (unshare -n)"]
+fn netlink_fingerprint_sees_every_outside_change() {
+    use super::TableReader;
+    let _one_at_a_time = NFT.lock().unwrap_or_else(|p| p.into_inner());
+    let nl = NftCli::default();
+    assert_eq!(nl.reader, TableReader::Netlink);
+    let js = NftCli { reader: TableReader::NftJson, ..NftCli::default() };
+    let rules = render(&spec(), &HostFacts::default());
+    let nft = |args: &[&str]| {
+        let st = std::process::Command::new("nft").args(args).status().unwrap();
+        assert!(st.success(), "nft {args:?}");
+    };
+    for mutation in [
+        &["add", "element", "inet", "palisade", "blocked_v4", "{ 1.2.3.4 }"][..],
+        &["delete", "element", "inet", "palisade", "mesh_v4", "{ 100.100.0.0/16 }"],
+        &["flush", "chain", "inet", "palisade", "forward_egress"],
+        &["insert", "rule", "inet", "palisade", "forward", "accept"],
+        &["add", "rule", "inet", "palisade", "input", "tcp", "dport", "2222", "accept"],
+        &["chain", "inet", "palisade", "forward", "{ policy accept; }"],
+        &["add", "chain", "inet", "palisade", "sneaky"],
+        &["add", "set", "inet", "palisade", "extra", "{ type ipv4_addr; }"],
+        &["delete", "table", "inet", "palisade"],
+    ] {
+        let base = nl.apply(&rules).expect("apply");
+        let base_js = js.fingerprint().unwrap().unwrap();
+        assert_eq!(nl.fingerprint().unwrap().as_deref(), Some(base.as_str()), "stable while nothing changes");
+        nft(mutation);
+        let after = nl.fingerprint().unwrap();
+        assert_ne!(after.as_deref(), Some(base.as_str()), "netlink reader missed {mutation:?}");
+        assert_ne!(js.fingerprint().unwrap().as_deref(), Some(base_js.as_str()), "nft -j reader missed {mutation:?}");
+        if mutation[0] == "delete" && mutation[1] == "table" {
+            assert_eq!(after, None, "no table, no fingerprint");
+        }
+        assert_eq!(nl.apply(&rules).expect("repair"), base, "{mutation:?}: the repaired table has the applied fingerprint");
+    }
 }

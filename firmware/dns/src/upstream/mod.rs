@@ -4,7 +4,7 @@
 //!
 //! This module owns the list of upstreams, their hold-downs and the order in
 //! which they are tried; each transport lives in its own module:
-//! `udp` (fresh socket per query, TCP retry on truncation), `tcp`
+//! `udp` (pooled connected sockets, random ports, TCP retry on truncation), `tcp`
 //! (length-framed TCP and DNS-over-TLS, pooled), `doh` (DNS-over-HTTPS,
 //! RFC 8484, HTTP/2 or HTTP/1.1 with hyper), `tls` (rustls client setup
 //! shared by DoT and DoH).
@@ -22,6 +22,7 @@ mod tls;
 mod udp;
 
 pub use doh::DohConnections;
+pub use udp::SOCKET_USES as UDP_SOCKET_USES;
 pub use sanitize::{lower_wire, MAX_NEG_TTL, MAX_TTL};
 
 use crate::wire::{self, Answer};
@@ -114,14 +115,13 @@ impl From<std::io::Error> for AttemptError {
 
 enum Transport {
     /// UDP, with the TCP retry for truncated answers.
-    Udp(tcp::Framed),
+    Udp(udp::UdpPool, tcp::Framed),
     /// TCP or DNS-over-TLS.
     Framed(tcp::Framed),
     Https(Box<doh::Doh>),
 }
 
 struct Upstream {
-    addr: SocketAddr,
     transport: Transport,
     /// Milliseconds since `epoch` until which this upstream is held down.
     down_until: AtomicU64,
@@ -147,7 +147,7 @@ impl Upstreams {
         let mut list = Vec::new();
         for u in cfg {
             let transport = match u.protocol {
-                DnsUpstreamProtocol::Udp => Transport::Udp(tcp::Framed::new(u.address, None)),
+                DnsUpstreamProtocol::Udp => Transport::Udp(udp::UdpPool::new(u.address), tcp::Framed::new(u.address, None)),
                 DnsUpstreamProtocol::Tcp => Transport::Framed(tcp::Framed::new(u.address, None)),
                 DnsUpstreamProtocol::Tls => {
                     let tls = tls::TlsClient::new(u, &[b"dot"])?;
@@ -160,7 +160,6 @@ impl Upstreams {
                 }
             };
             list.push(Upstream {
-                addr: u.address,
                 transport,
                 down_until: AtomicU64::new(0),
             });
@@ -180,6 +179,12 @@ impl Upstreams {
     /// Failed attempts so far (all upstreams).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// UDP sockets opened so far (all `udp` upstreams): each carries up to
+    /// [`UDP_SOCKET_USES`] queries, one at a time.
+    pub fn udp_sockets(&self) -> u64 {
+        self.list.iter().map(|u| if let Transport::Udp(p, _) = &u.transport { p.opened() } else { 0 }).sum()
     }
 
     /// DNS-over-HTTPS connections made so far (all `https` upstreams), by
@@ -250,8 +255,8 @@ impl Upstreams {
         let bytes = msg.to_vec().map_err(|_| AttemptError::Bad)?;
         let ask = Ask { query: &bytes, id, qname, qtype, deadline: tokio::time::Instant::now() + self.timeout };
         let resp = match &u.transport {
-            Transport::Udp(tcp) => {
-                let r = udp::exchange(u.addr, &ask).await?;
+            Transport::Udp(pool, tcp) => {
+                let r = pool.exchange(&ask).await?;
                 if r.metadata.truncation {
                     tcp.exchange(&ask).await?
                 } else {

@@ -1,0 +1,299 @@
+//! The drift check's read of the live table over `NETLINK_NETFILTER`, without
+//! spawning `nft`: dumps of the table, its chains, sets, set elements, rules,
+//! objects and flowtables, hashed into a fingerprint.
+//!
+//! Each reconcile pass (every 2 s) and each `status` call reads the table;
+//! spawning `nft -j list table` for that cost ~20 ms of CPU per read on the
+//! 2-core test machine (bench/nft/run.sh). Applying and the read-back check
+//! after an apply still use `nft` (rare, and the check wants nft's
+//! JSON view).
+//!
+//! The fingerprint covers every attribute the kernel dumps except handles
+//! (they change on every load) and, for stateful objects, their data and use
+//! count (counters move with traffic). A change made outside palisaded —
+//! a rule added or deleted, a set element added, a policy changed, a chain
+//! or set added, the table deleted — changes the fingerprint. The dumps are
+//! checked to be of one ruleset generation (the `res_id` every reply
+//! carries, and NLM_F_DUMP_INTR); a read that spans a commit is repeated.
+
+use super::FirewallError;
+use netlink_sys::{Socket, SocketAddr};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const NETLINK_NETFILTER: isize = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFPROTO_INET: u8 = 1;
+
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_GETOBJ: u16 = 19;
+const NFT_MSG_GETFLOWTABLE: u16 = 23;
+/// Dumps answer with the NEW message of each kind (GET - 1).
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWOBJ: u16 = 18;
+const NFT_MSG_NEWFLOWTABLE: u16 = 22;
+
+/// Attribute 1 is the table name in every message kind read here
+/// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
+/// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
+const ATTR_TABLE: u16 = 1;
+/// NFTA_SET_NAME, NFTA_SET_ELEM_LIST_SET.
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const RECV_BUF: usize = 1 << 17;
+const TRIES: usize = 5;
+
+static SEQ: AtomicU32 = AtomicU32::new(1);
+
+/// Attributes left out of the fingerprint, per message kind.
+fn ignored(msg: u16, attr: u16) -> bool {
+    match msg {
+        NFT_MSG_NEWTABLE => attr == 4,                 // NFTA_TABLE_HANDLE
+        NFT_MSG_NEWCHAIN => attr == 2,                 // NFTA_CHAIN_HANDLE
+        NFT_MSG_NEWRULE => matches!(attr, 3 | 6),      // NFTA_RULE_HANDLE, _POSITION (a handle)
+        NFT_MSG_NEWSET => attr == 16,                  // NFTA_SET_HANDLE
+        NFT_MSG_NEWOBJ => matches!(attr, 4..=6),       // NFTA_OBJ_DATA, _USE, _HANDLE
+        NFT_MSG_NEWFLOWTABLE => matches!(attr, 4 | 5), // NFTA_FLOWTABLE_USE, _HANDLE
+        _ => false,
+    }
+}
+
+/// One nfnetlink message of a dump: its kind, generation and attributes.
+struct Msg {
+    kind: u16,
+    genid: u16,
+    attrs: Vec<(u16, Vec<u8>)>,
+}
+
+impl Msg {
+    fn attr(&self, t: u16) -> Option<&[u8]> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| *k == t)
+            .map(|(_, v)| v.as_slice())
+    }
+    fn is_table(&self, table: &str) -> bool {
+        self.attr(ATTR_TABLE).map(cstr) == Some(table.as_bytes())
+    }
+}
+
+/// An NLA_STRING payload without its NUL.
+fn cstr(v: &[u8]) -> &[u8] {
+    v.split(|b| *b == 0).next().unwrap_or_default()
+}
+
+fn nla(out: &mut Vec<u8>, t: u16, v: &[u8]) {
+    let len = 4 + v.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&t.to_ne_bytes());
+    out.extend_from_slice(v);
+    out.resize((out.len() + 3) & !3, 0);
+}
+
+fn nul(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn err(msg: impl std::fmt::Display) -> FirewallError {
+    FirewallError::Read(msg.to_string())
+}
+
+fn parse_attrs(mut b: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, FirewallError> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let t = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return Err(err(format!(
+                "attribute {t} of length {len} overruns its message"
+            )));
+        }
+        out.push((t, b[4..len].to_vec()));
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    Ok(out)
+}
+
+/// One dump: every message up to NLMSG_DONE, and whether it was interrupted.
+fn dump(
+    sock: &Socket,
+    kind: u16,
+    attrs: &[(u16, Vec<u8>)],
+) -> Result<(Vec<Msg>, bool), FirewallError> {
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut req = vec![0u8; 16];
+    req.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]); // nfgenmsg: family, version, res_id
+    for (t, v) in attrs {
+        nla(&mut req, *t, v);
+    }
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | kind).to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let sent = sock.send(&req, 0).map_err(|e| err(format!("send: {e}")))?;
+    if sent != req.len() {
+        return Err(err(format!("sent {sent} of {} bytes", req.len())));
+    }
+    let mut out = Vec::new();
+    let mut interrupted = false;
+    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+    loop {
+        buf.clear();
+        let n = sock
+            .recv(&mut buf, libc::MSG_TRUNC)
+            .map_err(|e| err(format!("receive: {e}")))?;
+        if n > buf.len() {
+            return Err(err(format!(
+                "a {n}-byte datagram exceeds the {RECV_BUF}-byte buffer"
+            )));
+        }
+        let mut b = &buf[..];
+        while b.len() >= 16 {
+            let mlen = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let mtype = u16::from_ne_bytes([b[4], b[5]]);
+            let flags = u16::from_ne_bytes([b[6], b[7]]);
+            let mseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+            if mlen < 16 || mlen > b.len() {
+                return Err(err(format!(
+                    "message of length {mlen} overruns its datagram"
+                )));
+            }
+            let body = &b[16..mlen];
+            b = &b[((mlen + 3) & !3).min(b.len())..];
+            if mseq != seq {
+                continue;
+            }
+            interrupted |= flags & NLM_F_DUMP_INTR != 0;
+            match mtype {
+                NLMSG_DONE => return Ok((out, interrupted)),
+                NLMSG_ERROR => {
+                    let code = body
+                        .get(..4)
+                        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        .unwrap_or(0);
+                    if code == 0 {
+                        continue;
+                    }
+                    if -code == libc::ENOENT {
+                        return Ok((out, true)); // the table or set went away: read again
+                    }
+                    return Err(err(std::io::Error::from_raw_os_error(-code)));
+                }
+                t if t >> 8 == NFNL_SUBSYS_NFTABLES => {
+                    if body.len() < 4 {
+                        return Err(err("nfnetlink message without its header"));
+                    }
+                    let genid = u16::from_be_bytes([body[2], body[3]]);
+                    out.push(Msg {
+                        kind: t & 0xff,
+                        genid,
+                        attrs: parse_attrs(&body[4..])?,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+enum Read {
+    Missing,
+    Done(String),
+    Retry,
+}
+
+fn read_once(sock: &Socket, table: &str) -> Result<Read, FirewallError> {
+    let name = nul(table);
+    let (tables, mut intr) = dump(sock, NFT_MSG_GETTABLE, &[])?;
+    let Some(t) = tables.into_iter().find(|m| m.is_table(table)) else {
+        return Ok(if intr { Read::Retry } else { Read::Missing });
+    };
+    let mut all = vec![t];
+    for kind in [
+        NFT_MSG_GETCHAIN,
+        NFT_MSG_GETSET,
+        NFT_MSG_GETRULE,
+        NFT_MSG_GETOBJ,
+        NFT_MSG_GETFLOWTABLE,
+    ] {
+        let filter = if kind == NFT_MSG_GETRULE || kind == NFT_MSG_GETSET {
+            vec![(ATTR_TABLE, name.clone())]
+        } else {
+            vec![]
+        };
+        let (msgs, i) = dump(sock, kind, &filter)?;
+        intr |= i;
+        all.extend(msgs.into_iter().filter(|m| m.is_table(table)));
+    }
+    let sets: Vec<Vec<u8>> = all
+        .iter()
+        .filter(|m| m.kind == NFT_MSG_NEWSET)
+        .filter_map(|m| {
+            m.attr(NFTA_SET_NAME)
+                .map(|v| nul(&String::from_utf8_lossy(cstr(v))))
+        })
+        .collect();
+    for set in sets {
+        let (msgs, i) = dump(
+            sock,
+            NFT_MSG_GETSETELEM,
+            &[(ATTR_TABLE, name.clone()), (NFTA_SET_ELEM_LIST_SET, set)],
+        )?;
+        intr |= i;
+        all.extend(msgs);
+    }
+    let genid = all[0].genid;
+    if intr || all.iter().any(|m| m.genid != genid) {
+        return Ok(Read::Retry);
+    }
+    let mut h = Sha256::new();
+    for m in &all {
+        h.update([0xff, m.kind as u8]);
+        for (t, v) in &m.attrs {
+            if ignored(m.kind, *t) {
+                continue;
+            }
+            h.update(t.to_be_bytes());
+            h.update((v.len() as u32).to_be_bytes());
+            h.update(v);
+        }
+    }
+    let d = h.finalize();
+    Ok(Read::Done(d.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Fingerprint of the live `inet <table>`, `None` if there is no such table.
+pub(crate) fn fingerprint(table: &str) -> Result<Option<String>, FirewallError> {
+    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| err(format!("socket: {e}")))?;
+    sock.bind_auto().map_err(|e| err(format!("bind: {e}")))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(|e| err(format!("connect: {e}")))?;
+    for _ in 0..TRIES {
+        match read_once(&sock, table)? {
+            Read::Missing => return Ok(None),
+            Read::Done(fp) => return Ok(Some(fp)),
+            Read::Retry => continue,
+        }
+    }
+    Err(err(format!(
+        "the ruleset changed during each of {TRIES} reads"
+    )))
+}
