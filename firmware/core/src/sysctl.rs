@@ -13,9 +13,10 @@ pub enum SysctlError {
 }
 
 /// Apply `(key, value, required)` settings under `root` (normally /proc/sys).
-/// Optional keys that do not exist (module not loaded) are skipped.
-/// Returns how many values had to be changed.
-pub fn apply(root: &Path, settings: &[(String, &str, bool)]) -> Result<usize, SysctlError> {
+/// Optional keys that do not exist (module not loaded) or that this network
+/// namespace may not write (the kernel's global settings, read-only outside
+/// the init namespace) are skipped. Returns how many values had to be changed.
+pub fn apply(root: &Path, settings: &[(String, String, bool)]) -> Result<usize, SysctlError> {
     let mut changed = 0;
     for (key, want, required) in settings {
         let path = root.join(key);
@@ -23,17 +24,17 @@ pub fn apply(root: &Path, settings: &[(String, &str, bool)]) -> Result<usize, Sy
             continue;
         }
         let cur = std::fs::read_to_string(&path).unwrap_or_default();
-        if cur.trim() == *want {
+        if cur.trim() == want {
             continue;
         }
-        std::fs::write(&path, want).map_err(|source| SysctlError::Write {
-            key: key.clone(),
-            value: want.to_string(),
-            source,
-        })?;
+        match std::fs::write(&path, want) {
+            Ok(()) => {}
+            Err(e) if !required && e.kind() == std::io::ErrorKind::PermissionDenied => continue,
+            Err(source) => return Err(SysctlError::Write { key: key.clone(), value: want.to_string(), source }),
+        }
         let got = std::fs::read_to_string(&path).unwrap_or_default();
-        if got.trim() != *want {
-            return Err(SysctlError::Verify { key: key.clone(), want: want.to_string(), got: got.trim().into() });
+        if got.trim() != want {
+            return Err(SysctlError::Verify { key: key.clone(), want: want.clone(), got: got.trim().into() });
         }
         changed += 1;
     }
@@ -50,13 +51,13 @@ mod tests {
         std::fs::create_dir_all(d.path().join("net/ipv4")).unwrap();
         std::fs::write(d.path().join("net/ipv4/ip_forward"), "0\n").unwrap();
         let s = vec![
-            ("net/ipv4/ip_forward".to_string(), "1", true),
-            ("net/netfilter/nf_conntrack_udp_timeout".to_string(), "30", false),
+            ("net/ipv4/ip_forward".to_string(), "1".to_string(), true),
+            ("net/netfilter/nf_conntrack_udp_timeout".to_string(), "30".to_string(), false),
         ];
         assert_eq!(apply(d.path(), &s).unwrap(), 1);
         assert_eq!(std::fs::read_to_string(d.path().join("net/ipv4/ip_forward")).unwrap(), "1");
         assert_eq!(apply(d.path(), &s).unwrap(), 0, "idempotent");
-        let missing = vec![("net/ipv6/conf/all/forwarding".to_string(), "1", true)];
+        let missing = vec![("net/ipv6/conf/all/forwarding".to_string(), "1".to_string(), true)];
         assert!(apply(d.path(), &missing).is_err(), "a required key that cannot be set is an error");
     }
 }

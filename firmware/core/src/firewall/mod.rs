@@ -381,8 +381,19 @@ pub fn render_lockdown() -> Ruleset {
 
 /// Forwarding off in both families: what a node without a spec (revoked
 /// before any config loaded) sets. With a spec, [`sysctls`]`(spec, false)`.
-pub fn forwarding_off() -> Vec<(String, &'static str, bool)> {
-    vec![("net/ipv4/ip_forward".to_string(), "0", true), ("net/ipv6/conf/all/forwarding".to_string(), "0", true)]
+pub fn forwarding_off() -> Vec<(String, String, bool)> {
+    vec![("net/ipv4/ip_forward".to_string(), "0".to_string(), true), ("net/ipv6/conf/all/forwarding".to_string(), "0".to_string(), true)]
+}
+
+/// Connection tracking entries the node allows: the kernel sizes the table
+/// by memory alone (4096 entries on a 512 MiB node, a ceiling a few hundred
+/// busy clients reach, after which new flows are dropped for everyone and
+/// the node's own sends fail with EPERM). 16 per peer, at least 65536 and
+/// at most 262144 (about 20 and 80 MiB of entries when full; nothing is
+/// allocated until used). The hash table gets one bucket per entry, the
+/// kernel's own ratio.
+pub fn conntrack_max(peers: usize) -> u64 {
+    (peers as u64).saturating_mul(16).clamp(65_536, 262_144)
 }
 
 /// Kernel settings isolation and forwarding depend on, with the values
@@ -393,7 +404,7 @@ pub fn forwarding_off() -> Vec<(String, &'static str, bool)> {
 /// `send_redirects` and `log_martians` between `all` and each interface, so
 /// `all` alone is not enough: every managed interface gets them too (set as
 /// soon as the interface exists; the reconcile timer catches late ones).
-pub fn sysctls(spec: &NodeSpec, forwarding: bool) -> Vec<(String, &'static str, bool)> {
+pub fn sysctls(spec: &NodeSpec, forwarding: bool) -> Vec<(String, String, bool)> {
     let fwd = if forwarding { "1" } else { "0" };
     // Strict reverse-path filtering everywhere, unless several uplinks
     // share the default route: then a standby uplink receives what the
@@ -440,6 +451,12 @@ pub fn sysctls(spec: &NodeSpec, forwarding: bool) -> Vec<(String, &'static str, 
             v.push((format!("net/ipv6/conf/{}/accept_ra", u.interface), "2", false));
         }
     }
+    let mut v: Vec<(String, String, bool)> = v.into_iter().map(|(k, val, r)| (k, val.to_string(), r)).collect();
+    // Global (the init namespace's): read-only in other namespaces, where
+    // the write is skipped (crate::sysctl::apply).
+    let ct_max = conntrack_max(spec.peers.len()).to_string();
+    v.push(("net/netfilter/nf_conntrack_max".to_string(), ct_max.clone(), false));
+    v.push(("net/netfilter/nf_conntrack_buckets".to_string(), ct_max, false));
     v
 }
 

@@ -202,7 +202,7 @@ fn forwarding_follows_the_verified_table_and_redirects_are_off_everywhere() {
     let s = spec();
     let on = sysctls(&s, true);
     let off = sysctls(&s, false);
-    let get = |v: &Vec<(String, &str, bool)>, k: &str| v.iter().find(|(p, _, _)| p == k).map(|(_, v, _)| v.to_string());
+    let get = |v: &Vec<(String, String, bool)>, k: &str| v.iter().find(|(p, _, _)| p == k).map(|(_, v, _)| v.to_string());
     assert_eq!(get(&on, "net/ipv4/ip_forward").as_deref(), Some("1"));
     assert_eq!(get(&off, "net/ipv4/ip_forward").as_deref(), Some("0"));
     assert_eq!(get(&off, "net/ipv6/conf/all/forwarding").as_deref(), Some("0"));
@@ -214,6 +214,11 @@ fn forwarding_follows_the_verified_table_and_redirects_are_off_everywhere() {
     }
     let r = render(&s, &HostFacts::default()).script();
     assert!(r.contains("icmp type redirect drop") && r.contains("icmpv6 type nd-redirect drop"), "{r}");
+    // The connection table is sized for the peers, never the kernel's
+    // memory-based default (4096 on a 512 MiB node).
+    assert_eq!(get(&on, "net/netfilter/nf_conntrack_max").as_deref(), Some("65536"));
+    assert_eq!(get(&on, "net/netfilter/nf_conntrack_buckets").as_deref(), Some("65536"));
+    assert_eq!((conntrack_max(0), conntrack_max(10_000), conntrack_max(100_000)), (65_536, 160_000, 262_144));
 }
 
 /// Real nftables: the lockdown table replaces the normal one in one
