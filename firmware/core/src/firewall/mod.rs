@@ -391,9 +391,12 @@ pub fn forwarding_off() -> Vec<(String, String, bool)> {
 /// the node's own sends fail with EPERM). 16 per peer, at least 65536 and
 /// at most 262144 (about 20 and 80 MiB of entries when full; nothing is
 /// allocated until used). The hash table gets one bucket per entry, the
-/// kernel's own ratio.
+/// kernel's own ratio; the kernel rounds a bucket count up to a page of
+/// list heads (512 on x86-64), and a value that reads back otherwise fails
+/// the sysctl check (and with it the node, closed), so the count is a
+/// multiple of 4096.
 pub fn conntrack_max(peers: usize) -> u64 {
-    (peers as u64).saturating_mul(16).clamp(65_536, 262_144)
+    (peers as u64).saturating_mul(16).next_multiple_of(4096).clamp(65_536, 262_144)
 }
 
 /// Kernel settings isolation and forwarding depend on, with the values

@@ -218,7 +218,12 @@ fn forwarding_follows_the_verified_table_and_redirects_are_off_everywhere() {
     // memory-based default (4096 on a 512 MiB node).
     assert_eq!(get(&on, "net/netfilter/nf_conntrack_max").as_deref(), Some("65536"));
     assert_eq!(get(&on, "net/netfilter/nf_conntrack_buckets").as_deref(), Some("65536"));
-    assert_eq!((conntrack_max(0), conntrack_max(10_000), conntrack_max(100_000)), (65_536, 160_000, 262_144));
+    assert_eq!((conntrack_max(0), conntrack_max(10_000), conntrack_max(100_000)), (65_536, 163_840, 262_144));
+    // The bucket count must read back as written: whole pages of list heads.
+    for peers in [1, 4_097, 10_002, 12_345, 16_383, 16_385] {
+        assert_eq!(conntrack_max(peers) % 4096, 0, "{peers} peers");
+        assert!(conntrack_max(peers) >= (peers as u64 * 16).min(262_144), "{peers} peers");
+    }
 }
 
 /// Real nftables: the lockdown table replaces the normal one in one
