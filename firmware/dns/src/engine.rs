@@ -539,21 +539,26 @@ impl Engine {
             )
         };
         let key = (self.keys.key(q.name(), q.qtype), q.edns.as_ref().is_some_and(|e| e.dnssec_ok));
-        let mut r = None;
-        if let Flight::Wait(rx) = self.flights.join(key) {
-            self.counters.coalesced.fetch_add(1, Relaxed);
-            // A closed channel: the leader was cancelled; resolve here.
-            r = rx.await.ok();
-        }
-        let r = match r {
+        // The first miss for a key leads: it sends the one upstream query
+        // and answers every miss that joined meanwhile. A closed channel
+        // means the leader was cancelled: this miss leads in its place (or
+        // resolves alone, if another one already does).
+        let (leader, shared) = match self.flights.join(key) {
+            Flight::Lead(l) => (Some(l), None),
+            Flight::Wait(rx) => {
+                self.counters.coalesced.fetch_add(1, Relaxed);
+                match rx.await {
+                    Ok(r) => (None, Some(r)),
+                    Err(_) => match self.flights.join(key) {
+                        Flight::Lead(l) => (Some(l), None),
+                        Flight::Wait(_) => (None, None),
+                    },
+                }
+            }
+        };
+        let r = match shared {
             Some(r) => r,
             None => {
-                // Lead (again, if the first leader went away): this miss
-                // sends the one upstream query and answers every waiter.
-                let leader = match self.flights.join(key) {
-                    Flight::Lead(l) => Some(l),
-                    Flight::Wait(_) => None,
-                };
                 let Ok(_permit) = self.inflight.try_acquire() else {
                     return servfail("");
                 };
