@@ -453,23 +453,29 @@ pub fn replace_address(dev: &str, address: IpNet, dad: Dad) -> Result<(), Netlin
     .map_err(|e| e.at(dev, op))
 }
 
+/// A default route via `gateway` out of interface `index` with `metric`
+/// in the main table (unicast), for replace and delete alike.
+fn default_route_msg(gateway: IpAddr, index: u32, metric: u32) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(gateway);
+    msg.header.destination_prefix_length = 0;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg.attributes.push(RouteAttribute::Priority(metric));
+    msg
+}
+
 /// Install or replace the default route of `gateway`'s family through `dev`
 /// with `metric` (main table; replaces the route with the same metric, like
 /// `ip route replace default via .. dev .. metric ..`).
 pub fn replace_default_route(dev: &str, gateway: IpAddr, metric: u32) -> Result<(), NetlinkError> {
     let op = Op::ReplaceDefaultRoute { gateway, metric };
     let index = existing(dev, &op)?.index;
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = family(gateway);
-    msg.header.destination_prefix_length = 0;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    let mut msg = default_route_msg(gateway, index, metric);
     msg.header.protocol = RouteProtocol::Boot;
     msg.header.scope = RouteScope::Universe;
-    msg.header.kind = RouteType::Unicast;
-    msg.attributes
-        .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
-    msg.attributes.push(RouteAttribute::Oif(index));
-    msg.attributes.push(RouteAttribute::Priority(metric));
     request(
         RouteNetlinkMessage::NewRoute(msg),
         NLM_F_CREATE | NLM_F_REPLACE,
@@ -483,16 +489,8 @@ pub fn replace_default_route(dev: &str, gateway: IpAddr, metric: u32) -> Result<
 pub fn delete_default_route(dev: &str, gateway: IpAddr, metric: u32) -> Result<(), NetlinkError> {
     let op = Op::DeleteDefaultRoute { gateway, metric };
     let index = existing(dev, &op)?.index;
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = family(gateway);
-    msg.header.destination_prefix_length = 0;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    let mut msg = default_route_msg(gateway, index, metric);
     msg.header.scope = RouteScope::NoWhere;
-    msg.header.kind = RouteType::Unicast;
-    msg.attributes
-        .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
-    msg.attributes.push(RouteAttribute::Oif(index));
-    msg.attributes.push(RouteAttribute::Priority(metric));
     match request(RouteNetlinkMessage::DelRoute(msg), 0) {
         Ok(_) => Ok(()),
         Err(Fail::Kernel(e, _)) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
