@@ -1,6 +1,7 @@
 //! The drift check's read of the live table over `NETLINK_NETFILTER`, without
 //! spawning `nft`: dumps of the table, its chains, sets, set elements, rules,
-//! objects and flowtables, hashed into a fingerprint.
+//! objects and flowtables, put in a canonical order and hashed into a
+//! fingerprint.
 //!
 //! Each reconcile pass (every 2 s) and each `status` call reads the table;
 //! spawning `nft -j list table` for that cost ~20 ms of CPU per read on the
@@ -37,6 +38,7 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_NEWOBJ: u16 = 18;
 const NFT_MSG_NEWFLOWTABLE: u16 = 22;
 
@@ -44,9 +46,13 @@ const NFT_MSG_NEWFLOWTABLE: u16 = 22;
 /// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
 /// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
 const ATTR_TABLE: u16 = 1;
-/// NFTA_SET_NAME, NFTA_SET_ELEM_LIST_SET.
+/// NFTA_SET_NAME (also NFTA_OBJ_NAME and NFTA_FLOWTABLE_NAME), NFTA_SET_ELEM_LIST_SET.
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
@@ -214,6 +220,81 @@ fn dump(
     }
 }
 
+/// One object of the read: its message kind, its name (for rules and set
+/// elements, the chain's or set's), its place among the rules of its chain,
+/// and its attributes. Ordered by these fields in turn.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    kind: u16,
+    name: Vec<u8>,
+    index: usize,
+    bytes: Vec<u8>,
+}
+
+/// The read in an order that does not depend on how the table came to be:
+/// chains, sets, objects and flowtables by name (the kernel lists them in
+/// creation order, which differs between a table built fresh and one that
+/// was flushed and refilled), rules by chain and then in their order (which
+/// is meaning), set elements by set and then by their bytes (a hash set
+/// lists them in the order of its per-set random seed).
+fn canonical(all: &[Msg]) -> Result<Vec<Entry>, FirewallError> {
+    let mut out = Vec::with_capacity(all.len());
+    let mut rules_seen: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+    for m in all {
+        let name_attr = match m.kind {
+            NFT_MSG_NEWTABLE => ATTR_TABLE,
+            NFT_MSG_NEWCHAIN => NFTA_CHAIN_NAME,
+            NFT_MSG_NEWRULE => NFTA_RULE_CHAIN,
+            NFT_MSG_NEWSETELEM => NFTA_SET_ELEM_LIST_SET,
+            _ => NFTA_SET_NAME, // NFTA_SET_NAME, NFTA_OBJ_NAME, NFTA_FLOWTABLE_NAME
+        };
+        let mut name = m.attr(name_attr).map(cstr).unwrap_or_default().to_vec();
+        if m.kind == NFT_MSG_NEWOBJ {
+            // Object names are unique per object type.
+            name.push(0);
+            name.extend_from_slice(m.attr(NFTA_OBJ_TYPE).unwrap_or_default());
+        }
+        if m.kind == NFT_MSG_NEWSETELEM {
+            let Some(list) = m.attr(NFTA_SET_ELEM_LIST_ELEMENTS) else {
+                continue;
+            };
+            for (_, elem) in parse_attrs(list)? {
+                out.push(Entry {
+                    kind: m.kind,
+                    name: name.clone(),
+                    index: 0,
+                    bytes: elem,
+                });
+            }
+            continue;
+        }
+        let index = if m.kind == NFT_MSG_NEWRULE {
+            let n = rules_seen.entry(name.clone()).or_default();
+            *n += 1;
+            *n
+        } else {
+            0
+        };
+        let mut bytes = Vec::new();
+        for (t, v) in &m.attrs {
+            if ignored(m.kind, *t) {
+                continue;
+            }
+            bytes.extend_from_slice(&t.to_be_bytes());
+            bytes.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(v);
+        }
+        out.push(Entry {
+            kind: m.kind,
+            name,
+            index,
+            bytes,
+        });
+    }
+    out.sort();
+    Ok(out)
+}
+
 enum Read {
     Missing,
     Done(String),
@@ -265,16 +346,12 @@ fn read_once(sock: &Socket, table: &str) -> Result<Read, FirewallError> {
         return Ok(Read::Retry);
     }
     let mut h = Sha256::new();
-    for m in &all {
-        h.update([0xff, m.kind as u8]);
-        for (t, v) in &m.attrs {
-            if ignored(m.kind, *t) {
-                continue;
-            }
-            h.update(t.to_be_bytes());
-            h.update((v.len() as u32).to_be_bytes());
-            h.update(v);
-        }
+    for e in canonical(&all)? {
+        h.update([0xff, e.kind as u8]);
+        h.update((e.name.len() as u32).to_be_bytes());
+        h.update(&e.name);
+        h.update((e.bytes.len() as u32).to_be_bytes());
+        h.update(&e.bytes);
     }
     let d = h.finalize();
     Ok(Read::Done(d.iter().map(|b| format!("{b:02x}")).collect()))
