@@ -10,7 +10,7 @@
 //! A node the fleet revoked ([`Engine::set_revoked`]) is locked down: the
 //! lockdown table, forwarding off, no WireGuard interface and no key.
 
-use crate::config::{self, ConfigError, NodeSpec, PeerSection, PeersFile, PrivateKey};
+use crate::config::{self, ConfigError, Loaded, NodeSpec, PeerSection, PeersFile, PrivateKey};
 use crate::firewall::{self, Firewall};
 use crate::wg::{self, WgControl, WgPlan};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -149,6 +149,8 @@ pub struct Engine {
     fleet: Option<FleetConfig>,
     /// Revoked by the fleet: locked down until re-enrolled.
     revoked: bool,
+    /// Reloads of the files parse and check only what changed.
+    loader: config::Loader,
     pub last: Option<(SystemTime, Report)>,
     pub last_config_error: Option<String>,
 }
@@ -167,6 +169,7 @@ impl Engine {
             fail_closed: Some("no valid config loaded yet".into()),
             fleet: None,
             revoked: false,
+            loader: config::Loader::default(),
             last: None,
             last_config_error: None,
         }
@@ -286,10 +289,29 @@ impl Engine {
     /// fleet-managed this re-validates the fleet config (node.toml and
     /// peers.toml are not read).
     pub fn reload(&mut self) -> Result<Report, EngineError> {
-        match self.load() {
-            Ok(spec) => {
+        let loaded = match &self.fleet {
+            Some(f) => f.spec().map(|s| Loaded::Changed(Box::new(s))),
+            None => self.loader.load(&self.paths.config, Some(&self.paths.peers_file)),
+        };
+        match loaded {
+            Ok(Loaded::Unchanged) if self.spec.is_some() && (self.key.is_some() || self.revoked) => {
+                // The running spec is that of these very texts.
                 self.last_config_error = None;
-                self.install(spec)
+                Ok(self.reconcile())
+            }
+            Ok(Loaded::Unchanged) => {
+                // Nothing runs them (cannot happen: install forgets them);
+                // load them as new.
+                self.loader.forget();
+                self.reload()
+            }
+            Ok(Loaded::Changed(spec)) => {
+                self.last_config_error = None;
+                let r = self.install(*spec);
+                if r.is_ok() && self.fleet.is_none() {
+                    self.loader.commit();
+                }
+                r
             }
             Err(error) => {
                 self.last_config_error = Some(error.to_string());
@@ -299,6 +321,9 @@ impl Engine {
     }
 
     fn install(&mut self, spec: NodeSpec) -> Result<Report, EngineError> {
+        // Whatever the source, the loader's kept texts no longer describe
+        // the running spec (reload keeps them again after this returns).
+        self.loader.forget();
         if self.revoked {
             // Stored for re-enrolment; no key is loaded or made.
             self.spec = Some(spec);
@@ -770,6 +795,34 @@ mod tests {
         let r2 = e.reconcile();
         assert_eq!(r2, Report { duration_us: r2.duration_us, firewall_verified: true, ..Default::default() });
         assert!(e.plan().unwrap().is_empty());
+    }
+
+    /// A reload of unchanged files keeps the running spec and still makes a
+    /// pass; an edit is picked up; after a spec installed another way (here
+    /// `peers add`), files equal to those of an earlier reload are loaded again.
+    #[test]
+    fn reload_of_unchanged_files_keeps_the_spec_and_a_change_of_source_forgets_them() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = engine(d.path());
+        let pf = d.path().join("peers.toml");
+        let k1 = PrivateKey::generate().public_key().to_base64();
+        let t1 = format!("[[peer]]\nname = \"a\"\npublic_key = \"{k1}\"\naddresses = [\"10.66.0.9/32\"]\n");
+        std::fs::write(&pf, &t1).unwrap();
+        assert_eq!(e.reload().unwrap().wg_peer_changes, 3);
+        let r = e.reload().unwrap();
+        assert_eq!((r.wg_peer_changes, r.firewall_verified), (0, true), "{r:?}");
+        assert_eq!(e.spec().unwrap().peers.len(), 3);
+        std::fs::write(&pf, t1.replace("10.66.0.9/32", "10.66.0.10/32")).unwrap();
+        assert_eq!(e.reload().unwrap().wg_peer_changes, 1, "the moved peer");
+        std::fs::write(&pf, &t1).unwrap();
+        assert_eq!(e.reload().unwrap().wg_peer_changes, 1, "moved back");
+        let k2 = PrivateKey::generate().public_key().to_base64();
+        e.add_peer(PeerSection { name: "b".into(), public_key: k2, addresses: vec![], tier: None, preshared_key: None }).unwrap();
+        assert_eq!(e.spec().unwrap().peers.len(), 4);
+        std::fs::write(&pf, &t1).unwrap();
+        let r = e.reload().unwrap();
+        assert_eq!(r.wg_peer_changes, 1, "the file is that of the earlier reload, not of the running spec: {r:?}");
+        assert_eq!(e.spec().unwrap().peers.len(), 3);
     }
 
     #[test]

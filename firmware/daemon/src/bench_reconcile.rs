@@ -5,8 +5,10 @@
 //! separate interface (`pbench0`, port 51999) so the node's own tunnel is
 //! untouched.
 //!
-//! For each N: palisaded's whole path — read and parse node.toml and a
-//! peers.toml of N peers, validate, observe the interface, plan, apply —
+//! For each N: palisaded's whole path as a reload runs it — read node.toml
+//! and a peers.toml of N peers, parse and validate what changed since the
+//! last load (`config::Loader`, kept from step to step as the supervisor
+//! keeps it), observe the interface, plan, apply —
 //! against `wg syncconf pbench0 FILE` with a wg-quick style file of the same
 //! key, port and peers; from empty, no change, and a 1 % change (half of the
 //! changed peers replaced by new keys, half moved to a new address). Writing
@@ -14,7 +16,8 @@
 //! first. Above 20,000 peers "from empty" runs in the first round only (the
 //! rounds go all -> changed -> all, each step a 1 % change). Every result is
 //! checked (peer count after each step, an empty plan after palisade's
-//! 1 % change). Results are WARN lines on the console starting `bench:
+//! 1 % change). Also timed each round: `wg show pbench0 dump` (the kernel's
+//! dump of all peers, which both paths read). Results are WARN lines on the console starting `bench:
 //! reconcile`. Needs `wg` (wireguard-tools), which only the bench image
 //! variant has (bench/reconcile/run.sh builds it).
 
@@ -132,6 +135,10 @@ struct Bench {
     dir: PathBuf,
     key: PrivateKey,
     wgc: KernelWg,
+    /// palisaded's loader and the spec it runs, kept from step to step as
+    /// the supervisor keeps them from reload to reload.
+    loader: config::Loader,
+    spec: Option<config::NodeSpec>,
 }
 
 impl Bench {
@@ -142,26 +149,45 @@ impl Bench {
         self.dir.join("peers.toml")
     }
 
-    /// palisaded's path over the files: parse, validate, observe, plan,
-    /// apply. Returns the total, the peer operations and the phases (ms:
-    /// read + parse + validate, observe, plan, apply).
-    fn palisade(&self, peers: &[Peer]) -> anyhow::Result<(f64, usize, [f64; 4])> {
+    /// palisaded's path over the files, as a reload runs it: load (read
+    /// both files; parse and check the blocks of the peers file that are
+    /// new; nothing if the texts are those of the running spec), observe,
+    /// plan, apply. Returns the total, the peer operations and the phases
+    /// (ms: load, observe, plan, apply).
+    fn palisade(&mut self, peers: &[Peer]) -> anyhow::Result<(f64, usize, [f64; 4])> {
         std::fs::write(self.peers(), peers_toml(peers))?;
         let t = Instant::now();
-        let spec = config::load(&self.node(), Some(&self.peers()))?;
+        if let config::Loaded::Changed(spec) = self.loader.load(&self.node(), Some(&self.peers()))? {
+            self.spec = Some(*spec);
+        }
+        let spec = self.spec.as_ref().expect("a first load changes");
         let t1 = t.elapsed();
         let observed = self.wgc.observe(IFACE)?;
         let t2 = t.elapsed();
-        let plan = wg::plan(&observed, &spec, &self.key.public_key());
+        let plan = wg::plan(&observed, spec, &self.key.public_key());
         let t3 = t.elapsed();
         let ops = plan.peers.len();
         if !plan.is_empty() {
             self.wgc.apply(IFACE, &plan, &self.key)?;
         }
         let t4 = t.elapsed();
+        self.loader.commit();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         self.expect(peers.len())?;
         Ok((ms(t4), ops, [ms(t1), ms(t2 - t1), ms(t3 - t2), ms(t4 - t3)]))
+    }
+
+    /// `wg show IFACE dump` to /dev/null: the kernel's dump of every peer
+    /// and its printing, which any tool that checks the device pays.
+    fn dump(&self) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let st = std::process::Command::new("wg")
+            .args(["show", IFACE, "dump"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(st.success(), "wg show dump: {st}");
+        Ok(ms)
     }
 
     fn syncconf(&self, peers: &[Peer]) -> anyhow::Result<f64> {
@@ -207,10 +233,12 @@ fn median(v: &[f64]) -> f64 {
 pub fn run(sizes: &[usize], rounds: usize, run_dir: &Path) -> anyhow::Result<()> {
     let dir = run_dir.join("bench-reconcile");
     std::fs::create_dir_all(&dir)?;
-    let b = Bench {
+    let mut b = Bench {
         dir,
         key: PrivateKey::generate(),
         wgc: KernelWg::new(config::WgBackend::Kernel),
+        loader: config::Loader::default(),
+        spec: None,
     };
     std::fs::write(b.node(), node_toml())?;
     for &n in sizes {
@@ -230,6 +258,8 @@ pub fn run(sizes: &[usize], rounds: usize, run_dir: &Path) -> anyhow::Result<()>
         let (mut pf, mut ps, mut pp) = (Vec::new(), Vec::new(), Vec::new());
         let (mut sf, mut ss, mut sp) = (Vec::new(), Vec::new(), Vec::new());
         let mut ops = 0;
+        let mut parsed = 0;
+        let mut dumps = Vec::new();
         let mut phases: [Vec<[f64; 4]>; 3] = Default::default();
         for r in 0..rounds {
             let full = r == 0 || n <= FULL_EVERY_ROUND_MAX;
@@ -244,10 +274,12 @@ pub fn run(sizes: &[usize], rounds: usize, run_dir: &Path) -> anyhow::Result<()>
                     let (ms, _, ph) = b.palisade(&all)?;
                     ps.push(ms);
                     phases[1].push(ph);
+                    dumps.push(b.dump()?);
                     let (ms, o, ph) = b.palisade(&changed)?;
                     pp.push(ms);
                     phases[2].push(ph);
                     ops = o;
+                    parsed = b.loader.stats.parsed;
                     let spec = config::load(&b.node(), Some(&b.peers()))?;
                     anyhow::ensure!(
                         wg::plan(&b.wgc.observe(IFACE)?, &spec, &b.key.public_key()).is_empty(),
@@ -283,14 +315,15 @@ pub fn run(sizes: &[usize], rounds: usize, run_dir: &Path) -> anyhow::Result<()>
                 .map(|k| median(&phases[i].iter().map(|x| x[k]).collect::<Vec<_>>()))
                 .collect();
             tracing::warn!(
-                "bench: reconcile {n} peers, {case}: palisade phases (median ms): read+parse+validate {:.1}, observe {:.1}, plan {:.1}, apply {:.1}",
+                "bench: reconcile {n} peers, {case}: palisade phases (median ms): load {:.1}, observe {:.1}, plan {:.1}, apply {:.1}",
                 ph[0],
                 ph[1],
                 ph[2],
                 ph[3]
             );
         }
-        tracing::warn!("bench: reconcile {n} peers: 1% change = {ops} peer operations");
+        tracing::warn!("bench: reconcile {n} peers: 1% change = {ops} peer operations, {parsed} blocks of the peers file parsed");
+        tracing::warn!("bench: reconcile {n} peers: wg show dump (the kernel's dump, printed) {}", stat(&mut dumps));
     }
     // Done before the cleanup: deleting an interface with 100k peers takes
     // minutes under TCG, and the figures are in.

@@ -7,12 +7,14 @@
 
 mod dns;
 mod keys;
+mod loader;
 mod validate;
 
 pub use dns::{
     DnsBlockMode, DnsListSection, DnsSection, DnsTierSection, DnsUpstreamProtocol, DnsUpstreamSection,
 };
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use loader::{LoadStats, Loaded, Loader};
 pub use validate::{default_blocked, NodeSpec, PeerSpec};
 
 use ipnet::IpNet;

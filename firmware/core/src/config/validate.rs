@@ -111,6 +111,104 @@ pub fn default_blocked() -> Vec<IpNet> {
     .collect()
 }
 
+/// What a single `[[peer]]` is checked against: the node's tunnel prefixes,
+/// its routed IPv6 prefix and its DNS tiers (when any are defined).
+pub(super) struct PeerRules<'a> {
+    pub v4: Option<Ipv4Net>,
+    pub v6: Option<Ipv6Net>,
+    pub routed: Option<Ipv6Net>,
+    pub tiers: Option<&'a BTreeMap<String, super::DnsTierSection>>,
+}
+
+/// An address that can be a client's: not /0, canonical, a /32 or /128.
+pub(super) fn is_host_net(a: &IpNet) -> bool {
+    a.prefix_len() != 0 && is_canonical(a) && a.prefix_len() == a.max_prefix_len()
+}
+
+impl PeerRules<'_> {
+    /// The checks of one peer on its own (not against other peers: names,
+    /// keys and addresses are unique across peers, which the caller checks).
+    /// Each problem goes to `bad` with the field it is about; the peer's spec
+    /// is returned when its key is valid (even if something else is not, so
+    /// the caller can still find duplicate keys).
+    pub fn check(&self, p: &super::PeerSection, mut bad: impl FnMut(&'static str, String)) -> Option<PeerSpec> {
+        let key = match PublicKey::from_base64(&p.public_key) {
+            Ok(k) => Some(k),
+            Err(err) => {
+                bad("public_key", format!("invalid public key: {err}"));
+                None
+            }
+        };
+        let psk = match &p.preshared_key {
+            None => None,
+            Some(s) => match PresharedKey::from_base64(s) {
+                Ok(k) => Some(k),
+                Err(err) => {
+                    bad("preshared_key", format!("invalid preshared key: {err}"));
+                    None
+                }
+            },
+        };
+        if let (Some(t), Some(tiers)) = (&p.tier, self.tiers) {
+            if !tiers.contains_key(t) {
+                bad("tier", format!("tier '{t}' is not defined under [dns.tier]"));
+            }
+        }
+        let (mut pv4, mut pv6) = (None, None);
+        if p.addresses.is_empty() {
+            bad("addresses", "a peer needs a /32 and/or a /128 tunnel address".into());
+        }
+        for a in &p.addresses {
+            if a.prefix_len() == 0 {
+                bad("addresses", format!("{a} would route all traffic to this client; a client gets exactly its /32 and /128"));
+                continue;
+            }
+            if !is_canonical(a) {
+                bad("addresses", format!("{a} is not canonical (host bits set); did you mean {}?", a.trunc()));
+                continue;
+            }
+            if a.prefix_len() != a.max_prefix_len() {
+                bad("addresses", format!("{a}: a client gets exactly one /32 and one /128"));
+                continue;
+            }
+            match a {
+                IpNet::V4(n) => {
+                    if pv4.is_some() {
+                        bad("addresses", "more than one IPv4 address".into());
+                    }
+                    if let Some(t) = self.v4 {
+                        if !t.trunc().contains(&n.addr()) {
+                            bad("addresses", format!("{a} is outside the tunnel prefix {}", t.trunc()));
+                        } else if n.addr() == t.addr() || n.addr() == t.network() || n.addr() == t.broadcast() {
+                            bad("addresses", format!("{a} is the node's own, the network or the broadcast address"));
+                        }
+                    }
+                    pv4 = Some(n.addr());
+                }
+                IpNet::V6(n) => {
+                    if pv6.is_some() {
+                        bad("addresses", "more than one IPv6 address".into());
+                    }
+                    if let Some(t) = self.v6 {
+                        if !t.trunc().contains(&n.addr()) {
+                            bad("addresses", format!("{a} is outside the tunnel prefix {}", t.trunc()));
+                        } else if n.addr() == t.addr() || n.addr() == t.network() {
+                            bad("addresses", format!("{a} is the node's own or the subnet-router address"));
+                        }
+                    }
+                    pv6 = Some(n.addr());
+                }
+            }
+        }
+        if let (Some(r), Some(a)) = (self.routed, pv6) {
+            if !r.contains(&a) {
+                bad("addresses", format!("{a} is outside routed_prefix_v6 {r}: with a routed prefix IPv6 is not NATed, so this address would leave the node as is"));
+            }
+        }
+        key.map(|k| PeerSpec { name: p.name.clone(), public_key: k, v4: pv4, v6: pv6, tier: p.tier.clone(), preshared_key: psk })
+    }
+}
+
 /// Where each `[[peer]]` came from, for error locations.
 pub(super) type Source = (PathBuf, String, usize);
 
@@ -401,105 +499,26 @@ impl NodeConfig {
         let mut peers = BTreeMap::new();
         let mut by_addr: HashMap<IpNet, usize> = HashMap::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
-        let tiers_defined = !self.dns.tiers.is_empty();
+        let rules = PeerRules { v4, v6, routed, tiers: (!self.dns.tiers.is_empty()).then_some(&self.dns.tiers) };
         for (i, p) in self.peers.iter().enumerate() {
             if let Some(prev) = names.insert(p.name.as_str(), i) {
                 let at = e.at("peer", Some(i), "name");
                 e.push(at, format!("duplicate peer name '{}'", self.peers[prev].name));
             }
-            let key = match PublicKey::from_base64(&p.public_key) {
-                Ok(k) => Some(k),
-                Err(err) => {
-                    let at = e.at("peer", Some(i), "public_key");
-                    e.push(at, format!("invalid public key: {err}"));
-                    None
-                }
-            };
-            let psk = match &p.preshared_key {
-                None => None,
-                Some(s) => match PresharedKey::from_base64(s) {
-                    Ok(k) => Some(k),
-                    Err(err) => {
-                        let at = e.at("peer", Some(i), "preshared_key");
-                        e.push(at, format!("invalid preshared key: {err}"));
-                        None
-                    }
-                },
-            };
-            if let (Some(t), true) = (&p.tier, tiers_defined) {
-                if !self.dns.tiers.contains_key(t) {
-                    let at = e.at("peer", Some(i), "tier");
-                    e.push(at, format!("tier '{t}' is not defined under [dns.tier]"));
-                }
-            }
-            let (mut pv4, mut pv6) = (None, None);
-            if p.addresses.is_empty() {
-                let at = e.at("peer", Some(i), "addresses");
-                e.push(at, "a peer needs a /32 and/or a /128 tunnel address");
-            }
-            for a in &p.addresses {
-                let at = e.at("peer", Some(i), "addresses");
-                if a.prefix_len() == 0 {
-                    e.push(at, format!("{a} would route all traffic to this client; a client gets exactly its /32 and /128"));
-                    continue;
-                }
-                if !is_canonical(a) {
-                    e.push(at, format!("{a} is not canonical (host bits set); did you mean {}?", a.trunc()));
-                    continue;
-                }
-                if a.prefix_len() != a.max_prefix_len() {
-                    e.push(at, format!("{a}: a client gets exactly one /32 and one /128"));
-                    continue;
-                }
-                match a {
-                    IpNet::V4(n) => {
-                        if pv4.is_some() {
-                            e.push(at.clone(), "more than one IPv4 address");
-                        }
-                        if let Some(t) = v4 {
-                            if !t.trunc().contains(&n.addr()) {
-                                e.push(at.clone(), format!("{a} is outside the tunnel prefix {}", t.trunc()));
-                            } else if n.addr() == t.addr() || n.addr() == t.network() || n.addr() == t.broadcast() {
-                                e.push(at.clone(), format!("{a} is the node's own, the network or the broadcast address"));
-                            }
-                        }
-                        pv4 = Some(n.addr());
-                    }
-                    IpNet::V6(n) => {
-                        if pv6.is_some() {
-                            e.push(at.clone(), "more than one IPv6 address");
-                        }
-                        if let Some(t) = v6 {
-                            if !t.trunc().contains(&n.addr()) {
-                                e.push(at.clone(), format!("{a} is outside the tunnel prefix {}", t.trunc()));
-                            } else if n.addr() == t.addr() || n.addr() == t.network() {
-                                e.push(at.clone(), format!("{a} is the node's own or the subnet-router address"));
-                            }
-                        }
-                        pv6 = Some(n.addr());
-                    }
-                }
-                // Overlapping AllowedIPs silently move a prefix between peers
-                // in the kernel; refuse them here.
+            let spec = rules.check(p, |field, msg| {
+                let at = e.at("peer", Some(i), field);
+                e.push(at, msg);
+            });
+            // Overlapping AllowedIPs silently move a prefix between peers
+            // in the kernel; refuse them here.
+            for a in p.addresses.iter().filter(|a| is_host_net(a)) {
                 if let Some(prev) = by_addr.insert(*a, i) {
+                    let at = e.at("peer", Some(i), "addresses");
                     e.push(at, format!("{a} overlaps the AllowedIPs of peer '{}'", self.peers[prev].name));
                 }
             }
-            if let (Some(r), Some(a)) = (routed, pv6) {
-                if !r.contains(&a) {
-                    let at = e.at("peer", Some(i), "addresses");
-                    e.push(at, format!("{a} is outside routed_prefix_v6 {r}: with a routed prefix IPv6 is not NATed, so this address would leave the node as is"));
-                }
-            }
-            if let Some(k) = key {
-                let spec = PeerSpec {
-                    name: p.name.clone(),
-                    public_key: k,
-                    v4: pv4,
-                    v6: pv6,
-                    tier: p.tier.clone(),
-                    preshared_key: psk,
-                };
+            if let Some(spec) = spec {
+                let k = spec.public_key;
                 if peers.insert(k, spec).is_some() {
                     let at = e.at("peer", Some(i), "public_key");
                     e.push(at, "duplicate public key (each client needs its own key)");

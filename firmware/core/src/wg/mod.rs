@@ -114,35 +114,39 @@ impl WgPlan {
     }
 }
 
-fn sorted(mut v: Vec<IpNet>) -> Vec<IpNet> {
-    v.sort();
-    v.dedup();
-    v
+/// Whether the kernel's allowed IPs of a peer are exactly the spec's /32
+/// and /128 (as sets), without allocating: this runs for every peer on
+/// every pass.
+fn same_ips(have: &[IpNet], want: &PeerSpec) -> bool {
+    let w4 = want.v4.map(|a| IpNet::V4(ipnet::Ipv4Net::new(a, 32).expect("32 is a valid prefix")));
+    let w6 = want.v6.map(|a| IpNet::V6(ipnet::Ipv6Net::new(a, 128).expect("128 is a valid prefix")));
+    have.iter().all(|n| Some(*n) == w4 || Some(*n) == w6)
+        && w4.is_none_or(|w| have.contains(&w))
+        && w6.is_none_or(|w| have.contains(&w))
 }
 
 /// Diff observed peers against the desired ones. Pure; empty when nothing changed.
 /// Output order is deterministic: removals first (so a moved address is free
 /// before it is given to another peer), then updates and additions by key.
+/// One walk over both in key order (the desired peers are sorted; the
+/// observed ones are sorted here).
 pub fn diff_peers(observed: &[ObservedPeer], desired: &BTreeMap<PublicKey, PeerSpec>) -> Vec<PeerChange> {
-    let mut by_key: BTreeMap<PublicKey, &ObservedPeer> = BTreeMap::new();
-    for p in observed {
-        by_key.insert(p.public_key, p);
-    }
+    let mut have: Vec<&ObservedPeer> = observed.iter().collect();
+    have.sort_by_key(|p| p.public_key);
+    have.dedup_by_key(|p| p.public_key);
     let mut removes = Vec::new();
     let mut others = Vec::new();
-    for (k, _) in by_key.iter() {
-        if !desired.contains_key(k) {
-            removes.push(PeerChange::Remove(*k));
-        }
-    }
+    let mut have = have.into_iter().peekable();
     for (k, want) in desired {
-        match by_key.get(k) {
+        while let Some(h) = have.next_if(|h| h.public_key < *k) {
+            removes.push(PeerChange::Remove(h.public_key));
+        }
+        match have.next_if(|h| h.public_key == *k) {
             None => others.push(PeerChange::Add(want.clone())),
-            Some(have) => {
-                let want_ips = sorted(want.allowed_ips());
-                let ips = (sorted(have.allowed_ips.clone()) != want_ips).then_some(want_ips);
+            Some(h) => {
+                let ips = (!same_ips(&h.allowed_ips, want)).then(|| want.allowed_ips());
                 let want_psk = want.preshared_key.as_ref().map(|k| k.to_wg().0);
-                let have_psk = have.preshared_key.filter(|k| *k != [0u8; 32]);
+                let have_psk = h.preshared_key.filter(|k| *k != [0u8; 32]);
                 let psk = (want_psk != have_psk).then(|| want.preshared_key.clone());
                 if ips.is_some() || psk.is_some() {
                     others.push(PeerChange::Update { public_key: *k, allowed_ips: ips, preshared_key: psk });
@@ -150,6 +154,7 @@ pub fn diff_peers(observed: &[ObservedPeer], desired: &BTreeMap<PublicKey, PeerS
             }
         }
     }
+    removes.extend(have.map(|h| PeerChange::Remove(h.public_key)));
     removes.extend(others);
     removes
 }

@@ -115,3 +115,9 @@ proptest! {
         prop_assert!(diff_peers(&wg.observe("wg0").unwrap().peers, &desired(&news)).is_empty());
     }
 }
+
+fn sorted(mut v: Vec<IpNet>) -> Vec<IpNet> {
+    v.sort();
+    v.dedup();
+    v
+}
