@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod control;
 pub mod link;
 pub mod netlink;
+pub(crate) mod nlraw;
 pub mod reconcile;
 pub mod sysctl;
 pub mod uplink;

@@ -18,9 +18,9 @@
 //! carries, and NLM_F_DUMP_INTR); a read that spans a commit is repeated.
 
 use super::FirewallError;
-use netlink_sys::{Socket, SocketAddr};
+use crate::nlraw::{self, cstr, nul, NlError, NLM_F_DUMP, NLM_F_DUMP_INTR};
+use netlink_sys::Socket;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -54,17 +54,7 @@ const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_OBJ_TYPE: u16 = 3;
 
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-const RECV_BUF: usize = 1 << 17;
 const TRIES: usize = 5;
-
-static SEQ: AtomicU32 = AtomicU32::new(1);
 
 /// Attributes left out of the fingerprint, per message kind.
 fn ignored(msg: u16, attr: u16) -> bool {
@@ -98,125 +88,57 @@ impl Msg {
     }
 }
 
-/// An NLA_STRING payload without its NUL.
-fn cstr(v: &[u8]) -> &[u8] {
-    v.split(|b| *b == 0).next().unwrap_or_default()
-}
-
-fn nla(out: &mut Vec<u8>, t: u16, v: &[u8]) {
-    let len = 4 + v.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&t.to_ne_bytes());
-    out.extend_from_slice(v);
-    out.resize((out.len() + 3) & !3, 0);
-}
-
-fn nul(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
 fn err(msg: impl std::fmt::Display) -> FirewallError {
     FirewallError::Read(msg.to_string())
 }
 
-fn parse_attrs(mut b: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, FirewallError> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let t = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return Err(err(format!(
-                "attribute {t} of length {len} overruns its message"
-            )));
-        }
-        out.push((t, b[4..len].to_vec()));
-        b = &b[((len + 3) & !3).min(b.len())..];
-    }
-    Ok(out)
+fn parse_attrs(b: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, FirewallError> {
+    nlraw::attrs(b)
+        .map(|a| a.map(|(t, v)| (t, v.to_vec())).map_err(err))
+        .collect()
 }
 
-/// One dump: every message up to NLMSG_DONE, and whether it was interrupted.
+/// One dump: every message, and whether it was interrupted.
 fn dump(
     sock: &Socket,
     kind: u16,
     attrs: &[(u16, Vec<u8>)],
 ) -> Result<(Vec<Msg>, bool), FirewallError> {
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let mut req = vec![0u8; 16];
-    req.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]); // nfgenmsg: family, version, res_id
-    for (t, v) in attrs {
-        nla(&mut req, *t, v);
-    }
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | kind).to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    let sent = sock.send(&req, 0).map_err(|e| err(format!("send: {e}")))?;
-    if sent != req.len() {
-        return Err(err(format!("sent {sent} of {} bytes", req.len())));
-    }
     let mut out = Vec::new();
     let mut interrupted = false;
-    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
-    loop {
-        buf.clear();
-        let n = sock
-            .recv(&mut buf, libc::MSG_TRUNC)
-            .map_err(|e| err(format!("receive: {e}")))?;
-        if n > buf.len() {
-            return Err(err(format!(
-                "a {n}-byte datagram exceeds the {RECV_BUF}-byte buffer"
-            )));
-        }
-        let mut b = &buf[..];
-        while b.len() >= 16 {
-            let mlen = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            let mtype = u16::from_ne_bytes([b[4], b[5]]);
-            let flags = u16::from_ne_bytes([b[6], b[7]]);
-            let mseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-            if mlen < 16 || mlen > b.len() {
-                return Err(err(format!(
-                    "message of length {mlen} overruns its datagram"
-                )));
-            }
-            let body = &b[16..mlen];
-            b = &b[((mlen + 3) & !3).min(b.len())..];
-            if mseq != seq {
-                continue;
-            }
+    let attrs: Vec<(u16, &[u8])> = attrs.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+    let header = [NFPROTO_INET, 0, 0, 0]; // nfgenmsg: family, version, res_id
+    let done = nlraw::request(
+        sock,
+        (NFNL_SUBSYS_NFTABLES << 8) | kind,
+        NLM_F_DUMP,
+        &header,
+        &attrs,
+        |t, flags, body| {
             interrupted |= flags & NLM_F_DUMP_INTR != 0;
-            match mtype {
-                NLMSG_DONE => return Ok((out, interrupted)),
-                NLMSG_ERROR => {
-                    let code = body
-                        .get(..4)
-                        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                        .unwrap_or(0);
-                    if code == 0 {
-                        continue;
-                    }
-                    if -code == libc::ENOENT {
-                        return Ok((out, true)); // the table or set went away: read again
-                    }
-                    return Err(err(std::io::Error::from_raw_os_error(-code)));
-                }
-                t if t >> 8 == NFNL_SUBSYS_NFTABLES => {
-                    if body.len() < 4 {
-                        return Err(err("nfnetlink message without its header"));
-                    }
-                    let genid = u16::from_be_bytes([body[2], body[3]]);
-                    out.push(Msg {
-                        kind: t & 0xff,
-                        genid,
-                        attrs: parse_attrs(&body[4..])?,
-                    });
-                }
-                _ => {}
+            if t >> 8 != NFNL_SUBSYS_NFTABLES {
+                return Ok(());
             }
-        }
+            if body.len() < 4 {
+                return Err(NlError::Io("nfnetlink message without its header".into()));
+            }
+            let genid = u16::from_be_bytes([body[2], body[3]]);
+            let attrs = nlraw::attrs(&body[4..])
+                .map(|a| a.map(|(t, v)| (t, v.to_vec())))
+                .collect::<Result<_, _>>()?;
+            out.push(Msg {
+                kind: t & 0xff,
+                genid,
+                attrs,
+            });
+            Ok(())
+        },
+    );
+    match done {
+        Ok(flags) => Ok((out, interrupted || flags & NLM_F_DUMP_INTR != 0)),
+        // The table or set went away: read again.
+        Err(NlError::Errno(e)) if e == libc::ENOENT => Ok((out, true)),
+        Err(e) => Err(err(e)),
     }
 }
 
@@ -359,10 +281,7 @@ fn read_once(sock: &Socket, table: &str) -> Result<Read, FirewallError> {
 
 /// Fingerprint of the live `inet <table>`, `None` if there is no such table.
 pub(crate) fn fingerprint(table: &str) -> Result<Option<String>, FirewallError> {
-    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| err(format!("socket: {e}")))?;
-    sock.bind_auto().map_err(|e| err(format!("bind: {e}")))?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .map_err(|e| err(format!("connect: {e}")))?;
+    let sock = nlraw::socket(NETLINK_NETFILTER).map_err(err)?;
     for _ in 0..TRIES {
         match read_once(&sock, table)? {
             Read::Missing => return Ok(None),

@@ -134,13 +134,8 @@ impl WgControl for KernelWg {
                 Err(source) => return Err(WgError::Observe { iface: iface.into(), source }),
             },
             _ => {
-                let present = Device::list(self.backend)
-                    .map_err(|source| WgError::Observe { iface: iface.into(), source })?
-                    .contains(&name);
-                if !present {
-                    return Ok(ObservedDevice::default());
-                }
-                Device::get(&name, self.backend).map_err(|source| WgError::Observe { iface: iface.into(), source })?
+                return super::genl::observe(&name.as_str_lossy())
+                    .map_err(|e| WgError::Observe { iface: iface.into(), source: std::io::Error::other(e.to_string()) })
             }
         };
         let peers = dev

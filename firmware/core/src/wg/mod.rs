@@ -6,6 +6,7 @@
 //! every reload.
 
 mod apply;
+mod genl;
 
 pub use apply::{KernelWg, RecordingWg, WgControl, WgError};
 
