@@ -21,7 +21,8 @@
 
 use super::validate::{is_host_net, PeerRules};
 use super::{load_with_peers, ConfigError, NodeConfig, NodeSpec, PeerSpec};
-use std::collections::{HashMap, HashSet};
+use foldhash::fast::RandomState;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -54,7 +55,7 @@ pub struct Loader {
     /// The node.toml text the blocks were checked against.
     node_text: String,
     /// Validated peers of each block of the peers file, by its text.
-    blocks: HashMap<Box<str>, Vec<PeerSpec>>,
+    blocks: HashMap<Box<str>, Vec<PeerSpec>, RandomState>,
     pub stats: LoadStats,
 }
 
@@ -116,7 +117,8 @@ impl Loader {
             tiers: (!spec.dns.tiers.is_empty()).then_some(&spec.dns.tiers),
         };
         let mut stats = LoadStats::default();
-        let mut fresh: HashMap<Box<str>, Vec<PeerSpec>> = HashMap::with_capacity(self.blocks.len().max(16));
+        let mut fresh: HashMap<Box<str>, Vec<PeerSpec>, RandomState> =
+            HashMap::with_capacity_and_hasher(self.blocks.len().max(16), RandomState::default());
         let mut order: Vec<&str> = Vec::new();
         for block in blocks(ptext) {
             stats.blocks += 1;
@@ -124,8 +126,8 @@ impl Loader {
             if fresh.contains_key(block) {
                 continue; // the same block twice: its peers are duplicates, found below
             }
-            let peers = match self.blocks.remove(block) {
-                Some(p) => p,
+            let (key, peers) = match self.blocks.remove_entry(block) {
+                Some(kept) => kept,
                 None => {
                     stats.parsed += 1;
                     let sections = super::parse_peers(block, pf).ok()?;
@@ -134,17 +136,17 @@ impl Loader {
                     if !ok || peers.len() != sections.len() {
                         return None;
                     }
-                    peers
+                    (block.into(), peers)
                 }
             };
-            fresh.insert(block.into(), peers);
+            fresh.insert(key, peers);
         }
         // Unique across all peers: names, keys, addresses (a peer that
         // passed its checks has host addresses only).
         let total = spec.peers.len() + order.iter().map(|b| fresh[*b].len()).sum::<usize>();
-        let mut names: HashSet<&str> = HashSet::with_capacity(total);
-        let mut v4: HashSet<Ipv4Addr> = HashSet::with_capacity(total);
-        let mut v6: HashSet<Ipv6Addr> = HashSet::with_capacity(total);
+        let mut names: HashSet<&str, RandomState> = HashSet::with_capacity_and_hasher(total, RandomState::default());
+        let mut v4: HashSet<Ipv4Addr, RandomState> = HashSet::with_capacity_and_hasher(total, RandomState::default());
+        let mut v6: HashSet<Ipv6Addr, RandomState> = HashSet::with_capacity_and_hasher(total, RandomState::default());
         let mut all: Vec<&PeerSpec> = Vec::with_capacity(total);
         all.extend(spec.peers.values());
         for b in &order {
@@ -158,14 +160,14 @@ impl Loader {
                 return None;
             }
         }
-        let before = spec.peers.len();
-        let file_peers: Vec<(super::PublicKey, PeerSpec)> = all[before..].iter().map(|p| (p.public_key, (*p).clone())).collect();
-        drop(all);
-        let count = file_peers.len();
-        spec.peers.extend(file_peers);
-        if spec.peers.len() != before + count {
+        // One bulk build of the map (it sorts, then builds; inserting one
+        // by one costs a search each).
+        let peers: BTreeMap<super::PublicKey, PeerSpec> = all.iter().map(|p| (p.public_key, (*p).clone())).collect();
+        if peers.len() != all.len() {
             return None; // a duplicate key
         }
+        drop(all);
+        spec.peers = peers;
         debug_assert!(spec.peers.values().all(|p| p.allowed_ips().iter().all(is_host_net)));
         self.blocks = fresh;
         self.stats = stats;
