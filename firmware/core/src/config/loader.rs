@@ -75,7 +75,7 @@ impl Loader {
         let spec = match (self.blocks_path(path, &text, peers_file.zip(peers.as_deref())), peers_file) {
             (Some(spec), _) => spec,
             (None, pf) => {
-                self.stats = LoadStats { whole_file: true, ..self.stats };
+                self.stats = LoadStats { whole_file: true, ..LoadStats::default() };
                 load_with_peers(path, pf.zip(peers.as_deref()))?
             }
         };
