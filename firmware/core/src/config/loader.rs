@@ -123,9 +123,6 @@ impl Loader {
         for block in blocks(ptext) {
             stats.blocks += 1;
             order.push(block);
-            if fresh.contains_key(block) {
-                continue; // the same block twice: its peers are duplicates, found below
-            }
             let (key, peers) = match self.blocks.remove_entry(block) {
                 Some(kept) => kept,
                 None => {
@@ -139,7 +136,9 @@ impl Loader {
                     (block.into(), peers)
                 }
             };
-            fresh.insert(key, peers);
+            if fresh.insert(key, peers).is_some() {
+                return None; // the same block twice: duplicate peers
+            }
         }
         // Unique across all peers: names, keys, addresses (a peer that
         // passed its checks has host addresses only).
@@ -160,12 +159,14 @@ impl Loader {
                 return None;
             }
         }
-        // One bulk build of the map (it sorts, then builds; inserting one
-        // by one costs a search each).
-        let peers: BTreeMap<super::PublicKey, PeerSpec> = all.iter().map(|p| (p.public_key, (*p).clone())).collect();
-        if peers.len() != all.len() {
+        // One bulk build of the map from references sorted by key (sorting
+        // the peers themselves moves 150-byte values; the build finds the
+        // order already sorted).
+        all.sort_unstable_by(|a, b| a.public_key.cmp(&b.public_key));
+        if all.windows(2).any(|w| w[0].public_key == w[1].public_key) {
             return None; // a duplicate key
         }
+        let peers: BTreeMap<super::PublicKey, PeerSpec> = all.iter().map(|p| (p.public_key, (*p).clone())).collect();
         drop(all);
         spec.peers = peers;
         debug_assert!(spec.peers.values().all(|p| p.allowed_ips().iter().all(is_host_net)));
