@@ -162,7 +162,7 @@ impl Loader {
         // One bulk build of the map from references sorted by key (sorting
         // the peers themselves moves 150-byte values; the build finds the
         // order already sorted).
-        all.sort_unstable_by(|a, b| a.public_key.cmp(&b.public_key));
+        all.sort_unstable_by_key(|p| p.public_key);
         if all.windows(2).any(|w| w[0].public_key == w[1].public_key) {
             return None; // a duplicate key
         }
