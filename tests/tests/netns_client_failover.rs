@@ -31,20 +31,17 @@ fn client_moves_to_the_next_node_without_leaking() {
     let Node1::Ns(pal1) = &fb.node1 else {
         unreachable!("node 1 runs in a namespace here")
     };
-    let cfg = pal1
-        .cli_ok(
+    let list = fb.list.to_string_lossy().into_owned();
+    let client_config = |key: &str| {
+        pal1.cli(
             &fb.bed,
-            &[
-                "client-config",
-                "client-1",
-                "--no-qr",
-                "--node-list",
-                &fb.list.to_string_lossy(),
-                "--node-list-key",
-                &fb.list_key,
-            ],
+            &["client-config", "client-1", "--no-qr", "--node-list", &list, "--node-list-key", key],
         )
-        .expect("client-config --node-list");
+        .expect("run palisade client-config")
+    };
+    let o = client_config(&fb.list_key);
+    assert!(o.status.success(), "client-config --node-list: {}", String::from_utf8_lossy(&o.stderr));
+    let cfg = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         cfg.starts_with("[Interface]\n") && cfg.contains("Endpoint = 203.0.113.10:51820\n"),
         "{cfg}"
@@ -66,20 +63,7 @@ fn client_moves_to_the_next_node_without_leaking() {
     );
     assert!(cfg.contains("# palisade-client --private-key-file CLIENT.key --address 10.66.0.2/32 --address fd66::2/128"), "{cfg}");
     // A list signed by another key is refused and nothing is printed.
-    let o = pal1
-        .cli(
-            &fb.bed,
-            &[
-                "client-config",
-                "client-1",
-                "--no-qr",
-                "--node-list",
-                &fb.list.to_string_lossy(),
-                "--node-list-key",
-                "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=",
-            ],
-        )
-        .unwrap();
+    let o = client_config("YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && o.stdout.is_empty() && err.contains("bad signature"),

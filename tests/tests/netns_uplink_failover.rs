@@ -25,6 +25,12 @@ fn bins() -> Bins {
 
 const HOLD: u64 = 4;
 
+/// Probing fast enough that a switch takes well under a second (the
+/// product defaults are measured by bench/uplink).
+fn fast_health() -> HealthOpts {
+    HealthOpts { interval_ms: 200, timeout_ms: 150, fall: 2, rise: 2, hold_down_secs: HOLD }
+}
+
 /// The client's session survived a failover: the same handshake (or a
 /// scheduled rekey, 120 s after the one before, which no failover causes),
 /// and, when `wan` is given, its endpoint is now that address.
@@ -112,13 +118,7 @@ fn failover_round(
 fn uplink_failover_link_down_black_hole_and_flapping() {
     let ub = UplinkBed::start(
         bins(),
-        HealthOpts {
-            interval_ms: 200,
-            timeout_ms: 150,
-            fall: 2,
-            rise: 2,
-            hold_down_secs: HOLD,
-        },
+        fast_health(),
     )
     .unwrap();
     let text = ub.node.cli_ok(&ub.bed, &["status"]).unwrap();
@@ -215,13 +215,7 @@ fn dhcp_uplink_routes_follow_the_lease() {
     use palisade_tests::wait_until;
     let mut ub = UplinkBed::start_with(
         bins(),
-        HealthOpts {
-            interval_ms: 200,
-            timeout_ms: 150,
-            fall: 2,
-            rise: 2,
-            hold_down_secs: HOLD,
-        },
+        fast_health(),
         true,
     )
     .unwrap();

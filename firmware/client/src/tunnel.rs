@@ -112,6 +112,34 @@ impl Tunnel {
         r.map(|()| t)
     }
 
+    /// The two policy rules of family `fam` (`-4`/`-6`), as `ip` arguments
+    /// for `op` (`add` or `del`): one list for both, so `down` removes
+    /// exactly what `configure` added.
+    fn rules(&self, fam: &str, op: &str) -> [Vec<String>; 2] {
+        let (mark, p_main, p_tun) = (
+            self.fwmark.to_string(),
+            self.rule_priority.to_string(),
+            (self.rule_priority + 1).to_string(),
+        );
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        [
+            args(&[
+                fam,
+                "rule",
+                op,
+                "table",
+                "main",
+                "suppress_prefixlength",
+                "0",
+                "priority",
+                &p_main,
+            ]),
+            args(&[
+                fam, "rule", op, "not", "fwmark", &mark, "table", &mark, "priority", &p_tun,
+            ]),
+        ]
+    }
+
     fn configure(&mut self, private_key: &Key, addresses: &[IpNet]) -> Result<()> {
         DeviceUpdate::new()
             .set_private_key(private_key.clone())
@@ -127,29 +155,14 @@ impl Tunnel {
         // wg-quick's routing: a table whose default route is the tunnel, for
         // every packet without the tunnel's own fwmark; the main table still
         // decides for everything more specific than a default route.
-        let (table, mark) = (self.fwmark.to_string(), self.fwmark.to_string());
-        let (p_main, p_tun) = (
-            self.rule_priority.to_string(),
-            (self.rule_priority + 1).to_string(),
-        );
+        let table = self.fwmark.to_string();
         for fam in ["-4", "-6"] {
             ip(&[
                 fam, "route", "replace", "default", "dev", &name, "table", &table,
             ])?;
-            ip(&[
-                fam,
-                "rule",
-                "add",
-                "table",
-                "main",
-                "suppress_prefixlength",
-                "0",
-                "priority",
-                &p_main,
-            ])?;
-            ip(&[
-                fam, "rule", "add", "not", "fwmark", &mark, "table", &table, "priority", &p_tun,
-            ])?;
+            for rule in self.rules(fam, "add") {
+                ip(&rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+            }
         }
         // Replies to marked packets pass reverse-path filtering (wg-quick does the same).
         std::fs::write("/proc/sys/net/ipv4/conf/all/src_valid_mark", "1")
@@ -190,26 +203,11 @@ impl Tunnel {
     /// Remove rules, routes and the interface; stop wireguard-go. Best
     /// effort: each step is tried even when an earlier one fails.
     pub fn down(&mut self) {
-        let (table, mark) = (self.fwmark.to_string(), self.fwmark.to_string());
-        let (p_main, p_tun) = (
-            self.rule_priority.to_string(),
-            (self.rule_priority + 1).to_string(),
-        );
+        let table = self.fwmark.to_string();
         for fam in ["-4", "-6"] {
-            let _ = ip(&[
-                fam,
-                "rule",
-                "del",
-                "table",
-                "main",
-                "suppress_prefixlength",
-                "0",
-                "priority",
-                &p_main,
-            ]);
-            let _ = ip(&[
-                fam, "rule", "del", "not", "fwmark", &mark, "table", &table, "priority", &p_tun,
-            ]);
+            for rule in self.rules(fam, "del") {
+                let _ = ip(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+            }
             let _ = ip(&[fam, "route", "flush", "table", &table]);
         }
         let _ = ip(&["link", "del", &self.name]);
