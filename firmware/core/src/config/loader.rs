@@ -11,8 +11,8 @@
 //!   checked across all peers.
 //! - Anything that does not pass that way (a block that does not parse on
 //!   its own, a peer with a problem, a duplicate) is loaded again by the
-//!   whole-file path ([`super::load_with_peers`]), whose errors name file,
-//!   line and field. So the fast path decides nothing on its own: it either
+//!   whole-file path ([`super::load_with_peers`], on the texts already
+//!   read), whose errors name file, line and field. So the fast path decides nothing on its own: it either
 //!   yields the spec the whole-file path would, or steps aside.
 //!
 //! Why a block parse that succeeds means the same as the whole-file parse: a
@@ -20,7 +20,7 @@
 //! then the block before it ends inside that value and does not parse.
 
 use super::validate::{is_host_net, PeerRules};
-use super::{load_with_peers, ConfigError, NodeConfig, NodeSpec, PeerSpec};
+use super::{load_texts, read_text, ConfigError, NodeConfig, NodeSpec, PeerSpec};
 use foldhash::fast::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -62,11 +62,9 @@ pub struct Loader {
 impl Loader {
     /// Read and load `path` and `peers_file` (if it exists).
     pub fn load(&mut self, path: &Path, peers_file: Option<&Path>) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = read_text(path)?;
         let peers = match peers_file {
-            Some(pf) if pf.exists() => {
-                Some(std::fs::read_to_string(pf).map_err(|source| ConfigError::Read { path: pf.to_path_buf(), source })?)
-            }
+            Some(pf) if pf.exists() => Some(read_text(pf)?),
             _ => None,
         };
         if self.kept.as_ref().is_some_and(|(t, p)| *t == text && *p == peers) {
@@ -76,7 +74,7 @@ impl Loader {
             (Some(spec), _) => spec,
             (None, pf) => {
                 self.stats = LoadStats { whole_file: true, ..LoadStats::default() };
-                load_with_peers(path, pf.zip(peers.as_deref()))?
+                load_texts(path, text.clone(), pf.zip(peers.as_deref()))?
             }
         };
         self.pending = Some((text, peers));

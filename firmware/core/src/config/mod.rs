@@ -414,8 +414,7 @@ impl NodeConfig {
 
 /// Read and parse a config file (no validation).
 pub fn read(path: &Path) -> Result<(NodeConfig, String), ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = read_text(path)?;
     let cfg = NodeConfig::from_str(&text, path)?;
     Ok((cfg, text))
 }
@@ -424,10 +423,7 @@ pub fn read(path: &Path) -> Result<(NodeConfig, String), ConfigError> {
 /// maintains (`peers_file`, optional), into the desired state.
 pub fn load(path: &Path, peers_file: Option<&Path>) -> Result<NodeSpec, ConfigError> {
     let peers = match peers_file {
-        Some(pf) if pf.exists() => {
-            let text = std::fs::read_to_string(pf).map_err(|source| ConfigError::Read { path: pf.to_path_buf(), source })?;
-            Some((pf, text))
-        }
+        Some(pf) if pf.exists() => Some((pf, read_text(pf)?)),
         _ => None,
     };
     load_with_peers(path, peers.as_ref().map(|(p, t)| (*p, t.as_str())))
@@ -436,7 +432,18 @@ pub fn load(path: &Path, peers_file: Option<&Path>) -> Result<NodeSpec, ConfigEr
 /// Like [`load`], with the peers file's text given (a candidate not yet
 /// written); errors in it name `peers.0`.
 pub fn load_with_peers(path: &Path, peers: Option<(&Path, &str)>) -> Result<NodeSpec, ConfigError> {
-    let (mut cfg, text) = read(path)?;
+    load_texts(path, read_text(path)?, peers)
+}
+
+/// A file's text; an error names the file.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
+}
+
+/// Like [`load_with_peers`], with node.toml's text given too (already read
+/// from `path`).
+pub(crate) fn load_texts(path: &Path, text: String, peers: Option<(&Path, &str)>) -> Result<NodeSpec, ConfigError> {
+    let mut cfg = NodeConfig::from_str(&text, path)?;
     let mut sources = vec![(path.to_path_buf(), text, cfg.peers.len())];
     if let Some((pf, ptext)) = peers {
         let more = parse_peers(ptext, pf)?;
