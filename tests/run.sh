@@ -14,9 +14,9 @@ target=${CARGO_TARGET_DIR:-$PWD/target}
 started=$SECONDS
 stage() { echo; echo "== [$((SECONDS - started))s] $* ($(free_gb) GB free under target/)"; }
 free_gb() { mkdir -p "$target" && df -BG --output=avail "$target" | tail -1 | tr -dc 0-9; }
-# The suite builds about 6 GB under target/ and 1 GB under out/, and the QEMU
-# tier copies images; a full disk shows up late and cryptically (a linker's
-# SIGBUS), so say it first.
+# A clean run leaves about 4.5 GB under target/ and 0.5 GB under out/, and
+# the QEMU tier copies images; a full disk shows up late and cryptically (a
+# linker's SIGBUS), so say it first.
 need_gb=${PALISADE_SUITE_MIN_FREE_GB:-12}
 [ "$(free_gb)" -ge "$need_gb" ] || { echo "run.sh: only $(free_gb) GB free under $target; the suite needs about $need_gb GB (PALISADE_SUITE_MIN_FREE_GB overrides)" >&2; exit 1; }
 
