@@ -26,6 +26,8 @@ pub const SOCKET_USES: u32 = 32;
 struct Pooled {
     sock: UdpSocket,
     uses: u32,
+    /// The socket's receive buffer (allocated once, not per query).
+    buf: Box<[u8]>,
 }
 
 /// The sockets of one UDP upstream.
@@ -50,7 +52,7 @@ impl UdpPool {
         let sock = UdpSocket::bind(bind).await?;
         sock.connect(self.addr).await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Pooled { sock, uses: 0 })
+        Ok(Pooled { sock, uses: 0, buf: vec![0u8; 4096].into_boxed_slice() })
     }
 
     /// Send the query and wait until the deadline for the matching answer.
@@ -62,10 +64,9 @@ impl UdpPool {
         };
         // Whatever arrived since the last exchange (a duplicate answer) is
         // stale: drop it before sending.
-        let mut buf = vec![0u8; 4096];
-        while p.sock.try_recv(&mut buf).is_ok() {}
+        while p.sock.try_recv(&mut p.buf).is_ok() {}
         p.uses += 1;
-        let r = exchange_on(&p.sock, ask, &mut buf).await;
+        let r = exchange_on(&p.sock, ask, &mut p.buf).await;
         if r.is_ok() && p.uses < SOCKET_USES {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < IDLE {
