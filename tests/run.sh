@@ -17,7 +17,7 @@ free_gb() { mkdir -p "$target" && df -BG --output=avail "$target" | tail -1 | tr
 # A clean run leaves about 4.5 GB under target/ and 0.5 GB under out/, and
 # the QEMU tier copies images; a full disk shows up late and cryptically (a
 # linker's SIGBUS), so say it first.
-need_gb=${PALISADE_SUITE_MIN_FREE_GB:-12}
+need_gb=${PALISADE_SUITE_MIN_FREE_GB:-8}
 [ "$(free_gb)" -ge "$need_gb" ] || { echo "run.sh: only $(free_gb) GB free under $target; the suite needs about $need_gb GB (PALISADE_SUITE_MIN_FREE_GB overrides)" >&2; exit 1; }
 
 stage "tier 1: lints (clippy, warnings are errors) and unit tests (cargo test --workspace)"
