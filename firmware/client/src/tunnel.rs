@@ -22,9 +22,10 @@ pub enum BackendChoice {
     Userspace,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+fn ip<S: AsRef<str>>(args: &[S]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let out = Command::new("ip")
-        .args(args)
+        .args(&args)
         .output()
         .context("run ip (install iproute2)")?;
     if !out.status.success() {
@@ -161,7 +162,7 @@ impl Tunnel {
                 fam, "route", "replace", "default", "dev", &name, "table", &table,
             ])?;
             for rule in self.rules(fam, "add") {
-                ip(&rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+                ip(&rule)?;
             }
         }
         // Replies to marked packets pass reverse-path filtering (wg-quick does the same).
@@ -206,7 +207,7 @@ impl Tunnel {
         let table = self.fwmark.to_string();
         for fam in ["-4", "-6"] {
             for rule in self.rules(fam, "del") {
-                let _ = ip(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+                let _ = ip(&rule);
             }
             let _ = ip(&[fam, "route", "flush", "table", &table]);
         }

@@ -12,8 +12,9 @@
 //! - Anything that does not pass that way (a block that does not parse on
 //!   its own, a peer with a problem, a duplicate) is loaded again by the
 //!   whole-file path ([`super::load_with_peers`], on the texts already
-//!   read), whose errors name file, line and field. So the fast path decides nothing on its own: it either
-//!   yields the spec the whole-file path would, or steps aside.
+//!   read), whose errors name file, line and field. So the fast path
+//!   decides nothing on its own: it either yields the spec the whole-file
+//!   path would, or steps aside.
 //!
 //! Why a block parse that succeeds means the same as the whole-file parse: a
 //! cut can only fall inside a multi-line value (a string or an array), and
