@@ -193,6 +193,24 @@ fn respond(bytes: &[u8], udp: bool) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A UDP socket and a TCP listener on the same port. With port 0 the kernel
+/// picks the UDP port, and that port may already be in use for TCP (another
+/// test's connection or listener): then try another, a bounded number of
+/// times. A fixed port is tried once.
+async fn bind_udp_and_tcp(bind: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let tries = if bind.port() == 0 { 32 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = UdpSocket::bind(bind).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one try"))
+}
+
 impl TestAuthority {
     /// Start on `bind` (port 0: any). With `tls`, also serve DoT on another
     /// port with this rustls server config.
@@ -200,9 +218,9 @@ impl TestAuthority {
         bind: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<TestAuthority> {
-        let udp = Arc::new(UdpSocket::bind(bind).await?);
+        let (udp, tcp) = bind_udp_and_tcp(bind).await?;
         let udp_addr = udp.local_addr()?;
-        let tcp = TcpListener::bind(udp_addr).await?;
+        let udp = Arc::new(udp);
         let tcp_addr = tcp.local_addr()?;
         let stats = Arc::new(AuthStats::default());
         let mut tasks = Vec::new();
